@@ -1,0 +1,128 @@
+//! CPU-only: every shader parses and validates with naga, and its entry point, bindings, uniform
+//! struct layout, workgroup size and shared constants agree with the Rust descriptor.
+
+use plasticity_kernels::{ALL_KERNELS, BindingKind, KernelDescriptor, metrics};
+use wgpu::naga;
+
+fn parse_and_validate(kernel: &KernelDescriptor) -> naga::Module {
+    let module = naga::front::wgsl::parse_str(kernel.source)
+        .unwrap_or_else(|e| panic!("{}.wgsl does not parse:\n{}", kernel.name, e.emit_to_string(kernel.source)));
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}.wgsl does not validate:\n{}", kernel.name, e.emit_to_string(kernel.source)));
+    module
+}
+
+fn literal_u32(module: &naga::Module, expr: naga::Handle<naga::Expression>) -> u32 {
+    match module.global_expressions[expr] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => v,
+        naga::Expression::Literal(naga::Literal::AbstractInt(v)) => v as u32,
+        ref other => panic!("expected a u32 literal, found {other:?}"),
+    }
+}
+
+#[test]
+fn every_shader_file_has_a_descriptor() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".wgsl"))
+        .collect();
+    files.sort();
+    let mut names: Vec<String> = ALL_KERNELS.iter().map(|k| format!("{}.wgsl", k.name)).collect();
+    names.sort();
+    assert_eq!(files, names, "shaders/ and ALL_KERNELS disagree");
+    for kernel in ALL_KERNELS {
+        let on_disk = std::fs::read_to_string(format!("{dir}/{}.wgsl", kernel.name)).unwrap();
+        assert_eq!(on_disk, kernel.source, "{} embeds a stale source", kernel.name);
+    }
+}
+
+#[test]
+fn shaders_match_their_descriptors() {
+    for kernel in ALL_KERNELS {
+        let module = parse_and_validate(kernel);
+        let ctx = kernel.name;
+
+        // One compute entry point, named like the file.
+        assert_eq!(module.entry_points.len(), 1, "{ctx}: one entry point per file");
+        let entry = &module.entry_points[0];
+        assert_eq!(entry.name, kernel.name, "{ctx}: entry point name");
+        assert_eq!(entry.stage, naga::ShaderStage::Compute, "{ctx}: stage");
+        let mut size = entry.workgroup_size;
+        if let Some(overrides) = entry.workgroup_size_overrides {
+            for (axis, o) in overrides.iter().enumerate() {
+                if let Some(expr) = o {
+                    // `@workgroup_size(WORKGROUP_SIZE)`: the override's default is what the runtime uses.
+                    let naga::Expression::Override(h) = module.global_expressions[*expr] else {
+                        panic!("{ctx}: workgroup size axis {axis} is not a plain override")
+                    };
+                    size[axis] = literal_u32(&module, module.overrides[h].init.expect("override default"));
+                }
+            }
+        }
+        assert_eq!(size, kernel.workgroup_size, "{ctx}: workgroup size");
+
+        // Bindings: group 0, binding k, in the descriptor's order and access.
+        let mut found: Vec<(u32, String, BindingKind, naga::Handle<naga::Type>)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| {
+                let rb = g.binding.as_ref()?;
+                assert_eq!(rb.group, 0, "{ctx}: everything is in group 0");
+                let kind = match g.space {
+                    naga::AddressSpace::Uniform => BindingKind::Uniform,
+                    naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
+                        BindingKind::StorageReadWrite
+                    }
+                    naga::AddressSpace::Storage { .. } => BindingKind::StorageRead,
+                    other => panic!("{ctx}: unexpected address space {other:?}"),
+                };
+                Some((rb.binding, g.name.clone().unwrap_or_default(), kind, g.ty))
+            })
+            .collect();
+        found.sort_by_key(|f| f.0);
+        assert_eq!(found.len(), kernel.bindings.len(), "{ctx}: binding count");
+        for (k, (binding, name, kind, _)) in found.iter().enumerate() {
+            let want = &kernel.bindings[k];
+            assert_eq!(*binding as usize, k, "{ctx}: bindings must be dense from 0");
+            assert_eq!((name.as_str(), *kind), (want.name, want.kind), "{ctx}: binding {k}");
+        }
+        assert!(kernel.storage_binding_count() <= 8, "{ctx}: more storage buffers than wgpu's default limit of 8");
+
+        // The uniform struct: same name, member names, offsets and size as the Rust params struct.
+        let (_, _, _, ty) = found.iter().find(|f| f.2 == BindingKind::Uniform).expect("uniform at binding 0");
+        let ty = &module.types[*ty];
+        assert_eq!(ty.name.as_deref(), Some(kernel.params_struct), "{ctx}: params struct name");
+        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{ctx}: uniform is not a struct") };
+        let wgsl: Vec<(&str, usize)> = members.iter().map(|m| (m.name.as_deref().unwrap(), m.offset as usize)).collect();
+        assert_eq!(wgsl, kernel.params_layout.to_vec(), "{ctx}: params layout");
+        assert_eq!(*span as usize, kernel.params_size, "{ctx}: params size");
+    }
+}
+
+#[test]
+fn shared_constants_agree() {
+    let expected: &[(&str, u32)] = &[
+        ("METRIC_LOSS", metrics::LOSS as u32),
+        ("METRIC_SIGN_ERRORS", metrics::SIGN_ERRORS as u32),
+        ("METRIC_SIGN_COUNT", metrics::SIGN_COUNT as u32),
+        ("METRIC_GRAD_NORM_SQ", metrics::GRAD_NORM_SQ as u32),
+        ("TILE", plasticity_kernels::TRACE_TILE),
+        ("BATCH_TILE", plasticity_kernels::forward_step::BATCH_TILE),
+        ("LOSS_NONE", plasticity_kernels::backward_activation::LOSS_NONE),
+    ];
+    let mut seen = 0;
+    for kernel in ALL_KERNELS {
+        let module = parse_and_validate(kernel);
+        for (_, c) in module.constants.iter() {
+            let Some(name) = c.name.as_deref() else { continue };
+            if let Some((_, want)) = expected.iter().find(|(n, _)| *n == name) {
+                assert_eq!(literal_u32(&module, c.init), *want, "{}: const {name}", kernel.name);
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= expected.len(), "each shared constant is declared in at least one shader");
+}

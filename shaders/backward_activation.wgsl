@@ -1,0 +1,53 @@
+// backward_activation: the gradient at the pre-activation of step t (sweep runs t = T down to 1).
+//
+//   gx_j(t) = dl_t/dx_j(t)                                        (2 * (x_j(t) - y_j) on a loss step)
+//           + sum_jt partials[0, b, j, jt]     = sum_k (w_jk + alpha_jk H_jk(t+1)) ga_k(t+1)
+//                                               + eta * sum_k G_jk(t+2) x_k(t+1)
+//           + sum_it partials[1, b, j, it]     = eta * sum_i G_ij(t+1) x_i(t-1)
+//   ga_j(t) = gx_j(t) * (1 - x_j(t)^2)
+//
+// The partial sums were written by backward_trace of step t+1, one per 16-wide tile of the reduced
+// index, so this kernel only adds O(N / 16) numbers per neuron. They are zero before step T.
+// `loss_slot` picks the row of `targets` for this step; LOSS_NONE means no loss at step t.
+
+const LOSS_NONE: u32 = 0xffffffffu;
+
+override WORKGROUP_SIZE: u32 = 64u;
+
+struct BackwardActivationParams {
+    n: u32,           // neurons N
+    batch: u32,       // batch B
+    step: u32,        // t, 1-based
+    n_tiles: u32,     // ceil(N / TILE) partial sums per neuron in each partials buffer
+    loss_slot: u32,   // row of `targets` holding y(t), or LOSS_NONE
+    loss_scale: f32,  // multiplies the squared error (1 for a plain sum)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: BackwardActivationParams;
+@group(0) @binding(1) var<storage, read> activations: array<f32>;      // (T + 1, B, N): x(t) at row t
+@group(0) @binding(2) var<storage, read> targets: array<f32>;          // (L, B, N): y for each loss step
+@group(0) @binding(3) var<storage, read> partials: array<f32>;         // (2, B, N, n_tiles): row sums, then column sums
+@group(0) @binding(4) var<storage, read_write> preact_grad: array<f32>; // (B, N): ga(t) on exit
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn backward_activation(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = p.n;
+    let j = gid.x;
+    let b = gid.y;
+    if (j >= n || b >= p.batch) {
+        return;
+    }
+    let x = activations[p.step * p.batch * n + b * n + j];
+    var gx = 0.0;
+    if (p.loss_slot != LOSS_NONE) {
+        gx = 2.0 * p.loss_scale * (x - targets[p.loss_slot * p.batch * n + b * n + j]);
+    }
+    let rows = (b * n + j) * p.n_tiles;
+    let cols = rows + p.batch * n * p.n_tiles;
+    for (var k = 0u; k < p.n_tiles; k++) {
+        gx += partials[rows + k] + partials[cols + k];
+    }
+    preact_grad[b * n + j] = gx * (1.0 - x * x);
+}
