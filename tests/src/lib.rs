@@ -1,0 +1,97 @@
+//! Shared helpers of the workspace tests: one GPU context per test process (failing loudly when
+//! there is no adapter: a GPU test never skips), seeded data, NaN-filled outputs, and a
+//! tolerance check that names the worst element.
+
+use std::sync::OnceLock;
+
+use plasticity_runtime::{GpuContext, buffers, wgpu};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The context every GPU test uses. Panics with the runtime's own explanation when no adapter can
+/// be opened, in CI and elsewhere alike.
+pub fn gpu() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::new() {
+        Ok(ctx) => {
+            eprintln!("GPU tests run on {}", ctx.adapter);
+            ctx
+        }
+        Err(e) => panic!("GPU tests need an adapter and will not skip: {e}"),
+    })
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Uniform values in [-scale, scale).
+pub fn uniform(rng: &mut ChaCha8Rng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| scale * rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// `|gpu - reference| <= atol + rtol * |reference|` everywhere; on failure, names the worst element
+/// (largest excess over its tolerance) and how many failed.
+#[track_caller]
+pub fn assert_close(what: &str, gpu: &[f32], reference: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(gpu.len(), reference.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    let mut failures = 0;
+    for (k, (&g, &r)) in gpu.iter().zip(reference).enumerate() {
+        let excess = if g.is_finite() { (g as f64 - r).abs() - (atol + rtol * r.abs()) } else { f64::INFINITY };
+        if excess > 0.0 {
+            failures += 1;
+            if worst.is_none_or(|(_, e)| excess > e) {
+                worst = Some((k, excess));
+            }
+        }
+    }
+    if let Some((k, _)) = worst {
+        panic!(
+            "{what}: {failures} of {} elements out of tolerance (atol {atol:e}, rtol {rtol:e}); worst at index {k}: gpu {} vs reference {}",
+            gpu.len(),
+            gpu[k],
+            reference[k]
+        );
+    }
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A storage buffer holding `data`, for driving one kernel.
+pub fn upload(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
+    upload_bytes(ctx, bytemuck::cast_slice(data))
+}
+
+pub fn upload_bytes(ctx: &GpuContext, bytes: &[u8]) -> wgpu::Buffer {
+    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test data"),
+        size: (bytes.len().max(4) as u64).next_multiple_of(4),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    ctx.queue.write_buffer(&buffer, 0, bytes);
+    buffer
+}
+
+pub fn download(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    buffers::read_f32(ctx, buffer, 0, len, "test output").expect("readback")
+}
+
+/// Runs one kernel on buffers holding `inputs` (binding order after the params) and returns every
+/// buffer's contents afterwards.
+pub fn run_kernel<P: bytemuck::Pod>(name: &str, params: &P, inputs: &[&[u8]], grid: [u32; 3]) -> Vec<Vec<f32>> {
+    let ctx = gpu();
+    let buffers: Vec<wgpu::Buffer> = inputs.iter().map(|b| upload_bytes(ctx, b)).collect();
+    let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    ctx.record_kernel(&mut encoder, name, bytemuck::bytes_of(params), &refs, grid).expect("record kernel");
+    ctx.submit_and_wait(name, encoder.finish()).expect("run kernel");
+    inputs.iter().zip(&buffers).map(|(b, buf)| download(ctx, buf, b.len() / 4)).collect()
+}
+
+pub fn nan_filled(len: usize) -> Vec<f32> {
+    vec![f32::NAN; len]
+}

@@ -1,0 +1,51 @@
+//! # plasticity-runtime
+//!
+//! Trains and runs *differentiable plasticity* networks (Miconi, Clune & Stanley, 2018) on any GPU
+//! through wgpu. Each connection has a fixed weight `w_ij` and a plastic part `alpha_ij * Hebb_ij`,
+//! whose Hebbian trace starts at zero every episode and follows the decay rule
+//! `Hebb(t+1) = (1 - eta) Hebb(t) + eta x(t-1) x(t)^T`; `w`, `alpha` and `eta` are learned by
+//! backpropagation through the whole episode. The trace and its gradient stay on the GPU; the host
+//! reads back scalars.
+//!
+//! The types that matter: [`GpuContext`] (a device, opened here or handed over by a host
+//! application), [`NetworkConfig`] and [`Network`] (parameters in one GPU buffer),
+//! [`EpisodeData`] (inputs and targets of a batch of episodes), [`EpisodeRunner`] (forward
+//! episodes) and [`Trainer`] (forward, backward and Adam).
+//!
+//! ```no_run
+//! use plasticity_runtime::{EpisodeData, GpuContext, Network, NetworkConfig, Trainer, TrainerConfig};
+//!
+//! # fn main() -> Result<(), plasticity_runtime::PlasticityError> {
+//! let ctx = GpuContext::new()?;
+//! let config = NetworkConfig { neurons: 16, ..Default::default() };
+//! let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config)?, TrainerConfig::default())?;
+//! let (batch, steps) = (2, 10);
+//! let data = EpisodeData {
+//!     batch,
+//!     steps,
+//!     inputs: vec![0.5; (steps * batch * 16) as usize],
+//!     loss_steps: vec![steps],
+//!     targets: vec![1.0; (batch * 16) as usize],
+//!     loss_scale: 1.0,
+//! };
+//! let metrics = trainer.train_step(&ctx, &data)?;
+//! println!("loss {} eta {}", metrics.loss, metrics.eta);
+//! # Ok(()) }
+//! ```
+
+pub mod buffers;
+pub mod context;
+pub mod episode;
+pub mod error;
+mod kernels;
+pub mod network;
+pub mod trainer;
+
+pub use context::{AdapterSummary, GpuContext};
+pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner};
+pub use error::{PlasticityError, Result};
+pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
+pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, reversal_segment};
+/// The wgpu this runtime is built on, so that embedders use the same version.
+pub use wgpu;
+pub use plasticity_kernels as kernels_wgsl;

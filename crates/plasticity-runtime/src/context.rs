@@ -1,0 +1,228 @@
+//! The GPU context: a device and queue, either opened here or handed over by a host application,
+//! and the compiled kernels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{NO_ADAPTER_FIX, PlasticityError, Result};
+use crate::kernels::Kernels;
+
+/// What the runtime tells a user about the adapter it runs on.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+}
+
+impl AdapterSummary {
+    pub fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        }
+    }
+
+    /// True for software rasterisers such as lavapipe, whose timings are not GPU timings.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?}, {:?}", self.name, self.backend, self.device_type)?;
+        if !self.driver.is_empty() {
+            write!(f, ", {}", self.driver)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// How long the runtime waits for one submission before reporting the device as lost.
+pub const DEFAULT_GPU_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A device, its queue and the plasticity kernels compiled for it.
+///
+/// Cloning is cheap (the wgpu handles are reference counted), so a host can keep its own handles.
+#[derive(Clone)]
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: AdapterSummary,
+    pub(crate) kernels: Arc<Kernels>,
+    /// Longest wait for one submission before it is reported as a lost device.
+    pub timeout: Duration,
+}
+
+impl GpuContext {
+    /// Opens a device on the best adapter, honouring `WGPU_BACKEND` (a comma list such as
+    /// `vulkan,gl`) and `WGPU_ADAPTER_NAME` (a case-insensitive substring of the adapter name).
+    /// Without `WGPU_BACKEND`, Vulkan, Metal and DX12 adapters are preferred to GL.
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async())
+    }
+
+    pub async fn new_async() -> Result<Self> {
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = instance.enumerate_adapters(backends).await;
+        let wanted_name = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
+        let listed: Vec<String> = adapters.iter().map(|a| AdapterSummary::from_info(&a.get_info()).to_string()).collect();
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| match &wanted_name {
+                Some(name) => a.get_info().name.to_lowercase().contains(name),
+                None => true,
+            })
+            .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+            .max_by_key(|a| adapter_rank(&a.get_info()))
+            .ok_or_else(|| PlasticityError::NoAdapter {
+                detail: match (&wanted_name, listed.is_empty()) {
+                    (_, true) => format!(" (backends searched: {backends:?})"),
+                    (Some(name), false) => {
+                        format!(" matching WGPU_ADAPTER_NAME='{name}' with compute shaders (found: {})", listed.join("; "))
+                    }
+                    (None, false) => format!(" with compute shaders (found: {})", listed.join("; ")),
+                },
+            })?;
+        let info = adapter.get_info();
+        // A compute engine wants the largest buffers the adapter allows, not WebGPU's defaults.
+        let required_limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("plasticity"),
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                required_limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|source| PlasticityError::RequestDevice { adapter: info.name.clone(), source })?;
+        // Our own device: every error we can cause is caught by an error scope, so anything else is
+        // logged rather than turned into a panic.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| log::error!("uncaptured wgpu error: {e}")));
+        Self::build(device, queue, AdapterSummary::from_info(&info))
+    }
+
+    /// Wraps a device and queue that a host application created. Nothing global is changed on the
+    /// device: no error handler is installed, and every runtime call catches its own errors with
+    /// error scopes. The device must allow 8 storage buffers per shader stage (wgpu's default).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
+        let adapter = AdapterSummary::from_info(&device.adapter_info());
+        Self::build(device, queue, adapter)
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, adapter: AdapterSummary) -> Result<Self> {
+        let limits = device.limits();
+        let needed = plasticity_kernels::ALL_KERNELS.iter().map(|k| k.storage_binding_count()).max().unwrap_or(0) as u32;
+        if limits.max_storage_buffers_per_shader_stage < needed {
+            return Err(PlasticityError::LimitExceeded {
+                what: "the backward kernel".into(),
+                limit: "max_storage_buffers_per_shader_stage",
+                needed: needed as u64,
+                allowed: limits.max_storage_buffers_per_shader_stage as u64,
+                fix: format!("request a device with at least {needed} storage buffers per shader stage"),
+            });
+        }
+        let kernels = scoped(&device, "compiling the plasticity kernels", || Kernels::new(&device))?;
+        Ok(Self { device, queue, adapter, kernels: Arc::new(kernels), timeout: DEFAULT_GPU_TIMEOUT })
+    }
+
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into a
+    /// [`PlasticityError::Gpu`]; the device stays usable.
+    pub fn scoped<T>(&self, during: &str, f: impl FnOnce() -> T) -> Result<T> {
+        scoped(&self.device, during, f)
+    }
+
+    /// Submits `commands` and waits for them, at most [`GpuContext::timeout`].
+    pub fn submit_and_wait(&self, during: &str, commands: wgpu::CommandBuffer) -> Result<()> {
+        let index = self.scoped(during, || self.queue.submit([commands]))?;
+        self.wait(during, Some(index))
+    }
+
+    pub(crate) fn wait(&self, during: &str, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: index, timeout: Some(self.timeout) })
+            .map(|_| ())
+            .map_err(|e| PlasticityError::DeviceLost { during: during.to_string(), message: e.to_string() })
+    }
+}
+
+/// Higher is better: real GPUs before virtual and software ones, native APIs before GL.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 1,
+        wgpu::DeviceType::Other => 0,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 2,
+        wgpu::Backend::Gl => 1,
+        _ => 0,
+    };
+    (device, backend)
+}
+
+pub(crate) fn scoped<T>(device: &wgpu::Device, during: &str, f: impl FnOnce() -> T) -> Result<T> {
+    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = f();
+    let validation = pollster::block_on(validation.pop());
+    let out_of_memory = pollster::block_on(out_of_memory.pop());
+    match validation.or(out_of_memory) {
+        Some(e) => Err(PlasticityError::Gpu { during: during.to_string(), message: e.to_string() }),
+        None => Ok(value),
+    }
+}
+
+/// The sentence every command prints when no adapter can be used.
+pub fn no_adapter_help() -> &'static str {
+    NO_ADAPTER_FIX
+}
+
+impl GpuContext {
+    /// Records one dispatch of the kernel `name` (see `plasticity_kernels::ALL_KERNELS`) on buffers
+    /// the caller owns, given in binding order after the uniform params. Used by the kernel tests,
+    /// and by hosts that compose the kernels themselves.
+    pub fn record_kernel(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        name: &str,
+        params: &[u8],
+        storage: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        let Some(descriptor) = plasticity_kernels::ALL_KERNELS.iter().find(|k| k.name == name) else {
+            return Err(crate::error::invalid("kernel", format!("no kernel named '{name}'")));
+        };
+        if params.len() != descriptor.params_size || storage.len() + 1 != descriptor.bindings.len() {
+            return Err(crate::error::invalid(
+                "kernel call",
+                format!(
+                    "{name} takes {} params bytes and {} buffers, got {} and {}",
+                    descriptor.params_size,
+                    descriptor.bindings.len() - 1,
+                    params.len(),
+                    storage.len()
+                ),
+            ));
+        }
+        let uniforms = crate::episode::UniformSlots::from_bytes(self, "kernel params", params)?;
+        self.scoped(&format!("recording {name}"), || {
+            let group = crate::episode::bind_group(self, name, &uniforms, storage);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
+            crate::episode::dispatch(&mut pass, self, name, &group, 0, grid);
+        })
+    }
+}

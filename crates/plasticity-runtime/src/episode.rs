@@ -1,0 +1,356 @@
+//! Episodes: their data, the GPU-resident state of a batch of episodes, and the forward pass.
+
+use plasticity_kernels::backward_activation::LOSS_NONE;
+use plasticity_kernels::forward_step::{self, ForwardStepParams};
+use plasticity_kernels::loss_mse::LossMseParams;
+use plasticity_kernels::metrics;
+
+use crate::buffers::{self, GpuBuffer};
+use crate::context::GpuContext;
+use crate::error::{Result, invalid};
+use crate::network::Network;
+
+/// The inputs and targets of a batch of `batch` episodes of `steps` steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpisodeData {
+    pub batch: u32,
+    pub steps: u32,
+    /// (T, B, N): the external input u(t) added to the drive of step t, in row t - 1.
+    pub inputs: Vec<f32>,
+    /// Distinct 1-based steps whose activations enter the loss.
+    pub loss_steps: Vec<u32>,
+    /// (L, B, N): the target of each loss step, in the order of `loss_steps`.
+    pub targets: Vec<f32>,
+    /// loss = loss_scale * sum over loss steps, batch and neurons of (x - y)^2.
+    pub loss_scale: f32,
+}
+
+impl EpisodeData {
+    pub fn validate(&self, neurons: u32) -> Result<()> {
+        let what = "episode data";
+        if self.batch == 0 || self.steps == 0 {
+            return Err(invalid(what, format!("batch ({}) and steps ({}) must be at least 1", self.batch, self.steps)));
+        }
+        let row = self.batch as usize * neurons as usize;
+        if self.inputs.len() != self.steps as usize * row {
+            return Err(invalid(
+                what,
+                format!(
+                    "inputs hold {} values, expected steps * batch * neurons = {} * {} * {}",
+                    self.inputs.len(),
+                    self.steps,
+                    self.batch,
+                    neurons
+                ),
+            ));
+        }
+        if self.loss_steps.is_empty() {
+            return Err(invalid(what, "at least one loss step is needed"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for &s in &self.loss_steps {
+            if s == 0 || s > self.steps {
+                return Err(invalid(what, format!("loss step {s} is outside 1..={}", self.steps)));
+            }
+            if !seen.insert(s) {
+                return Err(invalid(what, format!("loss step {s} is listed twice")));
+            }
+        }
+        if self.targets.len() != self.loss_steps.len() * row {
+            return Err(invalid(
+                what,
+                format!("targets hold {} values, expected loss steps * batch * neurons = {}", self.targets.len(), self.loss_steps.len() * row),
+            ));
+        }
+        if !self.loss_scale.is_finite() {
+            return Err(invalid(what, "loss_scale must be finite"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shape(&self, neurons: u32) -> EpisodeShape {
+        EpisodeShape { neurons, batch: self.batch, steps: self.steps, loss_steps: self.loss_steps.clone() }
+    }
+}
+
+/// What the host reads back after an episode: scalars only.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EpisodeMetrics {
+    pub loss: f32,
+    /// Loss steps' activations whose sign differs from a nonzero target (the paper's bit errors).
+    pub sign_errors: u32,
+    /// Nonzero targets compared.
+    pub sign_count: u32,
+    /// Global gradient norm before clipping (training steps only, else 0).
+    pub grad_norm: f32,
+    /// eta after the step.
+    pub eta: f32,
+}
+
+impl EpisodeMetrics {
+    pub fn sign_error_rate(&self) -> f32 {
+        if self.sign_count == 0 { 0.0 } else { self.sign_errors as f32 / self.sign_count as f32 }
+    }
+
+    pub(crate) fn from_raw(raw: &[f32]) -> Self {
+        Self {
+            loss: raw[metrics::LOSS],
+            sign_errors: raw[metrics::SIGN_ERRORS] as u32,
+            sign_count: raw[metrics::SIGN_COUNT] as u32,
+            grad_norm: raw[metrics::GRAD_NORM_SQ].max(0.0).sqrt(),
+            eta: raw[metrics::ETA],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EpisodeShape {
+    pub neurons: u32,
+    pub batch: u32,
+    pub steps: u32,
+    pub loss_steps: Vec<u32>,
+}
+
+impl EpisodeShape {
+    pub fn loss_slot(&self, step: u32) -> u32 {
+        self.loss_steps.iter().position(|&s| s == step).map_or(LOSS_NONE, |p| p as u32)
+    }
+}
+
+/// One uniform params struct per step in one buffer, addressed with dynamic offsets.
+pub(crate) struct UniformSlots {
+    pub buffer: GpuBuffer,
+    stride: u64,
+    size: u64,
+}
+
+impl UniformSlots {
+    pub fn new<P: bytemuck::Pod>(ctx: &GpuContext, label: &'static str, slots: &[P]) -> Result<Self> {
+        let size = std::mem::size_of::<P>() as u64;
+        let stride = size.next_multiple_of(ctx.limits().min_uniform_buffer_offset_alignment as u64);
+        let mut bytes = vec![0u8; (stride * slots.len() as u64) as usize];
+        for (k, slot) in slots.iter().enumerate() {
+            bytes[k * stride as usize..][..size as usize].copy_from_slice(bytemuck::bytes_of(slot));
+        }
+        let buffer = buffers::create(ctx, label, bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        buffers::write(ctx, &buffer, 0, &bytes)?;
+        Ok(Self { buffer, stride, size })
+    }
+
+    /// One slot holding `bytes`.
+    pub fn from_bytes(ctx: &GpuContext, label: &'static str, bytes: &[u8]) -> Result<Self> {
+        let buffer = buffers::create(ctx, label, bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        buffers::write(ctx, &buffer, 0, bytes)?;
+        Ok(Self { stride: bytes.len() as u64, size: bytes.len() as u64, buffer })
+    }
+
+    pub fn offset(&self, slot: usize) -> u32 {
+        (self.stride * slot as u64) as u32
+    }
+}
+
+/// A bind group for `kernel`: its uniform slots at binding 0, then `storage` in binding order.
+pub(crate) fn bind_group(ctx: &GpuContext, kernel: &str, uniforms: &UniformSlots, storage: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let k = ctx.kernels.get(kernel);
+    assert_eq!(storage.len() + 1, k.descriptor.bindings.len(), "{kernel}: wrong number of buffers");
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &uniforms.buffer,
+            offset: 0,
+            size: std::num::NonZeroU64::new(uniforms.size),
+        }),
+    }];
+    entries.extend(storage.iter().enumerate().map(|(k, b)| wgpu::BindGroupEntry { binding: k as u32 + 1, resource: b.as_entire_binding() }));
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel), layout: &k.layout, entries: &entries })
+}
+
+pub(crate) fn dispatch(pass: &mut wgpu::ComputePass<'_>, ctx: &GpuContext, kernel: &str, group: &wgpu::BindGroup, offset: u32, grid: [u32; 3]) {
+    pass.set_pipeline(&ctx.kernels.get(kernel).pipeline);
+    pass.set_bind_group(0, group, &[offset]);
+    pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+}
+
+/// Buffers resident for a batch of episodes of one shape: inputs, targets, the activation history,
+/// the trace and the metrics. The trace never leaves the GPU.
+pub(crate) struct ForwardState {
+    pub shape: EpisodeShape,
+    pub inputs: GpuBuffer,
+    pub targets: GpuBuffer,
+    pub loss_steps: GpuBuffer,
+    pub activations: GpuBuffer,
+    pub trace: GpuBuffer,
+    pub metrics: GpuBuffer,
+    pub staging: GpuBuffer,
+    step_uniforms: UniformSlots,
+    loss_uniforms: UniformSlots,
+}
+
+impl ForwardState {
+    pub fn new(ctx: &GpuContext, data: &EpisodeData, neurons: u32) -> Result<Self> {
+        let shape = data.shape(neurons);
+        let (n, b, t) = (neurons as u64, data.batch as u64, data.steps as u64);
+        let trace_bytes = b * n * n * 4;
+        buffers::check_storage(ctx, &format!("the trace (B, N, N) = ({b}, {n}, {n})"), trace_bytes, |limit| {
+            let max_batch = limit / (n * n * 4);
+            let max_n = ((limit / (b * 4)) as f64).sqrt() as u64;
+            if max_batch >= 1 {
+                format!("use a batch of at most {max_batch}, or at most {max_n} neurons")
+            } else {
+                format!("use at most {max_n} neurons")
+            }
+        })?;
+        let history_bytes = (t + 1) * b * n * 4;
+        buffers::check_storage(ctx, &format!("the activation history (T + 1, B, N) = ({}, {b}, {n})", t + 1), history_bytes, |limit| {
+            format!("use at most {} steps at this batch and size", (limit / (b * n * 4)).saturating_sub(1))
+        })?;
+        buffers::check_storage(ctx, &format!("the inputs (T, B, N) = ({t}, {b}, {n})"), t * b * n * 4, |limit| {
+            format!("use at most {} steps at this batch and size", limit / (b * n * 4))
+        })?;
+        let step_params: Vec<ForwardStepParams> = (1..=data.steps)
+            .map(|step| ForwardStepParams {
+                n: neurons,
+                batch: data.batch,
+                step,
+                w_offset: 0,
+                alpha_offset: neurons * neurons,
+                eta_offset: 2 * neurons * neurons,
+                ..Default::default()
+            })
+            .collect();
+        let loss_params = LossMseParams {
+            n: neurons,
+            batch: data.batch,
+            n_loss_steps: data.loss_steps.len() as u32,
+            loss_scale: data.loss_scale,
+        };
+        Ok(Self {
+            inputs: buffers::storage(ctx, "inputs", t * b * n * 4)?,
+            targets: buffers::storage(ctx, "targets", data.targets.len() as u64 * 4)?,
+            loss_steps: buffers::storage_from(ctx, "loss steps", &data.loss_steps)?,
+            activations: buffers::storage(ctx, "activations", history_bytes)?,
+            trace: buffers::storage(ctx, "trace", trace_bytes)?,
+            metrics: buffers::storage(ctx, "metrics", metrics::COUNT as u64 * 4)?,
+            staging: buffers::create(
+                ctx,
+                "metrics readback",
+                metrics::COUNT as u64 * 4,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?,
+            step_uniforms: UniformSlots::new(ctx, "forward_step params", &step_params)?,
+            loss_uniforms: UniformSlots::new(ctx, "loss_mse params", &[loss_params])?,
+            shape,
+        })
+    }
+
+    pub fn upload(&self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
+        buffers::write(ctx, &self.inputs, 0, &data.inputs)?;
+        buffers::write(ctx, &self.targets, 0, &data.targets)
+    }
+
+    pub fn allocated_bytes(&self) -> u64 {
+        [&self.inputs, &self.targets, &self.loss_steps, &self.activations, &self.trace, &self.metrics, &self.staging]
+            .iter()
+            .map(|b| b.bytes)
+            .sum::<u64>()
+            + self.step_uniforms.buffer.bytes
+            + self.loss_uniforms.buffer.bytes
+    }
+
+    /// Records the whole forward episode and the loss. After step `c` of every `(c, buffer)` in
+    /// `checkpoints`, the trace H(c) is copied to `buffer`.
+    pub fn record_forward(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, net: &Network, checkpoints: &[(u32, &wgpu::Buffer)]) {
+        let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
+        encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
+        encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
+        let group = bind_group(ctx, "forward_step", &self.step_uniforms, &[&net.params, &self.inputs, &self.trace, &self.activations]);
+        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch);
+        let mut next_checkpoint = checkpoints.iter().peekable();
+        let mut step = 1;
+        while step <= self.shape.steps {
+            let last = next_checkpoint.peek().map_or(self.shape.steps, |(c, _)| *c);
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+                for s in step..=last {
+                    dispatch(&mut pass, ctx, "forward_step", &group, self.step_uniforms.offset(s as usize - 1), grid);
+                }
+            }
+            if let Some((c, buffer)) = next_checkpoint.next_if(|(c, _)| *c == last) {
+                debug_assert_eq!(*c, last);
+                encoder.copy_buffer_to_buffer(&self.trace, 0, buffer, 0, self.trace.bytes);
+            }
+            step = last + 1;
+        }
+        let loss_group = bind_group(ctx, "loss_mse", &self.loss_uniforms, &[&self.activations, &self.targets, &self.loss_steps, &self.metrics]);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("loss"), timestamp_writes: None });
+        dispatch(&mut pass, ctx, "loss_mse", &loss_group, 0, [1, 1, 1]);
+    }
+
+    /// Copies eta into the metrics, then the metrics into the staging buffer.
+    pub fn record_metrics_readback(&self, encoder: &mut wgpu::CommandEncoder, net: &Network) {
+        encoder.copy_buffer_to_buffer(&net.params, net.layout.eta_offset as u64 * 4, &self.metrics, metrics::ETA as u64 * 4, 4);
+        encoder.copy_buffer_to_buffer(&self.metrics, 0, &self.staging, 0, self.metrics.bytes);
+    }
+
+    pub fn finish(&self, ctx: &GpuContext, during: &str, encoder: wgpu::CommandEncoder) -> Result<EpisodeMetrics> {
+        ctx.submit_and_wait(during, encoder.finish())?;
+        let raw = buffers::map_read(ctx, &self.staging, "metrics")?;
+        Ok(EpisodeMetrics::from_raw(&raw))
+    }
+}
+
+/// Runs batches of forward episodes, keeping their state resident between calls of the same shape.
+#[derive(Default)]
+pub struct EpisodeRunner {
+    state: Option<ForwardState>,
+}
+
+impl EpisodeRunner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs one batch of episodes and returns the loss and sign errors; nothing else is read back.
+    pub fn run(&mut self, ctx: &GpuContext, net: &Network, data: &EpisodeData) -> Result<EpisodeMetrics> {
+        let state = prepare(&mut self.state, ctx, data, net.config.neurons)?;
+        let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward episode") });
+        ctx.scoped("recording the forward episode", || {
+            state.record_forward(ctx, &mut encoder, net, &[]);
+            state.record_metrics_readback(&mut encoder, net);
+        })?;
+        state.finish(ctx, "the forward episode", encoder)
+    }
+
+    /// The last episode's activations (T + 1, B, N), for tests and inspection.
+    pub fn read_activations(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
+        buffers::read_f32(ctx, &s.activations, 0, (s.activations.bytes / 4) as usize, "activations")
+    }
+
+    /// The trace after the last step, H(T) (B, N, N), for tests and inspection.
+    pub fn read_trace(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
+        buffers::read_f32(ctx, &s.trace, 0, (s.trace.bytes / 4) as usize, "trace")
+    }
+
+    pub fn allocated_bytes(&self) -> u64 {
+        self.state.as_ref().map_or(0, ForwardState::allocated_bytes)
+    }
+
+    /// The activation buffer (T + 1, B, N) of f32, row t holding x(t), for binding in host shaders.
+    pub fn activations_buffer(&self) -> Option<&wgpu::Buffer> {
+        self.state.as_ref().map(|s| &s.activations.buffer)
+    }
+}
+
+/// Validates `data` and (re)allocates the resident state when its shape changed, then uploads it.
+pub(crate) fn prepare<'a>(slot: &'a mut Option<ForwardState>, ctx: &GpuContext, data: &EpisodeData, neurons: u32) -> Result<&'a ForwardState> {
+    data.validate(neurons)?;
+    if slot.as_ref().is_none_or(|s| s.shape != data.shape(neurons)) {
+        *slot = None; // release the old buffers before allocating new ones
+        *slot = Some(ForwardState::new(ctx, data, neurons)?);
+    }
+    let state = slot.as_ref().expect("just allocated");
+    state.upload(ctx, data)?;
+    Ok(state)
+}

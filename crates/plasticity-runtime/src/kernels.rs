@@ -1,0 +1,70 @@
+//! Compute pipelines built from the kernel descriptors: the bind group layout of each kernel is
+//! derived from its descriptor, so a binding added in WGSL without the descriptor fails the layout
+//! test instead of silently misbinding.
+
+use std::collections::HashMap;
+
+use plasticity_kernels::{BindingKind, KernelDescriptor};
+
+pub(crate) struct Kernel {
+    pub descriptor: KernelDescriptor,
+    pub layout: wgpu::BindGroupLayout,
+    pub pipeline: wgpu::ComputePipeline,
+}
+
+pub(crate) struct Kernels {
+    by_name: HashMap<&'static str, Kernel>,
+}
+
+impl Kernels {
+    pub fn new(device: &wgpu::Device) -> Self {
+        let by_name = plasticity_kernels::ALL_KERNELS.iter().map(|k| (k.name, build(device, k))).collect();
+        Self { by_name }
+    }
+
+    pub fn get(&self, name: &str) -> &Kernel {
+        &self.by_name[name]
+    }
+}
+
+fn build(device: &wgpu::Device, k: &KernelDescriptor) -> Kernel {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = k
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(binding, b)| wgpu::BindGroupLayoutEntry {
+            binding: binding as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match b.kind {
+                    BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                    BindingKind::StorageRead => wgpu::BufferBindingType::Storage { read_only: true },
+                    BindingKind::StorageReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                // The per-step params of one episode sit in one uniform buffer, one slot per step.
+                has_dynamic_offset: b.kind == BindingKind::Uniform,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(k.name), entries: &entries });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(k.name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(k.name),
+        source: wgpu::ShaderSource::Wgsl(k.source.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(k.name),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(k.name),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Kernel { descriptor: *k, layout, pipeline }
+}
