@@ -67,30 +67,40 @@ impl GpuContext {
     }
 
     pub async fn new_async() -> Result<Self> {
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = backends;
-        let instance = wgpu::Instance::new(desc);
-        let adapters = instance.enumerate_adapters(backends).await;
-        let wanted_name = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
-        let listed: Vec<String> = adapters.iter().map(|a| AdapterSummary::from_info(&a.get_info()).to_string()).collect();
-        let adapter = adapters
-            .into_iter()
-            .filter(|a| match &wanted_name {
-                Some(name) => a.get_info().name.to_lowercase().contains(name),
-                None => true,
-            })
-            .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
-            .max_by_key(|a| adapter_rank(&a.get_info()))
-            .ok_or_else(|| PlasticityError::NoAdapter {
-                detail: match (&wanted_name, listed.is_empty()) {
-                    (_, true) => format!(" (backends searched: {backends:?})"),
-                    (Some(name), false) => {
-                        format!(" matching WGPU_ADAPTER_NAME='{name}' with compute shaders (found: {})", listed.join("; "))
-                    }
-                    (None, false) => format!(" with compute shaders (found: {})", listed.join("; ")),
-                },
-            })?;
+        // Without WGPU_BACKEND, look at the native APIs first and only then at GL, so that GL's
+        // start-up (and its complaints on headless machines) is skipped where Vulkan works.
+        let searches = match wgpu::Backends::from_env() {
+            Some(backends) => vec![backends],
+            None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
+        };
+        let wanted_name = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()).map(|s| s.to_lowercase());
+        let mut listed: Vec<String> = Vec::new();
+        let mut chosen = None;
+        for backends in &searches {
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = *backends;
+            let instance = wgpu::Instance::new(desc);
+            let adapters = instance.enumerate_adapters(*backends).await;
+            listed.extend(adapters.iter().map(|a| AdapterSummary::from_info(&a.get_info()).to_string()));
+            chosen = adapters
+                .into_iter()
+                .filter(|a| wanted_name.as_ref().is_none_or(|name| a.get_info().name.to_lowercase().contains(name)))
+                .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+                .max_by_key(|a| adapter_rank(&a.get_info()));
+            if chosen.is_some() {
+                break;
+            }
+        }
+        let searched = searches.iter().fold(wgpu::Backends::empty(), |acc, b| acc | *b);
+        let adapter = chosen.ok_or_else(|| PlasticityError::NoAdapter {
+            detail: match (&wanted_name, listed.is_empty()) {
+                (_, true) => format!(" (backends searched: {searched:?})"),
+                (Some(name), false) => {
+                    format!(" matching WGPU_ADAPTER_NAME='{name}' with compute shaders (found: {})", listed.join("; "))
+                }
+                (None, false) => format!(" with compute shaders (found: {})", listed.join("; ")),
+            },
+        })?;
         let info = adapter.get_info();
         // A compute engine wants the largest buffers the adapter allows, not WebGPU's defaults.
         let required_limits = adapter.limits();

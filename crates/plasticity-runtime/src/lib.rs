@@ -39,12 +39,14 @@ pub mod episode;
 pub mod error;
 mod kernels;
 pub mod network;
+pub mod tasks;
 pub mod trainer;
 
 pub use context::{AdapterSummary, GpuContext};
 pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner};
 pub use error::{PlasticityError, Result};
 pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
+pub use tasks::PatternTask;
 pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, reversal_segment};
 /// The wgpu this runtime is built on, so that embedders use the same version.
 pub use wgpu;
