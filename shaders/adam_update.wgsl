@@ -29,7 +29,7 @@ struct AdamParams {
     _pad2: f32,
 }
 
-@group(0) @binding(0) var<uniform> p: AdamParams;
+@group(0) @binding(0) var<storage, read> p: AdamParams;
 @group(0) @binding(1) var<storage, read> grads: array<f32>;            // flat (P)
 @group(0) @binding(2) var<storage, read> metrics: array<f32>;          // (METRIC_COUNT)
 @group(0) @binding(3) var<storage, read_write> params: array<f32>;     // flat (P)

@@ -25,7 +25,7 @@ struct BackwardActivationParams {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: BackwardActivationParams;
+@group(0) @binding(0) var<storage, read> p: BackwardActivationParams;
 @group(0) @binding(1) var<storage, read> activations: array<f32>;      // (T + 1, B, N): x(t) at row t
 @group(0) @binding(2) var<storage, read> targets: array<f32>;          // (L, B, N): y for each loss step
 @group(0) @binding(3) var<storage, read> partials: array<f32>;         // (2, B, N, n_tiles): row sums, then column sums

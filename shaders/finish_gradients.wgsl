@@ -1,6 +1,6 @@
 // finish_gradients: closes the backward sweep.
 //
-//   grads[eta] += sum_k eta_partials[k]          (0 instead when eta is fixed: learn_eta == 0)
+//   grads[eta] += sum_k partials[eta_partials_offset + k]    (0 instead when eta is fixed: learn_eta == 0)
 //   metrics[METRIC_GRAD_NORM_SQ] = sum_k grads[k]^2        over the whole flat gradient
 //
 // One workgroup strides over the flat gradient: the sweep's per-tile eta sums are tiny, and the norm,
@@ -10,14 +10,18 @@ const METRIC_GRAD_NORM_SQ: u32 = 3u;
 const WORKGROUP_SIZE: u32 = 256u;
 
 struct FinishGradientsParams {
-    param_count: u32,      // length of the flat gradient
+    param_count: u32,          // length of the flat gradient
     eta_offset: u32,
+    eta_partials_offset: u32,  // where backward_trace's per-tile eta sums start in `partials`
     n_eta_partials: u32,
-    learn_eta: u32,        // 0: eta is fixed, its gradient is forced to 0
+    learn_eta: u32,            // 0: eta is fixed, its gradient is forced to 0
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: FinishGradientsParams;
-@group(0) @binding(1) var<storage, read> eta_partials: array<f32>;   // (n_eta_partials)
+@group(0) @binding(0) var<storage, read> p: FinishGradientsParams;
+@group(0) @binding(1) var<storage, read> partials: array<f32>;       // backward_trace's partial sums; eta's are (n_eta_partials) at eta_partials_offset
 @group(0) @binding(2) var<storage, read_write> grads: array<f32>;    // flat, mirrors the parameters
 @group(0) @binding(3) var<storage, read_write> metrics: array<f32>;  // (METRIC_COUNT)
 
@@ -28,7 +32,7 @@ var<workgroup> eta_grad: f32;
 fn finish_gradients(@builtin(local_invocation_index) lane: u32) {
     var partial = 0.0;
     for (var k = lane; k < p.n_eta_partials; k += WORKGROUP_SIZE) {
-        partial += eta_partials[k];
+        partial += partials[p.eta_partials_offset + k];
     }
     sums[lane] = partial;
     workgroupBarrier();

@@ -33,7 +33,7 @@ struct ForwardStepParams {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: ForwardStepParams;
+@group(0) @binding(0) var<storage, read> p: ForwardStepParams;
 @group(0) @binding(1) var<storage, read> params: array<f32>;            // flat parameters: w (N, N) row i = pre, alpha (N, N), eta (1)
 @group(0) @binding(2) var<storage, read> inputs: array<f32>;            // (T, B, N): u(t) at row t - 1
 @group(0) @binding(3) var<storage, read_write> trace: array<f32>;       // (B, N, N): H(t-1) on entry, H(t) on exit

@@ -19,7 +19,7 @@ struct LossMseParams {
     loss_scale: f32,
 }
 
-@group(0) @binding(0) var<uniform> p: LossMseParams;
+@group(0) @binding(0) var<storage, read> p: LossMseParams;
 @group(0) @binding(1) var<storage, read> activations: array<f32>;  // (T + 1, B, N)
 @group(0) @binding(2) var<storage, read> targets: array<f32>;      // (L, B, N)
 @group(0) @binding(3) var<storage, read> loss_steps: array<u32>;   // (L): 1-based step of each target row

@@ -110,8 +110,10 @@ fn backward_trace_matches_cpu_twin() {
                 let trace = uniform(&mut r, batch as usize * nn, 1.0);
                 let trace_grad = uniform(&mut r, batch as usize * nn, 1.0);
                 let grads = uniform(&mut r, 2 * nn + 1, 1.0); // accumulated into
-                let partials = nan_filled(2 * row * tiles); // every element must be written
-                let eta_partials = uniform(&mut r, tiles * tiles, 1.0); // accumulated into
+                // Row and column sums: every element must be written; eta sums: accumulated into.
+                let mut partials = nan_filled(2 * row * tiles);
+                partials.extend(uniform(&mut r, tiles * tiles, 1.0));
+                assert_eq!(partials.len(), plasticity_kernels::trace_partials_len(n, batch));
                 let p = BackwardTraceParams {
                     n,
                     batch,
@@ -133,13 +135,11 @@ fn backward_trace_matches_cpu_twin() {
                         bytes(&trace_grad),
                         bytes(&grads),
                         bytes(&partials),
-                        bytes(&eta_partials),
                     ],
                     backward_trace::workgroups(n),
                 );
-                let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref, mut e_ref) =
-                    (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone(), eta_partials.clone());
-                cpu::backward_trace(&p, &params, &activations, &preact, &mut t_ref, &mut g_ref, &mut gr_ref, &mut p_ref, &mut e_ref);
+                let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) = (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
+                cpu::backward_trace(&p, &params, &activations, &preact, &mut t_ref, &mut g_ref, &mut gr_ref, &mut p_ref);
                 let ctx = format!("backward_trace N={n} B={batch} t={step}");
                 // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
                 // 1 - eta = 0.8, so allow a few ulps.
@@ -147,10 +147,11 @@ fn backward_trace_matches_cpu_twin() {
                 assert_close(&format!("{ctx} trace_grad"), &out[4], &to_f64(&g_ref), 1e-6, 1e-6);
                 // Batch sums of <= 3 products, accumulated onto O(1) values.
                 assert_close(&format!("{ctx} grads"), &out[5], &to_f64(&gr_ref), 1e-5, 1e-5);
+                let sums = 2 * row * tiles;
                 // Tile sums of 16 terms of magnitude <= ~4 in a tree vs f64.
-                assert_close(&format!("{ctx} partials"), &out[6], &to_f64(&p_ref), 2e-5, 1e-5);
+                assert_close(&format!("{ctx} row and column partials"), &out[6][..sums], &to_f64(&p_ref[..sums]), 2e-5, 1e-5);
                 // 256 * B terms per tile, magnitude <= ~2.
-                assert_close(&format!("{ctx} eta_partials"), &out[7], &to_f64(&e_ref), 1e-4, 1e-5);
+                assert_close(&format!("{ctx} eta partials"), &out[6][sums..], &to_f64(&p_ref[sums..]), 1e-4, 1e-5);
             }
         }
     }
@@ -191,13 +192,21 @@ fn finish_gradients_matches_cpu_twin() {
             let tiles = trace_tiles(n) as usize;
             let count = 2 * n * n + 1;
             let mut r = rng(77 + n as u64);
-            let eta_partials = uniform(&mut r, tiles * tiles, 1.0);
+            // The eta sums sit behind 40 unrelated values, as they sit behind the row and column sums.
+            let partials = uniform(&mut r, 40 + tiles * tiles, 1.0);
             let grads = uniform(&mut r, count as usize, 1.0);
             let metrics_buf = nan_filled(metrics::COUNT);
-            let p = FinishGradientsParams { param_count: count, eta_offset: count - 1, n_eta_partials: (tiles * tiles) as u32, learn_eta };
-            let out = run_kernel("finish_gradients", &p, &[bytes(&eta_partials), bytes(&grads), bytes(&metrics_buf)], [1, 1, 1]);
+            let p = FinishGradientsParams {
+                param_count: count,
+                eta_offset: count - 1,
+                eta_partials_offset: 40,
+                n_eta_partials: (tiles * tiles) as u32,
+                learn_eta,
+                ..Default::default()
+            };
+            let out = run_kernel("finish_gradients", &p, &[bytes(&partials), bytes(&grads), bytes(&metrics_buf)], [1, 1, 1]);
             let (mut g_ref, mut m_ref) = (grads.clone(), metrics_buf.clone());
-            cpu::finish_gradients(&p, &eta_partials, &mut g_ref, &mut m_ref);
+            cpu::finish_gradients(&p, &partials, &mut g_ref, &mut m_ref);
             let ctx = format!("finish_gradients N={n} learn_eta={learn_eta}");
             // Sums of <= 289 (eta) and <= 132099 (norm) terms in f32 strided order against f64.
             assert_close(&format!("{ctx} grads"), &out[1], &to_f64(&g_ref), 1e-5, 1e-5);

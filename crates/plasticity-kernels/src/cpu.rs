@@ -81,7 +81,6 @@ pub fn backward_trace(
     trace_grad: &mut [f32],
     grads: &mut [f32],
     partials: &mut [f32],
-    eta_partials: &mut [f32],
 ) {
     let (n, batch, t, tiles) = (p.n as usize, p.batch as usize, p.step as usize, p.n_tiles as usize);
     let tile = TRACE_TILE as usize;
@@ -124,8 +123,9 @@ pub fn backward_trace(
     for (k, v) in col_sums.iter().enumerate() {
         partials[batch * n * tiles + k] = *v as f32;
     }
+    let eta_start = 2 * batch * n * tiles;
     for (k, v) in eta_sums.iter().enumerate() {
-        eta_partials[k] += *v as f32;
+        partials[eta_start + k] += *v as f32;
     }
 }
 
@@ -149,9 +149,10 @@ pub fn loss_mse(p: &LossMseParams, activations: &[f32], targets: &[f32], loss_st
 }
 
 /// Twin of `shaders/finish_gradients.wgsl`.
-pub fn finish_gradients(p: &FinishGradientsParams, eta_partials: &[f32], grads: &mut [f32], metrics_out: &mut [f32]) {
+pub fn finish_gradients(p: &FinishGradientsParams, partials: &[f32], grads: &mut [f32], metrics_out: &mut [f32]) {
     let eta = p.eta_offset as usize;
-    let partial_sum: f64 = eta_partials[..p.n_eta_partials as usize].iter().map(|&v| v as f64).sum();
+    let eta_partials = &partials[p.eta_partials_offset as usize..][..p.n_eta_partials as usize];
+    let partial_sum: f64 = eta_partials.iter().map(|&v| v as f64).sum();
     grads[eta] = if p.learn_eta != 0 { (grads[eta] as f64 + partial_sum) as f32 } else { 0.0 };
     let norm_sq: f64 = grads[..p.param_count as usize].iter().map(|&g| g as f64 * g as f64).sum();
     metrics_out[metrics::GRAD_NORM_SQ] = norm_sq as f32;

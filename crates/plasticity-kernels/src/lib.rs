@@ -36,6 +36,7 @@ pub struct BindingDesc {
 }
 
 /// Everything the runtime needs to build a kernel's pipeline, and the test needs to check it.
+/// Binding 0 always holds the kernel's params struct.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelDescriptor {
     /// File stem in `shaders/` and name of the compute entry point.
@@ -43,7 +44,7 @@ pub struct KernelDescriptor {
     pub source: &'static str,
     /// Bindings of group 0 in binding order: `bindings[k]` is `@binding(k)`.
     pub bindings: &'static [BindingDesc],
-    /// Name of the WGSL struct bound as the uniform at binding 0.
+    /// Name of the WGSL struct bound at binding 0 (the params, with a dynamic offset).
     pub params_struct: &'static str,
     /// `(field name, byte offset)` of the Rust params struct, in declaration order.
     pub params_layout: &'static [(&'static str, usize)],
@@ -75,8 +76,11 @@ macro_rules! layout_of {
     };
 }
 
-const fn uniform(name: &'static str) -> BindingDesc {
-    BindingDesc { name, kind: BindingKind::Uniform }
+/// Binding 0 of every kernel: its params struct, bound with a dynamic offset so that one buffer
+/// holds the params of every step. Read-only storage rather than uniform: lavapipe specialises a
+/// shader on the contents of its uniform buffers and would recompile it for every step.
+const fn params(name: &'static str) -> BindingDesc {
+    BindingDesc { name, kind: BindingKind::StorageRead }
 }
 const fn read(name: &'static str) -> BindingDesc {
     BindingDesc { name, kind: BindingKind::StorageRead }
@@ -96,6 +100,13 @@ pub const TRACE_TILE: u32 = 16;
 /// Number of per-tile partial sums each neuron gets from `backward_trace`.
 pub fn trace_tiles(n: u32) -> u32 {
     div_ceil(n, TRACE_TILE)
+}
+
+/// Length of `backward_trace`'s partials buffer: row and column sums (2, B, N, tiles), then the
+/// per-tile eta sums (tiles, tiles), which start at `2 * B * N * tiles`.
+pub fn trace_partials_len(n: u32, batch: u32) -> usize {
+    let tiles = trace_tiles(n) as usize;
+    2 * batch as usize * n as usize * tiles + tiles * tiles
 }
 
 pub mod forward_step {
@@ -122,7 +133,7 @@ pub mod forward_step {
         name: "forward_step",
         source: include_str!("../../../shaders/forward_step.wgsl"),
         bindings: &[
-            uniform("p"),
+            read("p"),
             read("params"),
             read("inputs"),
             read_write("trace"),
@@ -163,7 +174,7 @@ pub mod backward_activation {
         name: "backward_activation",
         source: include_str!("../../../shaders/backward_activation.wgsl"),
         bindings: &[
-            uniform("p"),
+            params("p"),
             read("activations"),
             read("targets"),
             read("partials"),
@@ -200,7 +211,7 @@ pub mod backward_trace {
         name: "backward_trace",
         source: include_str!("../../../shaders/backward_trace.wgsl"),
         bindings: &[
-            uniform("p"),
+            params("p"),
             read("params"),
             read("activations"),
             read("preact_grad"),
@@ -208,7 +219,6 @@ pub mod backward_trace {
             read_write("trace_grad"),
             read_write("grads"),
             read_write("partials"),
-            read_write("eta_partials"),
         ],
         params_struct: "BackwardTraceParams",
         params_layout: layout_of!(BackwardTraceParams { n, batch, step, n_tiles, w_offset, alpha_offset, eta_offset, _pad0 }),
@@ -240,7 +250,7 @@ pub mod loss_mse {
         name: "loss_mse",
         source: include_str!("../../../shaders/loss_mse.wgsl"),
         bindings: &[
-            uniform("p"),
+            params("p"),
             read("activations"),
             read("targets"),
             read("loss_steps"),
@@ -263,16 +273,20 @@ pub mod finish_gradients {
     pub struct FinishGradientsParams {
         pub param_count: u32,
         pub eta_offset: u32,
+        pub eta_partials_offset: u32,
         pub n_eta_partials: u32,
         pub learn_eta: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "finish_gradients",
         source: include_str!("../../../shaders/finish_gradients.wgsl"),
-        bindings: &[uniform("p"), read("eta_partials"), read_write("grads"), read_write("metrics")],
+        bindings: &[params("p"), read("partials"), read_write("grads"), read_write("metrics")],
         params_struct: "FinishGradientsParams",
-        params_layout: layout_of!(FinishGradientsParams { param_count, eta_offset, n_eta_partials, learn_eta }),
+        params_layout: layout_of!(FinishGradientsParams { param_count, eta_offset, eta_partials_offset, n_eta_partials, learn_eta, _pad0, _pad1, _pad2 }),
         params_size: core::mem::size_of::<FinishGradientsParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
     };
@@ -306,7 +320,7 @@ pub mod adam_update {
         name: "adam_update",
         source: include_str!("../../../shaders/adam_update.wgsl"),
         bindings: &[
-            uniform("p"),
+            params("p"),
             read("grads"),
             read("metrics"),
             read_write("params"),

@@ -91,11 +91,12 @@ fn shaders_match_their_descriptors() {
         }
         assert!(kernel.storage_binding_count() <= 8, "{ctx}: more storage buffers than wgpu's default limit of 8");
 
-        // The uniform struct: same name, member names, offsets and size as the Rust params struct.
-        let (_, _, _, ty) = found.iter().find(|f| f.2 == BindingKind::Uniform).expect("uniform at binding 0");
+        // The params struct at binding 0: same name, member names, offsets and size as the Rust one.
+        let (_, _, kind, ty) = &found[0];
+        assert_eq!(*kind, BindingKind::StorageRead, "{ctx}: params are read-only storage (see plasticity_kernels::params)");
         let ty = &module.types[*ty];
         assert_eq!(ty.name.as_deref(), Some(kernel.params_struct), "{ctx}: params struct name");
-        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{ctx}: uniform is not a struct") };
+        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{ctx}: params are not a struct") };
         let wgsl: Vec<(&str, usize)> = members.iter().map(|m| (m.name.as_deref().unwrap(), m.offset as usize)).collect();
         assert_eq!(wgsl, kernel.params_layout.to_vec(), "{ctx}: params layout");
         assert_eq!(*span as usize, kernel.params_size, "{ctx}: params size");
@@ -110,6 +111,7 @@ fn shared_constants_agree() {
         ("METRIC_SIGN_COUNT", metrics::SIGN_COUNT as u32),
         ("METRIC_GRAD_NORM_SQ", metrics::GRAD_NORM_SQ as u32),
         ("TILE", plasticity_kernels::TRACE_TILE),
+        ("CHUNK", 4),
         ("BATCH_TILE", plasticity_kernels::forward_step::BATCH_TILE),
         ("LOSS_NONE", plasticity_kernels::backward_activation::LOSS_NONE),
     ];

@@ -228,9 +228,9 @@ impl GpuContext {
                 ),
             ));
         }
-        let uniforms = crate::episode::UniformSlots::from_bytes(self, "kernel params", params)?;
+        let slots = crate::episode::ParamSlots::from_bytes(self, "kernel params", params)?;
         self.scoped(&format!("recording {name}"), || {
-            let group = crate::episode::bind_group(self, name, &uniforms, storage);
+            let group = crate::episode::bind_group(self, name, &slots, storage);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
             crate::episode::dispatch(&mut pass, self, name, &group, 0, grid);
         })

@@ -117,29 +117,31 @@ impl EpisodeShape {
     }
 }
 
-/// One uniform params struct per step in one buffer, addressed with dynamic offsets.
-pub(crate) struct UniformSlots {
+/// A kernel's params struct for every step in one read-only storage buffer, addressed with
+/// dynamic offsets (one slot per dispatch, aligned to the device's offset alignment).
+pub(crate) struct ParamSlots {
     pub buffer: GpuBuffer,
     stride: u64,
     size: u64,
 }
 
-impl UniformSlots {
+impl ParamSlots {
     pub fn new<P: bytemuck::Pod>(ctx: &GpuContext, label: &'static str, slots: &[P]) -> Result<Self> {
         let size = std::mem::size_of::<P>() as u64;
-        let stride = size.next_multiple_of(ctx.limits().min_uniform_buffer_offset_alignment as u64);
+        let limits = ctx.limits();
+        let stride = size.next_multiple_of(limits.min_storage_buffer_offset_alignment as u64);
         let mut bytes = vec![0u8; (stride * slots.len() as u64) as usize];
         for (k, slot) in slots.iter().enumerate() {
             bytes[k * stride as usize..][..size as usize].copy_from_slice(bytemuck::bytes_of(slot));
         }
-        let buffer = buffers::create(ctx, label, bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let buffer = buffers::create(ctx, label, bytes.len() as u64, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST)?;
         buffers::write(ctx, &buffer, 0, &bytes)?;
         Ok(Self { buffer, stride, size })
     }
 
     /// One slot holding `bytes`.
     pub fn from_bytes(ctx: &GpuContext, label: &'static str, bytes: &[u8]) -> Result<Self> {
-        let buffer = buffers::create(ctx, label, bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let buffer = buffers::create(ctx, label, bytes.len() as u64, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST)?;
         buffers::write(ctx, &buffer, 0, bytes)?;
         Ok(Self { stride: bytes.len() as u64, size: bytes.len() as u64, buffer })
     }
@@ -150,15 +152,15 @@ impl UniformSlots {
 }
 
 /// A bind group for `kernel`: its uniform slots at binding 0, then `storage` in binding order.
-pub(crate) fn bind_group(ctx: &GpuContext, kernel: &str, uniforms: &UniformSlots, storage: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+pub(crate) fn bind_group(ctx: &GpuContext, kernel: &str, slots: &ParamSlots, storage: &[&wgpu::Buffer]) -> wgpu::BindGroup {
     let k = ctx.kernels.get(kernel);
     assert_eq!(storage.len() + 1, k.descriptor.bindings.len(), "{kernel}: wrong number of buffers");
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &uniforms.buffer,
+            buffer: &slots.buffer,
             offset: 0,
-            size: std::num::NonZeroU64::new(uniforms.size),
+            size: std::num::NonZeroU64::new(slots.size),
         }),
     }];
     entries.extend(storage.iter().enumerate().map(|(k, b)| wgpu::BindGroupEntry { binding: k as u32 + 1, resource: b.as_entire_binding() }));
@@ -182,8 +184,8 @@ pub(crate) struct ForwardState {
     pub trace: GpuBuffer,
     pub metrics: GpuBuffer,
     pub staging: GpuBuffer,
-    step_uniforms: UniformSlots,
-    loss_uniforms: UniformSlots,
+    step_params_slots: ParamSlots,
+    loss_params_slots: ParamSlots,
 }
 
 impl ForwardState {
@@ -237,8 +239,8 @@ impl ForwardState {
                 metrics::COUNT as u64 * 4,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
-            step_uniforms: UniformSlots::new(ctx, "forward_step params", &step_params)?,
-            loss_uniforms: UniformSlots::new(ctx, "loss_mse params", &[loss_params])?,
+            step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
+            loss_params_slots: ParamSlots::new(ctx, "loss_mse params", &[loss_params])?,
             shape,
         })
     }
@@ -253,8 +255,8 @@ impl ForwardState {
             .iter()
             .map(|b| b.bytes)
             .sum::<u64>()
-            + self.step_uniforms.buffer.bytes
-            + self.loss_uniforms.buffer.bytes
+            + self.step_params_slots.buffer.bytes
+            + self.loss_params_slots.buffer.bytes
     }
 
     /// Records the whole forward episode and the loss. After step `c` of every `(c, buffer)` in
@@ -263,7 +265,7 @@ impl ForwardState {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
-        let group = bind_group(ctx, "forward_step", &self.step_uniforms, &[&net.params, &self.inputs, &self.trace, &self.activations]);
+        let group = bind_group(ctx, "forward_step", &self.step_params_slots, &[&net.params, &self.inputs, &self.trace, &self.activations]);
         let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch);
         let mut next_checkpoint = checkpoints.iter().peekable();
         let mut step = 1;
@@ -272,7 +274,7 @@ impl ForwardState {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
                 for s in step..=last {
-                    dispatch(&mut pass, ctx, "forward_step", &group, self.step_uniforms.offset(s as usize - 1), grid);
+                    dispatch(&mut pass, ctx, "forward_step", &group, self.step_params_slots.offset(s as usize - 1), grid);
                 }
             }
             if let Some((c, buffer)) = next_checkpoint.next_if(|(c, _)| *c == last) {
@@ -281,7 +283,7 @@ impl ForwardState {
             }
             step = last + 1;
         }
-        let loss_group = bind_group(ctx, "loss_mse", &self.loss_uniforms, &[&self.activations, &self.targets, &self.loss_steps, &self.metrics]);
+        let loss_group = bind_group(ctx, "loss_mse", &self.loss_params_slots, &[&self.activations, &self.targets, &self.loss_steps, &self.metrics]);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("loss"), timestamp_writes: None });
         dispatch(&mut pass, ctx, "loss_mse", &loss_group, 0, [1, 1, 1]);
     }

@@ -42,7 +42,7 @@ fn build(device: &wgpu::Device, k: &KernelDescriptor) -> Kernel {
                     BindingKind::StorageReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                 },
                 // The per-step params of one episode sit in one uniform buffer, one slot per step.
-                has_dynamic_offset: b.kind == BindingKind::Uniform,
+                has_dynamic_offset: binding == 0,
                 min_binding_size: None,
             },
             count: None,

@@ -12,11 +12,11 @@ use plasticity_kernels::adam_update::{self, AdamParams};
 use plasticity_kernels::backward_activation::{self, BackwardActivationParams};
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
 use plasticity_kernels::finish_gradients::FinishGradientsParams;
-use plasticity_kernels::trace_tiles;
+use plasticity_kernels::{trace_partials_len, trace_tiles};
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
-use crate::episode::{EpisodeData, EpisodeMetrics, ForwardState, UniformSlots, bind_group, dispatch, prepare};
+use crate::episode::{EpisodeData, EpisodeMetrics, ForwardState, ParamSlots, bind_group, dispatch, prepare};
 use crate::error::{Result, invalid};
 use crate::network::{HostParameters, Network};
 
@@ -98,11 +98,10 @@ struct BackwardState {
     trace_grad: GpuBuffer,
     preact_grad: GpuBuffer,
     partials: GpuBuffer,
-    eta_partials: GpuBuffer,
-    activation_uniforms: UniformSlots,
-    trace_uniforms: UniformSlots,
-    finish_uniforms: UniformSlots,
-    adam_uniforms: UniformSlots,
+    activation_params_slots: ParamSlots,
+    trace_params_slots: ParamSlots,
+    finish_params_slots: ParamSlots,
+    adam_params_slots: ParamSlots,
 }
 
 impl BackwardState {
@@ -137,29 +136,30 @@ impl BackwardState {
         let finish = FinishGradientsParams {
             param_count: layout.count,
             eta_offset: layout.eta_offset,
+            eta_partials_offset: 2 * batch * n * tiles,
             n_eta_partials: tiles * tiles,
             learn_eta: net.config.learn_eta as u32,
+            ..Default::default()
         };
-        let partial_bytes = 2 * batch as u64 * n as u64 * tiles as u64 * 4;
+        let partial_bytes = trace_partials_len(n, batch) as u64 * 4;
         buffers::check_storage(ctx, "the backward partial sums (2, B, N, N/16)", partial_bytes, |_| "use a smaller batch".into())?;
         Ok(Self {
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             preact_grad: buffers::storage(ctx, "pre-activation gradient", batch as u64 * n as u64 * 4)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
-            eta_partials: buffers::storage(ctx, "eta partial sums", tiles as u64 * tiles as u64 * 4)?,
-            activation_uniforms: UniformSlots::new(ctx, "backward_activation params", &activation_params)?,
-            trace_uniforms: UniformSlots::new(ctx, "backward_trace params", &trace_params)?,
-            finish_uniforms: UniformSlots::new(ctx, "finish_gradients params", &[finish])?,
-            adam_uniforms: UniformSlots::new(ctx, "adam params", &[AdamParams::default()])?,
+            activation_params_slots: ParamSlots::new(ctx, "backward_activation params", &activation_params)?,
+            trace_params_slots: ParamSlots::new(ctx, "backward_trace params", &trace_params)?,
+            finish_params_slots: ParamSlots::new(ctx, "finish_gradients params", &[finish])?,
+            adam_params_slots: ParamSlots::new(ctx, "adam params", &[AdamParams::default()])?,
         })
     }
 
     fn allocated_bytes(&self) -> u64 {
-        [&self.trace_grad, &self.preact_grad, &self.partials, &self.eta_partials]
+        [&self.trace_grad, &self.preact_grad, &self.partials]
             .iter()
             .map(|b| b.bytes)
             .sum::<u64>()
-            + [&self.activation_uniforms, &self.trace_uniforms, &self.finish_uniforms, &self.adam_uniforms]
+            + [&self.activation_params_slots, &self.trace_params_slots, &self.finish_params_slots, &self.adam_params_slots]
                 .iter()
                 .map(|u| u.buffer.bytes)
                 .sum::<u64>()
@@ -293,7 +293,7 @@ impl Trainer {
                 ..Default::default()
             })
             .collect();
-        write_slots(ctx, &bwd.activation_uniforms, &activation_params)?;
+        write_slots(ctx, &bwd.activation_params_slots, &activation_params)?;
         if update {
             let step = self.adam_step + 1;
             let a = self.config.adam;
@@ -311,7 +311,7 @@ impl Trainer {
                 ..Default::default()
             };
             debug_assert!(grid[0] > 0);
-            write_slots(ctx, &bwd.adam_uniforms, &[params])?;
+            write_slots(ctx, &bwd.adam_params_slots, &[params])?;
         }
 
         let checkpoints: Vec<(u32, &wgpu::Buffer)> = plan.iter().zip(&self.checkpoints).map(|(&c, b)| (c, &b.buffer)).collect();
@@ -321,7 +321,7 @@ impl Trainer {
             fwd.record_forward(ctx, &mut encoder, net, &checkpoints);
             record_backward(ctx, &mut encoder, net, fwd, bwd, &self.grads, &checkpoints);
             if update {
-                let group = bind_group(ctx, "adam_update", &bwd.adam_uniforms, &[&self.grads, &fwd.metrics, &net.params, &self.adam_m, &self.adam_v]);
+                let group = bind_group(ctx, "adam_update", &bwd.adam_params_slots, &[&self.grads, &fwd.metrics, &net.params, &self.adam_m, &self.adam_v]);
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("adam"), timestamp_writes: None });
                 dispatch(&mut pass, ctx, "adam_update", &group, 0, adam_update::grid(net.layout.count).0);
             }
@@ -336,7 +336,7 @@ impl Trainer {
     }
 }
 
-fn write_slots<P: bytemuck::Pod>(ctx: &GpuContext, slots: &UniformSlots, values: &[P]) -> Result<()> {
+fn write_slots<P: bytemuck::Pod>(ctx: &GpuContext, slots: &ParamSlots, values: &[P]) -> Result<()> {
     for (k, v) in values.iter().enumerate() {
         buffers::write(ctx, &slots.buffer, slots.offset(k) as u64, std::slice::from_ref(v))?;
     }
@@ -354,15 +354,15 @@ fn record_backward(
     checkpoints: &[(u32, &wgpu::Buffer)],
 ) {
     let shape = &fwd.shape;
-    for b in [grads, &bwd.trace_grad.buffer, &bwd.partials.buffer, &bwd.eta_partials.buffer] {
+    for b in [grads, &bwd.trace_grad.buffer, &bwd.partials.buffer] {
         encoder.clear_buffer(b, 0, None);
     }
-    let activation_group = bind_group(ctx, "backward_activation", &bwd.activation_uniforms, &[&fwd.activations, &fwd.targets, &bwd.partials, &bwd.preact_grad]);
+    let activation_group = bind_group(ctx, "backward_activation", &bwd.activation_params_slots, &[&fwd.activations, &fwd.targets, &bwd.partials, &bwd.preact_grad]);
     let trace_group = bind_group(
         ctx,
         "backward_trace",
-        &bwd.trace_uniforms,
-        &[&net.params, &fwd.activations, &bwd.preact_grad, &fwd.trace, &bwd.trace_grad, grads, &bwd.partials, &bwd.eta_partials],
+        &bwd.trace_params_slots,
+        &[&net.params, &fwd.activations, &bwd.preact_grad, &fwd.trace, &bwd.trace_grad, grads, &bwd.partials],
     );
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
     let trace_grid = backward_trace::workgroups(shape.neurons);
@@ -375,8 +375,8 @@ fn record_backward(
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("backward"), timestamp_writes: None });
             loop {
                 let slot = t as usize - 1;
-                dispatch(&mut pass, ctx, "backward_activation", &activation_group, bwd.activation_uniforms.offset(slot), activation_grid);
-                dispatch(&mut pass, ctx, "backward_trace", &trace_group, bwd.trace_uniforms.offset(slot), trace_grid);
+                dispatch(&mut pass, ctx, "backward_activation", &activation_group, bwd.activation_params_slots.offset(slot), activation_grid);
+                dispatch(&mut pass, ctx, "backward_trace", &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
                 if t == 1 || resets_at(t - 1) {
                     break;
                 }
@@ -392,7 +392,7 @@ fn record_backward(
         }
         t -= 1;
     }
-    let finish_group = bind_group(ctx, "finish_gradients", &bwd.finish_uniforms, &[&bwd.eta_partials, grads, &fwd.metrics]);
+    let finish_group = bind_group(ctx, "finish_gradients", &bwd.finish_params_slots, &[&bwd.partials, grads, &fwd.metrics]);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("finish gradients"), timestamp_writes: None });
     dispatch(&mut pass, ctx, "finish_gradients", &finish_group, 0, [1, 1, 1]);
 }
