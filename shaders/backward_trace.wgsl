@@ -13,16 +13,18 @@
 // growth of rounding error to (1 - eta)^-K (see design/plastic-bptt.md). Nothing is written to the
 // trace at t = 1, since H(0) does not exist.
 //
-// A 16x16 workgroup owns a tile of (i, j) for every batch element: w, alpha, dw and dalpha are touched
-// once per step, the trace and its gradient once per batch element. The row and column sums are reduced
-// inside the tile, CHUNK batch elements at a time, and written as one partial per tile, summed later by
-// backward_activation.
-// Traffic per step (f32): (2 + 2 + 2*B + 2*B) * N*N * 4 bytes, plus O(B*N*N/16) for the partials.
+// One invocation owns a TILE x TILE block of (i, j) for every batch element and walks it serially, so
+// both the row sums (over its TILE columns) and the column sums (over its TILE rows) are private
+// running sums: no workgroup memory and no barriers. Each block writes one partial per row and per
+// column, summed later by backward_activation. w, alpha, dw and dalpha are touched once per CHUNK
+// batch elements, the trace and its gradient once per batch element.
+// Traffic per step (f32): (2 + 4 + 4*B) * N*N * 4 bytes at B <= CHUNK, plus O(B*N*N/TILE) for partials.
 
 const TILE: u32 = 16u;
-// Batch elements whose row and column sums are reduced together: two barriers per chunk rather
-// than a tree of barriers per batch element (barriers are what software rasterisers pay most for).
+// Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
 const CHUNK: u32 = 4u;
+
+override WORKGROUP_SIZE: u32 = 64u;
 
 struct BackwardTraceParams {
     n: u32,            // neurons N
@@ -46,103 +48,70 @@ struct BackwardTraceParams {
 // (n_tiles, n_tiles): each tile's eta sum, accumulated over the sweep (at 2 * B * N * n_tiles).
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 
-var<workgroup> row_terms: array<f32, 1024>; // (CHUNK, TILE, TILE)
-var<workgroup> col_terms: array<f32, 1024>; // (CHUNK, TILE, TILE)
-
-@compute @workgroup_size(16, 16)
-fn backward_trace(
-    @builtin(workgroup_id) tile: vec3<u32>,
-    @builtin(local_invocation_id) local: vec3<u32>,
-) {
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = p.n;
-    let tj = local.x;
-    let ti = local.y;
-    let j = tile.x * TILE + tj;
-    let i = tile.y * TILE + ti;
-    let valid = i < n && j < n;
-    let slot = ti * TILE + tj;
+    let tile_j = gid.x;
+    let tile_i = gid.y;
+    if (tile_j >= p.n_tiles || tile_i >= p.n_tiles) {
+        return;
+    }
+    let i0 = tile_i * TILE;
+    let j0 = tile_j * TILE;
+    let i_end = min(i0 + TILE, n);
+    let j_end = min(j0 + TILE, n);
     let row = p.batch * n;
     let x_now = p.step * row;            // x(t)
     let x_prev = x_now - row;            // x(t-1)
     let has_prev2 = p.step >= 2u;        // x(t-2) and H(t-1) exist
     let eta = params[p.eta_offset];
     let decay = 1.0 - eta;
-    var w_ij = 0.0;
-    var alpha_ij = 0.0;
-    if (valid) {
-        w_ij = params[p.w_offset + i * n + j];
-        alpha_ij = params[p.alpha_offset + i * n + j];
-    }
+    let col_base = p.batch * n * p.n_tiles; // column sums follow the row sums in `partials`
 
-    var d_w = 0.0;
-    var d_alpha = 0.0;
     var d_eta = 0.0;
     for (var b0 = 0u; b0 < p.batch; b0 += CHUNK) {
-        for (var k = 0u; k < CHUNK; k++) {
-            let b = b0 + k;
-            var row_term = 0.0;
-            var col_term = 0.0;
-            if (valid && b < p.batch) {
-                let idx = (b * n + i) * n + j;
-                let xi_prev = activations[x_prev + b * n + i];
-                let xj_now = activations[x_now + b * n + j];
-                let ga_j = preact_grad[b * n + j];
-                let h = trace[idx];
-                let g_next = trace_grad[idx];
-                d_w += ga_j * xi_prev;
-                d_alpha += ga_j * h * xi_prev;
-                d_eta += g_next * (xi_prev * xj_now - h);
-                row_term = (w_ij + alpha_ij * h) * ga_j + eta * g_next * xj_now;
-                let g = decay * g_next + alpha_ij * xi_prev * ga_j;
-                trace_grad[idx] = g;
-                if (has_prev2) {
-                    let xi_prev2 = activations[x_prev - row + b * n + i];
-                    let xj_prev = activations[x_prev + b * n + j];
-                    col_term = eta * g * xi_prev2;
-                    trace[idx] = (h - eta * xi_prev2 * xj_prev) / decay;
+        let chunk = min(CHUNK, p.batch - b0);
+        var col_sums: array<f32, 64>;    // (CHUNK, TILE)
+        for (var i = i0; i < i_end; i++) {
+            var row_sums: array<f32, CHUNK>;
+            for (var j = j0; j < j_end; j++) {
+                let w_ij = params[p.w_offset + i * n + j];
+                let alpha_ij = params[p.alpha_offset + i * n + j];
+                var d_w = 0.0;
+                var d_alpha = 0.0;
+                for (var k = 0u; k < chunk; k++) {
+                    let b = b0 + k;
+                    let idx = (b * n + i) * n + j;
+                    let xi_prev = activations[x_prev + b * n + i];
+                    let xj_now = activations[x_now + b * n + j];
+                    let ga_j = preact_grad[b * n + j];
+                    let h = trace[idx];
+                    let g_next = trace_grad[idx];
+                    d_w += ga_j * xi_prev;
+                    d_alpha += ga_j * h * xi_prev;
+                    d_eta += g_next * (xi_prev * xj_now - h);
+                    row_sums[k] += (w_ij + alpha_ij * h) * ga_j + eta * g_next * xj_now;
+                    let g = decay * g_next + alpha_ij * xi_prev * ga_j;
+                    trace_grad[idx] = g;
+                    if (has_prev2) {
+                        let xi_prev2 = activations[x_prev - row + b * n + i];
+                        let xj_prev = activations[x_prev + b * n + j];
+                        col_sums[k * TILE + j - j0] += eta * g * xi_prev2;
+                        trace[idx] = (h - eta * xi_prev2 * xj_prev) / decay;
+                    }
                 }
+                grads[p.w_offset + i * n + j] += d_w;
+                grads[p.alpha_offset + i * n + j] += d_alpha;
             }
-            row_terms[k * TILE * TILE + slot] = row_term;
-            col_terms[k * TILE * TILE + slot] = col_term;
-        }
-        workgroupBarrier();
-        // Invocations 0..63 each sum one row of one batch element, 64..127 one column.
-        let k = (slot / TILE) % CHUNK;
-        let lane = slot % TILE;
-        let b = b0 + k;
-        if (slot < CHUNK * TILE && b < p.batch) {
-            let r = tile.y * TILE + lane;
-            var sum = 0.0;
-            for (var c = 0u; c < TILE; c++) {
-                sum += row_terms[k * TILE * TILE + lane * TILE + c];
-            }
-            if (r < n) {
-                partials[(b * n + r) * p.n_tiles + tile.x] = sum;
-            }
-        } else if (slot < 2u * CHUNK * TILE && b < p.batch) {
-            let c = tile.x * TILE + lane;
-            var sum = 0.0;
-            for (var q = 0u; q < TILE; q++) {
-                sum += col_terms[k * TILE * TILE + q * TILE + lane];
-            }
-            if (c < n) {
-                partials[(p.batch + b) * n * p.n_tiles + c * p.n_tiles + tile.y] = sum;
+            for (var k = 0u; k < chunk; k++) {
+                partials[((b0 + k) * n + i) * p.n_tiles + tile_j] = row_sums[k];
             }
         }
-        workgroupBarrier();
-    }
-
-    if (valid) {
-        grads[p.w_offset + i * n + j] += d_w;
-        grads[p.alpha_offset + i * n + j] += d_alpha;
-    }
-    row_terms[slot] = d_eta;
-    workgroupBarrier();
-    if (slot == 0u) {
-        var sum = 0.0;
-        for (var s = 0u; s < TILE * TILE; s++) {
-            sum += row_terms[s];
+        for (var k = 0u; k < chunk; k++) {
+            for (var j = j0; j < j_end; j++) {
+                partials[col_base + ((b0 + k) * n + j) * p.n_tiles + tile_i] = col_sums[k * TILE + j - j0];
+            }
         }
-        partials[2u * p.batch * n * p.n_tiles + tile.y * p.n_tiles + tile.x] += sum;
     }
+    partials[2u * col_base + tile_i * p.n_tiles + tile_j] += d_eta;
 }

@@ -8,6 +8,7 @@ use crate::backward_trace::BackwardTraceParams;
 use crate::finish_gradients::FinishGradientsParams;
 use crate::forward_step::ForwardStepParams;
 use crate::loss_mse::LossMseParams;
+use crate::stream_triad::StreamTriadParams;
 use crate::{TRACE_TILE, metrics};
 
 /// Matches the kernel's clamp before tanh (tanh(15) == 1 in f32).
@@ -174,5 +175,12 @@ pub fn adam_update(p: &AdamParams, grads: &[f32], metrics_in: &[f32], params: &m
         adam_m[k] = m;
         adam_v[k] = v;
         params[k] -= p.lr * (m / p.bias1) / ((v / p.bias2).sqrt() + p.eps);
+    }
+}
+
+/// Twin of `shaders/stream_triad.wgsl`.
+pub fn stream_triad(p: &StreamTriadParams, a: &[f32], b: &[f32], c: &mut [f32]) {
+    for k in 0..p.count as usize {
+        c[k] = a[k] + p.scale * b[k];
     }
 }

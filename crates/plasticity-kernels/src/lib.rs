@@ -18,6 +18,23 @@
 pub mod cpu;
 pub mod reference;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elementwise_grid_covers_every_element_once_within_limits() {
+        for count in [1u32, 255, 256, 257, 65_535 * 256, 65_535 * 256 + 1, 300_000_000] {
+            let (grid, stride) = elementwise_grid(count, 256);
+            assert!(grid[0] <= 65_535 && grid[1] <= 65_535, "{count}: {grid:?}");
+            assert_eq!(stride, grid[0] * 256);
+            let covered = stride as u64 * grid[1] as u64;
+            assert!(covered >= count as u64, "{count}: covers {covered}");
+            assert!(covered - (count as u64) < stride as u64 + 256 * grid[1] as u64, "{count}: a whole spare row");
+        }
+    }
+}
+
 use bytemuck::{Pod, Zeroable};
 
 /// How a kernel reads a binding.
@@ -94,7 +111,7 @@ pub fn div_ceil(count: u32, size: u32) -> u32 {
     count.div_ceil(size)
 }
 
-/// Side of the square (i, j) tile reduced by one `backward_trace` workgroup.
+/// Side of the square (i, j) block that one `backward_trace` invocation walks.
 pub const TRACE_TILE: u32 = 16;
 
 /// Number of per-tile partial sums each neuron gets from `backward_trace`.
@@ -223,12 +240,15 @@ pub mod backward_trace {
         params_struct: "BackwardTraceParams",
         params_layout: layout_of!(BackwardTraceParams { n, batch, step, n_tiles, w_offset, alpha_offset, eta_offset, _pad0 }),
         params_size: core::mem::size_of::<BackwardTraceParams>(),
-        workgroup_size: [TRACE_TILE, TRACE_TILE, 1],
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
     };
 
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    /// One invocation per TRACE_TILE x TRACE_TILE block.
     pub fn workgroups(n: u32) -> [u32; 3] {
         let tiles = trace_tiles(n);
-        [tiles, tiles, 1]
+        [div_ceil(tiles, WORKGROUP_SIZE), tiles, 1]
     }
 }
 
@@ -296,8 +316,6 @@ pub mod adam_update {
     use super::*;
 
     pub const WORKGROUP_SIZE: u32 = 256;
-    /// Most workgroups in one dispatch dimension (wgpu's default limit).
-    pub const MAX_GROUPS_PER_DIMENSION: u32 = 65_535;
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
@@ -335,16 +353,48 @@ pub mod adam_update {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
     };
 
-    /// A 1-D or, past 65535 workgroups, 2-D grid covering `count` elements, and its row stride.
+    /// The grid covering `count` parameters, and its row stride.
     pub fn grid(count: u32) -> ([u32; 3], u32) {
-        let groups = div_ceil(count.max(1), WORKGROUP_SIZE);
-        if groups <= MAX_GROUPS_PER_DIMENSION {
-            ([groups, 1, 1], groups * WORKGROUP_SIZE)
-        } else {
-            let rows = div_ceil(groups, MAX_GROUPS_PER_DIMENSION);
-            let cols = div_ceil(groups, rows);
-            ([cols, rows, 1], cols * WORKGROUP_SIZE)
-        }
+        elementwise_grid(count, WORKGROUP_SIZE)
+    }
+}
+
+pub mod stream_triad {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 256;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct StreamTriadParams {
+        pub count: u32,
+        pub row_stride: u32,
+        pub scale: f32,
+        pub _pad0: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "stream_triad",
+        source: include_str!("../../../shaders/stream_triad.wgsl"),
+        bindings: &[params("p"), read("a"), read("b"), read_write("c")],
+        params_struct: "StreamTriadParams",
+        params_layout: layout_of!(StreamTriadParams { count, row_stride, scale, _pad0 }),
+        params_size: core::mem::size_of::<StreamTriadParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+    };
+}
+
+/// A 1-D or, past 65535 workgroups, 2-D grid of `workgroup_size`-wide groups covering `count`
+/// elements, and its row stride (invocations per grid row).
+pub fn elementwise_grid(count: u32, workgroup_size: u32) -> ([u32; 3], u32) {
+    const MAX_GROUPS_PER_DIMENSION: u32 = 65_535;
+    let groups = div_ceil(count.max(1), workgroup_size);
+    if groups <= MAX_GROUPS_PER_DIMENSION {
+        ([groups, 1, 1], groups * workgroup_size)
+    } else {
+        let rows = div_ceil(groups, MAX_GROUPS_PER_DIMENSION);
+        let cols = div_ceil(groups, rows);
+        ([cols, rows, 1], cols * workgroup_size)
     }
 }
 
@@ -356,4 +406,5 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     loss_mse::KERNEL,
     finish_gradients::KERNEL,
     adam_update::KERNEL,
+    stream_triad::KERNEL,
 ];

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod buffers;
 pub mod context;
 pub mod episode;

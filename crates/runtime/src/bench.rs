@@ -1,0 +1,160 @@
+//! `bench`: the figures behind every speed and memory claim of the project.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use plasticity_runtime::GpuContext;
+use plasticity_runtime::bench::{self, BenchCase, CaseResult, MemoryScaling};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Neuron counts to measure (default: 256,1000 on a GPU, 64,256 on a CPU adapter).
+    #[arg(long, value_delimiter = ',')]
+    neurons: Option<Vec<u32>>,
+    /// Batch sizes to measure (default: 1,16,64 on a GPU, 1,16 on a CPU adapter).
+    #[arg(long, value_delimiter = ',')]
+    batch: Option<Vec<u32>>,
+    /// Steps per episode (the pattern task's 106).
+    #[arg(long, default_value_t = 106)]
+    steps: u32,
+    /// Timed repetitions per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Untimed warm-up episodes before each figure.
+    #[arg(long, default_value_t = 1)]
+    warmup: u32,
+    /// Episode lengths for the memory-growth figure, at --memory-size.
+    #[arg(long, value_delimiter = ',', default_values_t = [100u32, 1000])]
+    memory_steps: Vec<u32>,
+    /// Neurons and batch of the memory-growth figure, as N,B.
+    #[arg(long, value_delimiter = ',', default_values_t = [256u32, 4])]
+    memory_size: Vec<u32>,
+    /// A smoke run: small sizes, one repetition, no warm-up.
+    #[arg(long)]
+    quick: bool,
+    /// Also write every figure, with the adapter and the configuration, to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let ctx = GpuContext::new()?;
+    let cpu = ctx.adapter.is_cpu();
+    println!("adapter: {}", ctx.adapter);
+    if cpu {
+        println!("note: a CPU (software) adapter: these times are not GPU times; compare ratios, not absolute figures");
+    }
+    let (neurons, batches, reps, warmup, memory_steps) = if args.quick {
+        (vec![64], vec![1, 4], 1, 0, vec![50, 200])
+    } else {
+        let neurons = args.neurons.clone().unwrap_or(if cpu { vec![64, 256] } else { vec![256, 1000] });
+        let batches = args.batch.clone().unwrap_or(if cpu { vec![1, 16] } else { vec![1, 16, 64] });
+        (neurons, batches, args.reps, args.warmup, args.memory_steps.clone())
+    };
+    anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
+    anyhow::ensure!(
+        args.memory_size.len() == 2 && args.memory_size.iter().all(|&v| v >= 1),
+        "--memory-size takes two positive numbers, N,B (got {:?})",
+        args.memory_size
+    );
+    let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
+    let ceiling = bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
+    println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s\n");
+
+    println!(
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4}",
+        "N", "B", "T", "fwd ms/step", "train ms/ep", "train/f", "ep/s", "fwd GB/s", "%ceil", "bwd GB/s", "%ceil", "peak MiB", "K"
+    );
+    let mut results = Vec::new();
+    for &n in &neurons {
+        for &b in &batches {
+            let case = BenchCase { neurons: n, batch: b, steps: args.steps };
+            let r = bench::bench_case(&ctx, case, warmup, reps, ceiling).with_context(|| format!("N = {n}, B = {b}"))?;
+            print_case(&r);
+            results.push(r);
+        }
+    }
+    let (mn, mb) = if args.quick { (32, 2) } else { (args.memory_size[0], args.memory_size[1]) };
+    let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1).context("memory scaling")?;
+    print_memory(&memory);
+    if let Some(path) = &args.json {
+        write_json(path, &ctx, ceiling, &results, &memory, args)?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn print_case(r: &CaseResult) {
+    println!(
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4}",
+        r.case.neurons,
+        r.case.batch,
+        r.case.steps,
+        r.forward_ms_per_step,
+        r.train_ms_per_episode,
+        r.train_over_forward,
+        r.episodes_per_s,
+        r.forward_gbps,
+        100.0 * r.forward_of_ceiling,
+        r.backward_gbps,
+        100.0 * r.backward_of_ceiling,
+        mib(r.peak_bytes),
+        r.checkpoint_segment
+    );
+}
+
+fn print_memory(m: &MemoryScaling) {
+    println!("\nmemory against episode length (training, N = {}, B = {}):", m.neurons, m.batch);
+    for p in &m.points {
+        println!("  T = {:>5}: peak {:>8.2} MiB, {:.3} ms per step", p.steps, mib(p.peak_bytes), p.train_ms_per_step);
+    }
+    if let (Some(first), Some(last)) = (m.points.first(), m.points.last()) {
+        println!(
+            "  T = {} uses {:.2}x the memory of T = {}",
+            last.steps,
+            last.peak_bytes as f64 / first.peak_bytes as f64,
+            first.steps
+        );
+    }
+}
+
+fn write_json(path: &PathBuf, ctx: &GpuContext, ceiling: f64, results: &[CaseResult], memory: &MemoryScaling, args: &BenchArgs) -> anyhow::Result<()> {
+    let cases: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "neurons": r.case.neurons, "batch": r.case.batch, "steps": r.case.steps,
+                "forward_ms_per_step": r.forward_ms_per_step,
+                "train_ms_per_episode": r.train_ms_per_episode,
+                "train_over_forward": r.train_over_forward,
+                "episodes_per_s": r.episodes_per_s,
+                "forward_gbps": r.forward_gbps, "forward_of_ceiling": r.forward_of_ceiling,
+                "backward_gbps": r.backward_gbps, "backward_of_ceiling": r.backward_of_ceiling,
+                "peak_bytes": r.peak_bytes,
+                "checkpoint_segment": r.checkpoint_segment,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "adapter": {
+            "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
+            "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
+        },
+        "timing": "median wall clock around finished submissions",
+        "config": { "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick },
+        "stream_ceiling_gbps": ceiling,
+        "cases": cases,
+        "memory_scaling": {
+            "neurons": memory.neurons, "batch": memory.batch,
+            "points": memory.points.iter().map(|p| serde_json::json!({
+                "steps": p.steps, "peak_bytes": p.peak_bytes, "train_ms_per_step": p.train_ms_per_step
+            })).collect::<Vec<_>>(),
+        },
+    });
+    crate::write_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())
+}
