@@ -44,16 +44,13 @@ fn forward_step_matches_cpu_twin() {
                 // later rows must not be touched.
                 let mut activations = uniform(&mut r, step as usize * row, 1.0);
                 activations.extend(nan_filled((steps + 1 - step as usize) * row));
-                let p = ForwardStepParams {
-                    n,
-                    batch,
-                    step,
-                    w_offset: 0,
-                    alpha_offset: n * n,
-                    eta_offset: 2 * n * n,
-                    ..Default::default()
-                };
-                let out = run_kernel("forward_step", &p, &[bytes(&params), bytes(&inputs), bytes(&trace), bytes(&activations)], forward_step::workgroups(n, batch));
+                let p = ForwardStepParams { n, batch, step, w_offset: 0, alpha_offset: n * n, eta_offset: 2 * n * n, ..Default::default() };
+                let out = run_kernel(
+                    "forward_step",
+                    &p,
+                    &[bytes(&params), bytes(&inputs), bytes(&trace), bytes(&activations)],
+                    forward_step::workgroups(n, batch),
+                );
                 let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
                 cpu::forward_step(&p, &params, &inputs, &mut trace_ref, &mut act_ref);
                 let ctx = format!("forward_step N={n} B={batch} t={step}");

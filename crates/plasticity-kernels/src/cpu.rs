@@ -44,13 +44,7 @@ pub fn forward_step(p: &ForwardStepParams, params: &[f32], inputs: &[f32], trace
 }
 
 /// Twin of `shaders/backward_activation.wgsl`.
-pub fn backward_activation(
-    p: &BackwardActivationParams,
-    activations: &[f32],
-    targets: &[f32],
-    partials: &[f32],
-    preact_grad: &mut [f32],
-) {
+pub fn backward_activation(p: &BackwardActivationParams, activations: &[f32], targets: &[f32], partials: &[f32], preact_grad: &mut [f32]) {
     let (n, batch, tiles) = (p.n as usize, p.batch as usize, p.n_tiles as usize);
     for b in 0..batch {
         for j in 0..n {

@@ -149,13 +149,7 @@ pub mod forward_step {
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "forward_step",
         source: include_str!("../../../shaders/forward_step.wgsl"),
-        bindings: &[
-            read("p"),
-            read("params"),
-            read("inputs"),
-            read_write("trace"),
-            read_write("activations"),
-        ],
+        bindings: &[read("p"), read("params"), read("inputs"), read_write("trace"), read_write("activations")],
         params_struct: "ForwardStepParams",
         params_layout: layout_of!(ForwardStepParams { n, batch, step, w_offset, alpha_offset, eta_offset, _pad0, _pad1 }),
         params_size: core::mem::size_of::<ForwardStepParams>(),
@@ -190,13 +184,7 @@ pub mod backward_activation {
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "backward_activation",
         source: include_str!("../../../shaders/backward_activation.wgsl"),
-        bindings: &[
-            params("p"),
-            read("activations"),
-            read("targets"),
-            read("partials"),
-            read_write("preact_grad"),
-        ],
+        bindings: &[params("p"), read("activations"), read("targets"), read("partials"), read_write("preact_grad")],
         params_struct: "BackwardActivationParams",
         params_layout: layout_of!(BackwardActivationParams { n, batch, step, n_tiles, loss_slot, loss_scale, _pad0, _pad1 }),
         params_size: core::mem::size_of::<BackwardActivationParams>(),
@@ -269,13 +257,7 @@ pub mod loss_mse {
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "loss_mse",
         source: include_str!("../../../shaders/loss_mse.wgsl"),
-        bindings: &[
-            params("p"),
-            read("activations"),
-            read("targets"),
-            read("loss_steps"),
-            read_write("metrics"),
-        ],
+        bindings: &[params("p"), read("activations"), read("targets"), read("loss_steps"), read_write("metrics")],
         params_struct: "LossMseParams",
         params_layout: layout_of!(LossMseParams { n, batch, n_loss_steps, loss_scale }),
         params_size: core::mem::size_of::<LossMseParams>(),
@@ -306,7 +288,16 @@ pub mod finish_gradients {
         source: include_str!("../../../shaders/finish_gradients.wgsl"),
         bindings: &[params("p"), read("partials"), read_write("grads"), read_write("metrics")],
         params_struct: "FinishGradientsParams",
-        params_layout: layout_of!(FinishGradientsParams { param_count, eta_offset, eta_partials_offset, n_eta_partials, learn_eta, _pad0, _pad1, _pad2 }),
+        params_layout: layout_of!(FinishGradientsParams {
+            param_count,
+            eta_offset,
+            eta_partials_offset,
+            n_eta_partials,
+            learn_eta,
+            _pad0,
+            _pad1,
+            _pad2
+        }),
         params_size: core::mem::size_of::<FinishGradientsParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
     };
@@ -337,17 +328,21 @@ pub mod adam_update {
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "adam_update",
         source: include_str!("../../../shaders/adam_update.wgsl"),
-        bindings: &[
-            params("p"),
-            read("grads"),
-            read("metrics"),
-            read_write("params"),
-            read_write("adam_m"),
-            read_write("adam_v"),
-        ],
+        bindings: &[params("p"), read("grads"), read("metrics"), read_write("params"), read_write("adam_m"), read_write("adam_v")],
         params_struct: "AdamParams",
         params_layout: layout_of!(AdamParams {
-            param_count, row_stride, _pad0, _pad1, lr, beta1, beta2, eps, bias1, bias2, clip_norm, _pad2
+            param_count,
+            row_stride,
+            _pad0,
+            _pad1,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            bias1,
+            bias2,
+            clip_norm,
+            _pad2
         }),
         params_size: core::mem::size_of::<AdamParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],

@@ -173,7 +173,11 @@ mod tests {
                 for which in ["w", "alpha"] {
                     let perturbed = |delta: f64| {
                         let mut p = net.clone();
-                        if which == "w" { p.w[k] += delta } else { p.alpha[k] += delta }
+                        if which == "w" {
+                            p.w[k] += delta
+                        } else {
+                            p.alpha[k] += delta
+                        }
                         loss_of(&p, &ep)
                     };
                     let numeric = (perturbed(d) - perturbed(-d)) / (2.0 * d);

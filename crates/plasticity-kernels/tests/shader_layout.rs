@@ -24,11 +24,8 @@ fn literal_u32(module: &naga::Module, expr: naga::Handle<naga::Expression>) -> u
 #[test]
 fn every_shader_file_has_a_descriptor() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders");
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|f| f.ends_with(".wgsl"))
-        .collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|f| f.ends_with(".wgsl")).collect();
     files.sort();
     let mut names: Vec<String> = ALL_KERNELS.iter().map(|k| format!("{}.wgsl", k.name)).collect();
     names.sort();
@@ -73,9 +70,7 @@ fn shaders_match_their_descriptors() {
                 assert_eq!(rb.group, 0, "{ctx}: everything is in group 0");
                 let kind = match g.space {
                     naga::AddressSpace::Uniform => BindingKind::Uniform,
-                    naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
-                        BindingKind::StorageReadWrite
-                    }
+                    naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => BindingKind::StorageReadWrite,
                     naga::AddressSpace::Storage { .. } => BindingKind::StorageRead,
                     other => panic!("{ctx}: unexpected address space {other:?}"),
                 };

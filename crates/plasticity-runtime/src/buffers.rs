@@ -17,9 +17,8 @@ impl std::ops::Deref for GpuBuffer {
     }
 }
 
-pub(crate) const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_DST)
-    .union(wgpu::BufferUsages::COPY_SRC);
+pub(crate) const STORAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
 
 /// Refuses a storage binding larger than the device allows, before anything is allocated.
 pub(crate) fn check_storage(ctx: &GpuContext, what: &str, bytes: u64, fix: impl FnOnce(u64) -> String) -> Result<()> {
@@ -103,9 +102,7 @@ pub(crate) fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, what: &str) -> 
         .ok_or_else(|| PlasticityError::Readback { what: what.into(), message: "the map callback never ran".into() })?;
     mapped.map_err(|e| PlasticityError::Readback { what: what.into(), message: e.to_string() })?;
     let values = {
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| PlasticityError::Readback { what: what.into(), message: e.to_string() })?;
+        let view = staging.get_mapped_range(..).map_err(|e| PlasticityError::Readback { what: what.into(), message: e.to_string() })?;
         bytemuck::cast_slice::<u8, f32>(&view).to_vec()
     };
     staging.unmap();

@@ -59,7 +59,11 @@ impl EpisodeData {
         if self.targets.len() != self.loss_steps.len() * row {
             return Err(invalid(
                 what,
-                format!("targets hold {} values, expected loss steps * batch * neurons = {}", self.targets.len(), self.loss_steps.len() * row),
+                format!(
+                    "targets hold {} values, expected loss steps * batch * neurons = {}",
+                    self.targets.len(),
+                    self.loss_steps.len() * row
+                ),
             ));
         }
         if !self.loss_scale.is_finite() {
@@ -163,11 +167,19 @@ pub(crate) fn bind_group(ctx: &GpuContext, kernel: &str, slots: &ParamSlots, sto
             size: std::num::NonZeroU64::new(slots.size),
         }),
     }];
-    entries.extend(storage.iter().enumerate().map(|(k, b)| wgpu::BindGroupEntry { binding: k as u32 + 1, resource: b.as_entire_binding() }));
+    entries
+        .extend(storage.iter().enumerate().map(|(k, b)| wgpu::BindGroupEntry { binding: k as u32 + 1, resource: b.as_entire_binding() }));
     ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel), layout: &k.layout, entries: &entries })
 }
 
-pub(crate) fn dispatch(pass: &mut wgpu::ComputePass<'_>, ctx: &GpuContext, kernel: &str, group: &wgpu::BindGroup, offset: u32, grid: [u32; 3]) {
+pub(crate) fn dispatch(
+    pass: &mut wgpu::ComputePass<'_>,
+    ctx: &GpuContext,
+    kernel: &str,
+    group: &wgpu::BindGroup,
+    offset: u32,
+    grid: [u32; 3],
+) {
     pass.set_pipeline(&ctx.kernels.get(kernel).pipeline);
     pass.set_bind_group(0, group, &[offset]);
     pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
@@ -220,12 +232,8 @@ impl ForwardState {
                 ..Default::default()
             })
             .collect();
-        let loss_params = LossMseParams {
-            n: neurons,
-            batch: data.batch,
-            n_loss_steps: data.loss_steps.len() as u32,
-            loss_scale: data.loss_scale,
-        };
+        let loss_params =
+            LossMseParams { n: neurons, batch: data.batch, n_loss_steps: data.loss_steps.len() as u32, loss_scale: data.loss_scale };
         Ok(Self {
             inputs: buffers::storage(ctx, "inputs", t * b * n * 4)?,
             targets: buffers::storage(ctx, "targets", data.targets.len() as u64 * 4)?,
@@ -261,7 +269,13 @@ impl ForwardState {
 
     /// Records the whole forward episode and the loss. After step `c` of every `(c, buffer)` in
     /// `checkpoints`, the trace H(c) is copied to `buffer`.
-    pub fn record_forward(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, net: &Network, checkpoints: &[(u32, &wgpu::Buffer)]) {
+    pub fn record_forward(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        net: &Network,
+        checkpoints: &[(u32, &wgpu::Buffer)],
+    ) {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
@@ -283,7 +297,8 @@ impl ForwardState {
             }
             step = last + 1;
         }
-        let loss_group = bind_group(ctx, "loss_mse", &self.loss_params_slots, &[&self.activations, &self.targets, &self.loss_steps, &self.metrics]);
+        let loss_group =
+            bind_group(ctx, "loss_mse", &self.loss_params_slots, &[&self.activations, &self.targets, &self.loss_steps, &self.metrics]);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("loss"), timestamp_writes: None });
         dispatch(&mut pass, ctx, "loss_mse", &loss_group, 0, [1, 1, 1]);
     }
@@ -346,7 +361,12 @@ impl EpisodeRunner {
 }
 
 /// Validates `data` and (re)allocates the resident state when its shape changed, then uploads it.
-pub(crate) fn prepare<'a>(slot: &'a mut Option<ForwardState>, ctx: &GpuContext, data: &EpisodeData, neurons: u32) -> Result<&'a ForwardState> {
+pub(crate) fn prepare<'a>(
+    slot: &'a mut Option<ForwardState>,
+    ctx: &GpuContext,
+    data: &EpisodeData,
+    neurons: u32,
+) -> Result<&'a ForwardState> {
     data.validate(neurons)?;
     if slot.as_ref().is_none_or(|s| s.shape != data.shape(neurons)) {
         *slot = None; // release the old buffers before allocating new ones

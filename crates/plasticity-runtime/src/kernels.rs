@@ -54,10 +54,8 @@ fn build(device: &wgpu::Device, k: &KernelDescriptor) -> Kernel {
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(k.name),
-        source: wgpu::ShaderSource::Wgsl(k.source.into()),
-    });
+    let module = device
+        .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.name), source: wgpu::ShaderSource::Wgsl(k.source.into()) });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(k.name),
         layout: Some(&pipeline_layout),

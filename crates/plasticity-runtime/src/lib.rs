@@ -47,8 +47,8 @@ pub use context::{AdapterSummary, GpuContext};
 pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner};
 pub use error::{PlasticityError, Result};
 pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
+pub use plasticity_kernels as kernels_wgsl;
 pub use tasks::PatternTask;
 pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, reversal_segment};
 /// The wgpu this runtime is built on, so that embedders use the same version.
 pub use wgpu;
-pub use plasticity_kernels as kernels_wgsl;

@@ -26,7 +26,16 @@ pub struct PatternTask {
 
 impl Default for PatternTask {
     fn default() -> Self {
-        Self { neurons: 1000, patterns: 5, presentations: 2, show_steps: 6, gap_steps: 4, test_steps: 6, input_gain: 20.0, degrade_prob: 0.5 }
+        Self {
+            neurons: 1000,
+            patterns: 5,
+            presentations: 2,
+            show_steps: 6,
+            gap_steps: 4,
+            test_steps: 6,
+            input_gain: 20.0,
+            degrade_prob: 0.5,
+        }
     }
 }
 
@@ -66,9 +75,8 @@ impl PatternTask {
         let mut inputs = vec![0.0f32; steps * row];
         let mut targets = vec![0.0f32; row];
         for e in 0..b {
-            let patterns: Vec<Vec<f32>> = (0..self.patterns)
-                .map(|_| (0..n).map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect())
-                .collect();
+            let patterns: Vec<Vec<f32>> =
+                (0..self.patterns).map(|_| (0..n).map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect()).collect();
             let mut t = 0usize;
             let mut order: Vec<usize> = (0..patterns.len()).collect();
             for _ in 0..self.presentations {

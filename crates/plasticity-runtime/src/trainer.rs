@@ -155,10 +155,7 @@ impl BackwardState {
     }
 
     fn allocated_bytes(&self) -> u64 {
-        [&self.trace_grad, &self.preact_grad, &self.partials]
-            .iter()
-            .map(|b| b.bytes)
-            .sum::<u64>()
+        [&self.trace_grad, &self.preact_grad, &self.partials].iter().map(|b| b.bytes).sum::<u64>()
             + [&self.activation_params_slots, &self.trace_params_slots, &self.finish_params_slots, &self.adam_params_slots]
                 .iter()
                 .map(|u| u.buffer.bytes)
@@ -270,10 +267,8 @@ impl Trainer {
         if self.backward.is_none() {
             self.backward = Some(BackwardState::new(ctx, fwd, &self.network)?);
         }
-        let segment = self
-            .config
-            .checkpoint_every
-            .unwrap_or_else(|| reversal_segment(self.eta, data.steps, self.config.max_reversal_amplification));
+        let segment =
+            self.config.checkpoint_every.unwrap_or_else(|| reversal_segment(self.eta, data.steps, self.config.max_reversal_amplification));
         let plan = checkpoint_steps(segment, data.steps);
         while self.checkpoints.len() < plan.len() {
             self.checkpoints.push(buffers::storage(ctx, "trace checkpoint", fwd.trace.bytes)?);
@@ -321,7 +316,12 @@ impl Trainer {
             fwd.record_forward(ctx, &mut encoder, net, &checkpoints);
             record_backward(ctx, &mut encoder, net, fwd, bwd, &self.grads, &checkpoints);
             if update {
-                let group = bind_group(ctx, "adam_update", &bwd.adam_params_slots, &[&self.grads, &fwd.metrics, &net.params, &self.adam_m, &self.adam_v]);
+                let group = bind_group(
+                    ctx,
+                    "adam_update",
+                    &bwd.adam_params_slots,
+                    &[&self.grads, &fwd.metrics, &net.params, &self.adam_m, &self.adam_v],
+                );
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("adam"), timestamp_writes: None });
                 dispatch(&mut pass, ctx, "adam_update", &group, 0, adam_update::grid(net.layout.count).0);
             }
@@ -357,7 +357,12 @@ fn record_backward(
     for b in [grads, &bwd.trace_grad.buffer, &bwd.partials.buffer] {
         encoder.clear_buffer(b, 0, None);
     }
-    let activation_group = bind_group(ctx, "backward_activation", &bwd.activation_params_slots, &[&fwd.activations, &fwd.targets, &bwd.partials, &bwd.preact_grad]);
+    let activation_group = bind_group(
+        ctx,
+        "backward_activation",
+        &bwd.activation_params_slots,
+        &[&fwd.activations, &fwd.targets, &bwd.partials, &bwd.preact_grad],
+    );
     let trace_group = bind_group(
         ctx,
         "backward_trace",
@@ -375,7 +380,14 @@ fn record_backward(
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("backward"), timestamp_writes: None });
             loop {
                 let slot = t as usize - 1;
-                dispatch(&mut pass, ctx, "backward_activation", &activation_group, bwd.activation_params_slots.offset(slot), activation_grid);
+                dispatch(
+                    &mut pass,
+                    ctx,
+                    "backward_activation",
+                    &activation_group,
+                    bwd.activation_params_slots.offset(slot),
+                    activation_grid,
+                );
                 dispatch(&mut pass, ctx, "backward_trace", &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
                 if t == 1 || resets_at(t - 1) {
                     break;

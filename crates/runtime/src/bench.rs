@@ -114,16 +114,18 @@ fn print_memory(m: &MemoryScaling) {
         println!("  T = {:>5}: peak {:>8.2} MiB, {:.3} ms per step", p.steps, mib(p.peak_bytes), p.train_ms_per_step);
     }
     if let (Some(first), Some(last)) = (m.points.first(), m.points.last()) {
-        println!(
-            "  T = {} uses {:.2}x the memory of T = {}",
-            last.steps,
-            last.peak_bytes as f64 / first.peak_bytes as f64,
-            first.steps
-        );
+        println!("  T = {} uses {:.2}x the memory of T = {}", last.steps, last.peak_bytes as f64 / first.peak_bytes as f64, first.steps);
     }
 }
 
-fn write_json(path: &PathBuf, ctx: &GpuContext, ceiling: f64, results: &[CaseResult], memory: &MemoryScaling, args: &BenchArgs) -> anyhow::Result<()> {
+fn write_json(
+    path: &PathBuf,
+    ctx: &GpuContext,
+    ceiling: f64,
+    results: &[CaseResult],
+    memory: &MemoryScaling,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
     let cases: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
