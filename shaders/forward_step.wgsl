@@ -8,6 +8,10 @@
 // reduction over i has finished, so step t forms H(t) on the fly while it reads H(t-1) for its sum.
 // At t = 1 the trace is H(1) = 0 (cleared by the runtime) and is not updated.
 //
+// The inputs live in the activation history itself: row t holds u(t) until step t replaces it with
+// x(t). Only invocation (b, j) reads or writes element (t, b, j), and rows t-1 and t-2 are all that
+// the sum reads, so the overwrite is safe, and the history costs (T + 1) * B * N floats, not twice that.
+//
 // Traffic per step (f32): w and alpha read once per batch tile (shared by the whole batch, so cached),
 // the trace read once and written once: (2*N*N + 2*B*N*N) * 4 bytes, plus O(B*N) for x and u.
 // That is the least any implementation of this step can move.
@@ -35,9 +39,8 @@ struct ForwardStepParams {
 
 @group(0) @binding(0) var<storage, read> p: ForwardStepParams;
 @group(0) @binding(1) var<storage, read> params: array<f32>;            // flat parameters: w (N, N) row i = pre, alpha (N, N), eta (1)
-@group(0) @binding(2) var<storage, read> inputs: array<f32>;            // (T, B, N): u(t) at row t - 1
-@group(0) @binding(3) var<storage, read_write> trace: array<f32>;       // (B, N, N): H(t-1) on entry, H(t) on exit
-@group(0) @binding(4) var<storage, read_write> activations: array<f32>; // (T + 1, B, N): x(t) at row t, x(0) = 0
+@group(0) @binding(2) var<storage, read_write> trace: array<f32>;       // (B, N, N): H(t-1) on entry, H(t) on exit
+@group(0) @binding(3) var<storage, read_write> activations: array<f32>; // (T + 1, B, N): x(s) at row s < t, u(s) at row s >= t; x(0) = 0
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -58,7 +61,7 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     var post: array<f32, BATCH_TILE>;    // eta * x_j(t-1)
     for (var k = 0u; k < tile; k++) {
         let b = b0 + k;
-        acc[k] = inputs[(p.step - 1u) * row + b * n + j];
+        acc[k] = activations[p.step * row + b * n + j]; // u_j(t)
         if (update) {
             post[k] = eta * activations[x_prev + b * n + j];
         }

@@ -37,30 +37,30 @@ fn forward_step_matches_cpu_twin() {
                 let (nn, row) = ((n * n) as usize, (batch * n) as usize);
                 let mut r = rng(1000 * n as u64 + 10 * batch as u64 + step as u64);
                 let params = random_params(n as u64, n, 0.3);
-                let inputs = uniform(&mut r, steps * row, 1.0);
                 // H(t-1) is random from step 2 on; at step 1 the runtime has cleared it.
                 let trace = if step == 1 { vec![0.0; batch as usize * nn] } else { uniform(&mut r, batch as usize * nn, 1.0) };
-                // Rows before `step` hold x(0..t-1); row t and later are NaN: row t must be written,
-                // later rows must not be touched.
-                let mut activations = uniform(&mut r, step as usize * row, 1.0);
-                activations.extend(nan_filled((steps + 1 - step as usize) * row));
+                // Rows before `step` hold x(0..t-1), row t holds u(t) (to be replaced by x(t)), later
+                // rows are NaN and must not be touched.
+                let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
+                activations.extend(nan_filled((steps - step as usize) * row));
                 let p = ForwardStepParams { n, batch, step, w_offset: 0, alpha_offset: n * n, eta_offset: 2 * n * n, ..Default::default() };
                 let out = run_kernel(
                     "forward_step",
                     &p,
-                    &[bytes(&params), bytes(&inputs), bytes(&trace), bytes(&activations)],
+                    &[bytes(&params), bytes(&trace), bytes(&activations)],
                     forward_step::workgroups(n, batch),
                 );
                 let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
-                cpu::forward_step(&p, &params, &inputs, &mut trace_ref, &mut act_ref);
+                cpu::forward_step(&p, &params, &mut trace_ref, &mut act_ref);
                 let ctx = format!("forward_step N={n} B={batch} t={step}");
                 // The trace update is the same two f32 operations on both sides (up to FMA contraction).
-                assert_close(&format!("{ctx} trace"), &out[2], &to_f64(&trace_ref), 1e-6, 1e-6);
+                assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
                 // x(t): an f32 sum of N <= 257 terms of magnitude <= ~3 against an f64 sum; rounding
                 // stays below N * 2^-24 * 3 ~ 5e-5, and tanh' <= 1.
                 let done = (step as usize + 1) * row;
-                assert_close(&format!("{ctx} activations"), &out[3][..done], &to_f64(&act_ref[..done]), 5e-5, 1e-5);
-                assert!(out[3][done..].iter().all(|v| v.is_nan()), "{ctx}: wrote past row t");
+                assert_close(&format!("{ctx} activations"), &out[2][..done], &to_f64(&act_ref[..done]), 5e-5, 1e-5);
+                assert!(act_ref[done - row..done] != activations[done - row..done], "{ctx}: the twin must replace u(t) by x(t)");
+                assert!(out[2][done..].iter().all(|v| v.is_nan()), "{ctx}: wrote past row t");
             }
         }
     }

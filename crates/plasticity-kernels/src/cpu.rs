@@ -14,8 +14,8 @@ use crate::{TRACE_TILE, metrics};
 /// Matches the kernel's clamp before tanh (tanh(15) == 1 in f32).
 const TANH_CLAMP: f64 = 15.0;
 
-/// Twin of `shaders/forward_step.wgsl`.
-pub fn forward_step(p: &ForwardStepParams, params: &[f32], inputs: &[f32], trace: &mut [f32], activations: &mut [f32]) {
+/// Twin of `shaders/forward_step.wgsl`: row t of `activations` holds u(t) on entry and x(t) on exit.
+pub fn forward_step(p: &ForwardStepParams, params: &[f32], trace: &mut [f32], activations: &mut [f32]) {
     let (n, batch, t) = (p.n as usize, p.batch as usize, p.step as usize);
     let row = batch * n;
     let eta = params[p.eta_offset as usize];
@@ -34,7 +34,7 @@ pub fn forward_step(p: &ForwardStepParams, params: &[f32], inputs: &[f32], trace
             }
         }
         for j in 0..n {
-            let mut a = inputs[(t - 1) * row + b * n + j] as f64;
+            let mut a = activations[t * row + b * n + j] as f64;
             for i in 0..n {
                 a += (w[i * n + j] + alpha[i * n + j] * h[i * n + j]) as f64 * x_prev[i] as f64;
             }

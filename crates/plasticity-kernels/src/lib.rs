@@ -12,8 +12,8 @@
 //! Tensor layouts (all f32, row-major, last index fastest):
 //! - flat parameters `[w (N, N), alpha (N, N), eta (1)]`, `w[i * N + j]` connects pre-synaptic `i`
 //!   to post-synaptic `j`; the gradient buffer mirrors it.
-//! - trace and trace gradient `(B, N, N)`; activations `(T + 1, B, N)` with `x(0) = 0` in row 0;
-//!   inputs `(T, B, N)` with `u(t)` in row `t - 1`; targets `(L, B, N)`.
+//! - trace and trace gradient `(B, N, N)`; the history `(T + 1, B, N)` with `x(0) = 0` in row 0,
+//!   holding the input `u(t)` in row `t` until step `t` overwrites it with `x(t)`; targets `(L, B, N)`.
 
 pub mod cpu;
 pub mod reference;
@@ -149,7 +149,7 @@ pub mod forward_step {
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "forward_step",
         source: include_str!("../../../shaders/forward_step.wgsl"),
-        bindings: &[read("p"), read("params"), read("inputs"), read_write("trace"), read_write("activations")],
+        bindings: &[params("p"), read("params"), read_write("trace"), read_write("activations")],
         params_struct: "ForwardStepParams",
         params_layout: layout_of!(ForwardStepParams { n, batch, step, w_offset, alpha_offset, eta_offset, _pad0, _pad1 }),
         params_size: core::mem::size_of::<ForwardStepParams>(),

@@ -185,11 +185,11 @@ pub(crate) fn dispatch(
     pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
 }
 
-/// Buffers resident for a batch of episodes of one shape: inputs, targets, the activation history,
-/// the trace and the metrics. The trace never leaves the GPU.
+/// Buffers resident for a batch of episodes of one shape: targets, the activation history (which
+/// holds the inputs until each step replaces them), the trace and the metrics. The trace never
+/// leaves the GPU.
 pub(crate) struct ForwardState {
     pub shape: EpisodeShape,
-    pub inputs: GpuBuffer,
     pub targets: GpuBuffer,
     pub loss_steps: GpuBuffer,
     pub activations: GpuBuffer,
@@ -218,9 +218,7 @@ impl ForwardState {
         buffers::check_storage(ctx, &format!("the activation history (T + 1, B, N) = ({}, {b}, {n})", t + 1), history_bytes, |limit| {
             format!("use at most {} steps at this batch and size", (limit / (b * n * 4)).saturating_sub(1))
         })?;
-        buffers::check_storage(ctx, &format!("the inputs (T, B, N) = ({t}, {b}, {n})"), t * b * n * 4, |limit| {
-            format!("use at most {} steps at this batch and size", limit / (b * n * 4))
-        })?;
+
         let step_params: Vec<ForwardStepParams> = (1..=data.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -235,7 +233,6 @@ impl ForwardState {
         let loss_params =
             LossMseParams { n: neurons, batch: data.batch, n_loss_steps: data.loss_steps.len() as u32, loss_scale: data.loss_scale };
         Ok(Self {
-            inputs: buffers::storage(ctx, "inputs", t * b * n * 4)?,
             targets: buffers::storage(ctx, "targets", data.targets.len() as u64 * 4)?,
             loss_steps: buffers::storage_from(ctx, "loss steps", &data.loss_steps)?,
             activations: buffers::storage(ctx, "activations", history_bytes)?,
@@ -253,16 +250,15 @@ impl ForwardState {
         })
     }
 
+    /// Inputs go to rows 1..=T of the history, which the forward pass overwrites with x(t).
     pub fn upload(&self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
-        buffers::write(ctx, &self.inputs, 0, &data.inputs)?;
+        let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
+        buffers::write(ctx, &self.activations, row_bytes, &data.inputs)?;
         buffers::write(ctx, &self.targets, 0, &data.targets)
     }
 
     pub fn allocated_bytes(&self) -> u64 {
-        [&self.inputs, &self.targets, &self.loss_steps, &self.activations, &self.trace, &self.metrics, &self.staging]
-            .iter()
-            .map(|b| b.bytes)
-            .sum::<u64>()
+        [&self.targets, &self.loss_steps, &self.activations, &self.trace, &self.metrics, &self.staging].iter().map(|b| b.bytes).sum::<u64>()
             + self.step_params_slots.buffer.bytes
             + self.loss_params_slots.buffer.bytes
     }
@@ -279,7 +275,7 @@ impl ForwardState {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
-        let group = bind_group(ctx, "forward_step", &self.step_params_slots, &[&net.params, &self.inputs, &self.trace, &self.activations]);
+        let group = bind_group(ctx, "forward_step", &self.step_params_slots, &[&net.params, &self.trace, &self.activations]);
         let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch);
         let mut next_checkpoint = checkpoints.iter().peekable();
         let mut step = 1;

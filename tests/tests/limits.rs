@@ -1,0 +1,50 @@
+//! Sizes past the device's limits are refused before anything is allocated, with an error that
+//! names the limit, the size and the fix, and the device stays usable afterwards.
+
+use plasticity_runtime::{EpisodeData, EpisodeRunner, Network, NetworkConfig, PlasticityError};
+use plasticity_tests::*;
+
+fn episode(neurons: u32, batch: u32) -> EpisodeData {
+    let row = (neurons * batch) as usize;
+    EpisodeData { batch, steps: 1, inputs: vec![0.1; row], loss_steps: vec![1], targets: vec![1.0; row], loss_scale: 1.0 }
+}
+
+#[test]
+fn a_trace_past_the_binding_limit_is_refused_with_the_numbers() {
+    let ctx = gpu();
+    let limit = ctx.limits().max_storage_buffer_binding_size.min(ctx.limits().max_buffer_size);
+    let neurons = 1024u32;
+    let per_episode = neurons as u64 * neurons as u64 * 4;
+    let batch = (limit / per_episode + 1) as u32; // one episode more than fits
+    let net = Network::new(ctx, &NetworkConfig { neurons, ..Default::default() }).unwrap();
+    let mut runner = EpisodeRunner::new();
+    let err = runner.run(ctx, &net, &episode(neurons, batch)).unwrap_err();
+    let message = err.to_string();
+    match err {
+        PlasticityError::LimitExceeded { needed, allowed, .. } => {
+            assert_eq!(needed, batch as u64 * per_episode);
+            assert!(allowed < needed);
+        }
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    assert!(message.contains("trace"), "{message}");
+    assert!(message.contains(&format!("batch of at most {}", batch - 1)), "the fix names the largest batch that fits: {message}");
+    assert_eq!(runner.allocated_bytes(), 0, "nothing was allocated");
+
+    // The same runner and device still work.
+    let metrics = runner.run(ctx, &net, &episode(neurons, 1)).unwrap();
+    assert!(metrics.loss.is_finite());
+}
+
+#[test]
+fn bad_episode_data_is_refused_with_a_reason() {
+    let ctx = gpu();
+    let net = Network::new(ctx, &NetworkConfig { neurons: 8, ..Default::default() }).unwrap();
+    let mut runner = EpisodeRunner::new();
+    let mut data = episode(8, 2);
+    data.inputs.pop();
+    assert!(runner.run(ctx, &net, &data).unwrap_err().to_string().contains("inputs hold 15 values"));
+    let mut data = episode(8, 2);
+    data.loss_steps = vec![2];
+    assert!(runner.run(ctx, &net, &data).unwrap_err().to_string().contains("loss step 2 is outside 1..=1"));
+}
