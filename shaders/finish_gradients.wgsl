@@ -1,6 +1,8 @@
 // finish_gradients: closes the backward sweep.
 //
 //   grads[eta] += sum_k partials[eta_partials_offset + k]    (0 instead when eta is fixed: learn_eta == 0)
+//   grads[k] = 0 for frozen_begin <= k < frozen_end          (parameters held fixed, e.g. alpha = 0
+//                                                             for the non-plastic baseline)
 //   metrics[METRIC_GRAD_NORM_SQ] = sum_k grads[k]^2        over the whole flat gradient
 //
 // One workgroup strides over the flat gradient: the sweep's per-tile eta sums are tiny, and the norm,
@@ -15,9 +17,9 @@ struct FinishGradientsParams {
     eta_partials_offset: u32,  // where backward_trace's per-tile eta sums start in `partials`
     n_eta_partials: u32,
     learn_eta: u32,            // 0: eta is fixed, its gradient is forced to 0
+    frozen_begin: u32,
+    frozen_end: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: FinishGradientsParams;
@@ -54,7 +56,9 @@ fn finish_gradients(@builtin(local_invocation_index) lane: u32) {
 
     var square_sum = 0.0;
     for (var k = lane; k < p.param_count; k += WORKGROUP_SIZE) {
-        if (k != p.eta_offset) {
+        if (k >= p.frozen_begin && k < p.frozen_end) {
+            grads[k] = 0.0;
+        } else if (k != p.eta_offset) {
             let g = grads[k];
             square_sum += g * g;
         }

@@ -200,6 +200,9 @@ fn finish_gradients_matches_cpu_twin() {
                 eta_partials_offset: 40,
                 n_eta_partials: (tiles * tiles) as u32,
                 learn_eta,
+                // With eta fixed, also hold alpha (the non-plastic baseline's setting).
+                frozen_begin: if learn_eta == 0 { n * n } else { 0 },
+                frozen_end: if learn_eta == 0 { 2 * n * n } else { 0 },
                 ..Default::default()
             };
             let out = run_kernel("finish_gradients", &p, &[bytes(&partials), bytes(&grads), bytes(&metrics_buf)], [1, 1, 1]);
@@ -208,6 +211,7 @@ fn finish_gradients_matches_cpu_twin() {
             let ctx = format!("finish_gradients N={n} learn_eta={learn_eta}");
             // Sums of <= 289 (eta) and <= 132099 (norm) terms in f32 strided order against f64.
             assert_close(&format!("{ctx} grads"), &out[1], &to_f64(&g_ref), 1e-5, 1e-5);
+            assert!(out[1][p.frozen_begin as usize..p.frozen_end as usize].iter().all(|&g| g == 0.0), "{ctx}: frozen range");
             assert_close(&format!("{ctx} norm"), &out[2][metrics::GRAD_NORM_SQ..][..1], &[m_ref[metrics::GRAD_NORM_SQ] as f64], 1e-4, 1e-5);
         }
     }

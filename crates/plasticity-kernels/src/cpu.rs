@@ -149,6 +149,7 @@ pub fn finish_gradients(p: &FinishGradientsParams, partials: &[f32], grads: &mut
     let eta_partials = &partials[p.eta_partials_offset as usize..][..p.n_eta_partials as usize];
     let partial_sum: f64 = eta_partials.iter().map(|&v| v as f64).sum();
     grads[eta] = if p.learn_eta != 0 { (grads[eta] as f64 + partial_sum) as f32 } else { 0.0 };
+    grads[p.frozen_begin as usize..p.frozen_end as usize].fill(0.0);
     let norm_sq: f64 = grads[..p.param_count as usize].iter().map(|&g| g as f64 * g as f64).sum();
     metrics_out[metrics::GRAD_NORM_SQ] = norm_sq as f32;
 }

@@ -278,9 +278,9 @@ pub mod finish_gradients {
         pub eta_partials_offset: u32,
         pub n_eta_partials: u32,
         pub learn_eta: u32,
+        pub frozen_begin: u32,
+        pub frozen_end: u32,
         pub _pad0: u32,
-        pub _pad1: u32,
-        pub _pad2: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
@@ -294,9 +294,9 @@ pub mod finish_gradients {
             eta_partials_offset,
             n_eta_partials,
             learn_eta,
-            _pad0,
-            _pad1,
-            _pad2
+            frozen_begin,
+            frozen_end,
+            _pad0
         }),
         params_size: core::mem::size_of::<FinishGradientsParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],

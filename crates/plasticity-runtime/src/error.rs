@@ -36,6 +36,10 @@ pub enum PlasticityError {
 
     #[error("reading {what} back from the GPU failed: {message}")]
     Readback { what: String, message: String },
+
+    /// A checkpoint that cannot be read or written; the message says what is wrong with it.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: String, message: String },
 }
 
 pub type Result<T, E = PlasticityError> = std::result::Result<T, E>;

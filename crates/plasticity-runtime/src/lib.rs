@@ -35,6 +35,7 @@
 
 pub mod bench;
 pub mod buffers;
+pub mod checkpoint;
 pub mod context;
 pub mod episode;
 pub mod error;
@@ -43,6 +44,7 @@ pub mod network;
 pub mod tasks;
 pub mod trainer;
 
+pub use checkpoint::{Checkpoint, OptimizerState};
 pub use context::{AdapterSummary, GpuContext};
 pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner};
 pub use error::{PlasticityError, Result};

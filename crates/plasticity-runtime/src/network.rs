@@ -10,7 +10,8 @@ use crate::context::GpuContext;
 use crate::error::{Result, invalid};
 
 /// Shape and initialisation of a plastic network (decay rule).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     /// Number of neurons N, fully recurrent.
     pub neurons: u32,
@@ -18,6 +19,9 @@ pub struct NetworkConfig {
     pub eta: f32,
     /// Whether eta is learned (the paper learns it).
     pub learn_eta: bool,
+    /// False for the non-plastic baseline: alpha starts at zero and is never updated, so the
+    /// network is an ordinary recurrent network with the same shape.
+    pub plastic: bool,
     /// w and alpha start as `std * normal`, the paper's 0.01.
     pub w_init_std: f32,
     pub alpha_init_std: f32,
@@ -26,7 +30,7 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { neurons: 64, eta: 0.01, learn_eta: true, w_init_std: 0.01, alpha_init_std: 0.01, seed: 0 }
+        Self { neurons: 64, eta: 0.01, learn_eta: true, plastic: true, w_init_std: 0.01, alpha_init_std: 0.01, seed: 0 }
     }
 }
 
@@ -81,7 +85,8 @@ impl HostParameters {
         let nn = (config.neurons * config.neurons) as usize;
         let mut values = Vec::with_capacity(layout.count as usize);
         values.extend((0..nn).map(|_| config.w_init_std * normal.sample(&mut rng)));
-        values.extend((0..nn).map(|_| config.alpha_init_std * normal.sample(&mut rng)));
+        let alpha_std = if config.plastic { config.alpha_init_std } else { 0.0 };
+        values.extend((0..nn).map(|_| alpha_std * normal.sample(&mut rng)));
         values.push(config.eta);
         Ok(Self { layout, values })
     }
@@ -118,6 +123,9 @@ impl Network {
                 "parameters",
                 format!("expected {} values for N = {}, got {}", layout.count, config.neurons, host.values.len()),
             ));
+        }
+        if !config.plastic && host.alpha().iter().any(|&a| a != 0.0) {
+            return Err(invalid("parameters", "the non-plastic baseline needs alpha = 0 everywhere"));
         }
         let bytes = layout.count as u64 * 4;
         buffers::check_storage(ctx, "the parameters [w, alpha, eta]", bytes, |limit| {

@@ -12,7 +12,8 @@ use crate::error::{Result, invalid};
 /// `degrade_prob`, is shown for `test_steps` steps. Inputs are added to the drive with gain
 /// `input_gain`. The loss is the squared error of the last step's activations against the full
 /// pattern. Defaults are the paper's: 106 steps.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PatternTask {
     pub neurons: u32,
     pub patterns: u32,

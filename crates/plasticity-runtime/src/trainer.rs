@@ -21,7 +21,8 @@ use crate::error::{Result, invalid};
 use crate::network::{HostParameters, Network};
 
 /// Adam with optional clipping of the global gradient norm. Defaults are the paper's.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamConfig {
     pub lr: f32,
     pub beta1: f32,
@@ -139,6 +140,8 @@ impl BackwardState {
             eta_partials_offset: 2 * batch * n * tiles,
             n_eta_partials: tiles * tiles,
             learn_eta: net.config.learn_eta as u32,
+            frozen_begin: if net.config.plastic { 0 } else { layout.alpha_offset },
+            frozen_end: if net.config.plastic { 0 } else { layout.eta_offset },
             ..Default::default()
         };
         let partial_bytes = trace_partials_len(n, batch) as u64 * 4;
@@ -188,7 +191,8 @@ impl Trainer {
             return Err(invalid("trainer config", "checkpoint_every must be at least 1"));
         }
         let bytes = network.params.bytes;
-        let eta = network.config.eta;
+        // The parameters may come from a checkpoint with a learned eta, which sets K.
+        let eta = buffers::read_f32(ctx, &network.params, network.layout.eta_offset as u64 * 4, 1, "eta")?[0];
         Ok(Self {
             grads: buffers::storage(ctx, "gradients", bytes)?,
             adam_m: buffers::storage(ctx, "adam m", bytes)?,
@@ -243,6 +247,38 @@ impl Trainer {
             + self.forward.as_ref().map_or(0, ForwardState::allocated_bytes)
             + self.backward.as_ref().map_or(0, BackwardState::allocated_bytes)
             + self.checkpoints.iter().map(|c| c.bytes).sum::<u64>()
+    }
+
+    /// Adam's state, for checkpoints that resume training exactly.
+    pub fn read_optimizer_state(&self, ctx: &GpuContext) -> Result<crate::checkpoint::OptimizerState> {
+        let count = self.network.layout.count as usize;
+        Ok(crate::checkpoint::OptimizerState {
+            adam_m: buffers::read_f32(ctx, &self.adam_m, 0, count, "adam m")?,
+            adam_v: buffers::read_f32(ctx, &self.adam_v, 0, count, "adam v")?,
+            steps: self.adam_step,
+        })
+    }
+
+    /// Restores Adam's state saved by [`Trainer::read_optimizer_state`].
+    pub fn write_optimizer_state(&mut self, ctx: &GpuContext, state: &crate::checkpoint::OptimizerState) -> Result<()> {
+        let count = self.network.layout.count as usize;
+        if state.adam_m.len() != count || state.adam_v.len() != count {
+            return Err(invalid("optimizer state", format!("expected {count} values per moment for this network")));
+        }
+        buffers::write(ctx, &self.adam_m, 0, &state.adam_m)?;
+        buffers::write(ctx, &self.adam_v, 0, &state.adam_v)?;
+        self.adam_step = state.steps;
+        Ok(())
+    }
+
+    /// Parameters and optimizer state, ready to save.
+    pub fn checkpoint(&self, ctx: &GpuContext) -> Result<crate::checkpoint::Checkpoint> {
+        Ok(crate::checkpoint::Checkpoint {
+            network: self.network.config.clone(),
+            parameters: self.network.read_parameters(ctx)?,
+            optimizer: Some(self.read_optimizer_state(ctx)?),
+            metadata: Default::default(),
+        })
     }
 
     /// The checkpoint interval K used by the last episode.

@@ -158,5 +158,6 @@ fn write_json(
             })).collect::<Vec<_>>(),
         },
     });
-    crate::write_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())
+    plasticity_runtime::checkpoint::write_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,10 +1,11 @@
 //! `plasticity`: the command line of the plasticity engine (`cargo run -p runtime --release -- <command>`).
 
 mod bench;
+mod plot;
+mod train;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use plasticity_runtime::GpuContext;
 
@@ -17,6 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train on the paper's pattern-memorisation task, writing a run directory.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on fresh episodes.
+    Eval(train::EvalArgs),
+    /// Write a random network, episode and this engine's gradients for an independent check.
+    ExportEpisode(train::ExportArgs),
     /// Measure the adapter's bandwidth ceiling, forward and training speed, and peak memory.
     Bench(bench::BenchArgs),
     /// Show the adapter, its limits, and the largest networks that fit.
@@ -27,6 +34,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train::train(&args),
+        Command::Eval(args) => train::eval(&args),
+        Command::ExportEpisode(args) => train::export_episode(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Info => info(),
     };
@@ -56,23 +66,4 @@ fn info() -> anyhow::Result<()> {
         println!("  N = {n:>5}: batch up to {max_batch}");
     }
     Ok(())
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`, so that
-/// a reader never sees a half-written file.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }

@@ -1,0 +1,441 @@
+//! `train`, `eval` and `export-episode`: the paper's experiments from the command line.
+//!
+//! A run directory holds `config.json` (everything needed to repeat the run), `metrics.csv` (one
+//! row per episode), `loss.png`, and `checkpoint.safetensors` (parameters, Adam state and the run
+//! config, written atomically every `--checkpoint-every` episodes and at the end). Episode `e`'s data
+//! depends only on the seed and `e`, so `--resume` continues exactly where an uninterrupted run would.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use plasticity_runtime::checkpoint::{TensorData, save_tensors};
+use plasticity_runtime::{
+    AdamConfig, Checkpoint, EpisodeData, GpuContext, Network, NetworkConfig, PatternTask, Trainer, TrainerConfig, bench,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::plot;
+
+/// Everything a run depends on; saved as `config.json` and in every checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub task: PatternTask,
+    pub network: NetworkConfig,
+    pub adam: AdamConfig,
+    pub batch: u32,
+    pub episodes: u64,
+    pub checkpoint_every: u64,
+    pub error_window: usize,
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Neurons N (the pattern size; the paper: 1000).
+    #[arg(long, default_value_t = 1000)]
+    neurons: u32,
+    /// Patterns stored per episode.
+    #[arg(long, default_value_t = 5)]
+    patterns: u32,
+    /// Presentation cycles; the order is reshuffled each cycle.
+    #[arg(long, default_value_t = 2)]
+    presentations: u32,
+    /// Steps each pattern is shown.
+    #[arg(long, default_value_t = 6)]
+    show_steps: u32,
+    /// Silent steps after each pattern.
+    #[arg(long, default_value_t = 4)]
+    gap_steps: u32,
+    /// Steps the degraded test pattern is shown.
+    #[arg(long, default_value_t = 6)]
+    test_steps: u32,
+    /// Input gain: inputs are added to the recurrent drive times this.
+    #[arg(long, default_value_t = 20.0)]
+    input_gain: f32,
+    /// Probability that each bit of the test pattern is zeroed.
+    #[arg(long, default_value_t = 0.5)]
+    degrade_prob: f32,
+    /// Episodes per batch, run in parallel.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Training episodes (batches) [default: 1000; with --resume: the run's own count].
+    #[arg(long)]
+    episodes: Option<u64>,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f32,
+    /// Clip the global gradient norm to this value (Backpropamine uses 4); off by default.
+    #[arg(long)]
+    clip: Option<f32>,
+    /// Initial plasticity rate eta.
+    #[arg(long, default_value_t = 0.01)]
+    eta: f32,
+    /// Keep eta fixed instead of learning it.
+    #[arg(long)]
+    fixed_eta: bool,
+    /// Train the non-plastic baseline (alpha fixed at zero) to see what plasticity buys.
+    #[arg(long)]
+    baseline: bool,
+    /// Seed of the initial weights and of every episode; the same seed repeats a run on the same device.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory (default: runs/pattern-seed<S>-<unix time>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Write a checkpoint every this many episodes (and at the end).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Episodes over which the reported bit error rate is averaged.
+    #[arg(long, default_value_t = 50)]
+    error_window: usize,
+    /// Continue the run in this directory from its last checkpoint (its config is used; --episodes may extend it).
+    #[arg(long, conflicts_with = "run_dir")]
+    resume: Option<PathBuf>,
+    /// No progress bar; print a line per checkpoint instead.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> anyhow::Result<RunConfig> {
+        let task = PatternTask {
+            neurons: self.neurons,
+            patterns: self.patterns,
+            presentations: self.presentations,
+            show_steps: self.show_steps,
+            gap_steps: self.gap_steps,
+            test_steps: self.test_steps,
+            input_gain: self.input_gain,
+            degrade_prob: self.degrade_prob,
+        };
+        let network = NetworkConfig {
+            neurons: self.neurons,
+            eta: self.eta,
+            learn_eta: !self.fixed_eta,
+            plastic: !self.baseline,
+            seed: self.seed,
+            ..Default::default()
+        };
+        let adam = AdamConfig { lr: self.lr, clip_norm: self.clip, ..Default::default() };
+        let config = RunConfig {
+            task,
+            network,
+            adam,
+            batch: self.batch,
+            episodes: self.episodes.unwrap_or(1000),
+            checkpoint_every: self.checkpoint_every,
+            error_window: self.error_window,
+            seed: self.seed,
+        };
+        validate(&config)?;
+        Ok(config)
+    }
+}
+
+fn validate(c: &RunConfig) -> anyhow::Result<()> {
+    c.task.validate()?;
+    c.network.validate()?;
+    c.adam.validate()?;
+    ensure!(c.batch >= 1, "--batch must be at least 1 (got {})", c.batch);
+    ensure!(c.episodes >= 1, "--episodes must be at least 1 (got {})", c.episodes);
+    ensure!(c.checkpoint_every >= 1, "--checkpoint-every must be at least 1 (got {})", c.checkpoint_every);
+    ensure!(c.error_window >= 1, "--error-window must be at least 1 (got {})", c.error_window);
+    ensure!(c.task.neurons == c.network.neurons, "the pattern size must equal the number of neurons");
+    Ok(())
+}
+
+/// The data of training episode `index`: a pure function of the seed and the index.
+pub fn episode(config: &RunConfig, stream: u64) -> anyhow::Result<EpisodeData> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    rng.set_stream(stream);
+    Ok(config.task.generate(config.batch, &mut rng)?)
+}
+
+/// Evaluation episodes draw from streams training never uses.
+const EVAL_STREAMS: u64 = 1 << 40;
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const METRICS: &str = "metrics.csv";
+const METRICS_HEADER: &str = "episode,loss,bit_error_rate,eta,grad_norm,elapsed_s";
+
+fn save_checkpoint(trainer: &Trainer, ctx: &GpuContext, dir: &Path, config: &RunConfig, episodes_done: u64) -> anyhow::Result<()> {
+    let mut checkpoint = trainer.checkpoint(ctx)?;
+    checkpoint.metadata.insert("run".into(), serde_json::to_string(config)?);
+    checkpoint.metadata.insert("episodes_done".into(), episodes_done.to_string());
+    checkpoint.save(&dir.join(CHECKPOINT))?;
+    Ok(())
+}
+
+/// Keeps the header and the first `rows` data rows of metrics.csv (rows past a checkpoint are
+/// redone on resume), rewriting it atomically.
+fn truncate_metrics(path: &Path, rows: u64) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let kept: Vec<&str> = text.lines().take(rows as usize + 1).collect();
+    ensure!(kept.first() == Some(&METRICS_HEADER), "{} does not start with the expected header", path.display());
+    ensure!(
+        kept.len() as u64 == rows + 1,
+        "{} holds fewer rows ({}) than the checkpoint's {rows} episodes",
+        path.display(),
+        kept.len() - 1
+    );
+    plasticity_runtime::checkpoint::write_atomically(path, (kept.join("\n") + "\n").as_bytes())?;
+    Ok(())
+}
+
+pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let (config, dir, start, resumed) = match &args.resume {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join("config.json"))
+                .with_context(|| format!("{} is not a run directory (no readable config.json)", dir.display()))?;
+            let mut config: RunConfig =
+                serde_json::from_str(&text).with_context(|| format!("{}/config.json is malformed", dir.display()))?;
+            let checkpoint = Checkpoint::load(&dir.join(CHECKPOINT))?;
+            let done: u64 = checkpoint
+                .metadata
+                .get("episodes_done")
+                .and_then(|v| v.parse().ok())
+                .context("the checkpoint does not say how many episodes it holds")?;
+            if let Some(episodes) = args.episodes {
+                config.episodes = episodes; // extend the run
+            }
+            ensure!(config.episodes >= done, "--episodes {} is fewer than the {done} the checkpoint already holds", config.episodes);
+            validate(&config)?;
+            (config, dir.clone(), done, Some(checkpoint))
+        }
+        None => {
+            let config = args.config()?;
+            let dir = args.run_dir.clone().unwrap_or_else(|| {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                PathBuf::from(format!("runs/pattern-seed{}-{now}", config.seed))
+            });
+            if dir.join("config.json").exists() {
+                bail!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", dir.display());
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            (config, dir, 0, None)
+        }
+    };
+    plasticity_runtime::checkpoint::write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+
+    let ctx = GpuContext::new()?;
+    let trainer_config = TrainerConfig { adam: config.adam, ..Default::default() };
+    let mut trainer = match &resumed {
+        Some(checkpoint) => {
+            let network = Network::from_parameters(&ctx, &config.network, &checkpoint.parameters)?;
+            let mut trainer = Trainer::new(&ctx, network, trainer_config)?;
+            let optimizer = checkpoint.optimizer.as_ref().context("the checkpoint holds no optimizer state to resume from")?;
+            trainer.write_optimizer_state(&ctx, optimizer)?;
+            truncate_metrics(&dir.join(METRICS), start)?;
+            trainer
+        }
+        None => Trainer::new(&ctx, Network::new(&ctx, &config.network)?, trainer_config)?,
+    };
+    let metrics_path = dir.join(METRICS);
+    let mut csv = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    if start == 0 {
+        writeln!(csv, "{METRICS_HEADER}")?;
+    }
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    println!("run directory: {}", dir.display());
+    println!("adapter: {}", ctx.adapter);
+    println!(
+        "task: {} patterns of {} bits, {} steps; batch {}; {} episodes{}",
+        config.task.patterns,
+        config.task.neurons,
+        config.task.steps(),
+        config.batch,
+        config.episodes,
+        if start > 0 { format!(", resuming after episode {start}") } else { String::new() }
+    );
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(config.episodes);
+        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} episodes  {per_sec}  ETA {eta}  {msg}").expect("valid template"));
+        bar.set_position(start);
+        bar
+    };
+    let started = Instant::now();
+    let mut recent_errors: std::collections::VecDeque<f32> = Default::default();
+    let mut last_checkpoint = start;
+    for e in start..config.episodes {
+        if interrupted.load(Ordering::SeqCst) {
+            bar.abandon();
+            save_checkpoint(&trainer, &ctx, &dir, &config, e)?;
+            plot::write_loss_plot(&metrics_path, &dir.join("loss.png"))?;
+            bail!("interrupted after episode {e}; checkpoint saved; continue with --resume {}", dir.display());
+        }
+        let data = episode(&config, e)?;
+        let m = trainer.train_step(&ctx, &data)?;
+        if !(m.loss.is_finite() && m.eta.is_finite() && m.grad_norm.is_finite()) {
+            bar.abandon();
+            bail!(
+                "episode {}: the loss became {} (eta {}, gradient norm {}); training stopped and the last good checkpoint \
+                 (episode {last_checkpoint}) in {} is kept. Try a lower --lr (now {}), a smaller --eta, or --clip 4",
+                e + 1,
+                m.loss,
+                m.eta,
+                m.grad_norm,
+                dir.display(),
+                config.adam.lr
+            );
+        }
+        recent_errors.push_back(m.sign_error_rate());
+        if recent_errors.len() > config.error_window {
+            recent_errors.pop_front();
+        }
+        let mean_error = recent_errors.iter().sum::<f32>() / recent_errors.len() as f32;
+        writeln!(csv, "{},{},{},{},{},{:.3}", e + 1, m.loss, m.sign_error_rate(), m.eta, m.grad_norm, started.elapsed().as_secs_f64())?;
+        bar.set_message(format!(
+            "loss {:.3}  bit error {:.2}% (last {})  eta {:.4}",
+            m.loss,
+            100.0 * mean_error,
+            recent_errors.len(),
+            m.eta
+        ));
+        bar.inc(1);
+        let done = e + 1;
+        if done % config.checkpoint_every == 0 || done == config.episodes {
+            csv.flush()?;
+            save_checkpoint(&trainer, &ctx, &dir, &config, done)?;
+            plot::write_loss_plot(&metrics_path, &dir.join("loss.png"))?;
+            last_checkpoint = done;
+            if args.quiet {
+                println!("episode {done}: loss {:.4}, bit error {:.2}% over the last {}", m.loss, 100.0 * mean_error, recent_errors.len());
+            }
+        }
+    }
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let run_episodes = config.episodes - start;
+    println!(
+        "done: {} episodes in {:.1} s ({:.2} episodes/s, batch {}); final bit error {:.2}% over the last {}; wrote {}",
+        run_episodes,
+        seconds,
+        run_episodes as f64 * config.batch as f64 / seconds,
+        config.batch,
+        100.0 * recent_errors.iter().sum::<f32>() / recent_errors.len().max(1) as f32,
+        recent_errors.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint file, or a run directory holding checkpoint.safetensors.
+    checkpoint: PathBuf,
+    /// Fresh episodes (batches) to evaluate on.
+    #[arg(long, default_value_t = 20)]
+    episodes: u64,
+    /// Batch size (default: the run's).
+    #[arg(long)]
+    batch: Option<u32>,
+}
+
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let path = if args.checkpoint.is_dir() { args.checkpoint.join(CHECKPOINT) } else { args.checkpoint.clone() };
+    let checkpoint = Checkpoint::load(&path)?;
+    let mut config: RunConfig = serde_json::from_str(checkpoint.metadata.get("run").context("the checkpoint holds no run config")?)
+        .context("the checkpoint's run config is malformed")?;
+    if let Some(b) = args.batch {
+        config.batch = b;
+    }
+    ensure!(args.episodes >= 1, "--episodes must be at least 1");
+    validate(&config)?;
+    let ctx = GpuContext::new()?;
+    let network = Network::from_parameters(&ctx, &checkpoint.network, &checkpoint.parameters)?;
+    let mut trainer = Trainer::new(&ctx, network, TrainerConfig::default())?;
+    let (mut loss, mut errors, mut bits) = (0.0f64, 0u64, 0u64);
+    for e in 0..args.episodes {
+        let m = trainer.evaluate(&ctx, &episode(&config, EVAL_STREAMS + e)?)?;
+        loss += m.loss as f64;
+        errors += m.sign_errors as u64;
+        bits += m.sign_count as u64;
+    }
+    println!(
+        "{}: {} fresh episodes of batch {}: mean loss {:.4} per batch, bit error rate {:.3}% ({errors} of {bits} bits), eta {:.5}",
+        path.display(),
+        args.episodes,
+        config.batch,
+        loss / args.episodes as f64,
+        100.0 * errors as f64 / bits.max(1) as f64,
+        checkpoint.parameters.eta()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long, default_value_t = 64)]
+    neurons: u32,
+    #[arg(long, default_value_t = 3)]
+    batch: u32,
+    #[arg(long, default_value_t = 20)]
+    steps: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for params.safetensors, episode.safetensors and gradients.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Writes a random network, a random episode and this engine's loss and gradients for it, so that
+/// an independent implementation (tools/pytorch_baseline.py check) can recompute them.
+pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
+    ensure!(args.neurons >= 1 && args.batch >= 1 && args.steps >= 1, "--neurons, --batch and --steps must be at least 1");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let ctx = GpuContext::new()?;
+    let scale = 1.0 / (args.neurons as f32).sqrt();
+    let config =
+        NetworkConfig { neurons: args.neurons, eta: 0.1, seed: args.seed, w_init_std: scale, alpha_init_std: scale, ..Default::default() };
+    let data = bench::random_episode(bench::BenchCase { neurons: args.neurons, batch: args.batch, steps: args.steps }, args.seed);
+    let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config)?, TrainerConfig::default())?;
+    let metrics = trainer.compute_gradients(&ctx, &data)?;
+    let grads = trainer.read_gradients(&ctx)?;
+    let params = trainer.network.read_parameters(&ctx)?;
+    let n = args.neurons as usize;
+    let (b, t, l) = (args.batch as usize, args.steps as usize, data.loss_steps.len());
+    let saved = Checkpoint { network: config, parameters: params, optimizer: None, metadata: Default::default() };
+    saved.save(&args.out.join("params.safetensors"))?;
+    let loss_steps: Vec<i32> = data.loss_steps.iter().map(|&s| s as i32).collect();
+    save_tensors(
+        &args.out.join("episode.safetensors"),
+        &[
+            ("inputs", vec![t, b, n], TensorData::F32(&data.inputs)),
+            ("targets", vec![l, b, n], TensorData::F32(&data.targets)),
+            ("loss_steps", vec![l], TensorData::I32(&loss_steps)),
+        ],
+        Default::default(),
+    )?;
+    save_tensors(
+        &args.out.join("gradients.safetensors"),
+        &[
+            ("w", vec![n, n], TensorData::F32(grads.w())),
+            ("alpha", vec![n, n], TensorData::F32(grads.alpha())),
+            ("eta", vec![1], TensorData::F32(&[grads.eta()])),
+            ("loss", vec![1], TensorData::F32(&[metrics.loss])),
+        ],
+        Default::default(),
+    )?;
+    println!("wrote {}/{{params,episode,gradients}}.safetensors (loss {})", args.out.display(), metrics.loss);
+    Ok(())
+}

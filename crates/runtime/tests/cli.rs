@@ -1,0 +1,91 @@
+//! The command line end to end: a run directory, exact resume, evaluation, and bad input that
+//! gets one clear sentence and a non-zero exit, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn plasticity(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plasticity")).args(args).output().expect("run plasticity")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_clean_failure(o: &Output, expected: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "a panic instead of an error: {err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
+    assert!(line.contains(expected), "expected '{expected}' in: {line}");
+}
+
+fn losses(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    text.lines().skip(1).map(|l| l.split(',').take(4).collect::<Vec<_>>().join(",")).collect()
+}
+
+const SMALL: &[&str] = &["--neurons", "16", "--patterns", "2", "--batch", "2", "--lr", "3e-3", "--checkpoint-every", "5", "--quiet", "--seed", "3"];
+
+#[test]
+fn train_writes_a_run_and_resume_matches_an_uninterrupted_run() {
+    let tmp = std::env::temp_dir().join(format!("plasticity-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (whole, split) = (tmp.join("whole"), tmp.join("split"));
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--run-dir", dir.to_str().unwrap()];
+        args.extend_from_slice(SMALL);
+        args.extend_from_slice(extra);
+        plasticity(&args)
+    };
+    let o = run(&whole, &["--episodes", "20"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["config.json", "metrics.csv", "loss.png", "checkpoint.safetensors"] {
+        assert!(whole.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(losses(&whole).len(), 20);
+
+    // Stop after 10 episodes, then resume to 20: the same 20 rows as the uninterrupted run.
+    let o = run(&split, &["--episodes", "10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = plasticity(&["train", "--resume", split.to_str().unwrap(), "--episodes", "20", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&split), losses(&whole), "resumed run differs from the uninterrupted one");
+
+    // A second run into the same directory is refused rather than overwriting it.
+    assert_clean_failure(&run(&whole, &["--episodes", "20"]), "already holds a run");
+
+    let o = plasticity(&["eval", whole.to_str().unwrap(), "--episodes", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("bit error rate"));
+
+    // A truncated checkpoint is named as such.
+    let bytes = std::fs::read(whole.join("checkpoint.safetensors")).unwrap();
+    let broken = tmp.join("broken.safetensors");
+    std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(&plasticity(&["eval", broken.to_str().unwrap()]), "broken.safetensors");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn bad_options_get_one_sentence_and_a_nonzero_exit() {
+    let dir = std::env::temp_dir().join(format!("plasticity-cli-bad-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--batch", "0"]), "--batch must be at least 1");
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--patterns", "0"]), "patterns must be at least 1");
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--degrade-prob", "1.5"]), "outside [0, 1]");
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--lr=-1"]), "learning rate -1 must be > 0");
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--eta", "1.5"]), "eta = 1.5 is outside [0, 1)");
+    assert_clean_failure(&plasticity(&["eval", "/nonexistent/checkpoint.safetensors"]), "cannot read it");
+    assert_clean_failure(&plasticity(&["train", "--resume", "/nonexistent-run"]), "not a run directory");
+    assert!(!dir.join("config.json").exists(), "a refused config must not start a run");
+}
+
+#[test]
+fn bench_quick_runs_and_names_the_adapter() {
+    let o = plasticity(&["bench", "--quick"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("adapter:") && out.contains("streaming ceiling") && out.contains("memory against episode length"), "{out}");
+}

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""The PyTorch baseline of the plasticity engine: the same network, written the way the field writes it.
+
+The model is the paper's decay rule (Miconi et al., "Differentiable plasticity", 2018). N neurons,
+batch B, T steps; parameters w (N, N), alpha (N, N) and the scalar eta, where w[i][j] connects
+pre-synaptic neuron i to post-synaptic neuron j. With x(0) = 0 and Hebb(1) = 0, for t = 1..T:
+
+    a_j(t)      = sum_i (w_ij + alpha_ij * H_ij(t)) * x_i(t-1) + u_j(t)
+    x_j(t)      = tanh(a_j(t))
+    H_ij(t+1)   = (1 - eta) * H_ij(t) + eta * x_i(t-1) * x_j(t)
+
+and the loss is loss_scale * sum over the loss steps s, batch b and neuron j of
+(x_j(t_s) - y_j(s))^2, summed (not averaged), so that gradients are summed over the batch.
+
+As in the paper's code, the episode is a Python loop over steps of ordinary tensor operations and
+autograd keeps every step's intermediate tensors (the trace) for the backward pass.
+
+Subcommands:
+    bench   time training episodes (forward, loss, backward, Adam step) and measure peak memory
+    check   recompute the loss and gradients of an episode exported by our engine, in float64,
+            and compare them with the engine's
+"""
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+try:
+    import torch
+except ImportError:
+    sys.exit("error: PyTorch is not installed; install it with `pip install torch safetensors numpy`")
+
+# The check fails when a difference, relative to the largest magnitude of the tensor it belongs to,
+# exceeds this.
+CHECK_TOLERANCE = 1e-3
+
+
+class PlasticNet(torch.nn.Module):
+    """Fully recurrent tanh network with plastic connections (decay rule)."""
+
+    def __init__(self, w, alpha, eta):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+        self.alpha = torch.nn.Parameter(alpha)
+        self.eta = torch.nn.Parameter(eta.reshape(1))
+
+    @classmethod
+    def random(cls, neurons, device, dtype=torch.float32, eta=0.01, init_std=0.01):
+        """The paper's initialisation: w and alpha are 0.01 * normal, eta starts at 0.01."""
+        w = init_std * torch.randn(neurons, neurons, device=device, dtype=dtype)
+        alpha = init_std * torch.randn(neurons, neurons, device=device, dtype=dtype)
+        return cls(w, alpha, torch.full((1,), eta, device=device, dtype=dtype))
+
+    def step(self, x_prev, hebb, u):
+        """One step: x_prev (B, N) = x(t-1), hebb (B, N, N) = H(t), u (B, N) = u(t); returns x(t), H(t+1)."""
+        # a(t) = x(t-1) (w + alpha * H(t)) + u(t), one row-vector-matrix product per batch element.
+        a = torch.bmm(x_prev.unsqueeze(1), self.w + self.alpha * hebb).squeeze(1) + u
+        x = torch.tanh(a)
+        # H(t+1) = (1 - eta) H(t) + eta x(t-1)^T x(t): the outer product of pre- and post-synaptic activity.
+        hebb = (1 - self.eta) * hebb + self.eta * torch.bmm(x_prev.unsqueeze(2), x.unsqueeze(1))
+        return x, hebb
+
+
+def episode_loss(net, inputs, targets, loss_steps, loss_scale=1.0):
+    """Runs a whole episode and returns its loss.
+
+    inputs (T, B, N): u(t) for t = 1..T; targets (L, B, N): y(s); loss_steps: L 1-based step numbers.
+    """
+    steps, batch, neurons = inputs.shape
+    wanted = {int(s) for s in loss_steps}
+    x = inputs.new_zeros(batch, neurons)
+    hebb = inputs.new_zeros(batch, neurons, neurons)
+    activations = {}
+    for t in range(1, steps + 1):
+        x, hebb = net.step(x, hebb, inputs[t - 1])
+        if t in wanted:
+            activations[t] = x
+    return loss_scale * sum(((activations[int(s)] - targets[k]) ** 2).sum() for k, s in enumerate(loss_steps))
+
+
+def pattern_episode(neurons, batch, steps, generator, device, patterns=5, presentations=2, show_steps=6,
+                    gap_steps=4, test_steps=6, input_gain=20.0, degrade_prob=0.5):
+    """A batch of the paper's pattern-memorisation episodes, each with its own random +-1 patterns.
+
+    Each cycle shows every pattern, in a fresh random order, for show_steps steps (input =
+    input_gain * pattern) followed by gap_steps silent steps; then one stored pattern, each bit
+    zeroed with probability degrade_prob, is shown for the last test_steps steps. The defaults give
+    106 steps; a longer episode has a longer silence before the test. The loss is on the last step
+    against the full pattern. Returns inputs (T, B, N), targets (1, B, N) and loss_steps [T].
+    """
+    study_steps = patterns * presentations * (show_steps + gap_steps)
+    if steps < study_steps + test_steps:
+        raise ValueError(f"the pattern task needs at least {study_steps + test_steps} steps (got {steps})")
+    stored = torch.randint(0, 2, (batch, patterns, neurons), generator=generator).float() * 2 - 1
+    inputs = torch.zeros(steps, batch, neurons)
+    targets = torch.zeros(1, batch, neurons)
+    for b in range(batch):
+        t = 0
+        for _ in range(presentations):
+            for k in torch.randperm(patterns, generator=generator).tolist():
+                inputs[t:t + show_steps, b] = input_gain * stored[b, k]
+                t += show_steps + gap_steps
+        test = stored[b, int(torch.randint(0, patterns, (1,), generator=generator))]
+        kept = (torch.rand(neurons, generator=generator) >= degrade_prob).float()
+        inputs[steps - test_steps:, b] = input_gain * test * kept
+        targets[0, b] = test
+    return inputs.to(device), targets.to(device), [steps]
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+CPU_MEMORY_METHOD = ("growth of the peak resident set (getrusage ru_maxrss) over the first training step, "
+                     "in a fresh process per case, above the resident set after the model, optimizer and "
+                     "episode were created (so Adam state and gradients are included, parameters are not)")
+CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated over the first training step (parameters, episode, "
+                      "Adam state and gradients included)")
+
+
+def train_step(net, optimizer, episode):
+    """One training episode: forward over the episode, loss, backward, Adam step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = episode_loss(net, *episode)
+    loss.backward()
+    optimizer.step()
+
+
+def resident_bytes():
+    """The current resident set of this process (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def limit_address_space_to_available_memory():
+    """Lets this process grow by at most 90% of the memory now available, so that a case that
+    does not fit fails with an allocation error instead of waking the kernel's OOM killer."""
+    with open("/proc/self/status") as f:
+        virtual = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    limit = virtual + int(0.9 * available)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def bench_case(neurons, batch, steps, reps, device, seed):
+    """Measures one configuration; runs in a fresh process so that its peak memory is its own."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    cuda = device == "cuda"
+    net = PlasticNet.random(neurons, device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, betas=(0.9, 0.999), eps=1e-8)
+    episodes = [pattern_episode(neurons, batch, steps, generator, device) for _ in range(reps + 1)]
+    case = {"neurons": neurons, "batch": batch, "steps": steps}
+    if not cuda:
+        limit_address_space_to_available_memory()
+
+    # The first episode is the untimed warm-up; it measures peak memory and, through a
+    # saved-tensors hook, the bytes autograd keeps for the backward pass (distinct storages).
+    saved = {}
+
+    def keep(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            baseline = resident_bytes()
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            train_step(net, optimizer, episodes[0])
+        if cuda:
+            torch.cuda.synchronize()
+            case["peak_bytes"] = torch.cuda.max_memory_allocated()
+        else:
+            case["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+        case["autograd_saved_bytes"] = sum(saved.values())
+
+        times = []
+        for episode in episodes[1:]:
+            start = time.perf_counter()
+            train_step(net, optimizer, episode)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    except (RuntimeError, MemoryError) as e:
+        return {**case, "fits": False, "error": str(e).splitlines()[0]}
+    seconds = statistics.median(times)
+    return {**case, "fits": True, "train_s_per_episode": seconds, "train_ms_per_episode": seconds * 1e3,
+            "episodes_per_s": batch / seconds}
+
+
+def bench(args):
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but torch sees no CUDA device")
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    method = CUDA_MEMORY_METHOD if args.device == "cuda" else CPU_MEMORY_METHOD
+    print(f"pytorch {torch.__version__} on {device_name}, {torch.get_num_threads()} threads")
+    print(f"time: median wall clock of {args.reps} training episodes after one untimed episode")
+    print(f"peak memory: {method}")
+    print(f"{'N':>6} {'B':>5} {'T':>5} | {'s/episode':>10} {'episodes/s':>11} | {'peak MiB':>10} {'autograd MiB':>13}")
+    spawn = multiprocessing.get_context("spawn")
+    cases = []
+    for neurons in args.neurons:
+        for batch in args.batch:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                job = pool.submit(bench_case, neurons, batch, args.steps, args.reps, args.device, args.seed)
+                try:
+                    case = job.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    case = {"neurons": neurons, "batch": batch, "steps": args.steps, "fits": False,
+                            "error": "the measuring process died (killed for memory?)"}
+            cases.append(case)
+            if case["fits"]:
+                print(f"{neurons:>6} {batch:>5} {args.steps:>5} | {case['train_s_per_episode']:>10.3f} "
+                      f"{case['episodes_per_s']:>11.3f} | {case['peak_bytes'] / 2**20:>10.1f} "
+                      f"{case['autograd_saved_bytes'] / 2**20:>13.1f}")
+            else:
+                print(f"{neurons:>6} {batch:>5} {args.steps:>5} | does not fit: {case['error']}")
+    if args.json:
+        doc = {"framework": "pytorch", "torch": torch.__version__, "device": device_name,
+               "threads": torch.get_num_threads(), "peak_memory": method,
+               "autograd_saved": "bytes of the distinct storages autograd saved for backward in one episode",
+               "timing": f"median wall clock of {args.reps} training episodes after one untimed episode",
+               "config": {"steps": args.steps, "reps": args.reps, "seed": args.seed}, "cases": cases}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if all(case["fits"] for case in cases) else 1
+
+
+# --- check ---------------------------------------------------------------------------------------
+
+def check(args):
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        sys.exit("error: the safetensors package is not installed; install it with `pip install safetensors`")
+    directory = Path(args.dir)
+    params = load_file(directory / "params.safetensors")
+    episode = load_file(directory / "episode.safetensors")
+    ours = load_file(directory / "gradients.safetensors")
+
+    f64 = torch.float64
+    inputs, targets = episode["inputs"].to(f64), episode["targets"].to(f64)
+    loss_steps = episode["loss_steps"].tolist()
+    steps, batch, neurons = inputs.shape
+    if targets.shape != (len(loss_steps), batch, neurons):
+        sys.exit(f"error: targets have shape {tuple(targets.shape)}, expected {(len(loss_steps), batch, neurons)}")
+    if not all(1 <= s <= steps for s in loss_steps):
+        sys.exit(f"error: loss steps {loss_steps} are not all within 1..{steps}")
+    expected = {"w": (neurons, neurons), "alpha": (neurons, neurons), "eta": (1,)}
+    for tensors, what, names in [(params, "params", expected), (ours, "gradients", {**expected, "loss": (1,)})]:
+        for name, shape in names.items():
+            if name not in tensors or tuple(tensors[name].shape) != shape:
+                found = tuple(tensors[name].shape) if name in tensors else "missing"
+                sys.exit(f"error: {what}.safetensors: `{name}` should have shape {shape} (found {found})")
+    net = PlasticNet(params["w"].to(f64), params["alpha"].to(f64), params["eta"].to(f64))
+    loss = episode_loss(net, inputs, targets, loss_steps)
+    loss.backward()
+    print(f"episode: N = {neurons}, B = {batch}, T = {steps}, loss steps {loss_steps}")
+
+    # Relative difference: |ours - torch| / max |torch| over the tensor.
+    failed = False
+    print(f"{'':>6} {'max |torch|':>12} {'max |diff|':>12} {'relative':>10}")
+    for name, reference in [("loss", loss.detach().reshape(1)), ("w", net.w.grad), ("alpha", net.alpha.grad),
+                            ("eta", net.eta.grad)]:
+        theirs = ours[name].to(f64)
+        scale = reference.abs().max().item()
+        diff = (theirs - reference).abs().max().item()
+        relative = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+        bad = not relative <= CHECK_TOLERANCE
+        failed |= bad
+        print(f"{name:>6} {scale:>12.4e} {diff:>12.4e} {relative:>10.2e}{'  FAIL' if bad else ''}")
+    print(f"{'FAILED' if failed else 'passed'}: tolerance {CHECK_TOLERANCE:g} relative to max |torch| per tensor")
+    return 1 if failed else 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="time training episodes and measure peak memory")
+    b.add_argument("--neurons", type=lambda s: [int(v) for v in s.split(",")], default=[1000],
+                   help="neuron counts, comma-separated (default 1000)")
+    b.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")], default=[1],
+                   help="batch sizes, comma-separated (default 1)")
+    b.add_argument("--steps", type=int, default=106, help="steps per episode (the pattern task's 106)")
+    b.add_argument("--reps", type=int, default=3, help="timed training episodes per case (the median is reported)")
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    c = sub.add_parser("check", help="compare an exported episode's loss and gradients with torch's, in float64")
+    c.add_argument("dir", help="directory with params.safetensors, episode.safetensors and gradients.safetensors")
+    args = parser.parse_args()
+    if args.command == "bench" and args.reps < 1:
+        parser.error("--reps must be at least 1")
+    return bench(args) if args.command == "bench" else check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
