@@ -4,7 +4,8 @@
 //           + sum_jt partials[0, b, j, jt]     = sum_k (w_jk + alpha_jk H_jk(t+1)) ga_k(t+1)
 //                                               + eta * sum_k G_jk(t+2) x_k(t+1)
 //           + sum_it partials[1, b, j, it]     = eta * sum_i G_ij(t+1) x_i(t-1)
-//   ga_j(t) = gx_j(t) * (1 - x_j(t)^2)
+//   ga_j(t) = gx_j(t) * (1 - x_j(t)^2), or 0 where neuron j was clamped at step t (x_j(t) = u_j(t)
+//             does not depend on its drive)
 //
 // The partial sums were written by backward_trace of step t+1, one per 16-wide tile of the reduced
 // index, so this kernel only adds O(N / 16) numbers per neuron. They are zero before step T.
@@ -21,15 +22,16 @@ struct BackwardActivationParams {
     n_tiles: u32,     // ceil(N / TILE) partial sums per neuron in each partials buffer
     loss_slot: u32,   // row of `targets` holding y(t), or LOSS_NONE
     loss_scale: f32,  // multiplies the squared error (1 for a plain sum)
+    clamp_words: u32, // u32 words per (t, b) row of `clamp_mask`, or 0 when nothing is clamped
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: BackwardActivationParams;
 @group(0) @binding(1) var<storage, read> activations: array<f32>;      // (T + 1, B, N): x(t) at row t
 @group(0) @binding(2) var<storage, read> targets: array<f32>;          // (L, B, N): y for each loss step
 @group(0) @binding(3) var<storage, read> partials: array<f32>;         // (2, B, N, n_tiles): row sums, then column sums
-@group(0) @binding(4) var<storage, read_write> preact_grad: array<f32>; // (B, N): ga(t) on exit
+@group(0) @binding(4) var<storage, read> clamp_mask: array<u32>;            // (T, B, clamp_words) bit masks, row t - 1 for step t
+@group(0) @binding(5) var<storage, read_write> preact_grad: array<f32>; // (B, N): ga(t) on exit
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn backward_activation(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -49,5 +51,9 @@ fn backward_activation(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var k = 0u; k < p.n_tiles; k++) {
         gx += partials[rows + k] + partials[cols + k];
     }
-    preact_grad[b * n + j] = gx * (1.0 - x * x);
+    var ga = gx * (1.0 - x * x);
+    if (p.clamp_words != 0u && ((clamp_mask[((p.step - 1u) * p.batch + b) * p.clamp_words + j / 32u] >> (j % 32u)) & 1u) != 0u) {
+        ga = 0.0;
+    }
+    preact_grad[b * n + j] = ga;
 }

@@ -8,6 +8,9 @@
 // reduction over i has finished, so step t forms H(t) on the fly while it reads H(t-1) for its sum.
 // At t = 1 the trace is H(1) = 0 (cleared by the runtime) and is not updated.
 //
+// Clamping (the image task): where bit j of clamp row (t, b) is set, x_j(t) = u_j(t) instead, the
+// neuron being held at its input; its drive is still computed, then discarded.
+//
 // The inputs live in the activation history itself: row t holds u(t) until step t replaces it with
 // x(t). Only invocation (b, j) reads or writes element (t, b, j), and rows t-1 and t-2 are all that
 // the sum reads, so the overwrite is safe, and the history costs (T + 1) * B * N floats, not twice that.
@@ -33,14 +36,15 @@ struct ForwardStepParams {
     w_offset: u32,     // offset of w (N, N) in `params`
     alpha_offset: u32, // offset of alpha (N, N) in `params`
     eta_offset: u32,   // offset of eta (1) in `params`
+    clamp_words: u32,  // u32 words per (t, b) row of `clamp_mask`: ceil(N / 32), or 0 when nothing is clamped
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: ForwardStepParams;
 @group(0) @binding(1) var<storage, read> params: array<f32>;            // flat parameters: w (N, N) row i = pre, alpha (N, N), eta (1)
 @group(0) @binding(2) var<storage, read_write> trace: array<f32>;       // (B, N, N): H(t-1) on entry, H(t) on exit
 @group(0) @binding(3) var<storage, read_write> activations: array<f32>; // (T + 1, B, N): x(s) at row s < t, u(s) at row s >= t; x(0) = 0
+@group(0) @binding(4) var<storage, read> clamp_mask: array<u32>;            // (T, B, clamp_words) bit masks: u(t) in row t - 1
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -83,6 +87,13 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     for (var k = 0u; k < tile; k++) {
         let b = b0 + k;
-        activations[p.step * row + b * n + j] = tanh(clamp(acc[k], -TANH_CLAMP, TANH_CLAMP));
+        let out = p.step * row + b * n + j;
+        var held = false;
+        if (p.clamp_words != 0u) {
+            held = ((clamp_mask[((p.step - 1u) * p.batch + b) * p.clamp_words + j / 32u] >> (j % 32u)) & 1u) != 0u;
+        }
+        if (!held) {
+            activations[out] = tanh(clamp(acc[k], -TANH_CLAMP, TANH_CLAMP));
+        }
     }
 }

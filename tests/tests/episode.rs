@@ -23,7 +23,15 @@ fn problem(seed: u64, n: u32, batch: u32, steps: u32, eta: f32) -> Problem {
     let row = (batch * n) as usize;
     let loss_steps: Vec<u32> = if steps >= 3 { vec![steps / 2, steps] } else { vec![steps] };
     let targets = uniform(&mut r, loss_steps.len() * row, 1.0).iter().map(|v| v.signum()).collect();
-    let data = EpisodeData { batch, steps, inputs: uniform(&mut r, steps as usize * row, 1.0), loss_steps, targets, loss_scale: 1.0 };
+    let data = EpisodeData {
+        batch,
+        steps,
+        inputs: uniform(&mut r, steps as usize * row, 1.0),
+        loss_steps,
+        targets,
+        loss_scale: 1.0,
+        clamp: Vec::new(),
+    };
     let config = NetworkConfig { neurons: n, eta, ..Default::default() };
     Problem { config, host: HostParameters { layout, values }, data }
 }
@@ -38,6 +46,12 @@ fn to_reference(p: &Problem) -> (Network64, Episode64) {
         loss_steps: p.data.loss_steps.iter().map(|&s| s as usize).collect(),
         targets: to_f64(&p.data.targets),
         loss_scale: p.data.loss_scale as f64,
+        clamp: if p.data.clamp.is_empty() {
+            Vec::new()
+        } else {
+            let words = plasticity_kernels::clamp_words(p.config.neurons) as usize;
+            (0..p.data.inputs.len()).map(|e| plasticity_kernels::is_clamped(&p.data.clamp[e / n * words..][..words], e % n)).collect()
+        },
     };
     (net, ep)
 }
@@ -93,6 +107,28 @@ fn gradients_match_reference() {
         let reference = reference::backward(&net64, &ep64, &reference::forward(&net64, &ep64));
         let (gpu_grads, _) = gpu_gradients(&p, TrainerConfig::default());
         assert_gradients_match(&format!("N={n} B={batch} T={steps} eta={eta}"), &gpu_grads, &reference);
+    }
+}
+
+#[test]
+fn gradients_with_clamped_neurons_match_reference() {
+    use rand::Rng;
+    for (n, batch, steps) in [(40, 2, 9), (65, 3, 12)] {
+        let mut p = problem(77 + n as u64, n, batch, steps, 0.1);
+        let words = plasticity_kernels::clamp_words(n) as usize;
+        let mut r = rng(5);
+        p.data.clamp = (0..steps as usize * batch as usize * words).map(|_| r.random::<u32>() & r.random::<u32>()).collect();
+        let (net64, ep64) = to_reference(&p);
+        assert!(ep64.clamp.iter().any(|&c| c) && ep64.clamp.iter().any(|&c| !c));
+        let fwd = reference::forward(&net64, &ep64);
+        let ctx = gpu();
+        let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+        let mut runner = EpisodeRunner::new();
+        runner.run(ctx, &net, &p.data).unwrap();
+        assert_close(&format!("N={n} clamped activations"), &runner.read_activations(ctx).unwrap(), &fwd.activations, 2e-4, 1e-4);
+        let reference = reference::backward(&net64, &ep64, &fwd);
+        let (gpu_grads, _) = gpu_gradients(&p, TrainerConfig::default());
+        assert_gradients_match(&format!("N={n} B={batch} T={steps} clamped"), &gpu_grads, &reference);
     }
 }
 

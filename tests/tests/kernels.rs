@@ -28,6 +28,16 @@ fn random_params(seed: u64, n: u32, eta: f32) -> Vec<f32> {
     p
 }
 
+/// (T, B, ceil(N/32)) masks with about half the bits set, or a single zero word when `on` is false.
+fn random_clamp(r: &mut rand_chacha::ChaCha8Rng, on: bool, steps: usize, batch: u32, n: u32) -> (Vec<u32>, u32) {
+    use rand::Rng;
+    if !on {
+        return (vec![0], 0);
+    }
+    let words = plasticity_kernels::clamp_words(n);
+    ((0..steps * (batch * words) as usize).map(|_| r.random::<u32>()).collect(), words)
+}
+
 #[test]
 fn forward_step_matches_cpu_twin() {
     for n in SIZES {
@@ -43,15 +53,26 @@ fn forward_step_matches_cpu_twin() {
                 // rows are NaN and must not be touched.
                 let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
                 activations.extend(nan_filled((steps - step as usize) * row));
-                let p = ForwardStepParams { n, batch, step, w_offset: 0, alpha_offset: n * n, eta_offset: 2 * n * n, ..Default::default() };
+                // At step 2, hold a random half of the neurons at their inputs.
+                let (clamp, clamp_words) = random_clamp(&mut r, step == 2, steps, batch, n);
+                let p = ForwardStepParams {
+                    n,
+                    batch,
+                    step,
+                    w_offset: 0,
+                    alpha_offset: n * n,
+                    eta_offset: 2 * n * n,
+                    clamp_words,
+                    ..Default::default()
+                };
                 let out = run_kernel(
                     "forward_step",
                     &p,
-                    &[bytes(&params), bytes(&trace), bytes(&activations)],
+                    &[bytes(&params), bytes(&trace), bytes(&activations), bytemuck::cast_slice(&clamp)],
                     forward_step::workgroups(n, batch),
                 );
                 let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
-                cpu::forward_step(&p, &params, &mut trace_ref, &mut act_ref);
+                cpu::forward_step(&p, &params, &mut trace_ref, &mut act_ref, &clamp);
                 let ctx = format!("forward_step N={n} B={batch} t={step}");
                 // The trace update is the same two f32 operations on both sides (up to FMA contraction).
                 assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
@@ -59,7 +80,12 @@ fn forward_step_matches_cpu_twin() {
                 // stays below N * 2^-24 * 3 ~ 5e-5, and tanh' <= 1.
                 let done = (step as usize + 1) * row;
                 assert_close(&format!("{ctx} activations"), &out[2][..done], &to_f64(&act_ref[..done]), 5e-5, 1e-5);
-                assert!(act_ref[done - row..done] != activations[done - row..done], "{ctx}: the twin must replace u(t) by x(t)");
+                if clamp_words == 0 {
+                    assert!(act_ref[done - row..done] != activations[done - row..done], "{ctx}: the twin must replace u(t) by x(t)");
+                } else {
+                    let held = (0..row).filter(|&e| out[2][done - row + e] == activations[done - row + e]).count();
+                    assert!(held >= row / 4 && held < row.max(2), "{ctx}: about half the neurons are held, {held} of {row}");
+                }
                 assert!(out[2][done..].iter().all(|v| v.is_nan()), "{ctx}: wrote past row t");
             }
         }
@@ -77,18 +103,29 @@ fn backward_activation_matches_cpu_twin() {
                 let activations = uniform(&mut r, (steps as usize + 1) * row, 1.0);
                 let targets = uniform(&mut r, 2 * row, 1.0);
                 let partials = uniform(&mut r, 2 * row * tiles as usize, 1.0);
-                let p = BackwardActivationParams { n, batch, step: 2, n_tiles: tiles, loss_slot, loss_scale: 0.5, ..Default::default() };
+                let (clamp, clamp_words) = random_clamp(&mut r, loss_slot == 1, steps as usize, batch, n);
+                let p = BackwardActivationParams {
+                    n,
+                    batch,
+                    step: 2,
+                    n_tiles: tiles,
+                    loss_slot,
+                    loss_scale: 0.5,
+                    clamp_words,
+                    ..Default::default()
+                };
                 let grad = nan_filled(row);
                 let out = run_kernel(
                     "backward_activation",
                     &p,
-                    &[bytes(&activations), bytes(&targets), bytes(&partials), bytes(&grad)],
+                    &[bytes(&activations), bytes(&targets), bytes(&partials), bytemuck::cast_slice(&clamp), bytes(&grad)],
                     backward_activation::workgroups(n, batch),
                 );
                 let mut grad_ref = grad.clone();
-                cpu::backward_activation(&p, &activations, &targets, &partials, &mut grad_ref);
+                cpu::backward_activation(&p, &activations, &targets, &partials, &clamp, &mut grad_ref);
                 // A sum of 2 * ceil(N/16) <= 34 values of magnitude <= 1 in f32 order vs f64.
-                assert_close(&format!("backward_activation N={n} B={batch} slot={loss_slot}"), &out[3], &to_f64(&grad_ref), 1e-5, 1e-5);
+                let ctx = format!("backward_activation N={n} B={batch} slot={loss_slot} clamped={}", clamp_words != 0);
+                assert_close(&ctx, &out[4], &to_f64(&grad_ref), 1e-5, 1e-5);
             }
         }
     }

@@ -9,13 +9,14 @@ use crate::finish_gradients::FinishGradientsParams;
 use crate::forward_step::ForwardStepParams;
 use crate::loss_mse::LossMseParams;
 use crate::stream_triad::StreamTriadParams;
-use crate::{TRACE_TILE, metrics};
+use crate::{TRACE_TILE, is_clamped, metrics};
 
 /// Matches the kernel's clamp before tanh (tanh(15) == 1 in f32).
 const TANH_CLAMP: f64 = 15.0;
 
-/// Twin of `shaders/forward_step.wgsl`: row t of `activations` holds u(t) on entry and x(t) on exit.
-pub fn forward_step(p: &ForwardStepParams, params: &[f32], trace: &mut [f32], activations: &mut [f32]) {
+/// Twin of `shaders/forward_step.wgsl`: row t of `activations` holds u(t) on entry and x(t) on exit
+/// (u(t) itself where the clamp mask is set).
+pub fn forward_step(p: &ForwardStepParams, params: &[f32], trace: &mut [f32], activations: &mut [f32], clamp: &[u32]) {
     let (n, batch, t) = (p.n as usize, p.batch as usize, p.step as usize);
     let row = batch * n;
     let eta = params[p.eta_offset as usize];
@@ -38,13 +39,24 @@ pub fn forward_step(p: &ForwardStepParams, params: &[f32], trace: &mut [f32], ac
             for i in 0..n {
                 a += (w[i * n + j] + alpha[i * n + j] * h[i * n + j]) as f64 * x_prev[i] as f64;
             }
-            activations[t * row + b * n + j] = a.clamp(-TANH_CLAMP, TANH_CLAMP).tanh() as f32;
+            let words = p.clamp_words as usize;
+            let held = words != 0 && is_clamped(&clamp[((t - 1) * batch + b) * words..][..words], j);
+            if !held {
+                activations[t * row + b * n + j] = a.clamp(-TANH_CLAMP, TANH_CLAMP).tanh() as f32;
+            }
         }
     }
 }
 
 /// Twin of `shaders/backward_activation.wgsl`.
-pub fn backward_activation(p: &BackwardActivationParams, activations: &[f32], targets: &[f32], partials: &[f32], preact_grad: &mut [f32]) {
+pub fn backward_activation(
+    p: &BackwardActivationParams,
+    activations: &[f32],
+    targets: &[f32],
+    partials: &[f32],
+    clamp: &[u32],
+    preact_grad: &mut [f32],
+) {
     let (n, batch, tiles) = (p.n as usize, p.batch as usize, p.n_tiles as usize);
     for b in 0..batch {
         for j in 0..n {
@@ -59,7 +71,9 @@ pub fn backward_activation(p: &BackwardActivationParams, activations: &[f32], ta
             for k in 0..tiles {
                 gx += partials[rows + k] as f64 + partials[cols + k] as f64;
             }
-            preact_grad[b * n + j] = (gx * (1.0 - x as f64 * x as f64)) as f32;
+            let words = p.clamp_words as usize;
+            let held = words != 0 && is_clamped(&clamp[((p.step as usize - 1) * batch + b) * words..][..words], j);
+            preact_grad[b * n + j] = if held { 0.0 } else { (gx * (1.0 - x as f64 * x as f64)) as f32 };
         }
     }
 }

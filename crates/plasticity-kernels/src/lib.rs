@@ -111,6 +111,16 @@ pub fn div_ceil(count: u32, size: u32) -> u32 {
     count.div_ceil(size)
 }
 
+/// u32 words per (step, batch) row of a clamp mask over `n` neurons.
+pub fn clamp_words(n: u32) -> u32 {
+    div_ceil(n, 32)
+}
+
+/// Whether bit `j` of a clamp mask row is set.
+pub fn is_clamped(row: &[u32], j: usize) -> bool {
+    (row[j / 32] >> (j % 32)) & 1 != 0
+}
+
 /// Side of the square (i, j) block that one `backward_trace` invocation walks.
 pub const TRACE_TILE: u32 = 16;
 
@@ -142,16 +152,16 @@ pub mod forward_step {
         pub w_offset: u32,
         pub alpha_offset: u32,
         pub eta_offset: u32,
+        pub clamp_words: u32,
         pub _pad0: u32,
-        pub _pad1: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "forward_step",
         source: include_str!("../../../shaders/forward_step.wgsl"),
-        bindings: &[params("p"), read("params"), read_write("trace"), read_write("activations")],
+        bindings: &[params("p"), read("params"), read_write("trace"), read_write("activations"), read("clamp_mask")],
         params_struct: "ForwardStepParams",
-        params_layout: layout_of!(ForwardStepParams { n, batch, step, w_offset, alpha_offset, eta_offset, _pad0, _pad1 }),
+        params_layout: layout_of!(ForwardStepParams { n, batch, step, w_offset, alpha_offset, eta_offset, clamp_words, _pad0 }),
         params_size: core::mem::size_of::<ForwardStepParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
     };
@@ -177,16 +187,16 @@ pub mod backward_activation {
         pub n_tiles: u32,
         pub loss_slot: u32,
         pub loss_scale: f32,
+        pub clamp_words: u32,
         pub _pad0: u32,
-        pub _pad1: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "backward_activation",
         source: include_str!("../../../shaders/backward_activation.wgsl"),
-        bindings: &[params("p"), read("activations"), read("targets"), read("partials"), read_write("preact_grad")],
+        bindings: &[params("p"), read("activations"), read("targets"), read("partials"), read("clamp_mask"), read_write("preact_grad")],
         params_struct: "BackwardActivationParams",
-        params_layout: layout_of!(BackwardActivationParams { n, batch, step, n_tiles, loss_slot, loss_scale, _pad0, _pad1 }),
+        params_layout: layout_of!(BackwardActivationParams { n, batch, step, n_tiles, loss_slot, loss_scale, clamp_words, _pad0 }),
         params_size: core::mem::size_of::<BackwardActivationParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
     };

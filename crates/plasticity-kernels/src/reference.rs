@@ -23,6 +23,8 @@ pub struct Episode64 {
     pub loss_steps: Vec<usize>,
     /// (L, B, N)
     pub targets: Vec<f64>,
+    /// (T, B, N): where true, x_j(t) = u_j(t) (the neuron is held at its input). Empty: none.
+    pub clamp: Vec<bool>,
     /// loss = loss_scale * sum of squared errors over loss steps, batch and neurons.
     pub loss_scale: f64,
 }
@@ -60,7 +62,8 @@ pub fn forward(net: &Network64, ep: &Episode64) -> Forward64 {
                     let idx = (b * n + i) * n + j;
                     a += (net.w[i * n + j] + net.alpha[i * n + j] * h[idx]) * activations[(t - 1) * row + b * n + i];
                 }
-                activations[t * row + b * n + j] = a.tanh();
+                let held = !ep.clamp.is_empty() && ep.clamp[(t - 1) * row + b * n + j];
+                activations[t * row + b * n + j] = if held { ep.inputs[(t - 1) * row + b * n + j] } else { a.tanh() };
             }
             for i in 0..n {
                 for j in 0..n {
@@ -110,7 +113,9 @@ pub fn backward(net: &Network64, ep: &Episode64, fwd: &Forward64) -> Gradients64
                     gx[t][b * n + j] += net.eta * g_next[(b * n + i) * n + j] * x(t - 1, b, i);
                 }
             }
-            let ga: Vec<f64> = (0..n).map(|j| gx[t][b * n + j] * (1.0 - x(t, b, j).powi(2))).collect();
+            // A held neuron's value does not depend on its drive.
+            let held = |j: usize| !ep.clamp.is_empty() && ep.clamp[(t - 1) * row + b * n + j];
+            let ga: Vec<f64> = (0..n).map(|j| if held(j) { 0.0 } else { gx[t][b * n + j] * (1.0 - x(t, b, j).powi(2)) }).collect();
             for i in 0..n {
                 let mut to_prev = 0.0;
                 for j in 0..n {
@@ -148,6 +153,7 @@ mod tests {
             targets: v(loss_steps.len() * batch * n, 1.0),
             loss_steps,
             loss_scale: 1.0,
+            clamp: Vec::new(),
         };
         (net, ep)
     }
@@ -188,6 +194,30 @@ mod tests {
             let eta_loss = |delta: f64| loss_of(&Network64 { eta: net.eta + delta, ..net.clone() }, &ep);
             assert_close(&format!("deta (N={n} B={batch} T={steps})"), grads.eta, (eta_loss(d) - eta_loss(-d)) / (2.0 * d));
         }
+    }
+
+    #[test]
+    fn reference_gradients_with_clamped_neurons_match_finite_differences() {
+        let (net, mut ep) = random_problem(9, 6, 2, 5, 0.2);
+        // Hold a third of the neurons at their inputs on every other step.
+        ep.clamp = (0..ep.inputs.len()).map(|k| (k / (2 * 6)) % 2 == 0 && k % 3 == 0).collect();
+        let grads = backward(&net, &ep, &forward(&net, &ep));
+        let d = 1e-5;
+        for k in 0..36 {
+            let mut p = net.clone();
+            p.alpha[k] += d;
+            let up = loss_of(&p, &ep);
+            p.alpha[k] -= 2.0 * d;
+            let numeric = (up - loss_of(&p, &ep)) / (2.0 * d);
+            assert_close(&format!("dalpha[{k}] with clamping"), grads.alpha[k], numeric);
+            let mut p = net.clone();
+            p.w[k] += d;
+            let up = loss_of(&p, &ep);
+            p.w[k] -= 2.0 * d;
+            assert_close(&format!("dw[{k}] with clamping"), grads.w[k], (up - loss_of(&p, &ep)) / (2.0 * d));
+        }
+        let eta_loss = |delta: f64| loss_of(&Network64 { eta: net.eta + delta, ..net.clone() }, &ep);
+        assert_close("deta with clamping", grads.eta, (eta_loss(d) - eta_loss(-d)) / (2.0 * d));
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub fn random_episode(case: BenchCase, seed: u64) -> EpisodeData {
         loss_steps: vec![case.steps],
         targets: (0..row).map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect(),
         loss_scale: 1.0,
+        clamp: Vec::new(),
     }
 }
 

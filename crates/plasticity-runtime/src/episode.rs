@@ -23,6 +23,9 @@ pub struct EpisodeData {
     pub targets: Vec<f32>,
     /// loss = loss_scale * sum over loss steps, batch and neurons of (x - y)^2.
     pub loss_scale: f32,
+    /// Optional (T, B, ceil(N / 32)) bit masks: where bit j of row (t - 1, b) is set, neuron j is held
+    /// at its input, x_j(t) = u_j(t), instead of being driven (the image task's clamping). Empty: none.
+    pub clamp: Vec<u32>,
 }
 
 impl EpisodeData {
@@ -69,11 +72,22 @@ impl EpisodeData {
         if !self.loss_scale.is_finite() {
             return Err(invalid(what, "loss_scale must be finite"));
         }
+        let words = plasticity_kernels::clamp_words(neurons) as usize;
+        if !self.clamp.is_empty() && self.clamp.len() != self.steps as usize * self.batch as usize * words {
+            return Err(invalid(
+                what,
+                format!(
+                    "clamp holds {} words, expected steps * batch * ceil(N / 32) = {}",
+                    self.clamp.len(),
+                    self.steps as usize * self.batch as usize * words
+                ),
+            ));
+        }
         Ok(())
     }
 
     pub(crate) fn shape(&self, neurons: u32) -> EpisodeShape {
-        EpisodeShape { neurons, batch: self.batch, steps: self.steps, loss_steps: self.loss_steps.clone() }
+        EpisodeShape { neurons, batch: self.batch, steps: self.steps, loss_steps: self.loss_steps.clone(), clamped: !self.clamp.is_empty() }
     }
 }
 
@@ -113,9 +127,15 @@ pub(crate) struct EpisodeShape {
     pub batch: u32,
     pub steps: u32,
     pub loss_steps: Vec<u32>,
+    pub clamped: bool,
 }
 
 impl EpisodeShape {
+    /// The `clamp_words` params value: 0 when nothing is clamped.
+    pub fn clamp_words(&self) -> u32 {
+        if self.clamped { plasticity_kernels::clamp_words(self.neurons) } else { 0 }
+    }
+
     pub fn loss_slot(&self, step: u32) -> u32 {
         self.loss_steps.iter().position(|&s| s == step).map_or(LOSS_NONE, |p| p as u32)
     }
@@ -191,6 +211,7 @@ pub(crate) fn dispatch(
 pub(crate) struct ForwardState {
     pub shape: EpisodeShape,
     pub targets: GpuBuffer,
+    pub clamp: GpuBuffer,
     pub loss_steps: GpuBuffer,
     pub activations: GpuBuffer,
     pub trace: GpuBuffer,
@@ -227,6 +248,7 @@ impl ForwardState {
                 w_offset: 0,
                 alpha_offset: neurons * neurons,
                 eta_offset: 2 * neurons * neurons,
+                clamp_words: shape.clamp_words(),
                 ..Default::default()
             })
             .collect();
@@ -234,6 +256,7 @@ impl ForwardState {
             LossMseParams { n: neurons, batch: data.batch, n_loss_steps: data.loss_steps.len() as u32, loss_scale: data.loss_scale };
         Ok(Self {
             targets: buffers::storage(ctx, "targets", data.targets.len() as u64 * 4)?,
+            clamp: buffers::storage(ctx, "clamp masks", data.clamp.len() as u64 * 4)?,
             loss_steps: buffers::storage_from(ctx, "loss steps", &data.loss_steps)?,
             activations: buffers::storage(ctx, "activations", history_bytes)?,
             trace: buffers::storage(ctx, "trace", trace_bytes)?,
@@ -254,11 +277,15 @@ impl ForwardState {
     pub fn upload(&self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         buffers::write(ctx, &self.activations, row_bytes, &data.inputs)?;
+        buffers::write(ctx, &self.clamp, 0, &data.clamp)?;
         buffers::write(ctx, &self.targets, 0, &data.targets)
     }
 
     pub fn allocated_bytes(&self) -> u64 {
-        [&self.targets, &self.loss_steps, &self.activations, &self.trace, &self.metrics, &self.staging].iter().map(|b| b.bytes).sum::<u64>()
+        [&self.targets, &self.clamp, &self.loss_steps, &self.activations, &self.trace, &self.metrics, &self.staging]
+            .iter()
+            .map(|b| b.bytes)
+            .sum::<u64>()
             + self.step_params_slots.buffer.bytes
             + self.loss_params_slots.buffer.bytes
     }
@@ -275,7 +302,7 @@ impl ForwardState {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
-        let group = bind_group(ctx, "forward_step", &self.step_params_slots, &[&net.params, &self.trace, &self.activations]);
+        let group = bind_group(ctx, "forward_step", &self.step_params_slots, &[&net.params, &self.trace, &self.activations, &self.clamp]);
         let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch);
         let mut next_checkpoint = checkpoints.iter().peekable();
         let mut step = 1;

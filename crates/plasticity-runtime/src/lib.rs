@@ -27,6 +27,7 @@
 //!     loss_steps: vec![steps],
 //!     targets: vec![1.0; (batch * 16) as usize],
 //!     loss_scale: 1.0,
+//!     clamp: Vec::new(),
 //! };
 //! let metrics = trainer.train_step(&ctx, &data)?;
 //! println!("loss {} eta {}", metrics.loss, metrics.eta);

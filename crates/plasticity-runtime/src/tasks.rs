@@ -102,6 +102,6 @@ impl PatternTask {
             }
             targets[e * n..][..n].copy_from_slice(test);
         }
-        Ok(EpisodeData { batch, steps: steps as u32, inputs, loss_steps: vec![steps as u32], targets, loss_scale: 1.0 })
+        Ok(EpisodeData { batch, steps: steps as u32, inputs, loss_steps: vec![steps as u32], targets, loss_scale: 1.0, clamp: Vec::new() })
     }
 }

@@ -119,6 +119,7 @@ impl BackwardState {
                 n_tiles: tiles,
                 loss_slot: shape.loss_slot(step),
                 loss_scale: 0.0,
+                clamp_words: shape.clamp_words(),
                 ..Default::default()
             })
             .collect();
@@ -321,6 +322,7 @@ impl Trainer {
                 n_tiles: trace_tiles(neurons),
                 loss_slot: fwd.shape.loss_slot(step),
                 loss_scale: data.loss_scale,
+                clamp_words: fwd.shape.clamp_words(),
                 ..Default::default()
             })
             .collect();
@@ -397,7 +399,7 @@ fn record_backward(
         ctx,
         "backward_activation",
         &bwd.activation_params_slots,
-        &[&fwd.activations, &fwd.targets, &bwd.partials, &bwd.preact_grad],
+        &[&fwd.activations, &fwd.targets, &bwd.partials, &fwd.clamp, &bwd.preact_grad],
     );
     let trace_group = bind_group(
         ctx,

@@ -26,7 +26,8 @@ fn losses(dir: &Path) -> Vec<String> {
     text.lines().skip(1).map(|l| l.split(',').take(4).collect::<Vec<_>>().join(",")).collect()
 }
 
-const SMALL: &[&str] = &["--neurons", "16", "--patterns", "2", "--batch", "2", "--lr", "3e-3", "--checkpoint-every", "5", "--quiet", "--seed", "3"];
+const SMALL: &[&str] =
+    &["--neurons", "16", "--patterns", "2", "--batch", "2", "--lr", "3e-3", "--checkpoint-every", "5", "--quiet", "--seed", "3"];
 
 #[test]
 fn train_writes_a_run_and_resume_matches_an_uninterrupted_run() {
