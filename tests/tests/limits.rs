@@ -6,7 +6,15 @@ use plasticity_tests::*;
 
 fn episode(neurons: u32, batch: u32) -> EpisodeData {
     let row = (neurons * batch) as usize;
-    EpisodeData { batch, steps: 1, inputs: vec![0.1; row], loss_steps: vec![1], targets: vec![1.0; row], loss_scale: 1.0, clamp: Vec::new() }
+    EpisodeData {
+        batch,
+        steps: 1,
+        inputs: vec![0.1; row],
+        loss_steps: vec![1],
+        targets: vec![1.0; row],
+        loss_scale: 1.0,
+        clamp: Vec::new(),
+    }
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner};
 pub use error::{PlasticityError, Result};
 pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
 pub use plasticity_kernels as kernels_wgsl;
-pub use tasks::PatternTask;
+pub use tasks::{ImageEpisode, ImageTask, PatternTask};
 pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, reversal_segment};
 /// The wgpu this runtime is built on, so that embedders use the same version.
 pub use wgpu;

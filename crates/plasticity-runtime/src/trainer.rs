@@ -282,6 +282,12 @@ impl Trainer {
         })
     }
 
+    /// The last episode's activation history (T + 1, B, N): x(t) in row t. For figures and tests.
+    pub fn read_activations(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let f = self.forward.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
+        buffers::read_f32(ctx, &f.activations, 0, (f.activations.bytes / 4) as usize, "activations")
+    }
+
     /// The checkpoint interval K used by the last episode.
     pub fn last_segment(&self) -> u32 {
         self.last_segment

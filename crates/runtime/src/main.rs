@@ -1,6 +1,7 @@
 //! `plasticity`: the command line of the plasticity engine (`cargo run -p runtime --release -- <command>`).
 
 mod bench;
+mod images;
 mod plot;
 mod train;
 
@@ -18,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train on the paper's pattern-memorisation task, writing a run directory.
+    /// Train on the paper's pattern-memorisation or image-completion task, writing a run directory.
     Train(train::TrainArgs),
     /// Evaluate a checkpoint on fresh episodes.
     Eval(train::EvalArgs),

@@ -16,19 +16,96 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use plasticity_runtime::checkpoint::{TensorData, save_tensors};
 use plasticity_runtime::{
-    AdamConfig, Checkpoint, EpisodeData, GpuContext, Network, NetworkConfig, PatternTask, Trainer, TrainerConfig, bench,
+    AdamConfig, Checkpoint, EpisodeData, GpuContext, ImageEpisode, ImageTask, Network, NetworkConfig, PatternTask, Trainer, TrainerConfig,
+    bench,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::plot;
+use crate::{images, plot};
+
+/// The experiment a run trains on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskConfig {
+    Pattern(PatternTask),
+    Image {
+        #[serde(flatten)]
+        task: ImageTask,
+        /// The directory the images were loaded from.
+        images: PathBuf,
+    },
+}
+
+/// A task with its data loaded.
+pub struct Task {
+    pub config: TaskConfig,
+    /// The image pool (empty for the pattern task).
+    pub pool: Vec<Vec<f32>>,
+}
+
+impl Task {
+    pub fn load(config: &TaskConfig) -> anyhow::Result<Self> {
+        let pool = match config {
+            TaskConfig::Pattern(_) => Vec::new(),
+            TaskConfig::Image { task, images } => {
+                let pool = images::load_images(images, task.side)?;
+                ensure!(
+                    pool.len() >= task.images_per_episode as usize,
+                    "{} holds {} usable images, but each episode shows {} different ones",
+                    images.display(),
+                    pool.len(),
+                    task.images_per_episode
+                );
+                pool
+            }
+        };
+        Ok(Self { config: config.clone(), pool })
+    }
+
+    /// The data of episode `stream`: a pure function of the seed and the stream.
+    pub fn episode(&self, batch: u32, seed: u64, stream: u64) -> anyhow::Result<(EpisodeData, Option<ImageEpisode>)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Ok(match &self.config {
+            TaskConfig::Pattern(t) => (t.generate(batch, &mut rng)?, None),
+            TaskConfig::Image { task, .. } => {
+                let (data, shown) = task.generate(&self.pool, batch, &mut rng)?;
+                (data, Some(shown))
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match &self.config {
+            TaskConfig::Pattern(t) => format!("pattern memorisation: {} patterns of {} bits, {} steps", t.patterns, t.neurons, t.steps()),
+            TaskConfig::Image { task, images } => format!(
+                "image completion: {} images of {}x{} from {} ({} usable), {} steps",
+                task.images_per_episode,
+                task.side,
+                task.side,
+                images.display(),
+                self.pool.len(),
+                task.steps()
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskKind {
+    /// Binary pattern memorisation (the paper's first experiment).
+    Pattern,
+    /// Natural-image completion from a directory of PNG or JPEG files (the paper's second).
+    Image,
+}
 
 /// Everything a run depends on; saved as `config.json` and in every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    pub task: PatternTask,
+    pub task: TaskConfig,
     pub network: NetworkConfig,
     pub adam: AdamConfig,
     pub batch: u32,
@@ -40,24 +117,39 @@ pub struct RunConfig {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Neurons N (the pattern size; the paper: 1000).
-    #[arg(long, default_value_t = 1000)]
-    neurons: u32,
+    /// The experiment.
+    #[arg(long, value_enum, default_value_t = TaskKind::Pattern)]
+    task: TaskKind,
+    /// Neurons N for the pattern task (the pattern size) [default: 1000]; the image task uses side^2 + 1.
+    #[arg(long)]
+    neurons: Option<u32>,
+    /// Image task: directory of PNG or JPEG images (any size or colour; converted to grey, cropped and resized).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Image task: side of the square images, in pixels.
+    #[arg(long, default_value_t = 32)]
+    side: u32,
+    /// Image task: images shown per episode.
+    #[arg(long, default_value_t = 3)]
+    images_per_episode: u32,
+    /// Image task: presentation cycles.
+    #[arg(long, default_value_t = 3)]
+    cycles: u32,
     /// Patterns stored per episode.
     #[arg(long, default_value_t = 5)]
     patterns: u32,
     /// Presentation cycles; the order is reshuffled each cycle.
     #[arg(long, default_value_t = 2)]
     presentations: u32,
-    /// Steps each pattern is shown.
-    #[arg(long, default_value_t = 6)]
-    show_steps: u32,
-    /// Silent steps after each pattern.
-    #[arg(long, default_value_t = 4)]
-    gap_steps: u32,
-    /// Steps the degraded test pattern is shown.
-    #[arg(long, default_value_t = 6)]
-    test_steps: u32,
+    /// Steps each pattern or image is shown [default: 6 patterns, 20 images].
+    #[arg(long)]
+    show_steps: Option<u32>,
+    /// Silent (free) steps after each [default: 4 patterns, 2 images].
+    #[arg(long)]
+    gap_steps: Option<u32>,
+    /// Steps the degraded pattern or half image is shown [default: 6 patterns, 3 images].
+    #[arg(long)]
+    test_steps: Option<u32>,
     /// Input gain: inputs are added to the recurrent drive times this.
     #[arg(long, default_value_t = 20.0)]
     input_gain: f32,
@@ -107,18 +199,47 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> anyhow::Result<RunConfig> {
-        let task = PatternTask {
-            neurons: self.neurons,
-            patterns: self.patterns,
-            presentations: self.presentations,
-            show_steps: self.show_steps,
-            gap_steps: self.gap_steps,
-            test_steps: self.test_steps,
-            input_gain: self.input_gain,
-            degrade_prob: self.degrade_prob,
+        let (task, neurons) = match self.task {
+            TaskKind::Pattern => {
+                ensure!(self.images.is_none(), "--images belongs to --task image");
+                let neurons = self.neurons.unwrap_or(1000);
+                let task = PatternTask {
+                    neurons,
+                    patterns: self.patterns,
+                    presentations: self.presentations,
+                    show_steps: self.show_steps.unwrap_or(6),
+                    gap_steps: self.gap_steps.unwrap_or(4),
+                    test_steps: self.test_steps.unwrap_or(6),
+                    input_gain: self.input_gain,
+                    degrade_prob: self.degrade_prob,
+                };
+                (TaskConfig::Pattern(task), neurons)
+            }
+            TaskKind::Image => {
+                let images = self.images.clone().context("--task image needs --images DIR, a directory of PNG or JPEG files")?;
+                let task = ImageTask {
+                    side: self.side,
+                    images_per_episode: self.images_per_episode,
+                    cycles: self.cycles,
+                    show_steps: self.show_steps.unwrap_or(20),
+                    gap_steps: self.gap_steps.unwrap_or(2),
+                    test_steps: self.test_steps.unwrap_or(3),
+                };
+                task.validate()?;
+                if let Some(n) = self.neurons {
+                    ensure!(
+                        n == task.neurons(),
+                        "--neurons {n} contradicts --side {}: the image task uses side^2 + 1 = {} neurons",
+                        self.side,
+                        task.neurons()
+                    );
+                }
+                let neurons = task.neurons();
+                (TaskConfig::Image { task, images }, neurons)
+            }
         };
         let network = NetworkConfig {
-            neurons: self.neurons,
+            neurons,
             eta: self.eta,
             learn_eta: !self.fixed_eta,
             plastic: !self.baseline,
@@ -142,22 +263,23 @@ impl TrainArgs {
 }
 
 fn validate(c: &RunConfig) -> anyhow::Result<()> {
-    c.task.validate()?;
+    match &c.task {
+        TaskConfig::Pattern(t) => {
+            t.validate()?;
+            ensure!(t.neurons == c.network.neurons, "the pattern size must equal the number of neurons");
+        }
+        TaskConfig::Image { task, .. } => {
+            task.validate()?;
+            ensure!(task.neurons() == c.network.neurons, "the image task needs side^2 + 1 neurons");
+        }
+    }
     c.network.validate()?;
     c.adam.validate()?;
     ensure!(c.batch >= 1, "--batch must be at least 1 (got {})", c.batch);
     ensure!(c.episodes >= 1, "--episodes must be at least 1 (got {})", c.episodes);
     ensure!(c.checkpoint_every >= 1, "--checkpoint-every must be at least 1 (got {})", c.checkpoint_every);
     ensure!(c.error_window >= 1, "--error-window must be at least 1 (got {})", c.error_window);
-    ensure!(c.task.neurons == c.network.neurons, "the pattern size must equal the number of neurons");
     Ok(())
-}
-
-/// The data of training episode `index`: a pure function of the seed and the index.
-pub fn episode(config: &RunConfig, stream: u64) -> anyhow::Result<EpisodeData> {
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    rng.set_stream(stream);
-    Ok(config.task.generate(config.batch, &mut rng)?)
 }
 
 /// Evaluation episodes draw from streams training never uses.
@@ -215,15 +337,18 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             let config = args.config()?;
             let dir = args.run_dir.clone().unwrap_or_else(|| {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                PathBuf::from(format!("runs/pattern-seed{}-{now}", config.seed))
+                let kind = if matches!(config.task, TaskConfig::Pattern(_)) { "pattern" } else { "image" };
+                PathBuf::from(format!("runs/{kind}-seed{}-{now}", config.seed))
             });
             if dir.join("config.json").exists() {
                 bail!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", dir.display());
             }
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             (config, dir, 0, None)
         }
     };
+    // Load the data before touching the run directory, so a bad image directory leaves nothing behind.
+    let task = Task::load(&config.task)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     plasticity_runtime::checkpoint::write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
 
     let ctx = GpuContext::new()?;
@@ -257,10 +382,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     println!("run directory: {}", dir.display());
     println!("adapter: {}", ctx.adapter);
     println!(
-        "task: {} patterns of {} bits, {} steps; batch {}; {} episodes{}",
-        config.task.patterns,
-        config.task.neurons,
-        config.task.steps(),
+        "task: {}; batch {}; {} episodes{}",
+        task.describe(),
         config.batch,
         config.episodes,
         if start > 0 { format!(", resuming after episode {start}") } else { String::new() }
@@ -283,7 +406,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             plot::write_loss_plot(&metrics_path, &dir.join("loss.png"))?;
             bail!("interrupted after episode {e}; checkpoint saved; continue with --resume {}", dir.display());
         }
-        let data = episode(&config, e)?;
+        let (data, _) = task.episode(config.batch, config.seed, e)?;
         let m = trainer.train_step(&ctx, &data)?;
         if !(m.loss.is_finite() && m.eta.is_finite() && m.grad_norm.is_finite()) {
             bar.abandon();
@@ -349,6 +472,12 @@ pub struct EvalArgs {
     /// Batch size (default: the run's).
     #[arg(long)]
     batch: Option<u32>,
+    /// Image task: load the images from here instead of the run's directory.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Image task: where to write the completion figure [default: completion.png beside the checkpoint].
+    #[arg(long)]
+    figure: Option<PathBuf>,
 }
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
@@ -360,16 +489,27 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         config.batch = b;
     }
     ensure!(args.episodes >= 1, "--episodes must be at least 1");
+    if let (Some(dir), TaskConfig::Image { images, .. }) = (&args.images, &mut config.task) {
+        *images = dir.clone();
+    }
     validate(&config)?;
+    let task = Task::load(&config.task)?;
     let ctx = GpuContext::new()?;
     let network = Network::from_parameters(&ctx, &checkpoint.network, &checkpoint.parameters)?;
     let mut trainer = Trainer::new(&ctx, network, TrainerConfig::default())?;
     let (mut loss, mut errors, mut bits) = (0.0f64, 0u64, 0u64);
     for e in 0..args.episodes {
-        let m = trainer.evaluate(&ctx, &episode(&config, EVAL_STREAMS + e)?)?;
+        let (data, shown) = task.episode(config.batch, config.seed, EVAL_STREAMS + e)?;
+        let m = trainer.evaluate(&ctx, &data)?;
         loss += m.loss as f64;
         errors += m.sign_errors as u64;
         bits += m.sign_count as u64;
+        if let (0, Some(shown), TaskConfig::Image { task: image_task, .. }) = (e, &shown, &task.config) {
+            let figure = args.figure.clone().unwrap_or_else(|| path.with_file_name("completion.png"));
+            let activations = trainer.read_activations(&ctx)?;
+            images::completion_figure(&figure, &task.pool, shown, &activations, image_task.side, config.batch)?;
+            println!("wrote {} (stored images, cue, completion, original)", figure.display());
+        }
     }
     println!(
         "{}: {} fresh episodes of batch {}: mean loss {:.4} per batch, bit error rate {:.3}% ({errors} of {bits} bits), eta {:.5}",

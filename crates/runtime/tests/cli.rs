@@ -90,3 +90,38 @@ fn bench_quick_runs_and_names_the_adapter() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("adapter:") && out.contains("streaming ceiling") && out.contains("memory against episode length"), "{out}");
 }
+
+#[test]
+fn image_task_trains_from_a_directory_and_eval_draws_the_completion() {
+    let tmp = std::env::temp_dir().join(format!("plasticity-cli-img-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (images, run) = (tmp.join("images"), tmp.join("run"));
+    std::fs::create_dir_all(&images).unwrap();
+    // Colour images of other sizes, converted and resized by the loader; one file that is not an image.
+    for k in 0..4u32 {
+        image::RgbImage::from_fn(10 + k, 12, |x, y| image::Rgb([(x * 20 + k * 30) as u8, (y * 15) as u8, 90]))
+            .save(images.join(format!("im{k}.png")))
+            .unwrap();
+    }
+    std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    let (i, r) = (images.to_str().unwrap(), run.to_str().unwrap());
+    let common = ["--side", "4", "--cycles", "1", "--show-steps", "2", "--quiet", "--checkpoint-every", "2"];
+    let mut args = vec!["train", "--task", "image", "--images", i, "--run-dir", r, "--episodes", "3", "--batch", "2"];
+    args.extend_from_slice(&common);
+    let o = plasticity(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: skipping") && stderr(&o).contains("broken.png"), "unreadable files are skipped with a warning");
+    let o = plasticity(&["eval", r, "--episodes", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(run.join("completion.png").exists());
+
+    let empty = tmp.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let fresh = tmp.join("fresh");
+    let mut args = vec!["train", "--task", "image", "--images", empty.to_str().unwrap(), "--run-dir", fresh.to_str().unwrap()];
+    args.extend_from_slice(&common);
+    assert_clean_failure(&plasticity(&args), "no usable images");
+    assert!(!fresh.exists(), "a refused run leaves no directory behind");
+    assert_clean_failure(&plasticity(&["train", "--task", "image", "--run-dir", r]), "--task image needs --images DIR");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
