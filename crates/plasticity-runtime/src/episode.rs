@@ -7,7 +7,7 @@ use plasticity_kernels::metrics;
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
-use crate::error::{Result, invalid};
+use crate::error::{PlasticityError, Result, invalid};
 use crate::network::Network;
 
 /// The inputs and targets of a batch of `batch` episodes of `steps` steps.
@@ -88,6 +88,88 @@ impl EpisodeData {
 
     pub(crate) fn shape(&self, neurons: u32) -> EpisodeShape {
         EpisodeShape { neurons, batch: self.batch, steps: self.steps, loss_steps: self.loss_steps.clone(), clamped: !self.clamp.is_empty() }
+    }
+}
+
+/// An episode whose inputs and targets are already on the GPU, in buffers the host fills in its
+/// own passes (they need `COPY_SRC` usage). Layouts, all little-endian and tightly packed from
+/// offset 0: `inputs` (T, B, N) f32 with u(t) in row t - 1; `targets` (L, B, N) f32 in the order of
+/// `loss_steps`; `clamp` (T, B, ceil(N / 32)) u32 bit masks, or `None`.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuEpisode<'a> {
+    pub batch: u32,
+    pub steps: u32,
+    pub loss_steps: &'a [u32],
+    pub loss_scale: f32,
+    pub inputs: &'a wgpu::Buffer,
+    pub targets: &'a wgpu::Buffer,
+    pub clamp: Option<&'a wgpu::Buffer>,
+}
+
+/// Where an episode's data comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum EpisodeSource<'a> {
+    Host(&'a EpisodeData),
+    Gpu(&'a GpuEpisode<'a>),
+}
+
+impl EpisodeSource<'_> {
+    fn shape(&self, neurons: u32) -> EpisodeShape {
+        match self {
+            Self::Host(d) => d.shape(neurons),
+            Self::Gpu(g) => {
+                EpisodeShape { neurons, batch: g.batch, steps: g.steps, loss_steps: g.loss_steps.to_vec(), clamped: g.clamp.is_some() }
+            }
+        }
+    }
+
+    pub fn loss_scale(&self) -> f32 {
+        match self {
+            Self::Host(d) => d.loss_scale,
+            Self::Gpu(g) => g.loss_scale,
+        }
+    }
+
+    fn validate(&self, neurons: u32) -> Result<()> {
+        match self {
+            Self::Host(d) => d.validate(neurons),
+            Self::Gpu(g) => {
+                // The same rules as host data, checked on a stand-in without the payload.
+                let shape = EpisodeData {
+                    batch: g.batch,
+                    steps: g.steps,
+                    inputs: Vec::new(),
+                    loss_steps: g.loss_steps.to_vec(),
+                    targets: Vec::new(),
+                    loss_scale: g.loss_scale,
+                    clamp: Vec::new(),
+                };
+                let row = g.batch as u64 * neurons as u64 * 4;
+                let words = plasticity_kernels::clamp_words(neurons) as u64 * 4;
+                let needs: [(&str, Option<&wgpu::Buffer>, u64); 3] = [
+                    ("inputs", Some(g.inputs), g.steps as u64 * row),
+                    ("targets", Some(g.targets), g.loss_steps.len() as u64 * row),
+                    ("clamp", g.clamp, g.steps as u64 * g.batch as u64 * words),
+                ];
+                for (name, buffer, bytes) in needs {
+                    if let Some(b) = buffer {
+                        if b.size() < bytes {
+                            return Err(invalid(
+                                "GPU episode",
+                                format!("the {name} buffer holds {} bytes, the episode needs {bytes}", b.size()),
+                            ));
+                        }
+                        if !b.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                            return Err(invalid("GPU episode", format!("the {name} buffer needs COPY_SRC usage")));
+                        }
+                    }
+                }
+                match shape.validate(neurons) {
+                    Err(PlasticityError::InvalidConfig { message, .. }) if message.starts_with("inputs hold") => Ok(()),
+                    other => other,
+                }
+            }
+        }
     }
 }
 
@@ -218,13 +300,13 @@ pub(crate) struct ForwardState {
     pub metrics: GpuBuffer,
     pub staging: GpuBuffer,
     step_params_slots: ParamSlots,
-    loss_params_slots: ParamSlots,
+    pub loss_params_slots: ParamSlots,
 }
 
 impl ForwardState {
-    pub fn new(ctx: &GpuContext, data: &EpisodeData, neurons: u32) -> Result<Self> {
-        let shape = data.shape(neurons);
-        let (n, b, t) = (neurons as u64, data.batch as u64, data.steps as u64);
+    pub fn new(ctx: &GpuContext, shape: EpisodeShape) -> Result<Self> {
+        let neurons = shape.neurons;
+        let (n, b, t) = (neurons as u64, shape.batch as u64, shape.steps as u64);
         let trace_bytes = b * n * n * 4;
         buffers::check_storage(ctx, &format!("the trace (B, N, N) = ({b}, {n}, {n})"), trace_bytes, |limit| {
             let max_batch = limit / (n * n * 4);
@@ -240,10 +322,10 @@ impl ForwardState {
             format!("use at most {} steps at this batch and size", (limit / (b * n * 4)).saturating_sub(1))
         })?;
 
-        let step_params: Vec<ForwardStepParams> = (1..=data.steps)
+        let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
-                batch: data.batch,
+                batch: shape.batch,
                 step,
                 w_offset: 0,
                 alpha_offset: neurons * neurons,
@@ -252,12 +334,12 @@ impl ForwardState {
                 ..Default::default()
             })
             .collect();
-        let loss_params =
-            LossMseParams { n: neurons, batch: data.batch, n_loss_steps: data.loss_steps.len() as u32, loss_scale: data.loss_scale };
+        let loss_params = LossMseParams { n: neurons, batch: shape.batch, n_loss_steps: shape.loss_steps.len() as u32, loss_scale: 1.0 };
+        let clamp_bytes = if shape.clamped { t * b * plasticity_kernels::clamp_words(neurons) as u64 * 4 } else { 0 };
         Ok(Self {
-            targets: buffers::storage(ctx, "targets", data.targets.len() as u64 * 4)?,
-            clamp: buffers::storage(ctx, "clamp masks", data.clamp.len() as u64 * 4)?,
-            loss_steps: buffers::storage_from(ctx, "loss steps", &data.loss_steps)?,
+            targets: buffers::storage(ctx, "targets", shape.loss_steps.len() as u64 * b * n * 4)?,
+            clamp: buffers::storage(ctx, "clamp masks", clamp_bytes)?,
+            loss_steps: buffers::storage_from(ctx, "loss steps", &shape.loss_steps)?,
             activations: buffers::storage(ctx, "activations", history_bytes)?,
             trace: buffers::storage(ctx, "trace", trace_bytes)?,
             metrics: buffers::storage(ctx, "metrics", metrics::COUNT as u64 * 4)?,
@@ -273,12 +355,24 @@ impl ForwardState {
         })
     }
 
-    /// Inputs go to rows 1..=T of the history, which the forward pass overwrites with x(t).
-    pub fn upload(&self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
+    /// Host data: inputs go to rows 1..=T of the history, which the forward pass overwrites with x(t).
+    fn upload(&self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         buffers::write(ctx, &self.activations, row_bytes, &data.inputs)?;
         buffers::write(ctx, &self.clamp, 0, &data.clamp)?;
         buffers::write(ctx, &self.targets, 0, &data.targets)
+    }
+
+    /// GPU data: the same placement, as copies recorded before the forward pass.
+    pub fn record_copies(&self, encoder: &mut wgpu::CommandEncoder, source: &EpisodeSource<'_>) {
+        if let EpisodeSource::Gpu(g) = source {
+            let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
+            encoder.copy_buffer_to_buffer(g.inputs, 0, &self.activations, row_bytes, self.shape.steps as u64 * row_bytes);
+            encoder.copy_buffer_to_buffer(g.targets, 0, &self.targets, 0, self.shape.loss_steps.len() as u64 * row_bytes);
+            if let Some(clamp) = g.clamp {
+                encoder.copy_buffer_to_buffer(clamp, 0, &self.clamp, 0, self.clamp.bytes);
+            }
+        }
     }
 
     pub fn allocated_bytes(&self) -> u64 {
@@ -352,13 +446,37 @@ impl EpisodeRunner {
 
     /// Runs one batch of episodes and returns the loss and sign errors; nothing else is read back.
     pub fn run(&mut self, ctx: &GpuContext, net: &Network, data: &EpisodeData) -> Result<EpisodeMetrics> {
-        let state = prepare(&mut self.state, ctx, data, net.config.neurons)?;
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward episode") });
+        self.record_source(ctx, net, &mut encoder, &EpisodeSource::Host(data))?;
+        self.state.as_ref().expect("recorded").finish(ctx, "the forward episode", encoder)
+    }
+
+    /// Records a batch of episodes whose data is on the GPU into the host's `encoder`, between the
+    /// host's own passes; nothing is submitted. After the host submits, [`EpisodeRunner::read_metrics`]
+    /// returns the loss, and [`EpisodeRunner::activations_buffer`] holds the activations.
+    pub fn record(&mut self, ctx: &GpuContext, net: &Network, encoder: &mut wgpu::CommandEncoder, episode: &GpuEpisode<'_>) -> Result<()> {
+        self.record_source(ctx, net, encoder, &EpisodeSource::Gpu(episode))
+    }
+
+    fn record_source(
+        &mut self,
+        ctx: &GpuContext,
+        net: &Network,
+        encoder: &mut wgpu::CommandEncoder,
+        source: &EpisodeSource<'_>,
+    ) -> Result<()> {
+        let state = prepare(&mut self.state, ctx, source, net.config.neurons)?;
         ctx.scoped("recording the forward episode", || {
-            state.record_forward(ctx, &mut encoder, net, &[]);
-            state.record_metrics_readback(&mut encoder, net);
-        })?;
-        state.finish(ctx, "the forward episode", encoder)
+            state.record_copies(encoder, source);
+            state.record_forward(ctx, encoder, net, &[]);
+            state.record_metrics_readback(encoder, net);
+        })
+    }
+
+    /// The metrics of the last recorded episode, once the host has submitted it.
+    pub fn read_metrics(&self, ctx: &GpuContext) -> Result<EpisodeMetrics> {
+        let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
+        Ok(EpisodeMetrics::from_raw(&buffers::map_read(ctx, &s.staging, "metrics")?))
     }
 
     /// The last episode's activations (T + 1, B, N), for tests and inspection.
@@ -377,7 +495,9 @@ impl EpisodeRunner {
         self.state.as_ref().map_or(0, ForwardState::allocated_bytes)
     }
 
-    /// The activation buffer (T + 1, B, N) of f32, row t holding x(t), for binding in host shaders.
+    /// The activation history, for binding in host shaders: (T + 1, B, N) f32, tightly packed,
+    /// element (t, b, j) at byte offset `4 * ((t * B + b) * N + j)`, x(t) in row t and x(0) = 0 in
+    /// row 0. Usage STORAGE | COPY_SRC | COPY_DST. Valid once the episode has executed, until the next.
     pub fn activations_buffer(&self) -> Option<&wgpu::Buffer> {
         self.state.as_ref().map(|s| &s.activations.buffer)
     }
@@ -387,15 +507,25 @@ impl EpisodeRunner {
 pub(crate) fn prepare<'a>(
     slot: &'a mut Option<ForwardState>,
     ctx: &GpuContext,
-    data: &EpisodeData,
+    source: &EpisodeSource<'_>,
     neurons: u32,
 ) -> Result<&'a ForwardState> {
-    data.validate(neurons)?;
-    if slot.as_ref().is_none_or(|s| s.shape != data.shape(neurons)) {
+    source.validate(neurons)?;
+    let shape = source.shape(neurons);
+    if slot.as_ref().is_none_or(|s| s.shape != shape) {
         *slot = None; // release the old buffers before allocating new ones
-        *slot = Some(ForwardState::new(ctx, data, neurons)?);
+        *slot = Some(ForwardState::new(ctx, shape)?);
     }
     let state = slot.as_ref().expect("just allocated");
-    state.upload(ctx, data)?;
+    let loss = LossMseParams {
+        n: neurons,
+        batch: state.shape.batch,
+        n_loss_steps: state.shape.loss_steps.len() as u32,
+        loss_scale: source.loss_scale(),
+    };
+    buffers::write(ctx, &state.loss_params_slots.buffer, 0, std::slice::from_ref(&loss))?;
+    if let EpisodeSource::Host(data) = source {
+        state.upload(ctx, data)?;
+    }
     Ok(state)
 }

@@ -47,7 +47,7 @@ pub mod trainer;
 
 pub use checkpoint::{Checkpoint, OptimizerState};
 pub use context::{AdapterSummary, GpuContext};
-pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner};
+pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner, GpuEpisode};
 pub use error::{PlasticityError, Result};
 pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
 pub use plasticity_kernels as kernels_wgsl;

@@ -16,7 +16,9 @@ use plasticity_kernels::{trace_partials_len, trace_tiles};
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
-use crate::episode::{EpisodeData, EpisodeMetrics, ForwardState, ParamSlots, bind_group, dispatch, prepare};
+use crate::episode::{
+    EpisodeData, EpisodeMetrics, EpisodeShape, EpisodeSource, ForwardState, GpuEpisode, ParamSlots, bind_group, dispatch, prepare,
+};
 use crate::error::{Result, invalid};
 use crate::network::{HostParameters, Network};
 
@@ -96,6 +98,7 @@ pub fn checkpoint_steps(segment: u32, steps: u32) -> Vec<u32> {
 }
 
 struct BackwardState {
+    shape: EpisodeShape,
     trace_grad: GpuBuffer,
     preact_grad: GpuBuffer,
     partials: GpuBuffer,
@@ -148,6 +151,7 @@ impl BackwardState {
         let partial_bytes = trace_partials_len(n, batch) as u64 * 4;
         buffers::check_storage(ctx, "the backward partial sums (2, B, N, N/16)", partial_bytes, |_| "use a smaller batch".into())?;
         Ok(Self {
+            shape: fwd.shape.clone(),
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             preact_grad: buffers::storage(ctx, "pre-activation gradient", batch as u64 * n as u64 * 4)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -222,7 +226,7 @@ impl Trainer {
     /// Forward only, for evaluation on fresh episodes.
     pub fn evaluate(&mut self, ctx: &GpuContext, data: &EpisodeData) -> Result<EpisodeMetrics> {
         let net = &self.network;
-        let fwd = prepare(&mut self.forward, ctx, data, net.config.neurons)?;
+        let fwd = prepare(&mut self.forward, ctx, &EpisodeSource::Host(data), net.config.neurons)?;
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("evaluate") });
         ctx.scoped("recording an evaluation episode", || {
             fwd.record_forward(ctx, &mut encoder, net, &[]);
@@ -299,20 +303,54 @@ impl Trainer {
     }
 
     fn run(&mut self, ctx: &GpuContext, data: &EpisodeData, update: bool) -> Result<EpisodeMetrics> {
+        let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("training episode") });
+        self.record(ctx, &mut encoder, &EpisodeSource::Host(data), update)?;
+        let fwd = self.forward.as_ref().expect("recorded");
+        let metrics = fwd.finish(ctx, if update { "a training step" } else { "a gradient computation" }, encoder)?;
+        self.eta = metrics.eta;
+        Ok(metrics)
+    }
+
+    /// Records forward, backward and one Adam step on episodes whose data is on the GPU into the
+    /// host's `encoder`; nothing is submitted. Submit each recorded step before recording the next
+    /// (their optimizer params are written through the queue), then [`Trainer::read_metrics`] returns
+    /// its loss. Reading the metrics also tells the trainer the new eta, which sets the next
+    /// episode's checkpoint interval; without it, the interval of the last known eta is kept.
+    pub fn record_train_step(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, episode: &GpuEpisode<'_>) -> Result<()> {
+        self.record(ctx, encoder, &EpisodeSource::Gpu(episode), true)
+    }
+
+    /// The metrics of the last recorded step, once the host has submitted it.
+    pub fn read_metrics(&mut self, ctx: &GpuContext) -> Result<EpisodeMetrics> {
+        let f = self.forward.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
+        let metrics = EpisodeMetrics::from_raw(&buffers::map_read(ctx, &f.staging, "metrics")?);
+        self.eta = metrics.eta;
+        Ok(metrics)
+    }
+
+    /// The activation history of the last episode, for binding in host shaders; layout as
+    /// [`crate::EpisodeRunner::activations_buffer`].
+    pub fn activations_buffer(&self) -> Option<&wgpu::Buffer> {
+        self.forward.as_ref().map(|f| &f.activations.buffer)
+    }
+
+    fn record(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, source: &EpisodeSource<'_>, update: bool) -> Result<()> {
         let neurons = self.network.config.neurons;
-        let reshaped = self.forward.as_ref().is_none_or(|f| f.shape != data.shape(neurons));
+        prepare(&mut self.forward, ctx, source, neurons)?;
+        let fwd = self.forward.as_ref().expect("prepared");
+        let reshaped = self.backward.as_ref().is_none_or(|b| b.shape != fwd.shape);
         if reshaped {
             self.backward = None;
             self.checkpoints.clear();
         }
-        prepare(&mut self.forward, ctx, data, neurons)?;
         let fwd = self.forward.as_ref().expect("prepared");
         if self.backward.is_none() {
             self.backward = Some(BackwardState::new(ctx, fwd, &self.network)?);
         }
+        let steps = fwd.shape.steps;
         let segment =
-            self.config.checkpoint_every.unwrap_or_else(|| reversal_segment(self.eta, data.steps, self.config.max_reversal_amplification));
-        let plan = checkpoint_steps(segment, data.steps);
+            self.config.checkpoint_every.unwrap_or_else(|| reversal_segment(self.eta, steps, self.config.max_reversal_amplification));
+        let plan = checkpoint_steps(segment, steps);
         while self.checkpoints.len() < plan.len() {
             self.checkpoints.push(buffers::storage(ctx, "trace checkpoint", fwd.trace.bytes)?);
         }
@@ -320,14 +358,14 @@ impl Trainer {
         let bwd = self.backward.as_ref().expect("allocated");
 
         // The loss scale lives in the per-step params; rewrite it when the data's changes.
-        let activation_params: Vec<BackwardActivationParams> = (1..=data.steps)
+        let activation_params: Vec<BackwardActivationParams> = (1..=steps)
             .map(|step| BackwardActivationParams {
                 n: neurons,
-                batch: data.batch,
+                batch: fwd.shape.batch,
                 step,
                 n_tiles: trace_tiles(neurons),
                 loss_slot: fwd.shape.loss_slot(step),
-                loss_scale: data.loss_scale,
+                loss_scale: source.loss_scale(),
                 clamp_words: fwd.shape.clamp_words(),
                 ..Default::default()
             })
@@ -355,10 +393,10 @@ impl Trainer {
 
         let checkpoints: Vec<(u32, &wgpu::Buffer)> = plan.iter().zip(&self.checkpoints).map(|(&c, b)| (c, &b.buffer)).collect();
         let net = &self.network;
-        let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("training episode") });
         ctx.scoped("recording a training episode", || {
-            fwd.record_forward(ctx, &mut encoder, net, &checkpoints);
-            record_backward(ctx, &mut encoder, net, fwd, bwd, &self.grads, &checkpoints);
+            fwd.record_copies(encoder, source);
+            fwd.record_forward(ctx, encoder, net, &checkpoints);
+            record_backward(ctx, encoder, net, fwd, bwd, &self.grads, &checkpoints);
             if update {
                 let group = bind_group(
                     ctx,
@@ -369,14 +407,12 @@ impl Trainer {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("adam"), timestamp_writes: None });
                 dispatch(&mut pass, ctx, "adam_update", &group, 0, adam_update::grid(net.layout.count).0);
             }
-            fwd.record_metrics_readback(&mut encoder, net);
+            fwd.record_metrics_readback(encoder, net);
         })?;
-        let metrics = fwd.finish(ctx, if update { "a training step" } else { "a gradient computation" }, encoder)?;
         if update {
             self.adam_step += 1;
         }
-        self.eta = metrics.eta;
-        Ok(metrics)
+        Ok(())
     }
 }
 
