@@ -17,8 +17,12 @@ struct Host {
 
 /// A device made the way a host application makes one, with its own uncaptured-error handler.
 fn host() -> Host {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: wgpu::Backends::PRIMARY, ..wgpu::InstanceDescriptor::new_without_display_handle() });
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).expect("an adapter (GPU tests never skip)");
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).expect("an adapter (GPU tests never skip)");
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).expect("a device");
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = errors.clone();
@@ -28,7 +32,12 @@ fn host() -> Host {
 
 /// A host buffer holding `bytes`, as if the host's own pass had written it.
 fn host_buffer(ctx: &GpuContext, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
-    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("host data"), size: bytes.len() as u64, usage, mapped_at_creation: false });
+    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("host data"),
+        size: bytes.len() as u64,
+        usage,
+        mapped_at_creation: false,
+    });
     ctx.queue.write_buffer(&buffer, 0, bytes);
     buffer
 }
@@ -107,7 +116,15 @@ fn errors_on_a_host_device_are_values_and_the_device_stays_usable() {
     let net = Network::new(ctx, &NetworkConfig { neurons, ..Default::default() }).unwrap();
     let batch = (ctx.limits().max_storage_buffer_binding_size / (neurons as u64 * neurons as u64 * 4) + 1) as u32;
     let row = (batch * neurons) as usize;
-    let too_big = EpisodeData { batch, steps: 1, inputs: vec![0.0; row], loss_steps: vec![1], targets: vec![0.0; row], loss_scale: 1.0, clamp: Vec::new() };
+    let too_big = EpisodeData {
+        batch,
+        steps: 1,
+        inputs: vec![0.0; row],
+        loss_steps: vec![1],
+        targets: vec![0.0; row],
+        loss_scale: 1.0,
+        clamp: Vec::new(),
+    };
     let mut runner = EpisodeRunner::new();
     assert!(matches!(runner.run(ctx, &net, &too_big), Err(PlasticityError::LimitExceeded { .. })));
 
@@ -116,7 +133,8 @@ fn errors_on_a_host_device_are_values_and_the_device_stays_usable() {
     let small_net = Network::from_parameters(ctx, &config, &params).unwrap();
     let no_copy = host_buffer(ctx, bytemuck::cast_slice(&data.inputs), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST);
     let targets = host_buffer(ctx, bytemuck::cast_slice(&data.targets), wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
-    let episode = GpuEpisode { batch: 2, steps: 4, loss_steps: &data.loss_steps, loss_scale: 1.0, inputs: &no_copy, targets: &targets, clamp: None };
+    let episode =
+        GpuEpisode { batch: 2, steps: 4, loss_steps: &data.loss_steps, loss_scale: 1.0, inputs: &no_copy, targets: &targets, clamp: None };
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     let err = runner.record(ctx, &small_net, &mut encoder, &episode).unwrap_err();
     assert!(err.to_string().contains("inputs buffer needs COPY_SRC"), "{err}");

@@ -123,3 +123,28 @@ fn shared_constants_agree() {
     }
     assert!(seen >= expected.len(), "each shared constant is declared in at least one shader");
 }
+
+#[test]
+fn example_shaders_parse_and_validate() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wgsl") {
+            let source = std::fs::read_to_string(&path).unwrap();
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{} does not parse:\n{}", path.display(), e.emit_to_string(&source)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} does not validate:\n{}", path.display(), e.emit_to_string(&source)));
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            assert!(
+                module.entry_points.len() == 1 && module.entry_points[0].name == stem,
+                "{}: one entry point named like the file",
+                path.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "the host-application example's shaders");
+}
