@@ -6,7 +6,7 @@
 //! descriptor, so the Rust and WGSL sides cannot drift apart silently.
 //!
 //! [`cpu`] holds a plain twin of each kernel taking its buffers in binding order, and
-//! [`reference`] a whole-episode f64 forward and backward pass that stores every step, checked
+//! [`mod@reference`] a whole-episode f64 forward and backward pass that stores every step, checked
 //! against finite differences.
 //!
 //! Tensor layouts (all f32, row-major, last index fastest):

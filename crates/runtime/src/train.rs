@@ -180,7 +180,7 @@ pub struct TrainArgs {
     /// Seed of the initial weights and of every episode; the same seed repeats a run on the same device.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run directory (default: runs/pattern-seed<S>-<unix time>).
+    /// Run directory (default: `runs/<task>-seed<seed>-<unix time>`).
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Write a checkpoint every this many episodes (and at the end).
