@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
+use safetensors::SafeTensorError;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{PlasticityError, Result};
@@ -72,7 +73,12 @@ impl Checkpoint {
 
     /// Parses and validates a checkpoint; the error says what is wrong.
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file ({e})"))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| match e {
+            SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::InvalidHeaderLength => {
+                format!("the file is truncated ({} bytes) or not a safetensors file", bytes.len())
+            }
+            e => format!("not a safetensors file ({e})"),
+        })?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
         let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
         match metadata.get("format") {

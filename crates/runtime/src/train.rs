@@ -285,6 +285,12 @@ fn validate(c: &RunConfig) -> anyhow::Result<()> {
 /// Evaluation episodes draw from streams training never uses.
 const EVAL_STREAMS: u64 = 1 << 40;
 
+/// Resident memory of this process, for soak runs (Linux; elsewhere "n/a").
+fn host_memory() -> String {
+    let pages = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
+    pages.map_or("n/a".into(), |p| format!("{:.1} MiB", (p * 4096) as f64 / (1024.0 * 1024.0)))
+}
+
 const CHECKPOINT: &str = "checkpoint.safetensors";
 const METRICS: &str = "metrics.csv";
 const METRICS_HEADER: &str = "episode,loss,bit_error_rate,eta,grad_norm,elapsed_s";
@@ -442,7 +448,14 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             plot::write_loss_plot(&metrics_path, &dir.join("loss.png"))?;
             last_checkpoint = done;
             if args.quiet {
-                println!("episode {done}: loss {:.4}, bit error {:.2}% over the last {}", m.loss, 100.0 * mean_error, recent_errors.len());
+                println!(
+                    "episode {done}: loss {:.4}, sign error {:.2}% over the last {}; memory: host {}, GPU {:.2} MiB",
+                    m.loss,
+                    100.0 * mean_error,
+                    recent_errors.len(),
+                    host_memory(),
+                    trainer.allocated_bytes() as f64 / (1024.0 * 1024.0)
+                );
             }
         }
     }
@@ -450,7 +463,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let run_episodes = config.episodes - start;
     println!(
-        "done: {} episodes in {:.1} s ({:.2} episodes/s, batch {}); final bit error {:.2}% over the last {}; wrote {}",
+        "done: {} episodes in {:.1} s ({:.2} episodes/s, batch {}); final sign (bit) error {:.2}% over the last {}; wrote {}",
         run_episodes,
         seconds,
         run_episodes as f64 * config.batch as f64 / seconds,
