@@ -56,3 +56,27 @@ fn bad_episode_data_is_refused_with_a_reason() {
     data.loss_steps = vec![2];
     assert!(runner.run(ctx, &net, &data).unwrap_err().to_string().contains("loss step 2 is outside 1..=1"));
 }
+
+#[test]
+fn a_wait_past_the_timeout_is_an_error_that_says_so() {
+    let ctx = gpu();
+    let mut impatient = ctx.clone();
+    impatient.timeout = std::time::Duration::from_nanos(1);
+    let net = Network::new(ctx, &NetworkConfig { neurons: 512, ..Default::default() }).unwrap();
+    let row = 512 * 8;
+    let data = EpisodeData {
+        batch: 8,
+        steps: 40,
+        inputs: vec![0.1; 40 * row],
+        loss_steps: vec![40],
+        targets: vec![1.0; row],
+        loss_scale: 1.0,
+        clamp: Vec::new(),
+    };
+    let mut runner = EpisodeRunner::new();
+    let err = runner.run(&impatient, &net, &data).unwrap_err();
+    assert!(matches!(err, PlasticityError::DeviceLost { .. }), "{err:?}");
+    assert!(err.to_string().contains("did not finish the forward episode"), "{err}");
+    // With the ordinary timeout the same device finishes the next episode.
+    assert!(runner.run(ctx, &net, &data).unwrap().loss.is_finite());
+}

@@ -61,10 +61,15 @@ fn info() -> anyhow::Result<()> {
     println!("max_buffer_size: {} bytes", limits.max_buffer_size);
     println!("max_storage_buffers_per_shader_stage: {}", limits.max_storage_buffers_per_shader_stage);
     let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-    println!("the trace (B, N, N) must fit one binding: for example");
+    // The trace (B, N, N) is the largest binding; the activation history (T + 1, B, N) is next.
+    println!("largest network at batch 1: N = {} (its trace fills one binding)", ((binding / 4) as f64).sqrt() as u64);
+    println!("largest batch for the trace (B, N, N) to fit one binding:");
     for n in [256u64, 1000, 2048, 4096] {
         let max_batch = binding / (n * n * 4);
-        println!("  N = {n:>5}: batch up to {max_batch}");
+        println!(
+            "  N = {n:>5}: batch up to {max_batch} (then at most {} steps for the history)",
+            (binding / (max_batch.max(1) * n * 4)).saturating_sub(1)
+        );
     }
     Ok(())
 }
