@@ -416,14 +416,18 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         let m = trainer.train_step(&ctx, &data)?;
         if !(m.loss.is_finite() && m.eta.is_finite() && m.grad_norm.is_finite()) {
             bar.abandon();
+            let kept = if dir.join(CHECKPOINT).exists() {
+                format!("the last good checkpoint (episode {last_checkpoint}) in {} is kept", dir.display())
+            } else {
+                "no checkpoint had been written yet".to_string()
+            };
             bail!(
-                "episode {}: the loss became {} (eta {}, gradient norm {}); training stopped and the last good checkpoint \
-                 (episode {last_checkpoint}) in {} is kept. Try a lower --lr (now {}), a smaller --eta, or --clip 4",
+                "episode {}: training diverged (loss {}, eta {}, gradient norm {}) and stopped; {kept}. \
+                 Try a lower --lr (now {}), a smaller --eta, or --clip 4",
                 e + 1,
                 m.loss,
                 m.eta,
                 m.grad_norm,
-                dir.display(),
                 config.adam.lr
             );
         }
