@@ -202,7 +202,9 @@ def bench(args):
         sys.exit("error: --device cuda, but torch sees no CUDA device")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     method = CUDA_MEMORY_METHOD if args.device == "cuda" else CPU_MEMORY_METHOD
-    print(f"pytorch {torch.__version__} on {device_name}, {torch.get_num_threads()} threads")
+    load = os.getloadavg()[0]
+    print(f"pytorch {torch.__version__} on {device_name}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cores, load average {load:.2f} (other work on the machine slows these figures)")
     print(f"time: median wall clock of {args.reps} training episodes after one untimed episode")
     print(f"peak memory: {method}")
     print(f"{'N':>6} {'B':>5} {'T':>5} | {'s/episode':>10} {'episodes/s':>11} | {'peak MiB':>10} {'autograd MiB':>13}")
@@ -226,7 +228,8 @@ def bench(args):
                 print(f"{neurons:>6} {batch:>5} {args.steps:>5} | does not fit: {case['error']}")
     if args.json:
         doc = {"framework": "pytorch", "torch": torch.__version__, "device": device_name,
-               "threads": torch.get_num_threads(), "peak_memory": method,
+               "threads": torch.get_num_threads(), "cores": os.cpu_count(), "load_average_at_start": load,
+               "peak_memory": method,
                "autograd_saved": "bytes of the distinct storages autograd saved for backward in one episode",
                "timing": f"median wall clock of {args.reps} training episodes after one untimed episode",
                "config": {"steps": args.steps, "reps": args.reps, "seed": args.seed}, "cases": cases}

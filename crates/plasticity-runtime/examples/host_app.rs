@@ -53,6 +53,31 @@ fn pipeline(device: &wgpu::Device, name: &str, source: &str) -> wgpu::ComputePip
     })
 }
 
+/// Records one dispatch of a host pipeline whose bindings are a uniform struct, then `buffers`.
+fn host_pass<P: bytemuck::Pod>(
+    device: &wgpu::Device,
+    encoder: &mut wgpu::CommandEncoder,
+    pipeline: &wgpu::ComputePipeline,
+    params: &P,
+    buffers: &[&wgpu::Buffer],
+    groups: [u32; 3],
+) {
+    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::bytes_of(params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+    entries
+        .extend(buffers.iter().enumerate().map(|(k, b)| wgpu::BindGroupEntry { binding: k as u32 + 1, resource: b.as_entire_binding() }));
+    let group =
+        device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.get_bind_group_layout(0), entries: &entries });
+    let mut pass = encoder.begin_compute_pass(&Default::default());
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, &group, &[]);
+    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The host's own device, as any wgpu application creates it.
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
@@ -96,28 +121,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for e in 0..300u32 {
         let params = Generate { n: N, batch: BATCH, episode: e, seed: 12345, patterns: PATTERNS, show: SHOW, gap: GAP, gain: 20.0 };
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &generate.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: inputs.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: targets.as_entire_binding() },
-            ],
-        });
         // One command buffer: the host's pass, then the network's training step.
         let mut encoder = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&generate);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(N.div_ceil(64), BATCH, 1);
-        }
+        host_pass(&device, &mut encoder, &generate, &params, &[&inputs, &targets], [N.div_ceil(64), BATCH, 1]);
         trainer.record_train_step(&ctx, &mut encoder, &episode)?;
         queue.submit([encoder.finish()]);
         let metrics = trainer.read_metrics(&ctx)?;
@@ -141,28 +147,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mapped_at_creation: false,
     });
     let params = Readout { n: N, batch: BATCH, last_row: STEPS, _pad: 0 };
-    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: None,
-        contents: bytemuck::bytes_of(&params),
-        usage: wgpu::BufferUsages::UNIFORM,
-    });
-    let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &readout.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 1, resource: activations.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 2, resource: targets.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 3, resource: correct.as_entire_binding() },
-        ],
-    });
     let mut encoder = device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&readout);
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
-    }
+    host_pass(&device, &mut encoder, &readout, &params, &[activations, &targets, &correct], [1, 1, 1]);
     encoder.copy_buffer_to_buffer(&correct, 0, &staging, 0, (BATCH * 4) as u64);
     queue.submit([encoder.finish()]);
     staging.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));

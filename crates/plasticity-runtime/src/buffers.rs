@@ -23,23 +23,12 @@ pub(crate) const STORAGE: wgpu::BufferUsages =
 /// Refuses a storage binding larger than the device allows, before anything is allocated.
 pub(crate) fn check_storage(ctx: &GpuContext, what: &str, bytes: u64, fix: impl FnOnce(u64) -> String) -> Result<()> {
     let limits = ctx.limits();
-    if bytes > limits.max_storage_buffer_binding_size {
-        return Err(PlasticityError::LimitExceeded {
-            what: what.to_string(),
-            limit: "max_storage_buffer_binding_size",
-            needed: bytes,
-            allowed: limits.max_storage_buffer_binding_size,
-            fix: fix(limits.max_storage_buffer_binding_size),
-        });
-    }
-    if bytes > limits.max_buffer_size {
-        return Err(PlasticityError::LimitExceeded {
-            what: what.to_string(),
-            limit: "max_buffer_size",
-            needed: bytes,
-            allowed: limits.max_buffer_size,
-            fix: fix(limits.max_buffer_size),
-        });
+    for (limit, allowed) in
+        [("max_storage_buffer_binding_size", limits.max_storage_buffer_binding_size), ("max_buffer_size", limits.max_buffer_size)]
+    {
+        if bytes > allowed {
+            return Err(PlasticityError::LimitExceeded { what: what.to_string(), limit, needed: bytes, allowed, fix: fix(allowed) });
+        }
     }
     Ok(())
 }

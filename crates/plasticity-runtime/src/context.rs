@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{NO_ADAPTER_FIX, PlasticityError, Result};
-use crate::kernels::Kernels;
+use crate::error::{PlasticityError, Result};
+use crate::pipelines::Kernels;
 
 /// What the runtime tells a user about the adapter it runs on.
 #[derive(Clone, Debug)]
@@ -194,11 +194,6 @@ pub(crate) fn scoped<T>(device: &wgpu::Device, during: &str, f: impl FnOnce() ->
         Some(e) => Err(PlasticityError::Gpu { during: during.to_string(), message: e.to_string() }),
         None => Ok(value),
     }
-}
-
-/// The sentence every command prints when no adapter can be used.
-pub fn no_adapter_help() -> &'static str {
-    NO_ADAPTER_FIX
 }
 
 impl GpuContext {

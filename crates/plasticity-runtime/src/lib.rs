@@ -40,8 +40,8 @@ pub mod checkpoint;
 pub mod context;
 pub mod episode;
 pub mod error;
-mod kernels;
 pub mod network;
+mod pipelines;
 pub mod tasks;
 pub mod trainer;
 
@@ -50,7 +50,8 @@ pub use context::{AdapterSummary, GpuContext};
 pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner, GpuEpisode};
 pub use error::{PlasticityError, Result};
 pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
-pub use plasticity_kernels as kernels_wgsl;
+/// The kernel descriptors, CPU twins and f64 reference (for [`GpuContext::record_kernel`]).
+pub use plasticity_kernels as kernels;
 pub use tasks::{ImageEpisode, ImageTask, PatternTask};
 pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, reversal_segment};
 /// The wgpu this runtime is built on, so that embedders use the same version.
