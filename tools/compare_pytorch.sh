@@ -5,16 +5,17 @@
 # PyTorch's autograd in float64.
 #
 # Usage: tools/compare_pytorch.sh [--neurons N] [--batch B1,B2] [--torch-batch B1,B2] [--steps T]
-#                                 [--reps R] [--device cpu|cuda] [--out DIR]
+#                                 [--reps R] [--device cpu|cuda] [--torch-threads K] [--out DIR]
 #   --batch        our batch sizes (default 1,16)
 #   --torch-batch  PyTorch's (default 1,16); each size after the first is tried only if the bytes
 #                  autograd kept at the first size, scaled by batch, fit in 90% of the available memory
 #   --device       where PyTorch runs (default cpu); our engine uses whichever adapter wgpu picks
+#   --torch-threads  PyTorch's CPU threads (default: one per core; fewer on a machine busy with other work)
 # PLASTICITY=path/to/plasticity uses an already built engine instead of `cargo run --release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-neurons=1000 batch=1,16 torch_batch=1,16 steps=106 reps=2 device=cpu out=""
+neurons=1000 batch=1,16 torch_batch=1,16 steps=106 reps=2 device=cpu torch_threads="" out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --neurons) neurons=$2 ;;
@@ -23,8 +24,9 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2 ;;
     --reps) reps=$2 ;;
     --device) device=$2 ;;
+    --torch-threads) torch_threads=$2 ;;
     --out) out=$2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "compare_pytorch: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift 2
@@ -40,7 +42,7 @@ else
   binary=target/release/plasticity
 fi
 
-echo "== our engine: N = $neurons, B = $batch, T = $steps"
+echo "== our engine: N = $neurons, B = $batch, T = $steps (load average $(cut -d" " -f1 /proc/loadavg))"
 # The memory-growth figure is not part of this comparison: keep it to a trivial size.
 "${engine[@]}" bench --neurons "$neurons" --batch "$batch" --steps "$steps" --reps "$reps" \
   --memory-size 16,1 --memory-steps 2 --json "$out/ours.json"
@@ -70,9 +72,9 @@ EOF
       continue
     fi
   fi
-  echo "== PyTorch: N = $neurons, B = $b, T = $steps, device $device"
+  echo "== PyTorch: N = $neurons, B = $b, T = $steps, device $device (load average $(cut -d" " -f1 /proc/loadavg))"
   python3 tools/pytorch_baseline.py bench --neurons "$neurons" --batch "$b" --steps "$steps" --reps "$reps" \
-    --device "$device" --json "$out/torch_b$b.json" || true
+    --device "$device" ${torch_threads:+--threads "$torch_threads"} --json "$out/torch_b$b.json" || true
 done
 
 echo

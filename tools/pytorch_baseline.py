@@ -118,7 +118,8 @@ def pattern_episode(neurons, batch, steps, generator, device, patterns=5, presen
 
 CPU_MEMORY_METHOD = ("growth of the peak resident set (getrusage ru_maxrss) over the first training step, "
                      "in a fresh process per case, above the resident set after the model, optimizer and "
-                     "episode were created (so Adam state and gradients are included, parameters are not)")
+                     "episode were created (so Adam state and gradients are included, parameters are not; "
+                     "memory the allocator freed but did not reuse is counted, as the system sees it)")
 CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated over the first training step (parameters, episode, "
                       "Adam state and gradients included)")
 
@@ -148,8 +149,9 @@ def limit_address_space_to_available_memory():
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def bench_case(neurons, batch, steps, reps, device, seed):
+def bench_case(neurons, batch, steps, reps, device, seed, threads):
     """Measures one configuration; runs in a fresh process so that its peak memory is its own."""
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     cuda = device == "cuda"
@@ -202,8 +204,9 @@ def bench(args):
         sys.exit("error: --device cuda, but torch sees no CUDA device")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     method = CUDA_MEMORY_METHOD if args.device == "cuda" else CPU_MEMORY_METHOD
+    threads = args.threads or torch.get_num_threads()
     load = os.getloadavg()[0]
-    print(f"pytorch {torch.__version__} on {device_name}, {torch.get_num_threads()} threads, "
+    print(f"pytorch {torch.__version__} on {device_name}, {threads} threads, "
           f"{os.cpu_count()} cores, load average {load:.2f} (other work on the machine slows these figures)")
     print(f"time: median wall clock of {args.reps} training episodes after one untimed episode")
     print(f"peak memory: {method}")
@@ -213,7 +216,8 @@ def bench(args):
     for neurons in args.neurons:
         for batch in args.batch:
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                job = pool.submit(bench_case, neurons, batch, args.steps, args.reps, args.device, args.seed)
+                job = pool.submit(bench_case, neurons, batch, args.steps, args.reps, args.device, args.seed,
+                                  threads)
                 try:
                     case = job.result()
                 except concurrent.futures.process.BrokenProcessPool:
@@ -228,7 +232,7 @@ def bench(args):
                 print(f"{neurons:>6} {batch:>5} {args.steps:>5} | does not fit: {case['error']}")
     if args.json:
         doc = {"framework": "pytorch", "torch": torch.__version__, "device": device_name,
-               "threads": torch.get_num_threads(), "cores": os.cpu_count(), "load_average_at_start": load,
+               "threads": threads, "cores": os.cpu_count(), "load_average_at_start": load,
                "peak_memory": method,
                "autograd_saved": "bytes of the distinct storages autograd saved for backward in one episode",
                "timing": f"median wall clock of {args.reps} training episodes after one untimed episode",
@@ -297,6 +301,8 @@ def main():
     b.add_argument("--reps", type=int, default=3, help="timed training episodes per case (the median is reported)")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core); on a machine "
+                   "busy with other work, fewer threads than cores avoids OpenMP threads waiting on each other")
     b.add_argument("--json", help="also write the figures to this JSON file")
     c = sub.add_parser("check", help="compare an exported episode's loss and gradients with torch's, in float64")
     c.add_argument("dir", help="directory with params.safetensors, episode.safetensors and gradients.safetensors")
