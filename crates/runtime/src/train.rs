@@ -403,7 +403,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         bar
     };
     let started = Instant::now();
-    let mut recent_errors: std::collections::VecDeque<f32> = Default::default();
+    // The reported error rate averages the last episodes, including those before a resume.
+    let mut recent_errors: std::collections::VecDeque<f32> = std::fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(2)?.parse().ok())
+        .collect();
+    while recent_errors.len() > config.error_window {
+        recent_errors.pop_front();
+    }
     let mut last_checkpoint = start;
     for e in start..config.episodes {
         if interrupted.load(Ordering::SeqCst) {
