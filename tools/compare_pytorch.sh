@@ -90,16 +90,20 @@ if torch_docs:
     d = torch_docs[0]
     print(f"PyTorch {d['torch']} on {d['device']}, {d['threads']} threads; peak memory: {d['peak_memory']}")
 print(f"\n{'N':>6} {'B':>4} {'T':>4} | {'ours ep/s':>10} {'torch ep/s':>11} {'ours/torch':>11} | "
-      f"{'ours MiB':>9} {'torch MiB':>10} {'torch/ours':>11}")
+      f"{'ours MiB':>9} {'torch MiB':>10} {'torch/ours':>11} {'autograd MiB':>13}")
+def cell(value, width, spec, unit=""):
+    return (format(value, spec) + unit if value is not None else "-").rjust(width)
+
 for key in sorted(set(ours) | set(torch)):
     o, t = ours.get(key), torch.get(key)
-    cell = lambda c, f, fmt: format(f(c), fmt) if c else "-"
     both = o is not None and t is not None
     print(f"{key[0]:>6} {key[1]:>4} {(o or t)['steps']:>4} | "
-          f"{cell(o, lambda c: c['episodes_per_s'], '>10.3f')} {cell(t, lambda c: c['episodes_per_s'], '>11.3f')} "
-          f"{format(o['episodes_per_s'] / t['episodes_per_s'], '>10.2f') + 'x' if both else format('-', '>11')} | "
-          f"{cell(o, lambda c: mib(c['peak_bytes']), '>9.1f')} {cell(t, lambda c: mib(c['peak_bytes']), '>10.1f')} "
-          f"{format(t['peak_bytes'] / o['peak_bytes'], '>10.2f') + 'x' if both else format('-', '>11')}")
+          f"{cell(o and o['episodes_per_s'], 10, '.4f')} {cell(t and t['episodes_per_s'], 11, '.4f')} "
+          f"{cell(o['episodes_per_s'] / t['episodes_per_s'] if both else None, 11, '.2f', 'x')} | "
+          f"{cell(o and mib(o['peak_bytes']), 9, '.1f')} {cell(t and mib(t['peak_bytes']), 10, '.1f')} "
+          f"{cell(t['peak_bytes'] / o['peak_bytes'] if both else None, 11, '.1f', 'x')} "
+          f"{cell(t and mib(t['autograd_saved_bytes']), 13, '.1f')}")
+print("(autograd MiB: what PyTorch's autograd kept for the backward pass, a lower bound of its peak)")
 
 # The same memory budget: our largest batch that fits in PyTorch's single-episode peak.
 for (n, b), t in sorted(torch.items()):
