@@ -91,8 +91,11 @@ if torch_docs:
     print(f"PyTorch {d['torch']} on {d['device']}, {d['threads']} threads; peak memory: {d['peak_memory']}")
 print(f"\n{'N':>6} {'B':>4} {'T':>4} | {'ours ep/s':>10} {'torch ep/s':>11} {'ours/torch':>11} | "
       f"{'ours MiB':>9} {'torch MiB':>10} {'torch/ours':>11} {'autograd MiB':>13}")
+
+
 def cell(value, width, spec, unit=""):
     return (format(value, spec) + unit if value is not None else "-").rjust(width)
+
 
 for key in sorted(set(ours) | set(torch)):
     o, t = ours.get(key), torch.get(key)
@@ -105,11 +108,11 @@ for key in sorted(set(ours) | set(torch)):
           f"{cell(t and mib(t['autograd_saved_bytes']), 13, '.1f')}")
 print("(autograd MiB: what PyTorch's autograd kept for the backward pass, a lower bound of its peak)")
 
-# The same memory budget: our largest batch that fits in PyTorch's single-episode peak.
+# The same memory budget: which of our batch sizes fit in PyTorch's single-episode peak.
 for (n, b), t in sorted(torch.items()):
     if b != 1:
         continue
-    fitting = [o for (on, ob), o in ours.items() if on == n and o["peak_bytes"] <= t["peak_bytes"]]
+    fitting = [o for (on, _), o in ours.items() if on == n and o["peak_bytes"] <= t["peak_bytes"]]
     for o in sorted(fitting, key=lambda o: o["batch"]):
         print(f"N = {n}: our B = {o['batch']} ({mib(o['peak_bytes']):.1f} MiB) fits in PyTorch's B = 1 memory "
               f"({mib(t['peak_bytes']):.1f} MiB) and trains {o['episodes_per_s'] / t['episodes_per_s']:.2f}x "

@@ -9,8 +9,8 @@ pre-synaptic neuron i to post-synaptic neuron j. With x(0) = 0 and Hebb(1) = 0, 
     x_j(t)      = tanh(a_j(t))
     H_ij(t+1)   = (1 - eta) * H_ij(t) + eta * x_i(t-1) * x_j(t)
 
-and the loss is loss_scale * sum over the loss steps s, batch b and neuron j of
-(x_j(t_s) - y_j(s))^2, summed (not averaged), so that gradients are summed over the batch.
+and the loss is the sum over the loss steps s, batch b and neuron j of (x_j(t_s) - y_j(s))^2
+(summed, not averaged: the engine's loss_scale is 1), so that gradients are summed over the batch.
 
 As in the paper's code, the episode is a Python loop over steps of ordinary tensor operations and
 autograd keeps every step's intermediate tensors (the trace) for the backward pass.
@@ -68,7 +68,7 @@ class PlasticNet(torch.nn.Module):
         return x, hebb
 
 
-def episode_loss(net, inputs, targets, loss_steps, loss_scale=1.0):
+def episode_loss(net, inputs, targets, loss_steps):
     """Runs a whole episode and returns its loss.
 
     inputs (T, B, N): u(t) for t = 1..T; targets (L, B, N): y(s); loss_steps: L 1-based step numbers.
@@ -82,7 +82,7 @@ def episode_loss(net, inputs, targets, loss_steps, loss_scale=1.0):
         x, hebb = net.step(x, hebb, inputs[t - 1])
         if t in wanted:
             activations[t] = x
-    return loss_scale * sum(((activations[int(s)] - targets[k]) ** 2).sum() for k, s in enumerate(loss_steps))
+    return sum(((activations[int(s)] - targets[k]) ** 2).sum() for k, s in enumerate(loss_steps))
 
 
 def pattern_episode(neurons, batch, steps, generator, device, patterns=5, presentations=2, show_steps=6,
@@ -307,9 +307,15 @@ def main():
     c = sub.add_parser("check", help="compare an exported episode's loss and gradients with torch's, in float64")
     c.add_argument("dir", help="directory with params.safetensors, episode.safetensors and gradients.safetensors")
     args = parser.parse_args()
-    if args.command == "bench" and args.reps < 1:
+    if args.command == "check":
+        return check(args)
+    if args.reps < 1:
         parser.error("--reps must be at least 1")
-    return bench(args) if args.command == "bench" else check(args)
+    try:
+        pattern_episode(1, 1, args.steps, torch.Generator(), "cpu")
+    except ValueError as e:
+        parser.error(str(e))
+    return bench(args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use plasticity_runtime::{GpuContext, buffers, wgpu};
+use plasticity_runtime::{EpisodeData, GpuContext, buffers, wgpu};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -94,4 +94,19 @@ pub fn run_kernel<P: bytemuck::Pod>(name: &str, params: &P, inputs: &[&[u8]], gr
 
 pub fn nan_filled(len: usize) -> Vec<f32> {
     vec![f32::NAN; len]
+}
+
+/// `steps` steps of constant input 0.1 and a target of 1 at the last step: for tests about sizes
+/// and errors rather than values.
+pub fn constant_episode(neurons: u32, batch: u32, steps: u32) -> EpisodeData {
+    let row = (neurons * batch) as usize;
+    EpisodeData {
+        batch,
+        steps,
+        inputs: vec![0.1; steps as usize * row],
+        loss_steps: vec![steps],
+        targets: vec![1.0; row],
+        loss_scale: 1.0,
+        clamp: Vec::new(),
+    }
 }

@@ -115,16 +115,7 @@ fn errors_on_a_host_device_are_values_and_the_device_stays_usable() {
     let neurons = 1024;
     let net = Network::new(ctx, &NetworkConfig { neurons, ..Default::default() }).unwrap();
     let batch = (ctx.limits().max_storage_buffer_binding_size / (neurons as u64 * neurons as u64 * 4) + 1) as u32;
-    let row = (batch * neurons) as usize;
-    let too_big = EpisodeData {
-        batch,
-        steps: 1,
-        inputs: vec![0.0; row],
-        loss_steps: vec![1],
-        targets: vec![0.0; row],
-        loss_scale: 1.0,
-        clamp: Vec::new(),
-    };
+    let too_big = constant_episode(neurons, batch, 1);
     let mut runner = EpisodeRunner::new();
     assert!(matches!(runner.run(ctx, &net, &too_big), Err(PlasticityError::LimitExceeded { .. })));
 

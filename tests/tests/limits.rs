@@ -5,16 +5,7 @@ use plasticity_runtime::{EpisodeData, EpisodeRunner, Network, NetworkConfig, Pla
 use plasticity_tests::*;
 
 fn episode(neurons: u32, batch: u32) -> EpisodeData {
-    let row = (neurons * batch) as usize;
-    EpisodeData {
-        batch,
-        steps: 1,
-        inputs: vec![0.1; row],
-        loss_steps: vec![1],
-        targets: vec![1.0; row],
-        loss_scale: 1.0,
-        clamp: Vec::new(),
-    }
+    constant_episode(neurons, batch, 1)
 }
 
 #[test]
@@ -63,16 +54,7 @@ fn a_wait_past_the_timeout_is_an_error_that_says_so() {
     let mut impatient = ctx.clone();
     impatient.timeout = std::time::Duration::from_nanos(1);
     let net = Network::new(ctx, &NetworkConfig { neurons: 512, ..Default::default() }).unwrap();
-    let row = 512 * 8;
-    let data = EpisodeData {
-        batch: 8,
-        steps: 40,
-        inputs: vec![0.1; 40 * row],
-        loss_steps: vec![40],
-        targets: vec![1.0; row],
-        loss_scale: 1.0,
-        clamp: Vec::new(),
-    };
+    let data = constant_episode(512, 8, 40);
     let mut runner = EpisodeRunner::new();
     let err = runner.run(&impatient, &net, &data).unwrap_err();
     assert!(matches!(err, PlasticityError::DeviceLost { .. }), "{err:?}");

@@ -89,7 +89,13 @@ fn smooth(v: &[f64], window: usize) -> Vec<f64> {
 }
 
 fn label(v: f64) -> String {
-    if v >= 1.0 && v.fract() == 0.0 { format!("{v:.0}") } else if v >= 1.0 { format!("{v:.1}") } else { format!("{v}") }
+    if v >= 1.0 && v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v}")
+    }
 }
 
 /// Reads metrics.csv (episode, loss, bit_error_rate, ...) and writes the figure atomically.
