@@ -7,7 +7,7 @@ use plasticity_kernels::metrics;
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
-use crate::error::{PlasticityError, Result, invalid};
+use crate::error::{Result, invalid};
 use crate::network::Network;
 
 /// The inputs and targets of a batch of `batch` episodes of `steps` steps.
@@ -31,57 +31,18 @@ pub struct EpisodeData {
 impl EpisodeData {
     pub fn validate(&self, neurons: u32) -> Result<()> {
         let what = "episode data";
-        if self.batch == 0 || self.steps == 0 {
-            return Err(invalid(what, format!("batch ({}) and steps ({}) must be at least 1", self.batch, self.steps)));
-        }
+        validate_shape(what, self.batch, self.steps, &self.loss_steps, self.loss_scale)?;
         let row = self.batch as usize * neurons as usize;
-        if self.inputs.len() != self.steps as usize * row {
-            return Err(invalid(
-                what,
-                format!(
-                    "inputs hold {} values, expected steps * batch * neurons = {} * {} * {}",
-                    self.inputs.len(),
-                    self.steps,
-                    self.batch,
-                    neurons
-                ),
-            ));
-        }
-        if self.loss_steps.is_empty() {
-            return Err(invalid(what, "at least one loss step is needed"));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for &s in &self.loss_steps {
-            if s == 0 || s > self.steps {
-                return Err(invalid(what, format!("loss step {s} is outside 1..={}", self.steps)));
+        let words = self.steps as usize * self.batch as usize * plasticity_kernels::clamp_words(neurons) as usize;
+        let payloads = [
+            ("inputs", self.inputs.len(), self.steps as usize * row, "steps * batch * neurons"),
+            ("targets", self.targets.len(), self.loss_steps.len() * row, "loss steps * batch * neurons"),
+            ("clamp", if self.clamp.is_empty() { words } else { self.clamp.len() }, words, "steps * batch * ceil(N / 32) words, or none"),
+        ];
+        for (name, len, expected, formula) in payloads {
+            if len != expected {
+                return Err(invalid(what, format!("{name} hold {len} values, expected {formula} = {expected}")));
             }
-            if !seen.insert(s) {
-                return Err(invalid(what, format!("loss step {s} is listed twice")));
-            }
-        }
-        if self.targets.len() != self.loss_steps.len() * row {
-            return Err(invalid(
-                what,
-                format!(
-                    "targets hold {} values, expected loss steps * batch * neurons = {}",
-                    self.targets.len(),
-                    self.loss_steps.len() * row
-                ),
-            ));
-        }
-        if !self.loss_scale.is_finite() {
-            return Err(invalid(what, "loss_scale must be finite"));
-        }
-        let words = plasticity_kernels::clamp_words(neurons) as usize;
-        if !self.clamp.is_empty() && self.clamp.len() != self.steps as usize * self.batch as usize * words {
-            return Err(invalid(
-                what,
-                format!(
-                    "clamp holds {} words, expected steps * batch * ceil(N / 32) = {}",
-                    self.clamp.len(),
-                    self.steps as usize * self.batch as usize * words
-                ),
-            ));
         }
         Ok(())
     }
@@ -89,6 +50,29 @@ impl EpisodeData {
     pub(crate) fn shape(&self, neurons: u32) -> EpisodeShape {
         EpisodeShape { neurons, batch: self.batch, steps: self.steps, loss_steps: self.loss_steps.clone(), clamped: !self.clamp.is_empty() }
     }
+}
+
+/// Batch, steps and loss steps that every episode must satisfy, whatever holds its data.
+fn validate_shape(what: &'static str, batch: u32, steps: u32, loss_steps: &[u32], loss_scale: f32) -> Result<()> {
+    if batch == 0 || steps == 0 {
+        return Err(invalid(what, format!("batch ({batch}) and steps ({steps}) must be at least 1")));
+    }
+    if loss_steps.is_empty() {
+        return Err(invalid(what, "at least one loss step is needed"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for &s in loss_steps {
+        if s == 0 || s > steps {
+            return Err(invalid(what, format!("loss step {s} is outside 1..={steps}")));
+        }
+        if !seen.insert(s) {
+            return Err(invalid(what, format!("loss step {s} is listed twice")));
+        }
+    }
+    if !loss_scale.is_finite() {
+        return Err(invalid(what, "loss_scale must be finite"));
+    }
+    Ok(())
 }
 
 /// An episode whose inputs and targets are already on the GPU, in buffers the host fills in its
@@ -134,16 +118,7 @@ impl EpisodeSource<'_> {
         match self {
             Self::Host(d) => d.validate(neurons),
             Self::Gpu(g) => {
-                // The same rules as host data, checked on a stand-in without the payload.
-                let shape = EpisodeData {
-                    batch: g.batch,
-                    steps: g.steps,
-                    inputs: Vec::new(),
-                    loss_steps: g.loss_steps.to_vec(),
-                    targets: Vec::new(),
-                    loss_scale: g.loss_scale,
-                    clamp: Vec::new(),
-                };
+                validate_shape("GPU episode", g.batch, g.steps, g.loss_steps, g.loss_scale)?;
                 let row = g.batch as u64 * neurons as u64 * 4;
                 let words = plasticity_kernels::clamp_words(neurons) as u64 * 4;
                 let needs: [(&str, Option<&wgpu::Buffer>, u64); 3] = [
@@ -164,10 +139,7 @@ impl EpisodeSource<'_> {
                         }
                     }
                 }
-                match shape.validate(neurons) {
-                    Err(PlasticityError::InvalidConfig { message, .. }) if message.starts_with("inputs hold") => Ok(()),
-                    other => other,
-                }
+                Ok(())
             }
         }
     }
