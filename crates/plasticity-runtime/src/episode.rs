@@ -206,15 +206,21 @@ pub(crate) struct ParamSlots {
 impl ParamSlots {
     pub fn new<P: bytemuck::Pod>(ctx: &GpuContext, label: &'static str, slots: &[P]) -> Result<Self> {
         let size = std::mem::size_of::<P>() as u64;
-        let limits = ctx.limits();
-        let stride = size.next_multiple_of(limits.min_storage_buffer_offset_alignment as u64);
-        let mut bytes = vec![0u8; (stride * slots.len() as u64) as usize];
+        let stride = size.next_multiple_of(ctx.limits().min_storage_buffer_offset_alignment as u64);
+        let buffer = buffers::create(ctx, label, stride * slots.len() as u64, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST)?;
+        let this = Self { buffer, stride, size };
+        this.write(ctx, slots)?;
+        Ok(this)
+    }
+
+    /// Rewrites the first `slots.len()` slots with one queue write.
+    pub fn write<P: bytemuck::Pod>(&self, ctx: &GpuContext, slots: &[P]) -> Result<()> {
+        debug_assert_eq!(std::mem::size_of::<P>() as u64, self.size);
+        let mut bytes = vec![0u8; (self.stride * slots.len() as u64) as usize];
         for (k, slot) in slots.iter().enumerate() {
-            bytes[k * stride as usize..][..size as usize].copy_from_slice(bytemuck::bytes_of(slot));
+            bytes[k * self.stride as usize..][..self.size as usize].copy_from_slice(bytemuck::bytes_of(slot));
         }
-        let buffer = buffers::create(ctx, label, bytes.len() as u64, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST)?;
-        buffers::write(ctx, &buffer, 0, &bytes)?;
-        Ok(Self { buffer, stride, size })
+        buffers::write(ctx, &self.buffer, 0, &bytes)
     }
 
     /// One slot holding `bytes`.
@@ -495,7 +501,7 @@ pub(crate) fn prepare<'a>(
         n_loss_steps: state.shape.loss_steps.len() as u32,
         loss_scale: source.loss_scale(),
     };
-    buffers::write(ctx, &state.loss_params_slots.buffer, 0, std::slice::from_ref(&loss))?;
+    state.loss_params_slots.write(ctx, &[loss])?;
     if let EpisodeSource::Host(data) = source {
         state.upload(ctx, data)?;
     }

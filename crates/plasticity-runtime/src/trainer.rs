@@ -343,7 +343,6 @@ impl Trainer {
             self.backward = None;
             self.checkpoints.clear();
         }
-        let fwd = self.forward.as_ref().expect("prepared");
         if self.backward.is_none() {
             self.backward = Some(BackwardState::new(ctx, fwd, &self.network)?);
         }
@@ -357,7 +356,7 @@ impl Trainer {
         self.last_segment = segment;
         let bwd = self.backward.as_ref().expect("allocated");
 
-        // The loss scale lives in the per-step params; rewrite it when the data's changes.
+        // The loss scale lives in the per-step params, and may differ from the last episode's.
         let activation_params: Vec<BackwardActivationParams> = (1..=steps)
             .map(|step| BackwardActivationParams {
                 n: neurons,
@@ -370,7 +369,7 @@ impl Trainer {
                 ..Default::default()
             })
             .collect();
-        write_slots(ctx, &bwd.activation_params_slots, &activation_params)?;
+        bwd.activation_params_slots.write(ctx, &activation_params)?;
         if update {
             let step = self.adam_step + 1;
             let a = self.config.adam;
@@ -388,7 +387,7 @@ impl Trainer {
                 ..Default::default()
             };
             debug_assert!(grid[0] > 0);
-            write_slots(ctx, &bwd.adam_params_slots, &[params])?;
+            bwd.adam_params_slots.write(ctx, &[params])?;
         }
 
         let checkpoints: Vec<(u32, &wgpu::Buffer)> = plan.iter().zip(&self.checkpoints).map(|(&c, b)| (c, &b.buffer)).collect();
@@ -414,13 +413,6 @@ impl Trainer {
         }
         Ok(())
     }
-}
-
-fn write_slots<P: bytemuck::Pod>(ctx: &GpuContext, slots: &ParamSlots, values: &[P]) -> Result<()> {
-    for (k, v) in values.iter().enumerate() {
-        buffers::write(ctx, &slots.buffer, slots.offset(k) as u64, std::slice::from_ref(v))?;
-    }
-    Ok(())
 }
 
 /// The backward sweep t = T..1, then the eta reduction and gradient norm.

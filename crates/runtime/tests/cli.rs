@@ -160,7 +160,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let mut args = vec!["train", "--run-dir", d, "--episodes", "100000", "--checkpoint-every", "100000"];
     args.extend_from_slice(&SMALL[..SMALL.len() - 5]); // without --checkpoint-every and --quiet
     args.extend_from_slice(&["--quiet", "--seed", "3"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plasticity")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_plasticity")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let csv = dir.join("metrics.csv");
     let start = std::time::Instant::now();
     while std::fs::read_to_string(&csv).map_or(0, |t| t.lines().count()) < 4 {
