@@ -3,7 +3,7 @@
 //! The trace H and its gradient G are resident (B, N, N) buffers for the whole sweep. The backward
 //! sweep recovers H(t-1) from H(t) by inverting the decay update,
 //! `H(t-1) = (H(t) - eta x(t-2) x(t-1)^T) / (1 - eta)`, and resets it to an exact checkpoint every
-//! K steps, so memory holds `floor((T - 1) / K)` trace copies instead of T. Each reversed step
+//! K steps, so memory holds `ceil((T - 1) / K) - 1` trace copies (the steps 1 + kK < T) instead of T. Each reversed step
 //! multiplies an existing rounding error by `1 / (1 - eta)`; K is the largest segment for which
 //! `(1 - eta)^-K <= max_reversal_amplification` (100 by default: K = 458 at eta = 0.01, K = 6 at
 //! eta = 0.5), recomputed from the current eta before every episode since eta is learned.
