@@ -2,7 +2,9 @@
 //! these memory-bound kernels), forward and training time per episode, effective bandwidth against
 //! the minimum traffic of each kernel, and peak memory, including its growth with episode length.
 //!
-//! Times are medians of wall-clock time around finished submissions, after warm-up episodes.
+//! Times are medians after warm-up episodes: of GPU timestamps written before and after the recorded
+//! episode where the device has timestamp queries inside encoders, else of wall-clock time around
+//! finished submissions.
 
 use std::time::Instant;
 
@@ -12,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::buffers;
 use crate::context::GpuContext;
-use crate::episode::{EpisodeData, EpisodeRunner};
+use crate::episode::{EpisodeData, EpisodeRunner, GpuEpisode};
 use crate::error::Result;
 use crate::network::{Network, NetworkConfig};
 use crate::trainer::{Trainer, TrainerConfig};
@@ -85,21 +87,106 @@ pub fn random_episode(case: BenchCase, seed: u64) -> EpisodeData {
     }
 }
 
+/// Times GPU work with two timestamps around what a closure records.
+struct GpuTimer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    period_ns: f64,
+}
+
+impl GpuTimer {
+    fn new(ctx: &GpuContext) -> Option<Self> {
+        let needed = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        if !ctx.device.features().contains(needed) {
+            return None;
+        }
+        let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("bench timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let buffer = |usage| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench timestamps"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(Self {
+            queries,
+            resolved: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            period_ns: ctx.queue.get_timestamp_period() as f64,
+        })
+    }
+
+    /// Seconds of GPU time between the start and the end of what `record` records.
+    fn time(&self, ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<f64> {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encoder.write_timestamp(&self.queries, 0);
+        record(&mut encoder)?;
+        encoder.write_timestamp(&self.queries, 1);
+        encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
+        encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.readback, 0, 16);
+        ctx.submit_and_wait("a timed episode", encoder.finish())?;
+        let raw = buffers::map_read(ctx, &self.readback, "timestamps")?;
+        let ticks: &[u64] = bytemuck::cast_slice(&raw);
+        Ok(ticks[1].saturating_sub(ticks[0]) as f64 * self.period_ns * 1e-9)
+    }
+}
+
+/// The episode's inputs and targets in GPU buffers, as a host application would hold them.
+struct ResidentEpisode {
+    inputs: wgpu::Buffer,
+    targets: wgpu::Buffer,
+}
+
+impl ResidentEpisode {
+    fn new(ctx: &GpuContext, data: &EpisodeData) -> Result<Self> {
+        let upload = |label: &'static str, values: &[f32]| -> Result<wgpu::Buffer> {
+            let buffer = buffers::storage(ctx, label, values.len() as u64 * 4)?;
+            buffers::write(ctx, &buffer, 0, values)?;
+            Ok(buffer.buffer)
+        };
+        Ok(Self { inputs: upload("bench inputs", &data.inputs)?, targets: upload("bench targets", &data.targets)? })
+    }
+
+    fn episode<'a>(&'a self, data: &'a EpisodeData) -> GpuEpisode<'a> {
+        GpuEpisode {
+            batch: data.batch,
+            steps: data.steps,
+            loss_steps: &data.loss_steps,
+            loss_scale: data.loss_scale,
+            inputs: &self.inputs,
+            targets: &self.targets,
+            clamp: None,
+        }
+    }
+}
+
+/// How the bench timed its figures.
+pub fn timing_method(ctx: &GpuContext) -> &'static str {
+    if GpuTimer::new(ctx).is_some() { "GPU timestamps around each recorded episode" } else { "wall clock around finished submissions" }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
     if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
 }
 
-fn time_median(warmup: u32, repetitions: u32, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Median seconds of `f`, which returns the GPU seconds it measured or `None` for wall clock.
+fn time_median(warmup: u32, repetitions: u32, mut f: impl FnMut() -> Result<Option<f64>>) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
     let mut times = Vec::new();
     for _ in 0..repetitions.max(1) {
         let start = Instant::now();
-        f()?;
-        times.push(start.elapsed().as_secs_f64());
+        let gpu = f()?;
+        times.push(gpu.unwrap_or_else(|| start.elapsed().as_secs_f64()));
     }
     Ok(median(times))
 }
@@ -115,10 +202,19 @@ pub fn stream_bandwidth(ctx: &GpuContext, elements: u64, repetitions: u32) -> Re
     let c = buffers::storage(ctx, "stream c", bytes)?;
     let (grid, row_stride) = plasticity_kernels::elementwise_grid(elements, stream_triad::WORKGROUP_SIZE);
     let params = StreamTriadParams { count: elements, row_stride, scale: 0.5, ..Default::default() };
+    let timer = GpuTimer::new(ctx);
     let seconds = time_median(1, repetitions, || {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        ctx.record_kernel(&mut encoder, "stream_triad", bytemuck::bytes_of(&params), &[&a, &b, &c], grid)?;
-        ctx.submit_and_wait("the streaming benchmark", encoder.finish())
+        let record = |encoder: &mut wgpu::CommandEncoder| {
+            ctx.record_kernel(encoder, "stream_triad", bytemuck::bytes_of(&params), &[&a, &b, &c], grid)
+        };
+        match &timer {
+            Some(t) => t.time(ctx, record).map(Some),
+            None => {
+                let mut encoder = ctx.device.create_command_encoder(&Default::default());
+                record(&mut encoder)?;
+                ctx.submit_and_wait("the streaming benchmark", encoder.finish()).map(|_| None)
+            }
+        }
     })?;
     Ok(3.0 * bytes as f64 / seconds / 1e9)
 }
@@ -128,11 +224,24 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
     let data = random_episode(case, 1);
     let config = NetworkConfig { neurons: case.neurons, ..Default::default() };
     let network = Network::new(ctx, &config)?;
+    let timer = GpuTimer::new(ctx);
+    let resident = ResidentEpisode::new(ctx, &data)?;
+    let episode = resident.episode(&data);
     let mut runner = EpisodeRunner::new();
-    let forward = time_median(warmup, repetitions, || runner.run(ctx, &network, &data).map(|_| ()))?;
+    let forward = time_median(warmup, repetitions, || match &timer {
+        Some(t) => t.time(ctx, |encoder| runner.record(ctx, &network, encoder, &episode)).map(Some),
+        None => runner.run(ctx, &network, &data).map(|_| None),
+    })?;
     drop(runner);
     let mut trainer = Trainer::new(ctx, network, TrainerConfig::default())?;
-    let train = time_median(warmup, repetitions, || trainer.train_step(ctx, &data).map(|_| ()))?;
+    let train = time_median(warmup, repetitions, || match &timer {
+        Some(t) => {
+            let seconds = t.time(ctx, |encoder| trainer.record_train_step(ctx, encoder, &episode))?;
+            trainer.read_metrics(ctx)?; // tells the trainer the new eta
+            Ok(Some(seconds))
+        }
+        None => trainer.train_step(ctx, &data).map(|_| None),
+    })?;
     let steps = case.steps as f64;
     let backward = (train - forward).max(f64::MIN_POSITIVE);
     let forward_gbps = forward_step_min_bytes(case.neurons, case.batch) as f64 * steps / forward / 1e9;
@@ -160,7 +269,7 @@ pub fn memory_scaling(ctx: &GpuContext, neurons: u32, batch: u32, steps: &[u32],
         let data = random_episode(case, 2);
         let network = Network::new(ctx, &NetworkConfig { neurons, ..Default::default() })?;
         let mut trainer = Trainer::new(ctx, network, TrainerConfig::default())?;
-        let seconds = time_median(0, repetitions, || trainer.train_step(ctx, &data).map(|_| ()))?;
+        let seconds = time_median(0, repetitions, || trainer.train_step(ctx, &data).map(|_| None))?;
         points.push(MemoryPoint { steps: t, peak_bytes: trainer.allocated_bytes(), train_ms_per_step: seconds * 1e3 / t as f64 });
     }
     Ok(MemoryScaling { neurons, batch, points })

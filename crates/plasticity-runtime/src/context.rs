@@ -107,7 +107,8 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("plasticity"),
-                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                // Timestamps let the bench time GPU work rather than wall clock where the adapter has them.
+                required_features: adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
                 required_limits,
                 ..Default::default()
             })

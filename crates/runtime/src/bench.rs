@@ -60,7 +60,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
     let ceiling = bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
-    println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s\n");
+    println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s");
+    println!("timing: medians of {} (the memory-growth times: wall clock)\n", bench::timing_method(&ctx));
 
     println!(
         "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4}",
@@ -147,7 +148,7 @@ fn write_json(
             "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
             "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
         },
-        "timing": "median wall clock around finished submissions",
+        "timing": bench::timing_method(ctx),
         "config": { "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick },
         "stream_ceiling_gbps": ceiling,
         "cases": cases,
