@@ -145,12 +145,10 @@ struct ResidentEpisode {
 
 impl ResidentEpisode {
     fn new(ctx: &GpuContext, data: &EpisodeData) -> Result<Self> {
-        let upload = |label: &'static str, values: &[f32]| -> Result<wgpu::Buffer> {
-            let buffer = buffers::storage(ctx, label, values.len() as u64 * 4)?;
-            buffers::write(ctx, &buffer, 0, values)?;
-            Ok(buffer.buffer)
-        };
-        Ok(Self { inputs: upload("bench inputs", &data.inputs)?, targets: upload("bench targets", &data.targets)? })
+        Ok(Self {
+            inputs: buffers::storage_from(ctx, "bench inputs", &data.inputs)?.buffer,
+            targets: buffers::storage_from(ctx, "bench targets", &data.targets)?.buffer,
+        })
     }
 
     fn episode<'a>(&'a self, data: &'a EpisodeData) -> GpuEpisode<'a> {

@@ -406,8 +406,12 @@ impl ForwardState {
 
     pub fn finish(&self, ctx: &GpuContext, during: &str, encoder: wgpu::CommandEncoder) -> Result<EpisodeMetrics> {
         ctx.submit_and_wait(during, encoder.finish())?;
-        let raw = buffers::map_read(ctx, &self.staging, "metrics")?;
-        Ok(EpisodeMetrics::from_raw(&raw))
+        self.read_metrics(ctx)
+    }
+
+    /// The metrics the last submitted episode copied to the staging buffer.
+    pub fn read_metrics(&self, ctx: &GpuContext) -> Result<EpisodeMetrics> {
+        Ok(EpisodeMetrics::from_raw(&buffers::map_read(ctx, &self.staging, "metrics")?))
     }
 }
 
@@ -453,8 +457,7 @@ impl EpisodeRunner {
 
     /// The metrics of the last recorded episode, once the host has submitted it.
     pub fn read_metrics(&self, ctx: &GpuContext) -> Result<EpisodeMetrics> {
-        let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
-        Ok(EpisodeMetrics::from_raw(&buffers::map_read(ctx, &s.staging, "metrics")?))
+        self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?.read_metrics(ctx)
     }
 
     /// The last episode's activations (T + 1, B, N), for tests and inspection.

@@ -322,8 +322,7 @@ impl Trainer {
 
     /// The metrics of the last recorded step, once the host has submitted it.
     pub fn read_metrics(&mut self, ctx: &GpuContext) -> Result<EpisodeMetrics> {
-        let f = self.forward.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
-        let metrics = EpisodeMetrics::from_raw(&buffers::map_read(ctx, &f.staging, "metrics")?);
+        let metrics = self.forward.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?.read_metrics(ctx)?;
         self.eta = metrics.eta;
         Ok(metrics)
     }
