@@ -1,52 +1,178 @@
-// backward_trace: the elementwise part of backward step t (sweep runs t = T down to 1), decay rule.
-// With ga(t) from backward_activation, G(t+1) = dL/dH(t+1) and H(t) resident:
+// backward_trace: the elementwise part of backward step t (the sweep runs t = T down to 1), any rule.
+// With ga(t) from backward_activation, G(t+1) = dL/dH(t+1) and H(t) resident, and U, r, alpha_eff as in
+// forward_step.wgsl (pre = x_i(t-1), post = x_j(t), r = rate_bj(t), m = clip'(U_r(H(t))): 1 inside
+// (-CLIP, CLIP), else 0):
 //
 //   dw_ij     += sum_b ga_j(t) x_i(t-1)
-//   dalpha_ij += sum_b ga_j(t) H_ij(t) x_i(t-1)
-//   deta      += sum_b,ij G_ij(t+1) (x_i(t-1) x_j(t) - H_ij(t))
-//   G_ij(t)    = (1 - eta) G_ij(t+1) + alpha_ij x_i(t-1) ga_j(t)
-//   rows, for gx_i(t-1):  sum_j (w_ij + alpha_ij H_ij(t)) ga_j(t) + eta sum_j G_ij(t+1) x_j(t)
-//   cols, for gx_j(t-1):  eta sum_i G_ij(t) x_i(t-2)                       (post term of H(t))
-//   H_ij(t-1)  = (H_ij(t) - eta x_i(t-2) x_j(t-1)) / (1 - eta)             (trace recovered in reverse)
+//   dalpha_ij += sum_b ga_j(t) H_ij(t) x_i(t-1)                  (summed per alpha element later)
+//   G_ij(t)    = m dU/dH G_ij(t+1) + alpha_eff_ij x_i(t-1) ga_j(t)
+//   rows, for gx_i(t-1):  sum_j (w_ij + alpha_eff_ij H_ij(t)) ga_j(t) + m G_ij(t+1) r x_j(t)   (dU/dpre = r post)
+//   then, with step t-1's update (pre' = x_i(t-2), post' = x_j(t-1), r' = rate_bj(t-1), m' its clip mask):
+//   cols, for gx_j(t-1):  sum_i m' G_ij(t) dU/dpost'
+//   drate_bj(t-1)       = sum_i m' G_ij(t) dU/dr'      (per tile into the rate partials when the rate is
+//                                                      modulated, else summed into eta's partials)
 //
-// The runtime overwrites the recovered H(t-1) with an exact checkpoint every K steps, which bounds the
-// growth of rounding error to (1 - eta)^-K (see design/plastic-bptt.md). Nothing is written to the
-// trace at t = 1, since H(0) does not exist.
+//   dU/dH:    decay 1 - r          oja 1 - r post^2             additive 1
+//   dU/dpost: decay r pre          oja r (pre - 2 post H)       additive r pre
+//   dU/dr:    decay pre post - H   oja post (pre - post H)      additive pre post
+//
+// Retroactive (E(t+1) = U_eta(E(t)), H(t+1) = clip(H(t) + r E(t)), m = clip'(H(t) + r E(t))), with
+// GE(t) = dL/dE(t) resident beside G:
+//   G_ij(t)  = m G_ij(t+1) + alpha_eff_ij x_i(t-1) ga_j(t)
+//   GE_ij(t) = m r G_ij(t+1) + dU_eta/dE GE_ij(t+1)
+//   rows += GE_ij(t+1) eta_j x_j(t);  cols = sum_i GE_ij(t) dU_eta/dpost';  drate_bj(t-1) = sum_i m' G_ij(t) E_ij(t-1)
+//   deta_j += sum GE_ij(t) dU_eta/deta'
+//
+// H(t-1) comes from inverting the update when REVERSE (fixed rate, no clip, see plastic-bptt.md):
+//   decay H(t-1) = (H(t) - r' pre' post') / (1 - r');  oja (H(t) - r' post' pre') / (1 - r' post'^2);  additive H(t) - r' pre' post'
+// and the runtime overwrites it with an exact checkpoint every K steps, which bounds the growth of
+// rounding error. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
+// H(t-1) is read from the slot before H(t)'s. Nothing is written to the trace at t = 1.
 //
 // One invocation owns a TILE x TILE block of (i, j) for every batch element and walks it serially, so
-// both the row sums (over its TILE columns) and the column sums (over its TILE rows) are private
-// running sums: no workgroup memory and no barriers. Each block writes one partial per row and per
-// column, summed later by backward_activation. w, alpha, dw and dalpha are touched once per CHUNK
-// batch elements, the trace and its gradient once per batch element.
-// Traffic per step (f32): (2 + 4 + 4*B) * N*N * 4 bytes at B <= CHUNK, plus O(B*N*N/TILE) for partials.
+// the row sums (over its TILE columns), the column sums (over its TILE rows) and the eta sums are
+// private running sums: no workgroup memory and no barriers. Each block writes one partial per row
+// and per column, summed later by backward_activation. w, alpha, dw and dalpha are touched once per
+// CHUNK batch elements, the trace and its gradient once per batch element.
+// Traffic per step (f32): (2 + 4 + 4*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed), plus
+// O(B*N*N/TILE) for partials.
 
 const TILE: u32 = 16u;
 // Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
 const CHUNK: u32 = 4u;
 
 override WORKGROUP_SIZE: u32 = 64u;
+override RULE: u32 = 0u;
+override CLIP: f32 = 0.0;
+override ALPHA_SHAPE: u32 = 0u;
+override RATE: u32 = 0u;
+override ETA_PER_NEURON: bool = false;
+override RETROACTIVE: bool = false;
+override PLASTIC_SELF: bool = true;
+override REVERSE: bool = true;
 
 struct BackwardTraceParams {
-    n: u32,            // neurons N
-    batch: u32,        // batch B
-    step: u32,         // t, 1-based
-    n_tiles: u32,      // ceil(N / TILE)
-    w_offset: u32,     // offsets into `params` and, mirrored, into `grads`
+    n: u32,                   // neurons N
+    batch: u32,               // batch B
+    step: u32,                // t, 1-based
+    n_tiles: u32,             // ceil(N / TILE)
+    w_offset: u32,            // offsets into `params` and, mirrored, into `grads`
     alpha_offset: u32,
     eta_offset: u32,
-    _pad0: u32,
+    mod_offset: u32,
+    cur_offset: u32,          // element offset of H(t) in `trace` (E(t) at + elig_offset)
+    prev_offset: u32,         // of H(t-1); equal to cur_offset when REVERSE
+    elig_offset: u32,         // offset of E in a trace slot, and of GE in `trace_grad`
+    alpha_grad_offset: u32,   // (N, N) dalpha accumulator in `partials` when alpha is not per connection
+    rate_partials_offset: u32,// (B, N, n_tiles) drate(t-1) per tile of i, overwritten each step (modulated rates)
+    eta_partials_offset: u32, // (n_tiles, N) eta sums per tile of i and post neuron j, accumulated over the sweep
+    preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: BackwardTraceParams;
-@group(0) @binding(1) var<storage, read> params: array<f32>;            // flat: w (N, N), alpha (N, N), eta (1)
+@group(0) @binding(1) var<storage, read> params: array<f32>;            // flat [w, alpha, eta, modulator]
 @group(0) @binding(2) var<storage, read> activations: array<f32>;       // (T + 1, B, N): x(t) at row t
-@group(0) @binding(3) var<storage, read> preact_grad: array<f32>;       // (B, N): ga(t)
-@group(0) @binding(4) var<storage, read_write> trace: array<f32>;       // (B, N, N): H(t) on entry, H(t-1) on exit
-@group(0) @binding(5) var<storage, read_write> trace_grad: array<f32>;  // (B, N, N): G(t+1) on entry, G(t) on exit
+@group(0) @binding(3) var<storage, read> modulation: array<f32>;        // (T + 1, B): M_b(t) at row t
+@group(0) @binding(4) var<storage, read_write> trace: array<f32>;       // slots of [H (B, N, N), E (B, N, N)]: H(t) on entry, H(t-1) on exit when REVERSE
+@group(0) @binding(5) var<storage, read_write> trace_grad: array<f32>;  // [G (B, N, N), GE (B, N, N)]: G(t+1) on entry, G(t) on exit
 @group(0) @binding(6) var<storage, read_write> grads: array<f32>;       // flat, mirrors `params`; accumulated
-// (2, B, N, n_tiles): row sums then column sums for gx(t-1), overwritten each step; then
-// (n_tiles, n_tiles): each tile's eta sum, accumulated over the sweep (at 2 * B * N * n_tiles).
+// (2, B, N, n_tiles): row sums then column sums for gx(t-1), overwritten each step; then the rate,
+// eta and alpha partials and ga(t) at the offsets above.
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+
+// ---- shared with trace_update.wgsl and backward_trace.wgsl (a test keeps the copies identical) ----
+fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace(v: f32) -> f32 {
+    if (CLIP > 0.0) {
+        return clamp(v, -CLIP, CLIP);
+    }
+    return v;
+}
+
+// rate_bj(s) of the plastic trace's update at step s.
+fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
+    if (RATE == 1u) {
+        return params[eta_offset + j];
+    } else if (RATE == 2u) {
+        return modulation[s * batch + b];
+    } else if (RATE == 3u) {
+        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+    }
+    return params[eta_offset];
+}
+
+// eta_j: the rate of the eligibility trace's update.
+fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
+    if (ETA_PER_NEURON) {
+        return params[eta_offset + j];
+    }
+    return params[eta_offset];
+}
+
+fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
+    if (!PLASTIC_SELF && i == j) {
+        return 0.0;
+    }
+    if (ALPHA_SHAPE == 1u) {
+        return params[alpha_offset + j];
+    } else if (ALPHA_SHAPE == 2u) {
+        return params[alpha_offset];
+    }
+    return params[alpha_offset + i * n + j];
+}
+// ---- end of shared functions ----
+
+fn rule_d_trace(h: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return 1.0 - r * post * post;
+    } else if (RULE == 2u) {
+        return 1.0;
+    }
+    return 1.0 - r;
+}
+
+fn rule_d_post(h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return r * (pre - 2.0 * post * h);
+    }
+    return r * pre;
+}
+
+fn rule_d_rate(h: f32, pre: f32, post: f32) -> f32 {
+    if (RULE == 1u) {
+        return post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return pre * post;
+    }
+    return pre * post - h;
+}
+
+// H(t-1) from H(t) = U_r(H(t-1)); only used when REVERSE.
+fn rule_inverse(v: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return (v - r * post * pre) / (1.0 - r * post * post);
+    } else if (RULE == 2u) {
+        return v - r * pre * post;
+    }
+    return (v - r * pre * post) / (1.0 - r);
+}
+
+// d clip(v) / dv.
+fn clip_pass(v: f32) -> f32 {
+    if (CLIP > 0.0) {
+        return select(0.0, 1.0, abs(v) < CLIP);
+    }
+    return 1.0;
+}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -64,44 +190,88 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x_now = p.step * row;            // x(t)
     let x_prev = x_now - row;            // x(t-1)
     let has_prev2 = p.step >= 2u;        // x(t-2) and H(t-1) exist
-    let eta = params[p.eta_offset];
-    let decay = 1.0 - eta;
     let col_base = p.batch * n * p.n_tiles; // column sums follow the row sums in `partials`
+    let eo = p.elig_offset;
 
-    var d_eta = 0.0;
+    var eta_sums: array<f32, TILE>;
     for (var b0 = 0u; b0 < p.batch; b0 += CHUNK) {
         let chunk = min(CHUNK, p.batch - b0);
         var col_sums: array<f32, 64>;    // (CHUNK, TILE)
+        var rate_sums: array<f32, 64>;   // (CHUNK, TILE)
         for (var i = i0; i < i_end; i++) {
             var row_sums: array<f32, CHUNK>;
             for (var j = j0; j < j_end; j++) {
                 let w_ij = params[p.w_offset + i * n + j];
-                let alpha_ij = params[p.alpha_offset + i * n + j];
+                let alpha_ij = alpha_eff(i, j, n, p.alpha_offset);
+                let rate_e = eligibility_rate(j, p.eta_offset);
                 var d_w = 0.0;
                 var d_alpha = 0.0;
                 for (var k = 0u; k < chunk; k++) {
                     let b = b0 + k;
                     let idx = (b * n + i) * n + j;
-                    let xi_prev = activations[x_prev + b * n + i];
-                    let xj_now = activations[x_now + b * n + j];
-                    let ga_j = preact_grad[b * n + j];
-                    let h = trace[idx];
+                    let pre = activations[x_prev + b * n + i];
+                    let post = activations[x_now + b * n + j];
+                    let ga_j = partials[p.preact_offset + b * n + j];
+                    let h = trace[p.cur_offset + idx];
                     let g_next = trace_grad[idx];
-                    d_w += ga_j * xi_prev;
-                    d_alpha += ga_j * h * xi_prev;
-                    d_eta += g_next * (xi_prev * xj_now - h);
-                    row_sums[k] += (w_ij + alpha_ij * h) * ga_j + eta * g_next * xj_now;
-                    let g = decay * g_next + alpha_ij * xi_prev * ga_j;
+                    let r = plastic_rate(b, j, p.step, n, p.batch, p.eta_offset, p.mod_offset);
+                    d_w += ga_j * pre;
+                    d_alpha += ga_j * h * pre;
+                    var g = 0.0;
+                    var ge = 0.0;
+                    if (RETROACTIVE) {
+                        let e = trace[p.cur_offset + eo + idx];
+                        let ge_next = trace_grad[eo + idx];
+                        let m = clip_pass(h + r * e);
+                        g = m * g_next + alpha_ij * pre * ga_j;
+                        ge = m * r * g_next + rule_d_trace(e, post, rate_e) * ge_next;
+                        row_sums[k] += (w_ij + alpha_ij * h) * ga_j + ge_next * rate_e * post;
+                        trace_grad[eo + idx] = ge;
+                    } else {
+                        let m = clip_pass(rule_update(h, pre, post, r));
+                        g = m * rule_d_trace(h, post, r) * g_next + alpha_ij * pre * ga_j;
+                        row_sums[k] += (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
+                    }
                     trace_grad[idx] = g;
                     if (has_prev2) {
-                        let xi_prev2 = activations[x_prev - row + b * n + i];
-                        let xj_prev = activations[x_prev + b * n + j];
-                        col_sums[k * TILE + j - j0] += eta * g * xi_prev2;
-                        trace[idx] = (h - eta * xi_prev2 * xj_prev) / decay;
+                        let pre2 = activations[x_prev - row + b * n + i];
+                        let post2 = activations[x_prev + b * n + j];
+                        let r2 = plastic_rate(b, j, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
+                        let c = k * TILE + j - j0;
+                        if (RETROACTIVE) {
+                            let h_prev = trace[p.prev_offset + idx];
+                            let e_prev = trace[p.prev_offset + eo + idx];
+                            let m2 = clip_pass(h_prev + r2 * e_prev);
+                            col_sums[c] += ge * rule_d_post(e_prev, pre2, post2, rate_e);
+                            rate_sums[c] += m2 * g * e_prev;
+                            eta_sums[j - j0] += ge * rule_d_rate(e_prev, pre2, post2);
+                        } else {
+                            var h_prev: f32;
+                            if (REVERSE) {
+                                h_prev = rule_inverse(h, pre2, post2, r2);
+                                trace[p.cur_offset + idx] = h_prev;
+                            } else {
+                                h_prev = trace[p.prev_offset + idx];
+                            }
+                            let m2 = clip_pass(rule_update(h_prev, pre2, post2, r2));
+                            col_sums[c] += m2 * g * rule_d_post(h_prev, pre2, post2, r2);
+                            let d_rate = m2 * g * rule_d_rate(h_prev, pre2, post2);
+                            if (RATE >= 2u) {
+                                rate_sums[c] += d_rate;
+                            } else {
+                                eta_sums[j - j0] += d_rate;
+                            }
+                        }
                     }
                 }
                 grads[p.w_offset + i * n + j] += d_w;
-                grads[p.alpha_offset + i * n + j] += d_alpha;
+                if (PLASTIC_SELF || i != j) {
+                    if (ALPHA_SHAPE == 0u) {
+                        grads[p.alpha_offset + i * n + j] += d_alpha;
+                    } else {
+                        partials[p.alpha_grad_offset + i * n + j] += d_alpha;
+                    }
+                }
             }
             for (var k = 0u; k < chunk; k++) {
                 partials[((b0 + k) * n + i) * p.n_tiles + tile_j] = row_sums[k];
@@ -110,8 +280,13 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var k = 0u; k < chunk; k++) {
             for (var j = j0; j < j_end; j++) {
                 partials[col_base + ((b0 + k) * n + j) * p.n_tiles + tile_i] = col_sums[k * TILE + j - j0];
+                if (RATE >= 2u) {
+                    partials[p.rate_partials_offset + ((b0 + k) * n + j) * p.n_tiles + tile_i] = rate_sums[k * TILE + j - j0];
+                }
             }
         }
     }
-    partials[2u * col_base + tile_i * p.n_tiles + tile_j] += d_eta;
+    for (var j = j0; j < j_end; j++) {
+        partials[p.eta_partials_offset + tile_i * n + j] += eta_sums[j - j0];
+    }
 }

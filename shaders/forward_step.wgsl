@@ -1,8 +1,17 @@
-// forward_step: one fused time step t of a batch of plastic recurrent networks (decay rule).
+// forward_step: one fused time step t of a batch of plastic recurrent networks, any rule.
 //
-//   H_ij(t) = (1 - eta) * H_ij(t-1) + eta * x_i(t-2) * x_j(t-1)        (trace update of step t-1, fused here)
-//   a_j(t)  = sum_i (w_ij + alpha_ij * H_ij(t)) * x_i(t-1) + u_j(t)
+//   H(t)    = update of step t-1 (below), formed here from H(t-1), x(t-2), x(t-1)
+//   a_j(t)  = sum_i (w_ij + alpha_eff_ij * H_ij(t)) * x_i(t-1) + u_j(t)
 //   x_j(t)  = tanh(a_j(t))
+//
+// The update of step s (pre = x_i(s-1), post = x_j(s), r = rate_bj(s), see plasticity.rs):
+//   decay     U_r(H) = (1 - r) H + r pre post            (RULE 0, the paper's)
+//   oja       U_r(H) = H + r post (pre - post H)         (RULE 1)
+//   additive  U_r(H) = H + r pre post                    (RULE 2)
+//   H(s+1) = clip(U_r(H(s)))                             clip to [-CLIP, CLIP] when CLIP > 0
+//   retroactive (RETROACTIVE): E(s+1) = U_eta(E(s)),  H(s+1) = clip(H(s) + r E(s))
+//   rate_bj(s) = eta[0] | eta[j] | M_b(s) | u_j M_b(s) + c_j                     (RATE 0..3)
+//   alpha_eff_ij = alpha[i N + j] | alpha[j] | alpha[0]  (ALPHA_SHAPE 0..2), 0 for i == j unless PLASTIC_SELF
 //
 // Why the trace update is fused one step late: H(t) needs x(t-1), which exists only once step t-1's
 // reduction over i has finished, so step t forms H(t) on the fly while it reads H(t-1) for its sum.
@@ -16,8 +25,9 @@
 // the sum reads, so the overwrite is safe, and the history costs (T + 1) * B * N floats, not twice that.
 //
 // Traffic per step (f32): w and alpha read once per batch tile (shared by the whole batch, so cached),
-// the trace read once and written once: (2*N*N + 2*B*N*N) * 4 bytes, plus O(B*N) for x and u.
-// That is the least any implementation of this step can move.
+// the trace read once and written once: (2*N*N + 2*B*N*N) * 4 bytes, plus O(B*N) for x and u
+// (twice the trace traffic with a retroactive eligibility trace). That is the least any
+// implementation of this step can move.
 //
 // One invocation owns post-synaptic neuron j for BATCH_TILE batch elements and loops over the
 // pre-synaptic index i: neighbouring invocations read neighbouring j, so every row access is
@@ -28,23 +38,85 @@ const BATCH_TILE: u32 = 4u;
 const TANH_CLAMP: f32 = 15.0;
 
 override WORKGROUP_SIZE: u32 = 64u;
+override RULE: u32 = 0u;
+override CLIP: f32 = 0.0;
+override ALPHA_SHAPE: u32 = 0u;
+override RATE: u32 = 0u;
+override ETA_PER_NEURON: bool = false;
+override RETROACTIVE: bool = false;
+override PLASTIC_SELF: bool = true;
 
 struct ForwardStepParams {
     n: u32,            // neurons N
     batch: u32,        // batch B
     step: u32,         // t, 1-based
     w_offset: u32,     // offset of w (N, N) in `params`
-    alpha_offset: u32, // offset of alpha (N, N) in `params`
-    eta_offset: u32,   // offset of eta (1) in `params`
+    alpha_offset: u32, // offset of alpha (N, N), (N) or (1)
+    eta_offset: u32,   // offset of eta (1) or (N)
+    mod_offset: u32,   // offset of the modulator [mod_w (N), mod_b, mod_u (N), mod_c (N)]
     clamp_words: u32,  // u32 words per (t, b) row of `clamp_mask`: ceil(N / 32), or 0 when nothing is clamped
+    elig_offset: u32,  // offset of E (B, N, N) in `trace` (RETROACTIVE)
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: ForwardStepParams;
-@group(0) @binding(1) var<storage, read> params: array<f32>;            // flat parameters: w (N, N) row i = pre, alpha (N, N), eta (1)
-@group(0) @binding(2) var<storage, read_write> trace: array<f32>;       // (B, N, N): H(t-1) on entry, H(t) on exit
+@group(0) @binding(1) var<storage, read> params: array<f32>;            // flat parameters [w, alpha, eta, modulator]
+@group(0) @binding(2) var<storage, read_write> trace: array<f32>;       // (B, N, N) H: H(t-1) on entry, H(t) on exit; then E likewise
 @group(0) @binding(3) var<storage, read_write> activations: array<f32>; // (T + 1, B, N): x(s) at row s < t, u(s) at row s >= t; x(0) = 0
-@group(0) @binding(4) var<storage, read> clamp_mask: array<u32>;            // (T, B, clamp_words) bit masks: u(t) in row t - 1
+@group(0) @binding(4) var<storage, read> clamp_mask: array<u32>;        // (T, B, clamp_words) bit masks: u(t) in row t - 1
+@group(0) @binding(5) var<storage, read> modulation: array<f32>;        // (T + 1, B): M_b(s) at row s (RATE 2, 3)
+
+// ---- shared with trace_update.wgsl and backward_trace.wgsl (a test keeps the copies identical) ----
+fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace(v: f32) -> f32 {
+    if (CLIP > 0.0) {
+        return clamp(v, -CLIP, CLIP);
+    }
+    return v;
+}
+
+// rate_bj(s) of the plastic trace's update at step s.
+fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
+    if (RATE == 1u) {
+        return params[eta_offset + j];
+    } else if (RATE == 2u) {
+        return modulation[s * batch + b];
+    } else if (RATE == 3u) {
+        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+    }
+    return params[eta_offset];
+}
+
+// eta_j: the rate of the eligibility trace's update.
+fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
+    if (ETA_PER_NEURON) {
+        return params[eta_offset + j];
+    }
+    return params[eta_offset];
+}
+
+fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
+    if (!PLASTIC_SELF && i == j) {
+        return 0.0;
+    }
+    if (ALPHA_SHAPE == 1u) {
+        return params[alpha_offset + j];
+    } else if (ALPHA_SHAPE == 2u) {
+        return params[alpha_offset];
+    }
+    return params[alpha_offset + i * n + j];
+}
+// ---- end of shared functions ----
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -58,28 +130,36 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = p.batch * n;               // one (B, N) row of activations or inputs
     let x_prev = (p.step - 1u) * row;    // x(t-1)
     let update = p.step >= 2u;
-    let eta = params[p.eta_offset];
-    let decay = 1.0 - eta;
 
     var acc: array<f32, BATCH_TILE>;
-    var post: array<f32, BATCH_TILE>;    // eta * x_j(t-1)
+    var post: array<f32, BATCH_TILE>;    // x_j(t-1)
+    var rate: array<f32, BATCH_TILE>;    // rate_bj(t-1)
+    let rate_e = eligibility_rate(j, p.eta_offset);
     for (var k = 0u; k < tile; k++) {
         let b = b0 + k;
         acc[k] = activations[p.step * row + b * n + j]; // u_j(t)
         if (update) {
-            post[k] = eta * activations[x_prev + b * n + j];
+            post[k] = activations[x_prev + b * n + j];
+            rate[k] = plastic_rate(b, j, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
         }
     }
     for (var i = 0u; i < n; i++) {
         let w_ij = params[p.w_offset + i * n + j];
-        let alpha_ij = params[p.alpha_offset + i * n + j];
+        let alpha_ij = alpha_eff(i, j, n, p.alpha_offset);
         for (var k = 0u; k < tile; k++) {
             let b = b0 + k;
             let h_index = (b * n + i) * n + j;
             var h = trace[h_index];
             if (update) {
                 // x_i(t-2) lives one row below x(t-1).
-                h = decay * h + post[k] * activations[x_prev - row + b * n + i];
+                let pre = activations[x_prev - row + b * n + i];
+                if (RETROACTIVE) {
+                    let e = trace[p.elig_offset + h_index];
+                    h = clip_trace(h + rate[k] * e);
+                    trace[p.elig_offset + h_index] = rule_update(e, pre, post[k], rate_e);
+                } else {
+                    h = clip_trace(rule_update(h, pre, post[k], rate[k]));
+                }
                 trace[h_index] = h;
             }
             acc[k] += (w_ij + alpha_ij * h) * activations[x_prev + b * n + i];

@@ -17,7 +17,7 @@ fn main() {
     println!("streaming ceiling: {ceiling:.2} GB/s");
     let sizes: &[(u32, u32)] = if ctx.adapter.is_cpu() { &[(64, 4), (256, 4)] } else { &[(256, 16), (1000, 16)] };
     for &(neurons, batch) in sizes {
-        let case = BenchCase { neurons, batch, steps: 106 };
+        let case = BenchCase { neurons, batch, steps: 106, plasticity: Default::default() };
         let r = bench::bench_case(&ctx, case, 1, 3, ceiling).expect("bench case");
         println!(
             "plastic_step N={neurons} B={batch} T=106: forward {:.3} ms/step ({:.0}% of ceiling), training {:.1} ms/episode ({:.2}x forward, backward {:.0}% of ceiling)",

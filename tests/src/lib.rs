@@ -92,6 +92,24 @@ pub fn run_kernel<P: bytemuck::Pod>(name: &str, params: &P, inputs: &[&[u8]], gr
     inputs.iter().zip(&buffers).map(|(b, buf)| download(ctx, buf, b.len() / 4)).collect()
 }
 
+/// [`run_kernel`] for a kernel that applies a rule, with `extra` override constants.
+pub fn run_rule_kernel<P: bytemuck::Pod>(
+    name: &str,
+    spec: &plasticity_kernels::Plasticity,
+    extra: &[(&str, f64)],
+    params: &P,
+    inputs: &[&[u8]],
+    grid: [u32; 3],
+) -> Vec<Vec<f32>> {
+    let ctx = gpu();
+    let buffers: Vec<wgpu::Buffer> = inputs.iter().map(|b| upload_bytes(ctx, b)).collect();
+    let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    ctx.record_kernel_specialised(&mut encoder, name, Some((spec, extra)), bytemuck::bytes_of(params), &refs, grid).expect("record kernel");
+    ctx.submit_and_wait(name, encoder.finish()).expect("run kernel");
+    inputs.iter().zip(&buffers).map(|(b, buf)| download(ctx, buf, b.len() / 4)).collect()
+}
+
 pub fn nan_filled(len: usize) -> Vec<f32> {
     vec![f32::NAN; len]
 }

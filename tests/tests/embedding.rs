@@ -57,7 +57,7 @@ fn problem(neurons: u32, batch: u32, steps: u32) -> (NetworkConfig, HostParamete
         loss_scale: 1.0,
         clamp: Vec::new(),
     };
-    (config, HostParameters { layout: plasticity_runtime::ParamLayout::new(neurons), values }, data)
+    (config, HostParameters { layout: plasticity_runtime::ParamLayout::paper(neurons), values }, data)
 }
 
 #[test]

@@ -17,7 +17,7 @@ struct Problem {
 fn problem(seed: u64, n: u32, batch: u32, steps: u32, eta: f32) -> Problem {
     let mut r = rng(seed);
     let scale = 1.2 / (n as f32).sqrt();
-    let layout = ParamLayout::new(n);
+    let layout = ParamLayout::paper(n);
     let mut values = uniform(&mut r, 2 * (n * n) as usize, scale);
     values.push(eta);
     let row = (batch * n) as usize;
@@ -38,7 +38,7 @@ fn problem(seed: u64, n: u32, batch: u32, steps: u32, eta: f32) -> Problem {
 
 fn to_reference(p: &Problem) -> (Network64, Episode64) {
     let n = p.config.neurons as usize;
-    let net = Network64 { n, w: to_f64(p.host.w()), alpha: to_f64(p.host.alpha()), eta: p.host.eta() as f64 };
+    let net = Network64::paper(n, to_f64(p.host.w()), to_f64(p.host.alpha()), p.host.eta() as f64);
     let ep = Episode64 {
         batch: p.data.batch as usize,
         steps: p.data.steps as usize,
@@ -88,7 +88,7 @@ fn assert_gradients_match(what: &str, gpu: &HostParameters, reference: &referenc
     let atol = 2e-3 * scale;
     assert_close(&format!("{what} dw"), gpu.w(), &reference.w, atol, 2e-3);
     assert_close(&format!("{what} dalpha"), gpu.alpha(), &reference.alpha, atol, 2e-3);
-    assert_close(&format!("{what} deta"), &[gpu.eta()], &[reference.eta], atol, 2e-3);
+    assert_close(&format!("{what} deta"), &[gpu.eta()], &reference.eta, atol, 2e-3);
 }
 
 fn gpu_gradients(p: &Problem, config: TrainerConfig) -> (HostParameters, u32) {

@@ -3,13 +3,17 @@
 //! kernel must write every element.
 
 use plasticity_kernels::adam_update::{self, AdamParams};
-use plasticity_kernels::backward_activation::{self, BackwardActivationParams, LOSS_NONE};
+use plasticity_kernels::backward_activation::{self, BackwardActivationParams, LOSS_NONE, MOD_NONE};
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
-use plasticity_kernels::finish_gradients::FinishGradientsParams;
+use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
 use plasticity_kernels::loss_mse::LossMseParams;
+use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
+use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
 use plasticity_kernels::stream_triad::{self, StreamTriadParams};
-use plasticity_kernels::{cpu, metrics, trace_tiles};
+use plasticity_kernels::trace_update::{self, TraceUpdateParams};
+use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, cpu, metrics, trace_tiles};
+use plasticity_runtime::ParamLayout;
 use plasticity_tests::*;
 
 const SIZES: [u32; 5] = [1, 63, 64, 65, 257];
@@ -19,13 +23,62 @@ fn bytes(v: &[f32]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
-/// Flat parameters [w, alpha, eta] with weights small enough that tanh is not saturated.
-fn random_params(seed: u64, n: u32, eta: f32) -> Vec<f32> {
+/// Rules that exercise every branch of the rule kernels between them: each rule, a clip, every
+/// rate source, every alpha shape, no plastic self-connections and the eligibility trace.
+fn rule_specs() -> Vec<(&'static str, Plasticity)> {
+    let p = Plasticity::PAPER;
+    vec![
+        ("paper", p),
+        ("oja clip 0.3", Plasticity { rule: Rule::Oja, clip: Some(0.3), ..p }),
+        (
+            "additive alpha per neuron eta per neuron",
+            Plasticity { rule: Rule::Additive, alpha: AlphaShape::PerNeuron, eta: EtaShape::PerNeuron, ..p },
+        ),
+        ("decay simple modulation", Plasticity { modulation: Modulation::Simple, ..p }),
+        (
+            "additive clip 0.5 fan-out, scalar alpha, no self",
+            Plasticity {
+                rule: Rule::Additive,
+                clip: Some(0.5),
+                modulation: Modulation::PerNeuron,
+                alpha: AlphaShape::Scalar,
+                plastic_self: false,
+                ..p
+            },
+        ),
+        (
+            "retroactive oja clip 0.4 fan-out, eta per neuron",
+            Plasticity {
+                rule: Rule::Oja,
+                clip: Some(0.4),
+                modulation: Modulation::PerNeuron,
+                retroactive: true,
+                eta: EtaShape::PerNeuron,
+                ..p
+            },
+        ),
+    ]
+}
+
+/// Flat parameters [w, alpha, eta, modulator] for `spec`, with weights small enough that tanh is
+/// not saturated, rates in [0.1, 0.4], mod_u in +-1 and mod_c in +-0.2.
+fn random_rule_params(seed: u64, n: u32, spec: &Plasticity) -> (ParamLayout, Vec<f32>) {
+    use rand::Rng;
     let mut r = rng(seed);
+    let layout = ParamLayout::new(n, spec);
     let scale = 1.5 / (n as f32).sqrt();
-    let mut p = uniform(&mut r, 2 * (n * n) as usize, scale);
-    p.push(eta);
-    p
+    let mut p = uniform(&mut r, (n * n + spec.alpha_len(n)) as usize, scale);
+    p.extend((0..spec.eta_len(n)).map(|_| r.random_range(0.1..0.4f32)));
+    if spec.modulated() {
+        p.extend(uniform(&mut r, n as usize, scale));
+        p.push(0.1);
+    }
+    if spec.modulation == Modulation::PerNeuron {
+        p.extend(uniform(&mut r, n as usize, 1.0));
+        p.extend(uniform(&mut r, n as usize, 0.2));
+    }
+    assert_eq!(p.len(), layout.count as usize);
+    (layout, p)
 }
 
 /// (T, B, ceil(N/32)) masks with about half the bits set, or a single zero word when `on` is false.
@@ -40,53 +93,147 @@ fn random_clamp(r: &mut rand_chacha::ChaCha8Rng, on: bool, steps: usize, batch: 
 
 #[test]
 fn forward_step_matches_cpu_twin() {
+    for (name, spec) in rule_specs() {
+        // The paper's rule at every size; the others at sizes around the workgroup.
+        let sizes: &[u32] = if name == "paper" { &SIZES } else { &[1, 65] };
+        for &n in sizes {
+            for batch in BATCHES {
+                for step in [1u32, 2, 4] {
+                    let steps = 4;
+                    let (nn, row) = ((n * n) as usize, (batch * n) as usize);
+                    let mut r = rng(1000 * n as u64 + 10 * batch as u64 + step as u64);
+                    let (layout, params) = random_rule_params(n as u64, n, &spec);
+                    let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
+                    // H(t-1) (and E(t-1)) are random from step 2 on; at step 1 the runtime has cleared them.
+                    let trace = if step == 1 { vec![0.0; slot] } else { uniform(&mut r, slot, 1.0) };
+                    // Rows before `step` hold x(0..t-1), row t holds u(t) (to be replaced by x(t)), later
+                    // rows are NaN and must not be touched.
+                    let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
+                    activations.extend(nan_filled((steps - step as usize) * row));
+                    let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
+                    // At step 2, hold a random half of the neurons at their inputs.
+                    let (clamp, clamp_words) = random_clamp(&mut r, step == 2, steps, batch, n);
+                    let p = ForwardStepParams {
+                        n,
+                        batch,
+                        step,
+                        w_offset: layout.w_offset,
+                        alpha_offset: layout.alpha_offset,
+                        eta_offset: layout.eta_offset,
+                        mod_offset: layout.mod_offset,
+                        clamp_words,
+                        elig_offset: if spec.retroactive { batch * n * n } else { 0 },
+                        ..Default::default()
+                    };
+                    let out = run_rule_kernel(
+                        "forward_step",
+                        &spec,
+                        &[],
+                        &p,
+                        &[bytes(&params), bytes(&trace), bytes(&activations), bytemuck::cast_slice(&clamp), bytes(&modulation)],
+                        forward_step::workgroups(n, batch),
+                    );
+                    let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
+                    cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation);
+                    let ctx = format!("forward_step {name} N={n} B={batch} t={step}");
+                    // The trace update is the same few f32 operations on both sides (up to FMA contraction).
+                    assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
+                    // x(t): an f32 sum of N <= 257 terms of magnitude <= ~3 against an f64 sum; rounding
+                    // stays below N * 2^-24 * 3 ~ 5e-5, and tanh' <= 1.
+                    let done = (step as usize + 1) * row;
+                    assert_close(&format!("{ctx} activations"), &out[2][..done], &to_f64(&act_ref[..done]), 5e-5, 1e-5);
+                    if clamp_words == 0 {
+                        assert!(act_ref[done - row..done] != activations[done - row..done], "{ctx}: the twin must replace u(t) by x(t)");
+                    } else {
+                        let held = (0..row).filter(|&e| out[2][done - row + e] == activations[done - row + e]).count();
+                        assert!(held >= row / 4 && held < row.max(2), "{ctx}: about half the neurons are held, {held} of {row}");
+                    }
+                    assert!(out[2][done..].iter().all(|v| v.is_nan()), "{ctx}: wrote past row t");
+                    if let (Some(c), true) = (spec.clip, step >= 2 && n > 1) {
+                        let clipped = trace_ref[..batch as usize * nn].iter().filter(|v| v.abs() == c).count();
+                        assert!(
+                            clipped > 0 && clipped < batch as usize * nn,
+                            "{ctx}: the clip is active for some elements only ({clipped})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn modulation_forward_matches_cpu_twin() {
     for n in SIZES {
-        for batch in BATCHES {
-            for step in [1u32, 2, 4] {
-                let steps = 4;
+        for batch in [1u32, 3, 65] {
+            let (steps, row) = (3usize, (batch * n) as usize);
+            let mut r = rng(3 + 17 * n as u64 + batch as u64);
+            let spec = Plasticity { modulation: Modulation::PerNeuron, ..Plasticity::PAPER };
+            let (layout, params) = random_rule_params(n as u64, n, &spec);
+            let activations = uniform(&mut r, (steps + 1) * row, 1.0);
+            // Row 2 must be written for every batch element; the other rows must not be touched.
+            let modulation = nan_filled((steps + 1) * batch as usize);
+            let p = ModulationForwardParams { n, batch, step: 2, mod_offset: layout.mod_offset };
+            let out = run_kernel(
+                "modulation_forward",
+                &p,
+                &[bytes(&params), bytes(&activations), bytes(&modulation)],
+                modulation_forward::workgroups(batch),
+            );
+            let mut m_ref = modulation.clone();
+            cpu::modulation_forward(&p, &params, &activations, &mut m_ref);
+            let ctx = format!("modulation_forward N={n} B={batch}");
+            let row2 = 2 * batch as usize..3 * batch as usize;
+            // A dot product of N <= 257 terms of magnitude <= 1/sqrt(N) in f32 vs f64, then tanh.
+            assert_close(&ctx, &out[2][row2.clone()], &to_f64(&m_ref[row2.clone()]), 1e-5, 1e-5);
+            assert!(out[2].iter().enumerate().all(|(k, v)| row2.contains(&k) != v.is_nan()), "{ctx}: wrote only row t");
+        }
+    }
+}
+
+#[test]
+fn trace_update_matches_cpu_twin() {
+    for (name, spec) in rule_specs() {
+        for n in [1u32, 17, 65] {
+            for batch in [1u32, 3] {
+                let step = 3u32;
                 let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                let mut r = rng(1000 * n as u64 + 10 * batch as u64 + step as u64);
-                let params = random_params(n as u64, n, 0.3);
-                // H(t-1) is random from step 2 on; at step 1 the runtime has cleared it.
-                let trace = if step == 1 { vec![0.0; batch as usize * nn] } else { uniform(&mut r, batch as usize * nn, 1.0) };
-                // Rows before `step` hold x(0..t-1), row t holds u(t) (to be replaced by x(t)), later
-                // rows are NaN and must not be touched.
-                let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
-                activations.extend(nan_filled((steps - step as usize) * row));
-                // At step 2, hold a random half of the neurons at their inputs.
-                let (clamp, clamp_words) = random_clamp(&mut r, step == 2, steps, batch, n);
-                let p = ForwardStepParams {
+                let mut r = rng(5 + 13 * n as u64 + batch as u64);
+                let (layout, params) = random_rule_params(n as u64 + 1, n, &spec);
+                let activations = uniform(&mut r, 4 * row, 1.0);
+                let modulation = uniform(&mut r, 4 * batch as usize, 0.9);
+                let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
+                // Three slots: the source in slot 1, the destination slot 2 must be written in full,
+                // slot 0 must stay as it is.
+                let mut traces = uniform(&mut r, 2 * slot, 1.0);
+                traces.extend(nan_filled(slot));
+                let (grid, row_stride) = trace_update::grid(n, batch);
+                let p = TraceUpdateParams {
                     n,
                     batch,
                     step,
-                    w_offset: 0,
-                    alpha_offset: n * n,
-                    eta_offset: 2 * n * n,
-                    clamp_words,
+                    row_stride,
+                    eta_offset: layout.eta_offset,
+                    mod_offset: layout.mod_offset,
+                    src_offset: slot as u32,
+                    dst_offset: 2 * slot as u32,
+                    elig_offset: if spec.retroactive { batch * n * n } else { 0 },
                     ..Default::default()
                 };
-                let out = run_kernel(
-                    "forward_step",
+                let out = run_rule_kernel(
+                    "trace_update",
+                    &spec,
+                    &[],
                     &p,
-                    &[bytes(&params), bytes(&trace), bytes(&activations), bytemuck::cast_slice(&clamp)],
-                    forward_step::workgroups(n, batch),
+                    &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&traces)],
+                    grid,
                 );
-                let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
-                cpu::forward_step(&p, &params, &mut trace_ref, &mut act_ref, &clamp);
-                let ctx = format!("forward_step N={n} B={batch} t={step}");
-                // The trace update is the same two f32 operations on both sides (up to FMA contraction).
-                assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
-                // x(t): an f32 sum of N <= 257 terms of magnitude <= ~3 against an f64 sum; rounding
-                // stays below N * 2^-24 * 3 ~ 5e-5, and tanh' <= 1.
-                let done = (step as usize + 1) * row;
-                assert_close(&format!("{ctx} activations"), &out[2][..done], &to_f64(&act_ref[..done]), 5e-5, 1e-5);
-                if clamp_words == 0 {
-                    assert!(act_ref[done - row..done] != activations[done - row..done], "{ctx}: the twin must replace u(t) by x(t)");
-                } else {
-                    let held = (0..row).filter(|&e| out[2][done - row + e] == activations[done - row + e]).count();
-                    assert!(held >= row / 4 && held < row.max(2), "{ctx}: about half the neurons are held, {held} of {row}");
-                }
-                assert!(out[2][done..].iter().all(|v| v.is_nan()), "{ctx}: wrote past row t");
+                let mut t_ref = traces.clone();
+                cpu::trace_update(&spec, &p, &params, &activations, &modulation, &mut t_ref);
+                let ctx = format!("trace_update {name} N={n} B={batch}");
+                // The same f32 operations on both sides, up to FMA contraction.
+                assert_close(&ctx, &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
+                assert_eq!(out[3][..2 * slot], traces[..2 * slot], "{ctx}: other slots untouched");
             }
         }
     }
@@ -96,13 +243,18 @@ fn forward_step_matches_cpu_twin() {
 fn backward_activation_matches_cpu_twin() {
     for n in SIZES {
         for batch in BATCHES {
-            for loss_slot in [LOSS_NONE, 1] {
+            for (loss_slot, modulated) in [(LOSS_NONE, false), (1, false), (1, true)] {
                 let (steps, tiles) = (3u32, trace_tiles(n));
                 let row = (batch * n) as usize;
                 let mut r = rng(7 + 100 * n as u64 + batch as u64);
+                let spec = if modulated { Plasticity { modulation: Modulation::Simple, ..Plasticity::PAPER } } else { Plasticity::PAPER };
+                let (layout, params) = random_rule_params(n as u64, n, &spec);
+                let pl = PartialsLayout::new(n, batch, &spec);
                 let activations = uniform(&mut r, (steps as usize + 1) * row, 1.0);
                 let targets = uniform(&mut r, 2 * row, 1.0);
-                let partials = uniform(&mut r, 2 * row * tiles as usize, 1.0);
+                // Row and column sums and dz_b are inputs; ga(t) must be written in full.
+                let mut partials = uniform(&mut r, pl.len as usize, 1.0);
+                partials[pl.preact as usize..].fill(f32::NAN);
                 let (clamp, clamp_words) = random_clamp(&mut r, loss_slot == 1, steps as usize, batch, n);
                 let p = BackwardActivationParams {
                     n,
@@ -112,20 +264,23 @@ fn backward_activation_matches_cpu_twin() {
                     loss_slot,
                     loss_scale: 0.5,
                     clamp_words,
+                    mod_offset: layout.mod_offset,
+                    mod_grad_offset: if modulated { pl.mod_grad } else { MOD_NONE },
+                    preact_offset: pl.preact,
                     ..Default::default()
                 };
-                let grad = nan_filled(row);
                 let out = run_kernel(
                     "backward_activation",
                     &p,
-                    &[bytes(&activations), bytes(&targets), bytes(&partials), bytemuck::cast_slice(&clamp), bytes(&grad)],
+                    &[bytes(&activations), bytes(&targets), bytemuck::cast_slice(&clamp), bytes(&params), bytes(&partials)],
                     backward_activation::workgroups(n, batch),
                 );
-                let mut grad_ref = grad.clone();
-                cpu::backward_activation(&p, &activations, &targets, &partials, &clamp, &mut grad_ref);
+                let mut p_ref = partials.clone();
+                cpu::backward_activation(&p, &activations, &targets, &clamp, &params, &mut p_ref);
                 // A sum of 2 * ceil(N/16) <= 34 values of magnitude <= 1 in f32 order vs f64.
-                let ctx = format!("backward_activation N={n} B={batch} slot={loss_slot} clamped={}", clamp_words != 0);
-                assert_close(&ctx, &out[4], &to_f64(&grad_ref), 1e-5, 1e-5);
+                let ctx =
+                    format!("backward_activation N={n} B={batch} slot={loss_slot} clamped={} modulated={modulated}", clamp_words != 0);
+                assert_close(&ctx, &out[4], &to_f64(&p_ref), 1e-5, 1e-5);
             }
         }
     }
@@ -133,60 +288,137 @@ fn backward_activation_matches_cpu_twin() {
 
 #[test]
 fn backward_trace_matches_cpu_twin() {
+    for (name, spec) in rule_specs() {
+        let sizes: &[u32] = if name == "paper" { &SIZES } else { &[1, 17, 65] };
+        for &n in sizes {
+            for batch in [1u32, 5] {
+                for step in [1u32, 2, 3] {
+                    let (steps, tiles) = (3usize, trace_tiles(n) as usize);
+                    let (nn, row) = ((n * n) as usize, (batch * n) as usize);
+                    let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64);
+                    let (layout, params) = random_rule_params(n as u64 + 5, n, &spec);
+                    let pl = PartialsLayout::new(n, batch, &spec);
+                    let activations = uniform(&mut r, (steps + 1) * row, 1.0);
+                    let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
+                    let reverse = spec.reversible();
+                    // Reversal works in place on one slot; otherwise H(t-1) is in slot 0 and H(t) in slot 1.
+                    let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
+                    let slots = if reverse { 1 } else { 2 };
+                    let trace = uniform(&mut r, slots * slot, 1.0);
+                    let trace_grad = uniform(&mut r, slot, 1.0);
+                    let grads = uniform(&mut r, layout.count as usize, 1.0); // accumulated into
+                    // Row, column (and rate) sums: every element must be written; eta and alpha sums:
+                    // accumulated into; ga(t) is an input.
+                    let mut partials = uniform(&mut r, pl.len as usize, 1.0);
+                    partials[..pl.rate as usize].fill(f32::NAN);
+                    partials[pl.rate as usize..pl.eta as usize].fill(f32::NAN);
+                    let p = BackwardTraceParams {
+                        n,
+                        batch,
+                        step,
+                        n_tiles: tiles as u32,
+                        w_offset: layout.w_offset,
+                        alpha_offset: layout.alpha_offset,
+                        eta_offset: layout.eta_offset,
+                        mod_offset: layout.mod_offset,
+                        cur_offset: ((slots - 1) * slot) as u32,
+                        prev_offset: 0,
+                        elig_offset: if spec.retroactive { batch * n * n } else { 0 },
+                        alpha_grad_offset: pl.alpha,
+                        rate_partials_offset: pl.rate,
+                        eta_partials_offset: pl.eta,
+                        preact_offset: pl.preact,
+                        ..Default::default()
+                    };
+                    let out = run_rule_kernel(
+                        "backward_trace",
+                        &spec,
+                        &[(backward_trace::REVERSE, reverse as u32 as f64)],
+                        &p,
+                        &[
+                            bytes(&params),
+                            bytes(&activations),
+                            bytes(&modulation),
+                            bytes(&trace),
+                            bytes(&trace_grad),
+                            bytes(&grads),
+                            bytes(&partials),
+                        ],
+                        backward_trace::workgroups(n),
+                    );
+                    let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) =
+                        (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
+                    cpu::backward_trace(
+                        &spec,
+                        reverse,
+                        &p,
+                        &params,
+                        &activations,
+                        &modulation,
+                        &mut t_ref,
+                        &mut g_ref,
+                        &mut gr_ref,
+                        &mut p_ref,
+                    );
+                    let ctx = format!("backward_trace {name} N={n} B={batch} t={step}");
+                    // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
+                    // 1 - r >= 0.6, so allow a few ulps.
+                    assert_close(&format!("{ctx} trace"), &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
+                    assert_close(&format!("{ctx} trace_grad"), &out[4], &to_f64(&g_ref), 1e-6, 1e-6);
+                    // Batch sums of <= 5 products, accumulated onto O(1) values.
+                    assert_close(&format!("{ctx} grads"), &out[5], &to_f64(&gr_ref), 2e-5, 1e-5);
+                    // Tile sums of 16 terms of magnitude <= ~4 in a tree vs f64 (rows, columns, rates);
+                    // the eta sums gather 16 * B terms per element, the rest is untouched input.
+                    assert_close(&format!("{ctx} partials"), &out[6], &to_f64(&p_ref), 1e-4, 1e-5);
+                    if !reverse && step >= 2 {
+                        assert_eq!(out[3], trace, "{ctx}: the trace slots are read-only when recomputing");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn modulation_backward_matches_cpu_twin() {
     for n in SIZES {
         for batch in [1u32, 3] {
-            for step in [1u32, 2, 3] {
-                let (steps, tiles) = (3usize, trace_tiles(n) as usize);
-                let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64);
-                let params = random_params(n as u64 + 5, n, 0.2);
-                let activations = uniform(&mut r, (steps + 1) * row, 1.0);
-                let preact = uniform(&mut r, row, 1.0);
-                let trace = uniform(&mut r, batch as usize * nn, 1.0);
-                let trace_grad = uniform(&mut r, batch as usize * nn, 1.0);
-                let grads = uniform(&mut r, 2 * nn + 1, 1.0); // accumulated into
-                // Row and column sums: every element must be written; eta sums: accumulated into.
-                let mut partials = nan_filled(2 * row * tiles);
-                partials.extend(uniform(&mut r, tiles * tiles, 1.0));
-                assert_eq!(partials.len(), plasticity_kernels::trace_partials_len(n, batch));
-                let p = BackwardTraceParams {
+            for fan_out in [false, true] {
+                let spec = Plasticity { modulation: if fan_out { Modulation::PerNeuron } else { Modulation::Simple }, ..Plasticity::PAPER };
+                let (layout, params) = random_rule_params(n as u64 + 9, n, &spec);
+                let pl = PartialsLayout::new(n, batch, &spec);
+                let mut r = rng(41 + n as u64 + batch as u64);
+                let row = (batch * n) as usize;
+                let activations = uniform(&mut r, 4 * row, 1.0);
+                let modulation = uniform(&mut r, 4 * batch as usize, 0.9);
+                // Rate partials are inputs, the accumulators are added to, dz_b must be written.
+                let mut partials = uniform(&mut r, pl.len as usize, 1.0);
+                partials[pl.mod_grad as usize..pl.preact as usize].fill(f32::NAN);
+                let p = ModulationBackwardParams {
                     n,
                     batch,
-                    step,
-                    n_tiles: tiles as u32,
-                    w_offset: 0,
-                    alpha_offset: n * n,
-                    eta_offset: 2 * n * n,
+                    step: 2,
+                    n_tiles: trace_tiles(n),
+                    mod_offset: layout.mod_offset,
+                    rate_partials_offset: pl.rate,
+                    acc_offset: pl.modulator,
+                    mod_grad_offset: pl.mod_grad,
+                    fan_out: fan_out as u32,
+                    mod_len: spec.modulator_len(n),
                     ..Default::default()
                 };
                 let out = run_kernel(
-                    "backward_trace",
+                    "modulation_backward",
                     &p,
-                    &[
-                        bytes(&params),
-                        bytes(&activations),
-                        bytes(&preact),
-                        bytes(&trace),
-                        bytes(&trace_grad),
-                        bytes(&grads),
-                        bytes(&partials),
-                    ],
-                    backward_trace::workgroups(n),
+                    &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&partials)],
+                    modulation_backward::workgroups(batch),
                 );
-                let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) = (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
-                cpu::backward_trace(&p, &params, &activations, &preact, &mut t_ref, &mut g_ref, &mut gr_ref, &mut p_ref);
-                let ctx = format!("backward_trace N={n} B={batch} t={step}");
-                // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
-                // 1 - eta = 0.8, so allow a few ulps.
-                assert_close(&format!("{ctx} trace"), &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
-                assert_close(&format!("{ctx} trace_grad"), &out[4], &to_f64(&g_ref), 1e-6, 1e-6);
-                // Batch sums of <= 3 products, accumulated onto O(1) values.
-                assert_close(&format!("{ctx} grads"), &out[5], &to_f64(&gr_ref), 1e-5, 1e-5);
-                let sums = 2 * row * tiles;
-                // Tile sums of 16 terms of magnitude <= ~4 in a tree vs f64.
-                assert_close(&format!("{ctx} row and column partials"), &out[6][..sums], &to_f64(&p_ref[..sums]), 2e-5, 1e-5);
-                // 256 * B terms per tile, magnitude <= ~2.
-                assert_close(&format!("{ctx} eta partials"), &out[6][sums..], &to_f64(&p_ref[sums..]), 1e-4, 1e-5);
+                let mut p_ref = partials.clone();
+                cpu::modulation_backward(&p, &params, &activations, &modulation, &mut p_ref);
+                // dM sums N * ceil(N/16) <= 4369 partials of magnitude <= 1 (times |u| <= 1) in a
+                // tree, f32 vs f64: ~1e-4 relative to sqrt of that count.
+                let ctx = format!("modulation_backward N={n} B={batch} fan_out={fan_out}");
+                assert_close(&ctx, &out[3], &to_f64(&p_ref), 1e-3, 1e-4);
             }
         }
     }
@@ -223,33 +455,46 @@ fn loss_mse_matches_cpu_twin() {
 #[test]
 fn finish_gradients_matches_cpu_twin() {
     for n in SIZES {
-        for learn_eta in [0u32, 1] {
-            let tiles = trace_tiles(n) as usize;
-            let count = 2 * n * n + 1;
+        for (case, frozen) in [("eta per neuron, alpha per neuron", false), ("one eta, one alpha, frozen ranges", true)] {
+            let count = n * n + 2 * n + 1 + 3 * n + 1;
             let mut r = rng(77 + n as u64);
-            // The eta sums sit behind 40 unrelated values, as they sit behind the row and column sums.
-            let partials = uniform(&mut r, 40 + tiles * tiles, 1.0);
+            let (tiles, batch) = (trace_tiles(n), 3u32);
+            // Sources sit behind 40 unrelated values, as they sit behind the row and column sums.
+            let eta_src = 40;
+            let alpha_src = eta_src + tiles * n;
+            let mod_src = alpha_src + n * n;
+            let partials = uniform(&mut r, (mod_src + batch * (3 * n + 1)) as usize, 1.0);
             let grads = uniform(&mut r, count as usize, 1.0);
             let metrics_buf = nan_filled(metrics::COUNT);
-            let p = FinishGradientsParams {
-                param_count: count,
-                eta_offset: count - 1,
-                eta_partials_offset: 40,
-                n_eta_partials: (tiles * tiles) as u32,
-                learn_eta,
-                // With eta fixed, also hold alpha (the non-plastic baseline's setting).
-                frozen_begin: if learn_eta == 0 { n * n } else { 0 },
-                frozen_end: if learn_eta == 0 { 2 * n * n } else { 0 },
-                ..Default::default()
-            };
+            // Layout [w (N*N), alpha (N), eta (N), modulator (3N + 1)] or, frozen, scalar alpha and eta.
+            let (alpha_dst, eta_dst, mod_dst) = (n * n, n * n + n, n * n + 2 * n);
+            let mut p = FinishGradientsParams { param_count: count, ..Default::default() };
+            let modulator = Reduction { dst: mod_dst, len: 3 * n + 1, rows: batch, src: mod_src };
+            if frozen {
+                p.set_reductions([
+                    Reduction { dst: eta_dst, len: 1, rows: tiles * n, src: eta_src },
+                    Reduction { dst: alpha_dst, len: 1, rows: n * n, src: alpha_src },
+                    modulator,
+                ]);
+                (p.frozen0_begin, p.frozen0_end) = (0, (n * n / 2).max(1));
+                (p.frozen1_begin, p.frozen1_end) = (eta_dst, eta_dst + 1);
+            } else {
+                p.set_reductions([
+                    Reduction { dst: eta_dst, len: n, rows: tiles, src: eta_src },
+                    Reduction { dst: alpha_dst, len: n, rows: n, src: alpha_src },
+                    modulator,
+                ]);
+            }
             let out = run_kernel("finish_gradients", &p, &[bytes(&partials), bytes(&grads), bytes(&metrics_buf)], [1, 1, 1]);
             let (mut g_ref, mut m_ref) = (grads.clone(), metrics_buf.clone());
             cpu::finish_gradients(&p, &partials, &mut g_ref, &mut m_ref);
-            let ctx = format!("finish_gradients N={n} learn_eta={learn_eta}");
-            // Sums of <= 289 (eta) and <= 132099 (norm) terms in f32 strided order against f64.
-            assert_close(&format!("{ctx} grads"), &out[1], &to_f64(&g_ref), 1e-5, 1e-5);
-            assert!(out[1][p.frozen_begin as usize..p.frozen_end as usize].iter().all(|&g| g == 0.0), "{ctx}: frozen range");
-            assert_close(&format!("{ctx} norm"), &out[2][metrics::GRAD_NORM_SQ..][..1], &[m_ref[metrics::GRAD_NORM_SQ] as f64], 1e-4, 1e-5);
+            let ctx = format!("finish_gradients N={n} {case}");
+            // Sums of <= N * N = 66049 terms of magnitude <= 1 in f32 strided order against f64:
+            // rounding ~sqrt(66049) * 2^-24 * 257, well under 1e-3.
+            assert_close(&format!("{ctx} grads"), &out[1], &to_f64(&g_ref), 1e-3, 1e-5);
+            assert!(out[1][p.frozen0_begin as usize..p.frozen0_end as usize].iter().all(|&g| g == 0.0), "{ctx}: frozen range 0");
+            assert!(out[1][p.frozen1_begin as usize..p.frozen1_end as usize].iter().all(|&g| g == 0.0), "{ctx}: frozen range 1");
+            assert_close(&format!("{ctx} norm"), &out[2][metrics::GRAD_NORM_SQ..][..1], &[m_ref[metrics::GRAD_NORM_SQ] as f64], 1e-3, 1e-5);
         }
     }
 }

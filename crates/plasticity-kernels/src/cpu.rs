@@ -1,43 +1,127 @@
-//! CPU twins of the WGSL kernels: one function per kernel, named like it, taking its uniform params
-//! and then its buffers in binding order. Elementwise updates are done in f32 like the GPU; sums are
-//! accumulated in f64, so a GPU result may differ from its twin only by f32 summation rounding.
+//! CPU twins of the WGSL kernels: one function per kernel, named like it, taking the rule (the
+//! kernel's override constants) where it has one, its params and then its buffers in binding order.
+//! Elementwise updates are done in f32 like the GPU; sums are accumulated in f64, so a GPU result may
+//! differ from its twin only by f32 rounding.
 
 use crate::adam_update::AdamParams;
-use crate::backward_activation::{BackwardActivationParams, LOSS_NONE};
+use crate::backward_activation::{BackwardActivationParams, LOSS_NONE, MOD_NONE};
 use crate::backward_trace::BackwardTraceParams;
 use crate::finish_gradients::FinishGradientsParams;
 use crate::forward_step::ForwardStepParams;
 use crate::loss_mse::LossMseParams;
+use crate::modulation_backward::ModulationBackwardParams;
+use crate::modulation_forward::ModulationForwardParams;
 use crate::stream_triad::StreamTriadParams;
-use crate::{TRACE_TILE, is_clamped, metrics};
+use crate::trace_update::TraceUpdateParams;
+use crate::{AlphaShape, EtaShape, Modulation, Plasticity, Rule, TRACE_TILE, is_clamped, metrics};
 
 /// Matches the kernel's clamp before tanh (tanh(15) == 1 in f32).
 const TANH_CLAMP: f64 = 15.0;
 
+/// The rule's update `U_r(h)` (see `plasticity.rs`), in f32 like the kernels.
+pub fn rule_update(rule: Rule, h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    match rule {
+        Rule::Decay => (1.0 - r) * h + r * pre * post,
+        Rule::Oja => h + r * post * (pre - post * h),
+        Rule::Additive => h + r * pre * post,
+    }
+}
+
+fn clip_trace(spec: &Plasticity, v: f32) -> f32 {
+    match spec.clip {
+        Some(c) => v.clamp(-c, c),
+        None => v,
+    }
+}
+
+/// `d clip(v) / dv`: 1 strictly inside (-c, c).
+fn clip_pass(spec: &Plasticity, v: f32) -> f32 {
+    match spec.clip {
+        Some(c) if v.abs() >= c => 0.0,
+        _ => 1.0,
+    }
+}
+
+/// Where the kernels find each piece of the flat parameters.
+#[derive(Clone, Copy)]
+struct Offsets {
+    n: usize,
+    batch: usize,
+    alpha: usize,
+    eta: usize,
+    modulator: usize,
+}
+
+impl Offsets {
+    /// rate_bj(s) of the plastic trace's update.
+    fn plastic_rate(&self, spec: &Plasticity, params: &[f32], modulation: &[f32], b: usize, j: usize, s: usize) -> f32 {
+        let m = || modulation[s * self.batch + b];
+        match (spec.modulation, spec.eta) {
+            (Modulation::None, EtaShape::Scalar) => params[self.eta],
+            (Modulation::None, EtaShape::PerNeuron) => params[self.eta + j],
+            (Modulation::Simple, _) => m(),
+            (Modulation::PerNeuron, _) => params[self.modulator + self.n + 1 + j] * m() + params[self.modulator + 2 * self.n + 1 + j],
+        }
+    }
+
+    fn eligibility_rate(&self, spec: &Plasticity, params: &[f32], j: usize) -> f32 {
+        match spec.eta {
+            EtaShape::Scalar => params[self.eta],
+            EtaShape::PerNeuron => params[self.eta + j],
+        }
+    }
+
+    fn alpha_eff(&self, spec: &Plasticity, params: &[f32], i: usize, j: usize) -> f32 {
+        if !spec.plastic_self && i == j {
+            return 0.0;
+        }
+        match spec.alpha {
+            AlphaShape::PerConnection => params[self.alpha + i * self.n + j],
+            AlphaShape::PerNeuron => params[self.alpha + j],
+            AlphaShape::Scalar => params[self.alpha],
+        }
+    }
+}
+
 /// Twin of `shaders/forward_step.wgsl`: row t of `activations` holds u(t) on entry and x(t) on exit
-/// (u(t) itself where the clamp mask is set).
-pub fn forward_step(p: &ForwardStepParams, params: &[f32], trace: &mut [f32], activations: &mut [f32], clamp: &[u32]) {
+/// (u(t) itself where the clamp mask is set); `trace` holds H, then E at `elig_offset` (retroactive).
+pub fn forward_step(
+    spec: &Plasticity,
+    p: &ForwardStepParams,
+    params: &[f32],
+    trace: &mut [f32],
+    activations: &mut [f32],
+    clamp: &[u32],
+    modulation: &[f32],
+) {
     let (n, batch, t) = (p.n as usize, p.batch as usize, p.step as usize);
     let row = batch * n;
-    let eta = params[p.eta_offset as usize];
-    let decay = 1.0 - eta;
+    let off = Offsets { n, batch, alpha: p.alpha_offset as usize, eta: p.eta_offset as usize, modulator: p.mod_offset as usize };
     let w = &params[p.w_offset as usize..][..n * n];
-    let alpha = &params[p.alpha_offset as usize..][..n * n];
+    let eo = p.elig_offset as usize;
     for b in 0..batch {
         let x_prev: Vec<f32> = activations[(t - 1) * row + b * n..][..n].to_vec();
-        let h = &mut trace[b * n * n..][..n * n];
         if t >= 2 {
-            let x_prev2 = &activations[(t - 2) * row + b * n..][..n];
-            for i in 0..n {
-                for j in 0..n {
-                    h[i * n + j] = decay * h[i * n + j] + (eta * x_prev[j]) * x_prev2[i];
+            let x_prev2 = activations[(t - 2) * row + b * n..][..n].to_vec();
+            for (i, &pre) in x_prev2.iter().enumerate() {
+                for (j, &post) in x_prev.iter().enumerate() {
+                    let idx = (b * n + i) * n + j;
+                    let r = off.plastic_rate(spec, params, modulation, b, j, t - 1);
+                    if spec.retroactive {
+                        let e = trace[eo + idx];
+                        trace[idx] = clip_trace(spec, trace[idx] + r * e);
+                        trace[eo + idx] = rule_update(spec.rule, e, pre, post, off.eligibility_rate(spec, params, j));
+                    } else {
+                        trace[idx] = clip_trace(spec, rule_update(spec.rule, trace[idx], pre, post, r));
+                    }
                 }
             }
         }
         for j in 0..n {
             let mut a = activations[t * row + b * n + j] as f64;
             for i in 0..n {
-                a += (w[i * n + j] + alpha[i * n + j] * h[i * n + j]) as f64 * x_prev[i] as f64;
+                let h = trace[(b * n + i) * n + j];
+                a += (w[i * n + j] + off.alpha_eff(spec, params, i, j) * h) as f64 * x_prev[i] as f64;
             }
             let words = p.clamp_words as usize;
             let held = words != 0 && is_clamped(&clamp[((t - 1) * batch + b) * words..][..words], j);
@@ -48,14 +132,50 @@ pub fn forward_step(p: &ForwardStepParams, params: &[f32], trace: &mut [f32], ac
     }
 }
 
+/// Twin of `shaders/modulation_forward.wgsl`: M_b(t) = tanh(mod_w . x_b(t) + mod_b).
+pub fn modulation_forward(p: &ModulationForwardParams, params: &[f32], activations: &[f32], modulation: &mut [f32]) {
+    let (n, batch, t, m) = (p.n as usize, p.batch as usize, p.step as usize, p.mod_offset as usize);
+    for b in 0..batch {
+        let x = &activations[(t * batch + b) * n..][..n];
+        let drive = params[m + n] as f64 + (0..n).map(|k| params[m + k] as f64 * x[k] as f64).sum::<f64>();
+        modulation[t * batch + b] = drive.clamp(-TANH_CLAMP, TANH_CLAMP).tanh() as f32;
+    }
+}
+
+/// Twin of `shaders/trace_update.wgsl`: the slot at `dst_offset` receives the trace of step t
+/// formed from the slot at `src_offset` (H, then E at `elig_offset`).
+pub fn trace_update(spec: &Plasticity, p: &TraceUpdateParams, params: &[f32], activations: &[f32], modulation: &[f32], traces: &mut [f32]) {
+    let (n, batch, t) = (p.n as usize, p.batch as usize, p.step as usize);
+    let row = batch * n;
+    let off = Offsets { n, batch, alpha: 0, eta: p.eta_offset as usize, modulator: p.mod_offset as usize };
+    let (src, dst, eo) = (p.src_offset as usize, p.dst_offset as usize, p.elig_offset as usize);
+    for b in 0..batch {
+        for i in 0..n {
+            for j in 0..n {
+                let e = (b * n + i) * n + j;
+                let (pre, post) = (activations[(t - 2) * row + b * n + i], activations[(t - 1) * row + b * n + j]);
+                let r = off.plastic_rate(spec, params, modulation, b, j, t - 1);
+                let h = traces[src + e];
+                if spec.retroactive {
+                    let old_e = traces[src + eo + e];
+                    traces[dst + e] = clip_trace(spec, h + r * old_e);
+                    traces[dst + eo + e] = rule_update(spec.rule, old_e, pre, post, off.eligibility_rate(spec, params, j));
+                } else {
+                    traces[dst + e] = clip_trace(spec, rule_update(spec.rule, h, pre, post, r));
+                }
+            }
+        }
+    }
+}
+
 /// Twin of `shaders/backward_activation.wgsl`.
 pub fn backward_activation(
     p: &BackwardActivationParams,
     activations: &[f32],
     targets: &[f32],
-    partials: &[f32],
     clamp: &[u32],
-    preact_grad: &mut [f32],
+    params: &[f32],
+    partials: &mut [f32],
 ) {
     let (n, batch, tiles) = (p.n as usize, p.batch as usize, p.n_tiles as usize);
     for b in 0..batch {
@@ -71,21 +191,57 @@ pub fn backward_activation(
             for k in 0..tiles {
                 gx += partials[rows + k] as f64 + partials[cols + k] as f64;
             }
+            if p.mod_grad_offset != MOD_NONE {
+                gx += partials[p.mod_grad_offset as usize + b] as f64 * params[p.mod_offset as usize + j] as f64;
+            }
             let words = p.clamp_words as usize;
             let held = words != 0 && is_clamped(&clamp[((p.step as usize - 1) * batch + b) * words..][..words], j);
-            preact_grad[b * n + j] = if held { 0.0 } else { (gx * (1.0 - x as f64 * x as f64)) as f32 };
+            partials[p.preact_offset as usize + b * n + j] = if held { 0.0 } else { (gx * (1.0 - x as f64 * x as f64)) as f32 };
         }
     }
 }
 
+fn rule_d_trace(rule: Rule, post: f32, r: f32) -> f32 {
+    match rule {
+        Rule::Decay => 1.0 - r,
+        Rule::Oja => 1.0 - r * post * post,
+        Rule::Additive => 1.0,
+    }
+}
+
+fn rule_d_post(rule: Rule, h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    match rule {
+        Rule::Oja => r * (pre - 2.0 * post * h),
+        _ => r * pre,
+    }
+}
+
+fn rule_d_rate(rule: Rule, h: f32, pre: f32, post: f32) -> f32 {
+    match rule {
+        Rule::Decay => pre * post - h,
+        Rule::Oja => post * (pre - post * h),
+        Rule::Additive => pre * post,
+    }
+}
+
+fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
+    match rule {
+        Rule::Decay => (v - r * pre * post) / (1.0 - r),
+        Rule::Oja => (v - r * post * pre) / (1.0 - r * post * post),
+        Rule::Additive => v - r * pre * post,
+    }
+}
+
 /// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per 16x16 tile exactly as the
-/// kernel lays them out.
+/// kernel lays them out. `reverse` is the kernel's REVERSE override constant.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_trace(
+    spec: &Plasticity,
+    reverse: bool,
     p: &BackwardTraceParams,
     params: &[f32],
     activations: &[f32],
-    preact_grad: &[f32],
+    modulation: &[f32],
     trace: &mut [f32],
     trace_grad: &mut [f32],
     grads: &mut [f32],
@@ -94,36 +250,81 @@ pub fn backward_trace(
     let (n, batch, t, tiles) = (p.n as usize, p.batch as usize, p.step as usize, p.n_tiles as usize);
     let tile = TRACE_TILE as usize;
     let row = batch * n;
-    let eta = params[p.eta_offset as usize];
-    let decay = 1.0 - eta;
+    let rule = spec.rule;
+    let off = Offsets { n, batch, alpha: p.alpha_offset as usize, eta: p.eta_offset as usize, modulator: p.mod_offset as usize };
     let (w_off, a_off) = (p.w_offset as usize, p.alpha_offset as usize);
+    let (cur, prev, eo) = (p.cur_offset as usize, p.prev_offset as usize, p.elig_offset as usize);
+    let modulated = spec.modulated();
     let x = |step: usize, b: usize, k: usize| activations[step * row + b * n + k];
     let mut row_sums = vec![0.0f64; batch * n * tiles];
     let mut col_sums = vec![0.0f64; batch * n * tiles];
-    let mut eta_sums = vec![0.0f64; tiles * tiles];
+    let mut rate_sums = vec![0.0f64; batch * n * tiles];
+    let mut eta_sums = vec![0.0f64; tiles * n];
     for i in 0..n {
         for j in 0..n {
-            let (w_ij, alpha_ij) = (params[w_off + i * n + j], params[a_off + i * n + j]);
+            let (w_ij, alpha_ij) = (params[w_off + i * n + j], off.alpha_eff(spec, params, i, j));
+            let rate_e = off.eligibility_rate(spec, params, j);
             let (mut d_w, mut d_alpha) = (0.0f64, 0.0f64);
             for b in 0..batch {
                 let idx = (b * n + i) * n + j;
-                let (xi_prev, xj_now, ga_j) = (x(t - 1, b, i), x(t, b, j), preact_grad[b * n + j]);
-                let (h, g_next) = (trace[idx], trace_grad[idx]);
-                d_w += ga_j as f64 * xi_prev as f64;
-                d_alpha += ga_j as f64 * h as f64 * xi_prev as f64;
-                eta_sums[(i / tile) * tiles + j / tile] += g_next as f64 * (xi_prev as f64 * xj_now as f64 - h as f64);
-                row_sums[(b * n + i) * tiles + j / tile] +=
-                    (w_ij as f64 + alpha_ij as f64 * h as f64) * ga_j as f64 + eta as f64 * g_next as f64 * xj_now as f64;
-                let g = decay * g_next + alpha_ij * xi_prev * ga_j;
+                let (pre, post, ga_j) = (x(t - 1, b, i), x(t, b, j), partials[p.preact_offset as usize + b * n + j]);
+                let (h, g_next) = (trace[cur + idx], trace_grad[idx]);
+                let r = off.plastic_rate(spec, params, modulation, b, j, t);
+                d_w += ga_j as f64 * pre as f64;
+                d_alpha += ga_j as f64 * h as f64 * pre as f64;
+                let (g, ge);
+                let row_term;
+                if spec.retroactive {
+                    let (e, ge_next) = (trace[cur + eo + idx], trace_grad[eo + idx]);
+                    let m = clip_pass(spec, h + r * e);
+                    g = m * g_next + alpha_ij * pre * ga_j;
+                    ge = m * r * g_next + rule_d_trace(rule, post, rate_e) * ge_next;
+                    row_term = ge_next as f64 * rate_e as f64 * post as f64;
+                    trace_grad[eo + idx] = ge;
+                } else {
+                    let m = clip_pass(spec, rule_update(rule, h, pre, post, r));
+                    g = m * rule_d_trace(rule, post, r) * g_next + alpha_ij * pre * ga_j;
+                    ge = 0.0;
+                    row_term = m as f64 * g_next as f64 * r as f64 * post as f64;
+                }
+                row_sums[(b * n + i) * tiles + j / tile] += (w_ij as f64 + alpha_ij as f64 * h as f64) * ga_j as f64 + row_term;
                 trace_grad[idx] = g;
                 if t >= 2 {
-                    let (xi_prev2, xj_prev) = (x(t - 2, b, i), x(t - 1, b, j));
-                    col_sums[(b * n + j) * tiles + i / tile] += eta as f64 * g as f64 * xi_prev2 as f64;
-                    trace[idx] = (h - eta * xi_prev2 * xj_prev) / decay;
+                    let (pre2, post2) = (x(t - 2, b, i), x(t - 1, b, j));
+                    let r2 = off.plastic_rate(spec, params, modulation, b, j, t - 1);
+                    let c = (b * n + j) * tiles + i / tile;
+                    if spec.retroactive {
+                        let (h_prev, e_prev) = (trace[prev + idx], trace[prev + eo + idx]);
+                        let m2 = clip_pass(spec, h_prev + r2 * e_prev);
+                        col_sums[c] += ge as f64 * rule_d_post(rule, e_prev, pre2, post2, rate_e) as f64;
+                        rate_sums[c] += m2 as f64 * g as f64 * e_prev as f64;
+                        eta_sums[(i / tile) * n + j] += ge as f64 * rule_d_rate(rule, e_prev, pre2, post2) as f64;
+                    } else {
+                        let h_prev = if reverse {
+                            let v = rule_inverse(rule, h, pre2, post2, r2);
+                            trace[cur + idx] = v;
+                            v
+                        } else {
+                            trace[prev + idx]
+                        };
+                        let m2 = clip_pass(spec, rule_update(rule, h_prev, pre2, post2, r2));
+                        col_sums[c] += m2 as f64 * g as f64 * rule_d_post(rule, h_prev, pre2, post2, r2) as f64;
+                        let d_rate = m2 as f64 * g as f64 * rule_d_rate(rule, h_prev, pre2, post2) as f64;
+                        if modulated {
+                            rate_sums[c] += d_rate;
+                        } else {
+                            eta_sums[(i / tile) * n + j] += d_rate;
+                        }
+                    }
                 }
             }
             grads[w_off + i * n + j] += d_w as f32;
-            grads[a_off + i * n + j] += d_alpha as f32;
+            if spec.plastic_self || i != j {
+                match spec.alpha {
+                    AlphaShape::PerConnection => grads[a_off + i * n + j] += d_alpha as f32,
+                    _ => partials[p.alpha_grad_offset as usize + i * n + j] += d_alpha as f32,
+                }
+            }
         }
     }
     for (k, v) in row_sums.iter().enumerate() {
@@ -132,9 +333,41 @@ pub fn backward_trace(
     for (k, v) in col_sums.iter().enumerate() {
         partials[batch * n * tiles + k] = *v as f32;
     }
-    let eta_start = 2 * batch * n * tiles;
+    if modulated {
+        for (k, v) in rate_sums.iter().enumerate() {
+            partials[p.rate_partials_offset as usize + k] = *v as f32;
+        }
+    }
     for (k, v) in eta_sums.iter().enumerate() {
-        partials[eta_start + k] += *v as f32;
+        partials[p.eta_partials_offset as usize + k] += *v as f32;
+    }
+}
+
+/// Twin of `shaders/modulation_backward.wgsl`.
+pub fn modulation_backward(p: &ModulationBackwardParams, params: &[f32], activations: &[f32], modulation: &[f32], partials: &mut [f32]) {
+    let (n, batch, t, tiles) = (p.n as usize, p.batch as usize, p.step as usize, p.n_tiles as usize);
+    let (mo, len) = (p.mod_offset as usize, p.mod_len as usize);
+    for b in 0..batch {
+        let m = modulation[t * batch + b];
+        let acc = p.acc_offset as usize + b * len;
+        let mut d_m = 0.0f64;
+        for j in 0..n {
+            let base = p.rate_partials_offset as usize + (b * n + j) * tiles;
+            let d_rate: f64 = partials[base..][..tiles].iter().map(|&v| v as f64).sum();
+            if p.fan_out != 0 {
+                d_m += params[mo + n + 1 + j] as f64 * d_rate;
+                partials[acc + n + 1 + j] += (m as f64 * d_rate) as f32;
+                partials[acc + 2 * n + 1 + j] += d_rate as f32;
+            } else {
+                d_m += d_rate;
+            }
+        }
+        let d_z = (d_m * (1.0 - m as f64 * m as f64)) as f32;
+        for k in 0..n {
+            partials[acc + k] += d_z * activations[(t * batch + b) * n + k];
+        }
+        partials[acc + n] += d_z;
+        partials[p.mod_grad_offset as usize + b] = d_z;
     }
 }
 
@@ -159,11 +392,15 @@ pub fn loss_mse(p: &LossMseParams, activations: &[f32], targets: &[f32], loss_st
 
 /// Twin of `shaders/finish_gradients.wgsl`.
 pub fn finish_gradients(p: &FinishGradientsParams, partials: &[f32], grads: &mut [f32], metrics_out: &mut [f32]) {
-    let eta = p.eta_offset as usize;
-    let eta_partials = &partials[p.eta_partials_offset as usize..][..p.n_eta_partials as usize];
-    let partial_sum: f64 = eta_partials.iter().map(|&v| v as f64).sum();
-    grads[eta] = if p.learn_eta != 0 { (grads[eta] as f64 + partial_sum) as f32 } else { 0.0 };
-    grads[p.frozen_begin as usize..p.frozen_end as usize].fill(0.0);
+    for job in p.reductions() {
+        let (dst, len, rows, src) = (job.dst as usize, job.len as usize, job.rows as usize, job.src as usize);
+        for k in 0..len {
+            let sum: f64 = (0..rows).map(|r| partials[src + r * len + k] as f64).sum();
+            grads[dst + k] = (grads[dst + k] as f64 + sum) as f32;
+        }
+    }
+    grads[p.frozen0_begin as usize..p.frozen0_end as usize].fill(0.0);
+    grads[p.frozen1_begin as usize..p.frozen1_end as usize].fill(0.0);
     let norm_sq: f64 = grads[..p.param_count as usize].iter().map(|&g| g as f64 * g as f64).sum();
     metrics_out[metrics::GRAD_NORM_SQ] = norm_sq as f32;
 }

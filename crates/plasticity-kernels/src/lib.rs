@@ -10,13 +10,17 @@
 //! against finite differences.
 //!
 //! Tensor layouts (all f32, row-major, last index fastest):
-//! - flat parameters `[w (N, N), alpha (N, N), eta (1)]`, `w[i * N + j]` connects pre-synaptic `i`
-//!   to post-synaptic `j`; the gradient buffer mirrors it.
-//! - trace and trace gradient `(B, N, N)`; the history `(T + 1, B, N)` with `x(0) = 0` in row 0,
+//! - flat parameters `[w (N, N), alpha, eta, modulator]`, `w[i * N + j]` connects pre-synaptic `i`
+//!   to post-synaptic `j`; alpha, eta and the modulator have the lengths [`Plasticity`] gives them
+//!   (the paper's rule: alpha (N, N), eta (1), no modulator); the gradient buffer mirrors it.
+//! - trace and trace gradient `(B, N, N)` (then the eligibility trace and its gradient, retroactive); the history `(T + 1, B, N)` with `x(0) = 0` in row 0,
 //!   holding the input `u(t)` in row `t` until step `t` overwrites it with `x(t)`; targets `(L, B, N)`.
 
 pub mod cpu;
+pub mod plasticity;
 pub mod reference;
+
+pub use plasticity::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
 
 #[cfg(test)]
 mod tests {
@@ -68,6 +72,9 @@ pub struct KernelDescriptor {
     pub params_size: usize,
     /// Workgroup size the kernel is dispatched with (the WGSL default of any override).
     pub workgroup_size: [u32; 3],
+    /// Whether the kernel applies the plasticity rule, selected by the override constants of
+    /// [`Plasticity::constants`] (one pipeline per rule).
+    pub rule_constants: bool,
 }
 
 impl KernelDescriptor {
@@ -129,11 +136,41 @@ pub fn trace_tiles(n: u32) -> u32 {
     div_ceil(n, TRACE_TILE)
 }
 
-/// Length of `backward_trace`'s partials buffer: row and column sums (2, B, N, tiles), then the
-/// per-tile eta sums (tiles, tiles), which start at `2 * B * N * tiles`.
-pub fn trace_partials_len(n: u32, batch: u32) -> usize {
-    let tiles = trace_tiles(n) as usize;
-    2 * batch as usize * n as usize * tiles + tiles * tiles
+/// Where each kind of partial sum sits in the backward sweep's `partials` buffer (f32 elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialsLayout {
+    /// (B, N, tiles) row sums for gx(t-1), at 0; then (B, N, tiles) column sums, overwritten each step.
+    pub cols: u32,
+    /// (B, N, tiles) drate(t-1) per tile of i, overwritten each step; empty unless the rate is modulated.
+    pub rate: u32,
+    /// (tiles, N) eta sums per tile of i and post neuron, accumulated over the sweep.
+    pub eta: u32,
+    /// (N, N) dalpha accumulator; empty when alpha is per connection (it goes straight to the gradient).
+    pub alpha: u32,
+    /// (B, modulator_len) modulator gradient accumulators; empty unless modulated.
+    pub modulator: u32,
+    /// (B) dM (1 - M^2) of the current step; empty unless modulated.
+    pub mod_grad: u32,
+    /// (B, N) ga(t), the pre-activation gradient of the current step.
+    pub preact: u32,
+    pub len: u32,
+}
+
+impl PartialsLayout {
+    pub fn new(n: u32, batch: u32, spec: &Plasticity) -> Self {
+        let tiles = trace_tiles(n);
+        let per_step = batch * n * tiles;
+        let modulated = spec.modulated();
+        let cols = per_step;
+        let rate = cols + per_step;
+        let eta = rate + if modulated { per_step } else { 0 };
+        let alpha = eta + tiles * n;
+        let modulator = alpha + if spec.alpha == AlphaShape::PerConnection { 0 } else { n * n };
+        let mod_grad = modulator + batch * spec.modulator_len(n);
+        let preact = mod_grad + if modulated { batch } else { 0 };
+        let len = preact + batch * n;
+        Self { cols, rate, eta, alpha, modulator, mod_grad, preact, len }
+    }
 }
 
 pub mod forward_step {
@@ -152,18 +189,36 @@ pub mod forward_step {
         pub w_offset: u32,
         pub alpha_offset: u32,
         pub eta_offset: u32,
+        pub mod_offset: u32,
         pub clamp_words: u32,
+        pub elig_offset: u32,
         pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "forward_step",
         source: include_str!("../../../shaders/forward_step.wgsl"),
-        bindings: &[params("p"), read("params"), read_write("trace"), read_write("activations"), read("clamp_mask")],
+        bindings: &[params("p"), read("params"), read_write("trace"), read_write("activations"), read("clamp_mask"), read("modulation")],
         params_struct: "ForwardStepParams",
-        params_layout: layout_of!(ForwardStepParams { n, batch, step, w_offset, alpha_offset, eta_offset, clamp_words, _pad0 }),
+        params_layout: layout_of!(ForwardStepParams {
+            n,
+            batch,
+            step,
+            w_offset,
+            alpha_offset,
+            eta_offset,
+            mod_offset,
+            clamp_words,
+            elig_offset,
+            _pad0,
+            _pad1,
+            _pad2
+        }),
         params_size: core::mem::size_of::<ForwardStepParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: true,
     };
 
     pub fn workgroups(n: u32, batch: u32) -> [u32; 3] {
@@ -177,6 +232,8 @@ pub mod backward_activation {
     pub const WORKGROUP_SIZE: u32 = 64;
     /// `loss_slot` value for a step without a loss term.
     pub const LOSS_NONE: u32 = u32::MAX;
+    /// `mod_grad_offset` value when the network is not neuromodulated.
+    pub const MOD_NONE: u32 = u32::MAX;
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
@@ -188,17 +245,35 @@ pub mod backward_activation {
         pub loss_slot: u32,
         pub loss_scale: f32,
         pub clamp_words: u32,
+        pub mod_offset: u32,
+        pub mod_grad_offset: u32,
+        pub preact_offset: u32,
         pub _pad0: u32,
+        pub _pad1: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "backward_activation",
         source: include_str!("../../../shaders/backward_activation.wgsl"),
-        bindings: &[params("p"), read("activations"), read("targets"), read("partials"), read("clamp_mask"), read_write("preact_grad")],
+        bindings: &[params("p"), read("activations"), read("targets"), read("clamp_mask"), read("params"), read_write("partials")],
         params_struct: "BackwardActivationParams",
-        params_layout: layout_of!(BackwardActivationParams { n, batch, step, n_tiles, loss_slot, loss_scale, clamp_words, _pad0 }),
+        params_layout: layout_of!(BackwardActivationParams {
+            n,
+            batch,
+            step,
+            n_tiles,
+            loss_slot,
+            loss_scale,
+            clamp_words,
+            mod_offset,
+            mod_grad_offset,
+            preact_offset,
+            _pad0,
+            _pad1
+        }),
         params_size: core::mem::size_of::<BackwardActivationParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
     };
 
     pub fn workgroups(n: u32, batch: u32) -> [u32; 3] {
@@ -219,7 +294,15 @@ pub mod backward_trace {
         pub w_offset: u32,
         pub alpha_offset: u32,
         pub eta_offset: u32,
-        pub _pad0: u32,
+        pub mod_offset: u32,
+        pub cur_offset: u32,
+        pub prev_offset: u32,
+        pub elig_offset: u32,
+        pub alpha_grad_offset: u32,
+        pub rate_partials_offset: u32,
+        pub eta_partials_offset: u32,
+        pub preact_offset: u32,
+        pub _pad1: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
@@ -229,17 +312,38 @@ pub mod backward_trace {
             params("p"),
             read("params"),
             read("activations"),
-            read("preact_grad"),
+            read("modulation"),
             read_write("trace"),
             read_write("trace_grad"),
             read_write("grads"),
             read_write("partials"),
         ],
         params_struct: "BackwardTraceParams",
-        params_layout: layout_of!(BackwardTraceParams { n, batch, step, n_tiles, w_offset, alpha_offset, eta_offset, _pad0 }),
+        params_layout: layout_of!(BackwardTraceParams {
+            n,
+            batch,
+            step,
+            n_tiles,
+            w_offset,
+            alpha_offset,
+            eta_offset,
+            mod_offset,
+            cur_offset,
+            prev_offset,
+            elig_offset,
+            alpha_grad_offset,
+            rate_partials_offset,
+            eta_partials_offset,
+            preact_offset,
+            _pad1
+        }),
         params_size: core::mem::size_of::<BackwardTraceParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: true,
     };
+
+    /// Override constant: recover H(t-1) by inverting the update (else read it from the previous slot).
+    pub const REVERSE: &str = "REVERSE";
 
     pub const WORKGROUP_SIZE: u32 = 64;
 
@@ -272,6 +376,7 @@ pub mod loss_mse {
         params_layout: layout_of!(LossMseParams { n, batch, n_loss_steps, loss_scale }),
         params_size: core::mem::size_of::<LossMseParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
     };
 }
 
@@ -280,17 +385,55 @@ pub mod finish_gradients {
 
     pub const WORKGROUP_SIZE: u32 = 256;
 
+    /// `grads[dst + k] += sum_{r < rows} partials[src + r * len + k]` for `k < len`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Reduction {
+        pub dst: u32,
+        pub len: u32,
+        pub rows: u32,
+        pub src: u32,
+    }
+
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
     pub struct FinishGradientsParams {
         pub param_count: u32,
-        pub eta_offset: u32,
-        pub eta_partials_offset: u32,
-        pub n_eta_partials: u32,
-        pub learn_eta: u32,
-        pub frozen_begin: u32,
-        pub frozen_end: u32,
+        pub frozen0_begin: u32,
+        pub frozen0_end: u32,
+        pub frozen1_begin: u32,
+        pub frozen1_end: u32,
+        pub eta_dst: u32,
+        pub eta_len: u32,
+        pub eta_rows: u32,
+        pub eta_src: u32,
+        pub alpha_dst: u32,
+        pub alpha_len: u32,
+        pub alpha_rows: u32,
+        pub alpha_src: u32,
+        pub mod_dst: u32,
+        pub mod_len: u32,
+        pub mod_rows: u32,
+        pub mod_src: u32,
         pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+
+    impl FinishGradientsParams {
+        /// The three reductions in the kernel's order: eta, alpha, modulator.
+        pub fn reductions(&self) -> [Reduction; 3] {
+            [
+                Reduction { dst: self.eta_dst, len: self.eta_len, rows: self.eta_rows, src: self.eta_src },
+                Reduction { dst: self.alpha_dst, len: self.alpha_len, rows: self.alpha_rows, src: self.alpha_src },
+                Reduction { dst: self.mod_dst, len: self.mod_len, rows: self.mod_rows, src: self.mod_src },
+            ]
+        }
+
+        pub fn set_reductions(&mut self, [eta, alpha, modulator]: [Reduction; 3]) {
+            (self.eta_dst, self.eta_len, self.eta_rows, self.eta_src) = (eta.dst, eta.len, eta.rows, eta.src);
+            (self.alpha_dst, self.alpha_len, self.alpha_rows, self.alpha_src) = (alpha.dst, alpha.len, alpha.rows, alpha.src);
+            (self.mod_dst, self.mod_len, self.mod_rows, self.mod_src) = (modulator.dst, modulator.len, modulator.rows, modulator.src);
+        }
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
@@ -300,17 +443,164 @@ pub mod finish_gradients {
         params_struct: "FinishGradientsParams",
         params_layout: layout_of!(FinishGradientsParams {
             param_count,
-            eta_offset,
-            eta_partials_offset,
-            n_eta_partials,
-            learn_eta,
-            frozen_begin,
-            frozen_end,
-            _pad0
+            frozen0_begin,
+            frozen0_end,
+            frozen1_begin,
+            frozen1_end,
+            eta_dst,
+            eta_len,
+            eta_rows,
+            eta_src,
+            alpha_dst,
+            alpha_len,
+            alpha_rows,
+            alpha_src,
+            mod_dst,
+            mod_len,
+            mod_rows,
+            mod_src,
+            _pad0,
+            _pad1,
+            _pad2
         }),
         params_size: core::mem::size_of::<FinishGradientsParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
     };
+}
+
+pub mod modulation_forward {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct ModulationForwardParams {
+        pub n: u32,
+        pub batch: u32,
+        pub step: u32,
+        pub mod_offset: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "modulation_forward",
+        source: include_str!("../../../shaders/modulation_forward.wgsl"),
+        bindings: &[params("p"), read("params"), read("activations"), read_write("modulation")],
+        params_struct: "ModulationForwardParams",
+        params_layout: layout_of!(ModulationForwardParams { n, batch, step, mod_offset }),
+        params_size: core::mem::size_of::<ModulationForwardParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
+    pub fn workgroups(batch: u32) -> [u32; 3] {
+        [div_ceil(batch, WORKGROUP_SIZE), 1, 1]
+    }
+}
+
+pub mod modulation_backward {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct ModulationBackwardParams {
+        pub n: u32,
+        pub batch: u32,
+        pub step: u32,
+        pub n_tiles: u32,
+        pub mod_offset: u32,
+        pub rate_partials_offset: u32,
+        pub acc_offset: u32,
+        pub mod_grad_offset: u32,
+        pub fan_out: u32,
+        pub mod_len: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "modulation_backward",
+        source: include_str!("../../../shaders/modulation_backward.wgsl"),
+        bindings: &[params("p"), read("params"), read("activations"), read("modulation"), read_write("partials")],
+        params_struct: "ModulationBackwardParams",
+        params_layout: layout_of!(ModulationBackwardParams {
+            n,
+            batch,
+            step,
+            n_tiles,
+            mod_offset,
+            rate_partials_offset,
+            acc_offset,
+            mod_grad_offset,
+            fan_out,
+            mod_len,
+            _pad0,
+            _pad1
+        }),
+        params_size: core::mem::size_of::<ModulationBackwardParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
+    /// One workgroup per batch element.
+    pub fn workgroups(batch: u32) -> [u32; 3] {
+        [batch, 1, 1]
+    }
+}
+
+pub mod trace_update {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 256;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct TraceUpdateParams {
+        pub n: u32,
+        pub batch: u32,
+        pub step: u32,
+        pub row_stride: u32,
+        pub eta_offset: u32,
+        pub mod_offset: u32,
+        pub src_offset: u32,
+        pub dst_offset: u32,
+        pub elig_offset: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "trace_update",
+        source: include_str!("../../../shaders/trace_update.wgsl"),
+        bindings: &[params("p"), read("params"), read("activations"), read("modulation"), read_write("traces")],
+        params_struct: "TraceUpdateParams",
+        params_layout: layout_of!(TraceUpdateParams {
+            n,
+            batch,
+            step,
+            row_stride,
+            eta_offset,
+            mod_offset,
+            src_offset,
+            dst_offset,
+            elig_offset,
+            _pad0,
+            _pad1,
+            _pad2
+        }),
+        params_size: core::mem::size_of::<TraceUpdateParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: true,
+    };
+
+    /// The grid covering a (B, N, N) trace, and its row stride.
+    pub fn grid(n: u32, batch: u32) -> ([u32; 3], u32) {
+        elementwise_grid(batch * n * n, WORKGROUP_SIZE)
+    }
 }
 
 pub mod adam_update {
@@ -356,6 +646,7 @@ pub mod adam_update {
         }),
         params_size: core::mem::size_of::<AdamParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
     };
 
     /// The grid covering `count` parameters, and its row stride.
@@ -386,6 +677,7 @@ pub mod stream_triad {
         params_layout: layout_of!(StreamTriadParams { count, row_stride, scale, _pad0 }),
         params_size: core::mem::size_of::<StreamTriadParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
     };
 }
 
@@ -410,6 +702,9 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     backward_trace::KERNEL,
     loss_mse::KERNEL,
     finish_gradients::KERNEL,
+    modulation_forward::KERNEL,
+    modulation_backward::KERNEL,
+    trace_update::KERNEL,
     adam_update::KERNEL,
     stream_triad::KERNEL,
 ];

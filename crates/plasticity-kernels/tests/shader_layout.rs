@@ -148,3 +148,70 @@ fn example_shaders_parse_and_validate() {
     }
     assert!(seen >= 2, "the host-application example's shaders");
 }
+
+/// The text between the shared-function markers of a rule kernel.
+fn shared_functions(kernel: &KernelDescriptor) -> &'static str {
+    let start = kernel.source.find("// ---- shared with").unwrap_or_else(|| panic!("{}: no shared-function block", kernel.name));
+    let end = kernel.source.find("// ---- end of shared functions ----").unwrap_or_else(|| panic!("{}: unterminated block", kernel.name));
+    let block = &kernel.source[start..end];
+    // The first line names the other files; the functions follow it.
+    &block[block.find('\n').unwrap()..]
+}
+
+#[test]
+fn rule_kernels_share_one_copy_of_the_update_functions() {
+    let rule_kernels: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants).collect();
+    let names: Vec<&str> = rule_kernels.iter().map(|k| k.name).collect();
+    assert_eq!(names, ["forward_step", "backward_trace", "trace_update"]);
+    let first = shared_functions(rule_kernels[0]);
+    assert!(first.contains("fn rule_update") && first.contains("fn plastic_rate") && first.contains("fn alpha_eff"));
+    for k in &rule_kernels[1..] {
+        assert_eq!(shared_functions(k), first, "{}: its copy of the shared functions differs from forward_step's", k.name);
+    }
+}
+
+#[test]
+fn rule_kernels_declare_every_rule_constant() {
+    let spec = plasticity_kernels::Plasticity::default();
+    for kernel in ALL_KERNELS {
+        let module = parse_and_validate(kernel);
+        let overrides: Vec<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+        for (name, _) in spec.constants() {
+            assert_eq!(overrides.contains(&name), kernel.rule_constants, "{}: override {name}", kernel.name);
+        }
+    }
+}
+
+/// Every combination the runtime can ask for specialises into a module that still validates.
+#[test]
+fn rule_kernels_validate_for_every_rule() {
+    use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
+    let mut specs = Vec::new();
+    for rule in [Rule::Decay, Rule::Oja, Rule::Additive] {
+        for clip in [None, Some(1.0)] {
+            for modulation in [Modulation::None, Modulation::Simple, Modulation::PerNeuron] {
+                for retroactive in [false, true] {
+                    let spec = Plasticity { rule, clip, modulation, retroactive, ..Plasticity::PAPER };
+                    if spec.check().is_ok() {
+                        specs.push(spec);
+                    }
+                }
+            }
+        }
+    }
+    specs.push(Plasticity { alpha: AlphaShape::Scalar, eta: EtaShape::PerNeuron, plastic_self: false, ..Plasticity::PAPER });
+    for kernel in ALL_KERNELS.iter().filter(|k| k.rule_constants) {
+        let module = parse_and_validate(kernel);
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+            .validate(&module)
+            .unwrap();
+        for spec in &specs {
+            let mut constants: naga::back::PipelineConstants = spec.constants().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            if kernel.name == "backward_trace" {
+                constants.insert("REVERSE".into(), spec.reversible() as u32 as f64);
+            }
+            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                .unwrap_or_else(|e| panic!("{} with {spec:?}: {e:?}", kernel.name));
+        }
+    }
+}

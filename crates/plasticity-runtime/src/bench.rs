@@ -18,13 +18,15 @@ use crate::episode::{EpisodeData, EpisodeRunner, GpuEpisode};
 use crate::error::Result;
 use crate::network::{Network, NetworkConfig};
 use crate::trainer::{Trainer, TrainerConfig};
+use plasticity_kernels::Plasticity;
 
 /// One configuration to measure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BenchCase {
     pub neurons: u32,
     pub batch: u32,
     pub steps: u32,
+    pub plasticity: Plasticity,
 }
 
 /// Bytes the forward step must move at least: w and alpha read once, the trace read and written.
@@ -220,7 +222,7 @@ pub fn stream_bandwidth(ctx: &GpuContext, elements: u64, repetitions: u32) -> Re
 /// Forward and training episodes of one configuration.
 pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u32, ceiling_gbps: f64) -> Result<CaseResult> {
     let data = random_episode(case, 1);
-    let config = NetworkConfig { neurons: case.neurons, ..Default::default() };
+    let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
     let network = Network::new(ctx, &config)?;
     let timer = GpuTimer::new(ctx);
     let resident = ResidentEpisode::new(ctx, &data)?;
@@ -242,8 +244,10 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
     })?;
     let steps = case.steps as f64;
     let backward = (train - forward).max(f64::MIN_POSITIVE);
-    let forward_gbps = forward_step_min_bytes(case.neurons, case.batch) as f64 * steps / forward / 1e9;
-    let backward_gbps = backward_step_min_bytes(case.neurons, case.batch) as f64 * steps / backward / 1e9;
+    // An eligibility trace doubles the per-batch-element traffic, as if the batch were twice as large.
+    let trace_copies = if case.plasticity.retroactive { 2 * case.batch } else { case.batch };
+    let forward_gbps = forward_step_min_bytes(case.neurons, trace_copies) as f64 * steps / forward / 1e9;
+    let backward_gbps = backward_step_min_bytes(case.neurons, trace_copies) as f64 * steps / backward / 1e9;
     Ok(CaseResult {
         case,
         forward_ms_per_step: forward * 1e3 / steps,
@@ -260,12 +264,19 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
 }
 
 /// Peak memory and training time per step of one size at several episode lengths.
-pub fn memory_scaling(ctx: &GpuContext, neurons: u32, batch: u32, steps: &[u32], repetitions: u32) -> Result<MemoryScaling> {
+pub fn memory_scaling(
+    ctx: &GpuContext,
+    neurons: u32,
+    batch: u32,
+    steps: &[u32],
+    repetitions: u32,
+    plasticity: Plasticity,
+) -> Result<MemoryScaling> {
     let mut points = Vec::new();
     for &t in steps {
-        let case = BenchCase { neurons, batch, steps: t };
+        let case = BenchCase { neurons, batch, steps: t, plasticity };
         let data = random_episode(case, 2);
-        let network = Network::new(ctx, &NetworkConfig { neurons, ..Default::default() })?;
+        let network = Network::new(ctx, &NetworkConfig { neurons, plasticity, ..Default::default() })?;
         let mut trainer = Trainer::new(ctx, network, TrainerConfig::default())?;
         let seconds = time_median(0, repetitions, || trainer.train_step(ctx, &data).map(|_| None))?;
         points.push(MemoryPoint { steps: t, peak_bytes: trainer.allocated_bytes(), train_ms_per_step: seconds * 1e3 / t as f64 });

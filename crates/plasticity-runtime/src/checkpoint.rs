@@ -1,6 +1,8 @@
 //! Checkpoints as safetensors files, readable by PyTorch (`safetensors.torch.load_file`) and any
-//! other safetensors reader: tensors `w` (N, N), `alpha` (N, N) and `eta` (1), all F32, plus the
-//! optimizer's `adam_m` and `adam_v` (2N^2 + 1, the flat parameter layout) when saved for resuming.
+//! other safetensors reader: tensors `w` (N, N), `alpha` (N, N), (N) or (1) and `eta` (1) or (N), plus
+//! `mod_w` (N), `mod_b` (1), `mod_u` (N), `mod_c` (N) for neuromodulated rules, all F32 (see
+//! [`ParamLayout::tensors`]), plus the optimizer's `adam_m` and `adam_v` (the flat parameter layout)
+//! when saved for resuming.
 //! The metadata holds `format`, the network config as JSON under `network`, `adam_steps`, and any
 //! entries the caller adds (the command line stores its task and training config there).
 //! Files are written to a temporary file, synced, and renamed over the target, so a crash or kill
@@ -43,13 +45,15 @@ impl Checkpoint {
     /// Writes the checkpoint atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let layout = self.parameters.layout;
-        let n = layout.neurons as usize;
         let as_bytes = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
-            ("w".into(), vec![n, n], as_bytes(self.parameters.w())),
-            ("alpha".into(), vec![n, n], as_bytes(self.parameters.alpha())),
-            ("eta".into(), vec![1], as_bytes(&[self.parameters.eta()])),
-        ];
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = layout
+            .tensors()
+            .into_iter()
+            .map(|(name, offset, shape)| {
+                let len: usize = shape.iter().product();
+                (name.to_string(), shape, as_bytes(&self.parameters.values[offset as usize..][..len]))
+            })
+            .collect();
         let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
         metadata.insert("format".into(), FORMAT.into());
         metadata.insert("network".into(), serde_json::to_string(&self.network).expect("config serialises"));
@@ -104,10 +108,11 @@ impl Checkpoint {
             }
             Ok(values)
         };
-        let layout = ParamLayout::new(network.neurons);
-        let mut values = tensor("w", &[n, n])?;
-        values.extend(tensor("alpha", &[n, n])?);
-        values.extend(tensor("eta", &[1])?);
+        let layout = ParamLayout::new(network.neurons, &network.plasticity);
+        let mut values = Vec::with_capacity(layout.count as usize);
+        for (name, _, shape) in layout.tensors() {
+            values.extend(tensor(name, &shape)?);
+        }
         let parameters = HostParameters { layout, values };
         let count = layout.count as usize;
         let optimizer = match (st.tensor("adam_m").is_ok(), st.tensor("adam_v").is_ok()) {

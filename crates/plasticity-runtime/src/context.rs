@@ -209,6 +209,21 @@ impl GpuContext {
         storage: &[&wgpu::Buffer],
         grid: [u32; 3],
     ) -> Result<()> {
+        self.record_kernel_specialised(encoder, name, None, params, storage, grid)
+    }
+
+    /// Like [`GpuContext::record_kernel`], for the kernels that apply a rule
+    /// (`KernelDescriptor::rule_constants`): `rule` gives the rule and any extra override
+    /// constants (backward_trace's `REVERSE`); `None` uses the defaults (the paper's rule).
+    pub fn record_kernel_specialised(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        name: &str,
+        rule: Option<(&plasticity_kernels::Plasticity, &[(&str, f64)])>,
+        params: &[u8],
+        storage: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) -> Result<()> {
         let Some(descriptor) = plasticity_kernels::ALL_KERNELS.iter().find(|k| k.name == name) else {
             return Err(crate::error::invalid("kernel", format!("no kernel named '{name}'")));
         };
@@ -224,11 +239,20 @@ impl GpuContext {
                 ),
             ));
         }
+        if rule.is_some() && !descriptor.rule_constants {
+            return Err(crate::error::invalid("kernel call", format!("{name} does not apply a rule")));
+        }
         let slots = crate::episode::ParamSlots::from_bytes(self, "kernel params", params)?;
         self.scoped(&format!("recording {name}"), || {
             let group = crate::episode::bind_group(self, name, &slots, storage);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
-            crate::episode::dispatch(&mut pass, self, name, &group, 0, grid);
+            match rule {
+                Some((spec, extra)) => {
+                    let pipeline = self.kernels.specialised(&self.device, name, spec, extra);
+                    crate::episode::dispatch_pipeline(&mut pass, &pipeline, &group, 0, grid);
+                }
+                None => crate::episode::dispatch(&mut pass, self, name, &group, 0, grid),
+            }
         })
     }
 }

@@ -1,9 +1,11 @@
 //! Episodes: their data, the GPU-resident state of a batch of episodes, and the forward pass.
 
+use plasticity_kernels::Plasticity;
 use plasticity_kernels::backward_activation::LOSS_NONE;
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
 use plasticity_kernels::loss_mse::LossMseParams;
 use plasticity_kernels::metrics;
+use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
@@ -47,8 +49,15 @@ impl EpisodeData {
         Ok(())
     }
 
-    pub(crate) fn shape(&self, neurons: u32) -> EpisodeShape {
-        EpisodeShape { neurons, batch: self.batch, steps: self.steps, loss_steps: self.loss_steps.clone(), clamped: !self.clamp.is_empty() }
+    pub(crate) fn shape(&self, neurons: u32, plasticity: Plasticity) -> EpisodeShape {
+        EpisodeShape {
+            neurons,
+            batch: self.batch,
+            steps: self.steps,
+            loss_steps: self.loss_steps.clone(),
+            clamped: !self.clamp.is_empty(),
+            plasticity,
+        }
     }
 }
 
@@ -98,12 +107,17 @@ pub(crate) enum EpisodeSource<'a> {
 }
 
 impl EpisodeSource<'_> {
-    fn shape(&self, neurons: u32) -> EpisodeShape {
+    fn shape(&self, neurons: u32, plasticity: Plasticity) -> EpisodeShape {
         match self {
-            Self::Host(d) => d.shape(neurons),
-            Self::Gpu(g) => {
-                EpisodeShape { neurons, batch: g.batch, steps: g.steps, loss_steps: g.loss_steps.to_vec(), clamped: g.clamp.is_some() }
-            }
+            Self::Host(d) => d.shape(neurons, plasticity),
+            Self::Gpu(g) => EpisodeShape {
+                neurons,
+                batch: g.batch,
+                steps: g.steps,
+                loss_steps: g.loss_steps.to_vec(),
+                clamped: g.clamp.is_some(),
+                plasticity,
+            },
         }
     }
 
@@ -175,19 +189,32 @@ impl EpisodeMetrics {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct EpisodeShape {
     pub neurons: u32,
     pub batch: u32,
     pub steps: u32,
     pub loss_steps: Vec<u32>,
     pub clamped: bool,
+    /// The rule sets the traces held (H, or H and E) and whether a modulator runs.
+    pub plasticity: Plasticity,
 }
 
 impl EpisodeShape {
     /// The `clamp_words` params value: 0 when nothing is clamped.
     pub fn clamp_words(&self) -> u32 {
         if self.clamped { plasticity_kernels::clamp_words(self.neurons) } else { 0 }
+    }
+
+    /// Elements of one trace slot: H (B, N, N), then E (B, N, N) with a retroactive rule.
+    pub fn trace_slot_len(&self) -> u64 {
+        let one = self.batch as u64 * self.neurons as u64 * self.neurons as u64;
+        if self.plasticity.retroactive { 2 * one } else { one }
+    }
+
+    /// Offset of E within a trace slot.
+    pub fn elig_offset(&self) -> u32 {
+        if self.plasticity.retroactive { self.batch * self.neurons * self.neurons } else { 0 }
     }
 
     pub fn loss_slot(&self, step: u32) -> u32 {
@@ -260,14 +287,25 @@ pub(crate) fn dispatch(
     offset: u32,
     grid: [u32; 3],
 ) {
-    pass.set_pipeline(&ctx.kernels.get(kernel).pipeline);
+    dispatch_pipeline(pass, &ctx.kernels.get(kernel).pipeline, group, offset, grid);
+}
+
+/// Like [`dispatch`], with a pipeline specialised for a rule.
+pub(crate) fn dispatch_pipeline(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    offset: u32,
+    grid: [u32; 3],
+) {
+    pass.set_pipeline(pipeline);
     pass.set_bind_group(0, group, &[offset]);
     pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
 }
 
 /// Buffers resident for a batch of episodes of one shape: targets, the activation history (which
-/// holds the inputs until each step replaces them), the trace and the metrics. The trace never
-/// leaves the GPU.
+/// holds the inputs until each step replaces them), the trace (and eligibility trace), the
+/// modulator's history and the metrics. The traces never leave the GPU.
 pub(crate) struct ForwardState {
     pub shape: EpisodeShape,
     pub targets: GpuBuffer,
@@ -275,9 +313,12 @@ pub(crate) struct ForwardState {
     pub loss_steps: GpuBuffer,
     pub activations: GpuBuffer,
     pub trace: GpuBuffer,
+    /// (T + 1, B): M_b(t) at row t; 4 bytes when the rule is not neuromodulated.
+    pub modulation: GpuBuffer,
     pub metrics: GpuBuffer,
     pub staging: GpuBuffer,
     step_params_slots: ParamSlots,
+    modulation_params_slots: ParamSlots,
     pub loss_params_slots: ParamSlots,
 }
 
@@ -285,10 +326,12 @@ impl ForwardState {
     pub fn new(ctx: &GpuContext, shape: EpisodeShape) -> Result<Self> {
         let neurons = shape.neurons;
         let (n, b, t) = (neurons as u64, shape.batch as u64, shape.steps as u64);
-        let trace_bytes = b * n * n * 4;
-        buffers::check_storage(ctx, &format!("the trace (B, N, N) = ({b}, {n}, {n})"), trace_bytes, |limit| {
-            let max_batch = limit / (n * n * 4);
-            let max_n = ((limit / (b * 4)) as f64).sqrt() as u64;
+        let traces = shape.trace_slot_len() / (b * n * n); // H, or H and E
+        let trace_bytes = shape.trace_slot_len() * 4;
+        let what = if traces == 2 { "the traces H and E (2, B, N, N)" } else { "the trace (B, N, N)" };
+        buffers::check_storage(ctx, &format!("{what} = ({b}, {n}, {n})"), trace_bytes, |limit| {
+            let max_batch = limit / (traces * n * n * 4);
+            let max_n = ((limit / (traces * b * 4)) as f64).sqrt() as u64;
             if max_batch >= 1 {
                 format!("use a batch of at most {max_batch}, or at most {max_n} neurons")
             } else {
@@ -300,18 +343,25 @@ impl ForwardState {
             format!("use at most {} steps at this batch and size", (limit / (b * n * 4)).saturating_sub(1))
         })?;
 
+        let layout = crate::network::ParamLayout::new(neurons, &shape.plasticity);
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
                 batch: shape.batch,
                 step,
-                w_offset: 0,
-                alpha_offset: neurons * neurons,
-                eta_offset: 2 * neurons * neurons,
+                w_offset: layout.w_offset,
+                alpha_offset: layout.alpha_offset,
+                eta_offset: layout.eta_offset,
+                mod_offset: layout.mod_offset,
                 clamp_words: shape.clamp_words(),
+                elig_offset: shape.elig_offset(),
                 ..Default::default()
             })
             .collect();
+        let modulation_params: Vec<ModulationForwardParams> = (1..=shape.steps)
+            .map(|step| ModulationForwardParams { n: neurons, batch: shape.batch, step, mod_offset: layout.mod_offset })
+            .collect();
+        let modulation_bytes = if shape.plasticity.modulated() { (t + 1) * b * 4 } else { 4 };
         let loss_params = LossMseParams { n: neurons, batch: shape.batch, n_loss_steps: shape.loss_steps.len() as u32, loss_scale: 1.0 };
         let clamp_bytes = if shape.clamped { t * b * plasticity_kernels::clamp_words(neurons) as u64 * 4 } else { 0 };
         Ok(Self {
@@ -320,6 +370,7 @@ impl ForwardState {
             loss_steps: buffers::storage_from(ctx, "loss steps", &shape.loss_steps)?,
             activations: buffers::storage(ctx, "activations", history_bytes)?,
             trace: buffers::storage(ctx, "trace", trace_bytes)?,
+            modulation: buffers::storage(ctx, "modulation", modulation_bytes)?,
             metrics: buffers::storage(ctx, "metrics", metrics::COUNT as u64 * 4)?,
             staging: buffers::create(
                 ctx,
@@ -328,6 +379,7 @@ impl ForwardState {
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
+            modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
             loss_params_slots: ParamSlots::new(ctx, "loss_mse params", &[loss_params])?,
             shape,
         })
@@ -354,11 +406,12 @@ impl ForwardState {
     }
 
     pub fn allocated_bytes(&self) -> u64 {
-        [&self.targets, &self.clamp, &self.loss_steps, &self.activations, &self.trace, &self.metrics, &self.staging]
+        [&self.targets, &self.clamp, &self.loss_steps, &self.activations, &self.trace, &self.modulation, &self.metrics, &self.staging]
             .iter()
             .map(|b| b.bytes)
             .sum::<u64>()
             + self.step_params_slots.buffer.bytes
+            + self.modulation_params_slots.buffer.bytes
             + self.loss_params_slots.buffer.bytes
     }
 
@@ -374,8 +427,19 @@ impl ForwardState {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
-        let group = bind_group(ctx, "forward_step", &self.step_params_slots, &[&net.params, &self.trace, &self.activations, &self.clamp]);
+        let spec = &self.shape.plasticity;
+        let pipeline = ctx.kernels.specialised(&ctx.device, "forward_step", spec, &[]);
+        let group = bind_group(
+            ctx,
+            "forward_step",
+            &self.step_params_slots,
+            &[&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation],
+        );
         let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch);
+        let modulation_group = spec.modulated().then(|| {
+            bind_group(ctx, "modulation_forward", &self.modulation_params_slots, &[&net.params, &self.activations, &self.modulation])
+        });
+        let modulation_grid = modulation_forward::workgroups(self.shape.batch);
         let mut next_checkpoint = checkpoints.iter().peekable();
         let mut step = 1;
         while step <= self.shape.steps {
@@ -383,7 +447,18 @@ impl ForwardState {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
                 for s in step..=last {
-                    dispatch(&mut pass, ctx, "forward_step", &group, self.step_params_slots.offset(s as usize - 1), grid);
+                    dispatch_pipeline(&mut pass, &pipeline, &group, self.step_params_slots.offset(s as usize - 1), grid);
+                    if let Some(g) = &modulation_group {
+                        // M(s) is the rate of the update that step s + 1 fuses.
+                        dispatch(
+                            &mut pass,
+                            ctx,
+                            "modulation_forward",
+                            g,
+                            self.modulation_params_slots.offset(s as usize - 1),
+                            modulation_grid,
+                        );
+                    }
                 }
             }
             if let Some((c, buffer)) = next_checkpoint.next_if(|(c, _)| *c == last) {
@@ -447,7 +522,7 @@ impl EpisodeRunner {
         encoder: &mut wgpu::CommandEncoder,
         source: &EpisodeSource<'_>,
     ) -> Result<()> {
-        let state = prepare(&mut self.state, ctx, source, net.config.neurons)?;
+        let state = prepare(&mut self.state, ctx, source, net.config.neurons, net.config.plasticity)?;
         ctx.scoped("recording the forward episode", || {
             state.record_copies(encoder, source);
             state.record_forward(ctx, encoder, net, &[]);
@@ -466,7 +541,8 @@ impl EpisodeRunner {
         buffers::read_f32(ctx, &s.activations, 0, (s.activations.bytes / 4) as usize, "activations")
     }
 
-    /// The trace after the last step, H(T) (B, N, N), for tests and inspection.
+    /// The trace after the last step, H(T) (B, N, N) (then E(T) with a retroactive rule), for tests
+    /// and inspection.
     pub fn read_trace(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
         buffers::read_f32(ctx, &s.trace, 0, (s.trace.bytes / 4) as usize, "trace")
@@ -490,9 +566,10 @@ pub(crate) fn prepare<'a>(
     ctx: &GpuContext,
     source: &EpisodeSource<'_>,
     neurons: u32,
+    plasticity: Plasticity,
 ) -> Result<&'a ForwardState> {
     source.validate(neurons)?;
-    let shape = source.shape(neurons);
+    let shape = source.shape(neurons, plasticity);
     if slot.as_ref().is_none_or(|s| s.shape != shape) {
         *slot = None; // release the old buffers before allocating new ones
         *slot = Some(ForwardState::new(ctx, shape)?);

@@ -52,7 +52,8 @@ pub use error::{PlasticityError, Result};
 pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
 /// The kernel descriptors, CPU twins and f64 reference (for [`GpuContext::record_kernel`]).
 pub use plasticity_kernels as kernels;
+pub use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
 pub use tasks::{ImageEpisode, ImageTask, PatternTask};
-pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, reversal_segment};
+pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, recompute_checkpoint_steps, recompute_segment, reversal_segment};
 /// The wgpu this runtime is built on, so that embedders use the same version.
 pub use wgpu;

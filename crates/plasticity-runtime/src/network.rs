@@ -1,5 +1,9 @@
-//! Network configuration and parameters: one flat f32 buffer `[w (N, N), alpha (N, N), eta (1)]`
-//! (llm.c style), mirrored by the gradient and Adam buffers.
+//! Network configuration and parameters: one flat f32 buffer `[w (N, N), alpha, eta, modulator]`
+//! (llm.c style), mirrored by the gradient and Adam buffers. The rule ([`Plasticity`]) sets the
+//! lengths: alpha (N, N), (N) or (1); eta (1) or (N); the modulator `[mod_w (N), mod_b (1)]`, plus
+//! `[mod_u (N), mod_c (N)]` with per-neuron fan-out, or nothing.
+
+use plasticity_kernels::{AlphaShape, Plasticity, Rule};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -9,7 +13,7 @@ use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
 use crate::error::{Result, invalid};
 
-/// Shape and initialisation of a plastic network (decay rule).
+/// Shape, rule and initialisation of a plastic network.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
@@ -26,11 +30,23 @@ pub struct NetworkConfig {
     pub w_init_std: f32,
     pub alpha_init_std: f32,
     pub seed: u64,
+    /// The plasticity rule; absent in configs written before rules existed, which used the paper's.
+    #[serde(default)]
+    pub plasticity: Plasticity,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { neurons: 64, eta: 0.01, learn_eta: true, plastic: true, w_init_std: 0.01, alpha_init_std: 0.01, seed: 0 }
+        Self {
+            neurons: 64,
+            eta: 0.01,
+            learn_eta: true,
+            plastic: true,
+            w_init_std: 0.01,
+            alpha_init_std: 0.01,
+            seed: 0,
+            plasticity: Plasticity::PAPER,
+        }
     }
 }
 
@@ -39,8 +55,15 @@ impl NetworkConfig {
         if self.neurons == 0 {
             return Err(invalid("network config", "neurons must be at least 1"));
         }
-        if !self.eta.is_finite() || self.eta >= 1.0 || self.eta < 0.0 {
-            return Err(invalid("network config", format!("eta = {} is outside [0, 1) for the decay rule", self.eta)));
+        self.plasticity.check().map_err(|m| invalid("network config", m))?;
+        if !self.eta.is_finite() {
+            return Err(invalid("network config", format!("eta = {} must be finite", self.eta)));
+        }
+        if self.plasticity.rule != Rule::Additive && (self.eta >= 1.0 || self.eta < 0.0) {
+            return Err(invalid(
+                "network config",
+                format!("eta = {} is outside [0, 1), where the {:?} rule is a stable decay", self.eta, self.plasticity.rule),
+            ));
         }
         for (name, v) in [("w_init_std", self.w_init_std), ("alpha_init_std", self.alpha_init_std)] {
             if !v.is_finite() || v < 0.0 {
@@ -52,19 +75,56 @@ impl NetworkConfig {
 }
 
 /// Where each tensor sits in the flat parameter (and gradient) buffer, in f32 elements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ParamLayout {
     pub neurons: u32,
+    pub plasticity: Plasticity,
     pub w_offset: u32,
     pub alpha_offset: u32,
     pub eta_offset: u32,
+    /// `[mod_w (N), mod_b, mod_u (N), mod_c (N)]` as the rule has them; empty when not modulated.
+    pub mod_offset: u32,
     pub count: u32,
 }
 
 impl ParamLayout {
-    pub fn new(neurons: u32) -> Self {
+    pub fn new(neurons: u32, plasticity: &Plasticity) -> Self {
         let nn = neurons * neurons;
-        Self { neurons, w_offset: 0, alpha_offset: nn, eta_offset: 2 * nn, count: 2 * nn + 1 }
+        let alpha_offset = nn;
+        let eta_offset = alpha_offset + plasticity.alpha_len(neurons);
+        let mod_offset = eta_offset + plasticity.eta_len(neurons);
+        let count = mod_offset + plasticity.modulator_len(neurons);
+        Self { neurons, plasticity: *plasticity, w_offset: 0, alpha_offset, eta_offset, mod_offset, count }
+    }
+
+    /// The paper's layout `[w (N, N), alpha (N, N), eta (1)]`.
+    pub fn paper(neurons: u32) -> Self {
+        Self::new(neurons, &Plasticity::PAPER)
+    }
+
+    /// `(name, offset, shape)` of each tensor, in buffer order: the names checkpoints use.
+    pub fn tensors(&self) -> Vec<(&'static str, u32, Vec<usize>)> {
+        let n = self.neurons as usize;
+        let spec = &self.plasticity;
+        let alpha_shape = match spec.alpha {
+            AlphaShape::PerConnection => vec![n, n],
+            AlphaShape::PerNeuron => vec![n],
+            AlphaShape::Scalar => vec![1],
+        };
+        let mut t = vec![
+            ("w", self.w_offset, vec![n, n]),
+            ("alpha", self.alpha_offset, alpha_shape),
+            ("eta", self.eta_offset, vec![spec.eta_len(self.neurons) as usize]),
+        ];
+        if spec.modulated() {
+            t.push(("mod_w", self.mod_offset, vec![n]));
+            t.push(("mod_b", self.mod_offset + self.neurons, vec![1]));
+        }
+        if spec.modulation == plasticity_kernels::Modulation::PerNeuron {
+            t.push(("mod_u", self.mod_offset + self.neurons + 1, vec![n]));
+            t.push(("mod_c", self.mod_offset + 2 * self.neurons + 1, vec![n]));
+        }
+        t
     }
 }
 
@@ -76,18 +136,37 @@ pub struct HostParameters {
 }
 
 impl HostParameters {
-    /// The paper's initialisation: w, alpha ~ std * N(0, 1), seeded; eta as configured.
+    /// The paper's initialisation: w, alpha ~ std * N(0, 1), seeded; eta as configured. alpha's
+    /// diagonal is zero without plastic self-connections. The modulator starts like a PyTorch
+    /// `nn.Linear` (mod_w ~ U(-1/sqrt(N), 1/sqrt(N)), mod_b = 0) with fan-out u = 1, c = 0, so the
+    /// rate starts as M(t) itself.
     pub fn init(config: &NetworkConfig) -> Result<Self> {
         config.validate()?;
-        let layout = ParamLayout::new(config.neurons);
+        let spec = &config.plasticity;
+        let layout = ParamLayout::new(config.neurons, spec);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let normal = Normal::new(0.0f32, 1.0).expect("unit normal");
-        let nn = (config.neurons * config.neurons) as usize;
+        let n = config.neurons as usize;
         let mut values = Vec::with_capacity(layout.count as usize);
-        values.extend((0..nn).map(|_| config.w_init_std * normal.sample(&mut rng)));
+        values.extend((0..n * n).map(|_| config.w_init_std * normal.sample(&mut rng)));
         let alpha_std = if config.plastic { config.alpha_init_std } else { 0.0 };
-        values.extend((0..nn).map(|_| alpha_std * normal.sample(&mut rng)));
-        values.push(config.eta);
+        values.extend((0..spec.alpha_len(config.neurons)).map(|_| alpha_std * normal.sample(&mut rng)));
+        if !spec.plastic_self && spec.alpha == AlphaShape::PerConnection {
+            for i in 0..n {
+                values[n * n + i * n + i] = 0.0;
+            }
+        }
+        values.extend((0..spec.eta_len(config.neurons)).map(|_| config.eta));
+        if spec.modulated() {
+            let bound = 1.0 / (n as f32).sqrt();
+            values.extend((0..n).map(|_| bound * (2.0 * rand::Rng::random::<f32>(&mut rng) - 1.0)));
+            values.push(0.0);
+        }
+        if spec.modulation == plasticity_kernels::Modulation::PerNeuron {
+            values.extend(std::iter::repeat_n(1.0, n));
+            values.extend(std::iter::repeat_n(0.0, n));
+        }
+        debug_assert_eq!(values.len(), layout.count as usize);
         Ok(Self { layout, values })
     }
 
@@ -97,8 +176,17 @@ impl HostParameters {
     pub fn alpha(&self) -> &[f32] {
         &self.values[self.layout.alpha_offset as usize..self.layout.eta_offset as usize]
     }
+    /// The first (or only) eta.
     pub fn eta(&self) -> f32 {
         self.values[self.layout.eta_offset as usize]
+    }
+    /// Every eta: one, or one per neuron.
+    pub fn etas(&self) -> &[f32] {
+        &self.values[self.layout.eta_offset as usize..self.layout.mod_offset as usize]
+    }
+    /// `[mod_w, mod_b, mod_u, mod_c]` as the rule has them.
+    pub fn modulator(&self) -> &[f32] {
+        &self.values[self.layout.mod_offset as usize..]
     }
 }
 
@@ -117,7 +205,7 @@ impl Network {
 
     pub fn from_parameters(ctx: &GpuContext, config: &NetworkConfig, host: &HostParameters) -> Result<Self> {
         config.validate()?;
-        let layout = ParamLayout::new(config.neurons);
+        let layout = ParamLayout::new(config.neurons, &config.plasticity);
         if host.layout != layout || host.values.len() != layout.count as usize {
             return Err(invalid(
                 "parameters",
@@ -128,7 +216,7 @@ impl Network {
             return Err(invalid("parameters", "the non-plastic baseline needs alpha = 0 everywhere"));
         }
         let bytes = layout.count as u64 * 4;
-        buffers::check_storage(ctx, "the parameters [w, alpha, eta]", bytes, |limit| {
+        buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", bytes, |limit| {
             format!("use at most {} neurons", ((limit / 8) as f64).sqrt() as u64)
         })?;
         let params = buffers::storage_from(ctx, "parameters", &host.values)?;

@@ -3,27 +3,56 @@
 //! test instead of silently misbinding.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use plasticity_kernels::{BindingKind, KernelDescriptor};
+use plasticity_kernels::{BindingKind, KernelDescriptor, Plasticity};
 
 pub(crate) struct Kernel {
     pub descriptor: KernelDescriptor,
     pub layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    module: wgpu::ShaderModule,
+    /// Built with every override at its default (the paper's decay rule).
     pub pipeline: wgpu::ComputePipeline,
 }
 
+/// The kernels' default pipelines, plus a cache of the rule kernels specialised per rule.
 pub(crate) struct Kernels {
     by_name: HashMap<&'static str, Kernel>,
+    specialised: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
 }
 
 impl Kernels {
     pub fn new(device: &wgpu::Device) -> Self {
         let by_name = plasticity_kernels::ALL_KERNELS.iter().map(|k| (k.name, build(device, k))).collect();
-        Self { by_name }
+        Self { by_name, specialised: Mutex::new(HashMap::new()) }
     }
 
     pub fn get(&self, name: &str) -> &Kernel {
         &self.by_name[name]
+    }
+
+    /// The pipeline of a rule kernel with the override constants of `spec` (and `extra` ones, such
+    /// as backward_trace's REVERSE), compiled on first use.
+    pub fn specialised(&self, device: &wgpu::Device, name: &str, spec: &Plasticity, extra: &[(&str, f64)]) -> Arc<wgpu::ComputePipeline> {
+        let k = self.get(name);
+        assert!(k.descriptor.rule_constants, "{name} does not apply the rule");
+        let constants: Vec<(&str, f64)> = spec.constants().into_iter().chain(extra.iter().copied()).collect();
+        let key = format!("{name}{constants:?}");
+        let mut cache = self.specialised.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(k.descriptor.name),
+                    layout: Some(&k.pipeline_layout),
+                    module: &k.module,
+                    entry_point: Some(k.descriptor.name),
+                    compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+                    cache: None,
+                }))
+            })
+            .clone()
     }
 }
 
@@ -64,5 +93,5 @@ fn build(device: &wgpu::Device, k: &KernelDescriptor) -> Kernel {
         compilation_options: Default::default(),
         cache: None,
     });
-    Kernel { descriptor: *k, layout, pipeline }
+    Kernel { descriptor: *k, layout, pipeline_layout, module, pipeline }
 }

@@ -7,17 +7,26 @@
 //! multiplies an existing rounding error by `1 / (1 - eta)`; K is the largest segment for which
 //! `(1 - eta)^-K <= max_reversal_amplification` (100 by default: K = 458 at eta = 0.01, K = 6 at
 //! eta = 0.5), recomputed from the current eta before every episode since eta is learned.
+//!
+//! Rules that cannot be inverted (a clip, a neuromodulated or per-neuron rate, an eligibility
+//! trace; see [`Plasticity::reversible`]) recompute instead: the forward pass stores the traces
+//! after steps K, 2K, ... (K = ceil(sqrt(T)) by default), and before the sweep walks a segment
+//! backwards, `trace_update` refills a scratch buffer of K + 1 trace slots from the segment's
+//! checkpoint. Memory: about (T / K + K + 1) traces, O(sqrt(T)).
 
 use plasticity_kernels::adam_update::{self, AdamParams};
-use plasticity_kernels::backward_activation::{self, BackwardActivationParams};
+use plasticity_kernels::backward_activation::{self, BackwardActivationParams, MOD_NONE};
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
-use plasticity_kernels::finish_gradients::FinishGradientsParams;
-use plasticity_kernels::{trace_partials_len, trace_tiles};
+use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
+use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
+use plasticity_kernels::trace_update::{self, TraceUpdateParams};
+use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, trace_tiles};
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
 use crate::episode::{
-    EpisodeData, EpisodeMetrics, EpisodeShape, EpisodeSource, ForwardState, GpuEpisode, ParamSlots, bind_group, dispatch, prepare,
+    EpisodeData, EpisodeMetrics, EpisodeShape, EpisodeSource, ForwardState, GpuEpisode, ParamSlots, bind_group, dispatch,
+    dispatch_pipeline, prepare,
 };
 use crate::error::{Result, invalid};
 use crate::network::{HostParameters, Network};
@@ -68,7 +77,8 @@ pub struct TrainerConfig {
     pub adam: AdamConfig,
     /// Bound on how much the trace reversal may amplify rounding between checkpoints.
     pub max_reversal_amplification: f32,
-    /// Force the checkpoint interval K (1 stores the trace of every step); `None` derives it from eta.
+    /// Force the checkpoint interval K (1 stores the trace of every step); `None` derives it from
+    /// eta for reversible rules and uses ceil(sqrt(T)) for the others.
     pub checkpoint_every: Option<u32>,
 }
 
@@ -97,13 +107,38 @@ pub fn checkpoint_steps(segment: u32, steps: u32) -> Vec<u32> {
     (1..).map(|k| 1 + k * segment.max(1)).take_while(|&c| c < steps).collect()
 }
 
+/// The recompute segment of a rule that cannot be reversed: ceil(sqrt(T)) balances the T / K
+/// checkpoints against the K + 1 scratch slots.
+pub fn recompute_segment(steps: u32) -> u32 {
+    ((steps.max(1) as f64).sqrt().ceil() as u32).max(1)
+}
+
+/// Steps after which the forward pass stores the trace for recomputation: K, 2K, ... < T, the
+/// trace just before each segment 1 + kK..(k + 1)K.
+pub fn recompute_checkpoint_steps(segment: u32, steps: u32) -> Vec<u32> {
+    (1..).map(|k| k * segment.max(1)).take_while(|&c| c < steps).collect()
+}
+
+/// How the backward sweep gets H(t-1) for one episode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recovery {
+    /// Invert the update, resetting to a checkpoint every `segment` steps.
+    Reverse { segment: u32 },
+    /// Recompute each segment of `segment` steps from its checkpoint into scratch slots.
+    Recompute { segment: u32 },
+}
+
 struct BackwardState {
     shape: EpisodeShape,
+    partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
-    preact_grad: GpuBuffer,
     partials: GpuBuffer,
+    /// Recompute: K + 1 trace slots; allocated for the current K.
+    segment_traces: Option<(u32, GpuBuffer)>,
     activation_params_slots: ParamSlots,
     trace_params_slots: ParamSlots,
+    update_params_slots: ParamSlots,
+    modulation_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     adam_params_slots: ParamSlots,
 }
@@ -112,62 +147,172 @@ impl BackwardState {
     fn new(ctx: &GpuContext, fwd: &ForwardState, net: &Network) -> Result<Self> {
         let shape = &fwd.shape;
         let (n, batch) = (shape.neurons, shape.batch);
+        let spec = &shape.plasticity;
         let tiles = trace_tiles(n);
         let layout = net.layout;
-        let activation_params: Vec<BackwardActivationParams> = (1..=shape.steps)
-            .map(|step| BackwardActivationParams {
+        let pl = PartialsLayout::new(n, batch, spec);
+        let modulation_params: Vec<ModulationBackwardParams> = (1..=shape.steps)
+            .map(|step| ModulationBackwardParams {
                 n,
                 batch,
                 step,
                 n_tiles: tiles,
-                loss_slot: shape.loss_slot(step),
-                loss_scale: 0.0,
-                clamp_words: shape.clamp_words(),
+                mod_offset: layout.mod_offset,
+                rate_partials_offset: pl.rate,
+                acc_offset: pl.modulator,
+                mod_grad_offset: pl.mod_grad,
+                fan_out: (spec.modulation == Modulation::PerNeuron) as u32,
+                mod_len: spec.modulator_len(n),
                 ..Default::default()
             })
             .collect();
-        let trace_params: Vec<BackwardTraceParams> = (1..=shape.steps)
-            .map(|step| BackwardTraceParams {
-                n,
-                batch,
-                step,
-                n_tiles: tiles,
-                w_offset: layout.w_offset,
-                alpha_offset: layout.alpha_offset,
-                eta_offset: layout.eta_offset,
-                ..Default::default()
-            })
-            .collect();
-        let finish = FinishGradientsParams {
-            param_count: layout.count,
-            eta_offset: layout.eta_offset,
-            eta_partials_offset: 2 * batch * n * tiles,
-            n_eta_partials: tiles * tiles,
-            learn_eta: net.config.learn_eta as u32,
-            frozen_begin: if net.config.plastic { 0 } else { layout.alpha_offset },
-            frozen_end: if net.config.plastic { 0 } else { layout.eta_offset },
-            ..Default::default()
+        let mut finish = FinishGradientsParams { param_count: layout.count, ..Default::default() };
+        let eta_used = !spec.modulated() || spec.retroactive;
+        let eta_job = match (eta_used, spec.eta) {
+            (false, _) => Reduction::default(),
+            (true, EtaShape::Scalar) => Reduction { dst: layout.eta_offset, len: 1, rows: tiles * n, src: pl.eta },
+            (true, EtaShape::PerNeuron) => Reduction { dst: layout.eta_offset, len: n, rows: tiles, src: pl.eta },
         };
-        let partial_bytes = trace_partials_len(n, batch) as u64 * 4;
-        buffers::check_storage(ctx, "the backward partial sums (2, B, N, N/16)", partial_bytes, |_| "use a smaller batch".into())?;
+        let alpha_job = match spec.alpha {
+            AlphaShape::PerConnection => Reduction::default(),
+            AlphaShape::PerNeuron => Reduction { dst: layout.alpha_offset, len: n, rows: n, src: pl.alpha },
+            AlphaShape::Scalar => Reduction { dst: layout.alpha_offset, len: 1, rows: n * n, src: pl.alpha },
+        };
+        let mod_job = if spec.modulated() {
+            Reduction { dst: layout.mod_offset, len: spec.modulator_len(n), rows: batch, src: pl.modulator }
+        } else {
+            Reduction::default()
+        };
+        finish.set_reductions([eta_job, alpha_job, mod_job]);
+        if !net.config.plastic {
+            (finish.frozen0_begin, finish.frozen0_end) = (layout.alpha_offset, layout.eta_offset);
+        }
+        if !net.config.learn_eta || !eta_used {
+            (finish.frozen1_begin, finish.frozen1_end) = (layout.eta_offset, layout.mod_offset);
+        }
+        let partial_bytes = pl.len as u64 * 4;
+        buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |_| "use a smaller batch".into())?;
+        let steps = shape.steps as usize;
         Ok(Self {
             shape: fwd.shape.clone(),
+            partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
-            preact_grad: buffers::storage(ctx, "pre-activation gradient", batch as u64 * n as u64 * 4)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
-            activation_params_slots: ParamSlots::new(ctx, "backward_activation params", &activation_params)?,
-            trace_params_slots: ParamSlots::new(ctx, "backward_trace params", &trace_params)?,
+            segment_traces: None,
+            activation_params_slots: ParamSlots::new(ctx, "backward_activation params", &vec![BackwardActivationParams::default(); steps])?,
+            trace_params_slots: ParamSlots::new(ctx, "backward_trace params", &vec![BackwardTraceParams::default(); steps])?,
+            update_params_slots: ParamSlots::new(ctx, "trace_update params", &vec![TraceUpdateParams::default(); steps])?,
+            modulation_params_slots: ParamSlots::new(ctx, "modulation_backward params", &modulation_params)?,
             finish_params_slots: ParamSlots::new(ctx, "finish_gradients params", &[finish])?,
             adam_params_slots: ParamSlots::new(ctx, "adam params", &[AdamParams::default()])?,
         })
     }
 
+    /// Writes the per-step params that depend on the episode's loss scale and on K.
+    fn write_step_params(&self, ctx: &GpuContext, net: &Network, loss_scale: f32, recovery: Recovery) -> Result<()> {
+        let shape = &self.shape;
+        let (n, batch, steps) = (shape.neurons, shape.batch, shape.steps);
+        let (layout, pl) = (net.layout, self.partials_layout);
+        let modulated = shape.plasticity.modulated();
+        let activation: Vec<BackwardActivationParams> = (1..=steps)
+            .map(|step| BackwardActivationParams {
+                n,
+                batch,
+                step,
+                n_tiles: trace_tiles(n),
+                loss_slot: shape.loss_slot(step),
+                loss_scale,
+                clamp_words: shape.clamp_words(),
+                mod_offset: layout.mod_offset,
+                mod_grad_offset: if modulated { pl.mod_grad } else { MOD_NONE },
+                preact_offset: pl.preact,
+                ..Default::default()
+            })
+            .collect();
+        let slot = shape.trace_slot_len() as u32;
+        // Recompute: step t of the segment starting at s0 sits in slot t - s0 + 1, H(s0 - 1) in slot 0.
+        let slot_of = |t: u32, segment: u32| t - ((t - 1) / segment * segment + 1) + 1;
+        let trace: Vec<BackwardTraceParams> = (1..=steps)
+            .map(|step| {
+                let (cur_offset, prev_offset) = match recovery {
+                    Recovery::Reverse { .. } => (0, 0),
+                    Recovery::Recompute { segment } => (slot_of(step, segment) * slot, (slot_of(step, segment) - 1) * slot),
+                };
+                BackwardTraceParams {
+                    n,
+                    batch,
+                    step,
+                    n_tiles: trace_tiles(n),
+                    w_offset: layout.w_offset,
+                    alpha_offset: layout.alpha_offset,
+                    eta_offset: layout.eta_offset,
+                    mod_offset: layout.mod_offset,
+                    cur_offset,
+                    prev_offset,
+                    elig_offset: shape.elig_offset(),
+                    alpha_grad_offset: pl.alpha,
+                    rate_partials_offset: pl.rate,
+                    eta_partials_offset: pl.eta,
+                    preact_offset: pl.preact,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        self.activation_params_slots.write(ctx, &activation)?;
+        self.trace_params_slots.write(ctx, &trace)?;
+        if let Recovery::Recompute { segment } = recovery {
+            let (_, row_stride) = trace_update::grid(n, batch);
+            let update: Vec<TraceUpdateParams> = (1..=steps)
+                .map(|step| TraceUpdateParams {
+                    n,
+                    batch,
+                    step,
+                    row_stride,
+                    eta_offset: layout.eta_offset,
+                    mod_offset: layout.mod_offset,
+                    src_offset: (slot_of(step, segment) - 1) * slot,
+                    dst_offset: slot_of(step, segment) * slot,
+                    elig_offset: shape.elig_offset(),
+                    ..Default::default()
+                })
+                .collect();
+            self.update_params_slots.write(ctx, &update)?;
+        }
+        Ok(())
+    }
+
+    /// The K + 1 scratch slots of the recompute sweep.
+    fn ensure_segment_traces(&mut self, ctx: &GpuContext, segment: u32) -> Result<()> {
+        if self.segment_traces.as_ref().is_some_and(|(k, _)| *k == segment) {
+            return Ok(());
+        }
+        self.segment_traces = None;
+        let bytes = (segment as u64 + 1) * self.shape.trace_slot_len() * 4;
+        let slot_bytes = self.shape.trace_slot_len() * 4;
+        buffers::check_storage(ctx, &format!("the recompute scratch ({} trace slots)", segment + 1), bytes, |limit| {
+            format!(
+                "set checkpoint_every to at most {} (fewer slots), or use a smaller batch",
+                (limit / slot_bytes).saturating_sub(1).max(1)
+            )
+        })?;
+        self.segment_traces = Some((segment, buffers::storage(ctx, "recompute scratch traces", bytes)?));
+        Ok(())
+    }
+
     fn allocated_bytes(&self) -> u64 {
-        [&self.trace_grad, &self.preact_grad, &self.partials].iter().map(|b| b.bytes).sum::<u64>()
-            + [&self.activation_params_slots, &self.trace_params_slots, &self.finish_params_slots, &self.adam_params_slots]
-                .iter()
-                .map(|u| u.buffer.bytes)
-                .sum::<u64>()
+        [&self.trace_grad, &self.partials].iter().map(|b| b.bytes).sum::<u64>()
+            + self.segment_traces.as_ref().map_or(0, |(_, b)| b.bytes)
+            + [
+                &self.activation_params_slots,
+                &self.trace_params_slots,
+                &self.update_params_slots,
+                &self.modulation_params_slots,
+                &self.finish_params_slots,
+                &self.adam_params_slots,
+            ]
+            .iter()
+            .map(|u| u.buffer.bytes)
+            .sum::<u64>()
     }
 }
 
@@ -226,7 +371,7 @@ impl Trainer {
     /// Forward only, for evaluation on fresh episodes.
     pub fn evaluate(&mut self, ctx: &GpuContext, data: &EpisodeData) -> Result<EpisodeMetrics> {
         let net = &self.network;
-        let fwd = prepare(&mut self.forward, ctx, &EpisodeSource::Host(data), net.config.neurons)?;
+        let fwd = prepare(&mut self.forward, ctx, &EpisodeSource::Host(data), net.config.neurons, net.config.plasticity)?;
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("evaluate") });
         ctx.scoped("recording an evaluation episode", || {
             fwd.record_forward(ctx, &mut encoder, net, &[]);
@@ -335,7 +480,8 @@ impl Trainer {
 
     fn record(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, source: &EpisodeSource<'_>, update: bool) -> Result<()> {
         let neurons = self.network.config.neurons;
-        prepare(&mut self.forward, ctx, source, neurons)?;
+        let spec = self.network.config.plasticity;
+        prepare(&mut self.forward, ctx, source, neurons, spec)?;
         let fwd = self.forward.as_ref().expect("prepared");
         let reshaped = self.backward.as_ref().is_none_or(|b| b.shape != fwd.shape);
         if reshaped {
@@ -346,29 +492,31 @@ impl Trainer {
             self.backward = Some(BackwardState::new(ctx, fwd, &self.network)?);
         }
         let steps = fwd.shape.steps;
-        let segment =
-            self.config.checkpoint_every.unwrap_or_else(|| reversal_segment(self.eta, steps, self.config.max_reversal_amplification));
-        let plan = checkpoint_steps(segment, steps);
+        let (recovery, plan) = if spec.reversible() {
+            let segment = self.config.checkpoint_every.unwrap_or_else(|| {
+                if spec.rule == Rule::Additive {
+                    steps // H(t-1) = H(t) - eta pre post amplifies nothing
+                } else {
+                    reversal_segment(self.eta, steps, self.config.max_reversal_amplification)
+                }
+            });
+            (Recovery::Reverse { segment }, checkpoint_steps(segment, steps))
+        } else {
+            let segment = self.config.checkpoint_every.unwrap_or_else(|| recompute_segment(steps)).min(steps);
+            (Recovery::Recompute { segment }, recompute_checkpoint_steps(segment, steps))
+        };
+        let (Recovery::Reverse { segment } | Recovery::Recompute { segment }) = recovery;
         while self.checkpoints.len() < plan.len() {
             self.checkpoints.push(buffers::storage(ctx, "trace checkpoint", fwd.trace.bytes)?);
         }
         self.last_segment = segment;
-        let bwd = self.backward.as_ref().expect("allocated");
-
+        let bwd = self.backward.as_mut().expect("allocated");
+        if let Recovery::Recompute { segment } = recovery {
+            bwd.ensure_segment_traces(ctx, segment)?;
+        }
         // The loss scale lives in the per-step params, and may differ from the last episode's.
-        let activation_params: Vec<BackwardActivationParams> = (1..=steps)
-            .map(|step| BackwardActivationParams {
-                n: neurons,
-                batch: fwd.shape.batch,
-                step,
-                n_tiles: trace_tiles(neurons),
-                loss_slot: fwd.shape.loss_slot(step),
-                loss_scale: source.loss_scale(),
-                clamp_words: fwd.shape.clamp_words(),
-                ..Default::default()
-            })
-            .collect();
-        bwd.activation_params_slots.write(ctx, &activation_params)?;
+        bwd.write_step_params(ctx, &self.network, source.loss_scale(), recovery)?;
+        let bwd = self.backward.as_ref().expect("allocated");
         if update {
             let step = self.adam_step + 1;
             let a = self.config.adam;
@@ -394,7 +542,7 @@ impl Trainer {
         ctx.scoped("recording a training episode", || {
             fwd.record_copies(encoder, source);
             fwd.record_forward(ctx, encoder, net, &checkpoints);
-            record_backward(ctx, encoder, net, fwd, bwd, &self.grads, &checkpoints);
+            record_backward(ctx, encoder, net, fwd, bwd, &self.grads, &checkpoints, recovery);
             if update {
                 let group = bind_group(
                     ctx,
@@ -414,7 +562,8 @@ impl Trainer {
     }
 }
 
-/// The backward sweep t = T..1, then the eta reduction and gradient norm.
+/// The backward sweep t = T..1, then the reductions and the gradient norm.
+#[allow(clippy::too_many_arguments)]
 fn record_backward(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
@@ -423,57 +572,113 @@ fn record_backward(
     bwd: &BackwardState,
     grads: &wgpu::Buffer,
     checkpoints: &[(u32, &wgpu::Buffer)],
+    recovery: Recovery,
 ) {
     let shape = &fwd.shape;
+    let spec: &Plasticity = &shape.plasticity;
     for b in [grads, &bwd.trace_grad.buffer, &bwd.partials.buffer] {
         encoder.clear_buffer(b, 0, None);
     }
+    let reverse = matches!(recovery, Recovery::Reverse { .. });
+    let traces: &wgpu::Buffer = match (&bwd.segment_traces, reverse) {
+        (Some((_, scratch)), false) => scratch,
+        _ => &fwd.trace,
+    };
     let activation_group = bind_group(
         ctx,
         "backward_activation",
         &bwd.activation_params_slots,
-        &[&fwd.activations, &fwd.targets, &bwd.partials, &fwd.clamp, &bwd.preact_grad],
+        &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
+    let trace_pipeline = ctx.kernels.specialised(&ctx.device, "backward_trace", spec, &[(backward_trace::REVERSE, reverse as u32 as f64)]);
     let trace_group = bind_group(
         ctx,
         "backward_trace",
         &bwd.trace_params_slots,
-        &[&net.params, &fwd.activations, &bwd.preact_grad, &fwd.trace, &bwd.trace_grad, grads, &bwd.partials],
+        &[&net.params, &fwd.activations, &fwd.modulation, traces, &bwd.trace_grad, grads, &bwd.partials],
     );
+    let modulation_group = spec.modulated().then(|| {
+        bind_group(
+            ctx,
+            "modulation_backward",
+            &bwd.modulation_params_slots,
+            &[&net.params, &fwd.activations, &fwd.modulation, &bwd.partials],
+        )
+    });
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
     let trace_grid = backward_trace::workgroups(shape.neurons);
-    // The sweep recovers H(t-1) by reversal; at a checkpoint step, and at step 1 where H(1) = 0,
-    // the exact value replaces it.
-    let resets_at = |s: u32| s == 1 || checkpoints.iter().any(|(c, _)| *c == s);
-    let mut t = shape.steps;
-    loop {
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("backward"), timestamp_writes: None });
+    let modulation_grid = modulation_backward::workgroups(shape.batch);
+    // One backward step: the modulator's share of gx(t), then ga(t), then the trace part.
+    let step = |pass: &mut wgpu::ComputePass<'_>, t: u32| {
+        let slot = t as usize - 1;
+        if let Some(group) = &modulation_group {
+            dispatch(pass, ctx, "modulation_backward", group, bwd.modulation_params_slots.offset(slot), modulation_grid);
+        }
+        dispatch(pass, ctx, "backward_activation", &activation_group, bwd.activation_params_slots.offset(slot), activation_grid);
+        dispatch_pipeline(pass, &trace_pipeline, &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
+    };
+    match recovery {
+        Recovery::Reverse { .. } => {
+            // The sweep recovers H(t-1) by reversal; at a checkpoint step, and at step 1 where H(1) = 0,
+            // the exact value replaces it.
+            let resets_at = |s: u32| s == 1 || checkpoints.iter().any(|(c, _)| *c == s);
+            let mut t = shape.steps;
             loop {
-                let slot = t as usize - 1;
-                dispatch(
-                    &mut pass,
-                    ctx,
-                    "backward_activation",
-                    &activation_group,
-                    bwd.activation_params_slots.offset(slot),
-                    activation_grid,
-                );
-                dispatch(&mut pass, ctx, "backward_trace", &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
-                if t == 1 || resets_at(t - 1) {
+                {
+                    let mut pass =
+                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("backward"), timestamp_writes: None });
+                    loop {
+                        step(&mut pass, t);
+                        if t == 1 || resets_at(t - 1) {
+                            break;
+                        }
+                        t -= 1;
+                    }
+                }
+                if t == 1 {
                     break;
+                }
+                match checkpoints.iter().find(|(c, _)| *c == t - 1) {
+                    Some((_, buffer)) => encoder.copy_buffer_to_buffer(buffer, 0, &fwd.trace, 0, fwd.trace.bytes),
+                    None => encoder.clear_buffer(&fwd.trace, 0, None),
                 }
                 t -= 1;
             }
         }
-        if t == 1 {
-            break;
+        Recovery::Recompute { segment } => {
+            let slot_bytes = shape.trace_slot_len() * 4;
+            let update_pipeline = ctx.kernels.specialised(&ctx.device, "trace_update", spec, &[]);
+            let update_group =
+                bind_group(ctx, "trace_update", &bwd.update_params_slots, &[&net.params, &fwd.activations, &fwd.modulation, traces]);
+            let update_grid = trace_update::grid(shape.neurons, shape.batch).0;
+            let starts: Vec<u32> = (0..).map(|k| 1 + k * segment).take_while(|&s| s <= shape.steps).collect();
+            for &start in starts.iter().rev() {
+                let end = (start + segment - 1).min(shape.steps);
+                // Slot 0 holds H(start - 1); at the first segment H(0) does not exist and H(1) = 0.
+                let first_update = if start == 1 {
+                    encoder.clear_buffer(traces, 0, Some(2 * slot_bytes));
+                    2
+                } else {
+                    let (_, checkpoint) = checkpoints.iter().find(|(c, _)| *c == start - 1).expect("a checkpoint before every segment");
+                    encoder.copy_buffer_to_buffer(checkpoint, 0, traces, 0, slot_bytes);
+                    start
+                };
+                let mut pass =
+                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("recompute"), timestamp_writes: None });
+                for s in first_update..=end {
+                    dispatch_pipeline(
+                        &mut pass,
+                        &update_pipeline,
+                        &update_group,
+                        bwd.update_params_slots.offset(s as usize - 1),
+                        update_grid,
+                    );
+                }
+                for t in (start..=end).rev() {
+                    step(&mut pass, t);
+                }
+            }
         }
-        match checkpoints.iter().find(|(c, _)| *c == t - 1) {
-            Some((_, buffer)) => encoder.copy_buffer_to_buffer(buffer, 0, &fwd.trace, 0, fwd.trace.bytes),
-            None => encoder.clear_buffer(&fwd.trace, 0, None),
-        }
-        t -= 1;
     }
     let finish_group = bind_group(ctx, "finish_gradients", &bwd.finish_params_slots, &[&bwd.partials, grads, &fwd.metrics]);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("finish gradients"), timestamp_writes: None });

@@ -36,6 +36,12 @@ pub struct BenchArgs {
     /// Also write every figure, with the adapter and the configuration, to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of the default set, time every rule at one size (the first --neurons and --batch
+    /// values, default 256 and 4) and print each relative to the decay rule.
+    #[arg(long)]
+    compare_rules: bool,
+    #[command(flatten)]
+    rule: crate::rule_args::RuleArgs,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -53,6 +59,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (neurons, batches, args.reps, args.warmup, args.memory_steps.clone())
     };
     anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
+    let plasticity = args.rule.plasticity()?;
+    if args.compare_rules {
+        return compare_rules(
+            &ctx,
+            args,
+            neurons.first().copied().filter(|_| args.neurons.is_some()).unwrap_or(256),
+            batches.first().copied().filter(|_| args.batch.is_some()).unwrap_or(4),
+            reps,
+            warmup,
+        );
+    }
     anyhow::ensure!(
         args.memory_size.len() == 2 && args.memory_size.iter().all(|&v| v >= 1),
         "--memory-size takes two positive numbers, N,B (got {:?})",
@@ -61,7 +78,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
     let ceiling = bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
     println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s");
-    println!("timing: medians of {} (the memory-growth times: wall clock)\n", bench::timing_method(&ctx));
+    println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
+    println!("rule: {}\n", crate::rule_args::describe(&plasticity));
 
     println!(
         "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4}",
@@ -70,18 +88,58 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &n in &neurons {
         for &b in &batches {
-            let case = BenchCase { neurons: n, batch: b, steps: args.steps };
+            let case = BenchCase { neurons: n, batch: b, steps: args.steps, plasticity };
             let r = bench::bench_case(&ctx, case, warmup, reps, ceiling).with_context(|| format!("N = {n}, B = {b}"))?;
             print_case(&r);
             results.push(r);
         }
     }
     let (mn, mb) = if args.quick { (32, 2) } else { (args.memory_size[0], args.memory_size[1]) };
-    let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1).context("memory scaling")?;
+    let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1, plasticity).context("memory scaling")?;
     print_memory(&memory);
     if let Some(path) = &args.json {
         write_json(path, &ctx, ceiling, &results, &memory, args)?;
         println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Every rule at one size, relative to the decay rule: the figures behind the per-rule claims.
+fn compare_rules(ctx: &GpuContext, args: &BenchArgs, n: u32, b: u32, reps: u32, warmup: u32) -> anyhow::Result<()> {
+    use plasticity_runtime::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
+    let p = Plasticity::PAPER;
+    let rules = [
+        p,
+        Plasticity { rule: Rule::Oja, ..p },
+        Plasticity { rule: Rule::Additive, clip: Some(1.0), ..p },
+        Plasticity { clip: Some(1.0), ..p },
+        Plasticity { eta: EtaShape::PerNeuron, alpha: AlphaShape::PerNeuron, ..p },
+        Plasticity { rule: Rule::Additive, clip: Some(1.0), modulation: Modulation::Simple, ..p },
+        Plasticity { rule: Rule::Additive, clip: Some(1.0), modulation: Modulation::PerNeuron, ..p },
+        Plasticity { clip: Some(1.0), modulation: Modulation::Simple, retroactive: true, ..p },
+    ];
+    println!("timing: medians of {}; N = {n}, B = {b}, T = {}\n", bench::timing_method(ctx), args.steps);
+    println!(
+        "{:<32} | {:>11} {:>8} | {:>13} {:>8} | {:>10} {:>9} {:>4}",
+        "rule", "fwd ms/step", "vs decay", "train ms/step", "vs decay", "peak MiB", "backward", "K"
+    );
+    let mut base: Option<(f64, f64)> = None;
+    for spec in rules {
+        let case = BenchCase { neurons: n, batch: b, steps: args.steps, plasticity: spec };
+        let r = bench::bench_case(ctx, case, warmup, reps, 1.0).with_context(|| crate::rule_args::describe(&spec))?;
+        let train_per_step = r.train_ms_per_episode / args.steps as f64;
+        let (f0, t0) = *base.get_or_insert((r.forward_ms_per_step, train_per_step));
+        println!(
+            "{:<32} | {:>11.3} {:>7.2}x | {:>13.3} {:>7.2}x | {:>10.2} {:>9} {:>4}",
+            crate::rule_args::describe(&spec),
+            r.forward_ms_per_step,
+            r.forward_ms_per_step / f0,
+            train_per_step,
+            train_per_step / t0,
+            mib(r.peak_bytes),
+            if spec.reversible() { "reverse" } else { "recompute" },
+            r.checkpoint_segment
+        );
     }
     Ok(())
 }
@@ -120,7 +178,7 @@ fn print_memory(m: &MemoryScaling) {
 }
 
 fn write_json(
-    path: &PathBuf,
+    path: &std::path::Path,
     ctx: &GpuContext,
     ceiling: f64,
     results: &[CaseResult],

@@ -3,6 +3,7 @@
 mod bench;
 mod images;
 mod plot;
+mod rule_args;
 mod train;
 
 use std::process::ExitCode;

@@ -177,6 +177,8 @@ pub struct TrainArgs {
     /// Train the non-plastic baseline (alpha fixed at zero) to see what plasticity buys.
     #[arg(long)]
     baseline: bool,
+    #[command(flatten)]
+    rule: crate::rule_args::RuleArgs,
     /// Seed of the initial weights and of every episode; the same seed repeats a run on the same device.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -244,6 +246,7 @@ impl TrainArgs {
             learn_eta: !self.fixed_eta,
             plastic: !self.baseline,
             seed: self.seed,
+            plasticity: self.rule.plasticity()?,
             ..Default::default()
         };
         let adam = AdamConfig { lr: self.lr, clip_norm: self.clip, ..Default::default() };
@@ -573,7 +576,10 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
     let scale = 1.0 / (args.neurons as f32).sqrt();
     let config =
         NetworkConfig { neurons: args.neurons, eta: 0.1, seed: args.seed, w_init_std: scale, alpha_init_std: scale, ..Default::default() };
-    let data = bench::random_episode(bench::BenchCase { neurons: args.neurons, batch: args.batch, steps: args.steps }, args.seed);
+    let data = bench::random_episode(
+        bench::BenchCase { neurons: args.neurons, batch: args.batch, steps: args.steps, plasticity: Default::default() },
+        args.seed,
+    );
     let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config)?, TrainerConfig::default())?;
     let metrics = trainer.compute_gradients(&ctx, &data)?;
     let grads = trainer.read_gradients(&ctx)?;

@@ -1,0 +1,117 @@
+// trace_update: recomputes the plastic trace of step t from that of step t-1 (any rule), for the
+// backward sweep of rules it cannot invert (a clip, a modulated rate, an eligibility trace).
+//
+//   H(t) = clip(U_r(H(t-1)))      r = rate_bj(t-1), pre = x_i(t-2), post = x_j(t-1)
+//   retroactive: E(t) = U_eta(E(t-1)),  H(t) = clip(H(t-1) + r E(t-1))
+//
+// with the same update functions as forward_step.wgsl (see there for the rules). The sweep keeps
+// exact checkpoints of H (and E) every K steps; before it walks a segment backwards it refills a
+// scratch buffer of K + 1 slots, slot s holding the trace of step (segment start - 1 + s), with this
+// kernel, so the memory is O(T / K + K) traces instead of T. It applies the same f32 operations in
+// the same order as forward_step, so a recomputed trace matches the forward pass's to rounding.
+//
+// One invocation per element of the (B, N, N) trace; a 2-D grid past 65535 workgroups.
+
+override WORKGROUP_SIZE: u32 = 256u;
+override RULE: u32 = 0u;
+override CLIP: f32 = 0.0;
+override ALPHA_SHAPE: u32 = 0u;
+override RATE: u32 = 0u;
+override ETA_PER_NEURON: bool = false;
+override RETROACTIVE: bool = false;
+override PLASTIC_SELF: bool = true;
+
+struct TraceUpdateParams {
+    n: u32,           // neurons N
+    batch: u32,       // batch B
+    step: u32,        // t >= 2: forms H(t)
+    row_stride: u32,  // invocations per grid row
+    eta_offset: u32,  // offsets into `params`
+    mod_offset: u32,
+    src_offset: u32,  // element offset of the slot holding H(t-1) (E(t-1) at + elig_offset)
+    dst_offset: u32,  // element offset of the slot receiving H(t)
+    elig_offset: u32, // offset of E within a slot (RETROACTIVE)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> p: TraceUpdateParams;
+@group(0) @binding(1) var<storage, read> params: array<f32>;        // flat parameters [w, alpha, eta, modulator]
+@group(0) @binding(2) var<storage, read> activations: array<f32>;   // (T + 1, B, N): x(t) at row t
+@group(0) @binding(3) var<storage, read> modulation: array<f32>;    // (T + 1, B): M_b(t) at row t
+@group(0) @binding(4) var<storage, read_write> traces: array<f32>;  // (K + 1 slots) of [H (B, N, N), E (B, N, N)]
+
+// ---- shared with trace_update.wgsl and backward_trace.wgsl (a test keeps the copies identical) ----
+fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace(v: f32) -> f32 {
+    if (CLIP > 0.0) {
+        return clamp(v, -CLIP, CLIP);
+    }
+    return v;
+}
+
+// rate_bj(s) of the plastic trace's update at step s.
+fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
+    if (RATE == 1u) {
+        return params[eta_offset + j];
+    } else if (RATE == 2u) {
+        return modulation[s * batch + b];
+    } else if (RATE == 3u) {
+        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+    }
+    return params[eta_offset];
+}
+
+// eta_j: the rate of the eligibility trace's update.
+fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
+    if (ETA_PER_NEURON) {
+        return params[eta_offset + j];
+    }
+    return params[eta_offset];
+}
+
+fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
+    if (!PLASTIC_SELF && i == j) {
+        return 0.0;
+    }
+    if (ALPHA_SHAPE == 1u) {
+        return params[alpha_offset + j];
+    } else if (ALPHA_SHAPE == 2u) {
+        return params[alpha_offset];
+    }
+    return params[alpha_offset + i * n + j];
+}
+// ---- end of shared functions ----
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn trace_update(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = p.n;
+    let e = gid.y * p.row_stride + gid.x;
+    if (e >= p.batch * n * n) {
+        return;
+    }
+    let b = e / (n * n);
+    let i = (e / n) % n;
+    let j = e % n;
+    let row = p.batch * n;
+    let pre = activations[(p.step - 2u) * row + b * n + i];
+    let post = activations[(p.step - 1u) * row + b * n + j];
+    let rate = plastic_rate(b, j, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
+    let h = traces[p.src_offset + e];
+    if (RETROACTIVE) {
+        let old_e = traces[p.src_offset + p.elig_offset + e];
+        traces[p.dst_offset + e] = clip_trace(h + rate * old_e);
+        traces[p.dst_offset + p.elig_offset + e] = rule_update(old_e, pre, post, eligibility_rate(j, p.eta_offset));
+    } else {
+        traces[p.dst_offset + e] = clip_trace(rule_update(h, pre, post, rate));
+    }
+}

@@ -1,0 +1,199 @@
+//! Every plasticity rule, whole episodes on the GPU against the f64 reference: activations, the
+//! trace after the episode, the loss, and the gradient of every learned parameter through the full
+//! backward sweep (reversal for the invertible rules, recomputation from checkpoints for the rest).
+
+use plasticity_kernels::reference::{self, Episode64, Network64};
+use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
+use plasticity_runtime::{EpisodeData, EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, Trainer, TrainerConfig};
+use plasticity_tests::*;
+use rand::Rng;
+
+fn specs() -> Vec<(&'static str, Plasticity)> {
+    let p = Plasticity::PAPER;
+    vec![
+        ("oja", Plasticity { rule: Rule::Oja, ..p }),
+        ("additive", Plasticity { rule: Rule::Additive, ..p }),
+        ("decay clip", Plasticity { clip: Some(0.05), ..p }),
+        ("oja clip", Plasticity { rule: Rule::Oja, clip: Some(0.05), ..p }),
+        ("additive clip", Plasticity { rule: Rule::Additive, clip: Some(0.05), ..p }),
+        (
+            "per-neuron eta and alpha, no self",
+            Plasticity { eta: EtaShape::PerNeuron, alpha: AlphaShape::PerNeuron, plastic_self: false, ..p },
+        ),
+        ("scalar alpha", Plasticity { rule: Rule::Oja, alpha: AlphaShape::Scalar, ..p }),
+        ("simple modulation", Plasticity { rule: Rule::Additive, clip: Some(0.1), modulation: Modulation::Simple, ..p }),
+        ("fan-out modulation", Plasticity { rule: Rule::Decay, modulation: Modulation::PerNeuron, ..p }),
+        ("retroactive", Plasticity { rule: Rule::Decay, clip: Some(0.05), modulation: Modulation::Simple, retroactive: true, ..p }),
+        (
+            "retroactive fan-out",
+            Plasticity { rule: Rule::Oja, modulation: Modulation::PerNeuron, retroactive: true, eta: EtaShape::PerNeuron, ..p },
+        ),
+    ]
+}
+
+struct Problem {
+    config: NetworkConfig,
+    host: HostParameters,
+    data: EpisodeData,
+}
+
+/// Random parameters of scale ~1/sqrt(N) (stable, unsaturated), alpha large enough that the
+/// plastic term matters, rates in [0.1, 0.4], a modulator that swings M across (-1, 1), random
+/// inputs and +-1 targets at the middle and last steps.
+fn problem(seed: u64, spec: Plasticity, n: u32, batch: u32, steps: u32) -> Problem {
+    let mut r = rng(seed);
+    let layout = ParamLayout::new(n, &spec);
+    let scale = 1.2 / (n as f32).sqrt();
+    let mut values = uniform(&mut r, (n * n) as usize, scale);
+    values.extend(uniform(&mut r, spec.alpha_len(n) as usize, 3.0 * scale));
+    values.extend((0..spec.eta_len(n)).map(|_| r.random_range(0.1..0.4f32)));
+    if spec.modulated() {
+        values.extend(uniform(&mut r, n as usize, 2.0 * scale));
+        values.push(0.2);
+    }
+    if spec.modulation == Modulation::PerNeuron {
+        values.extend(uniform(&mut r, n as usize, 1.0));
+        values.extend(uniform(&mut r, n as usize, 0.2));
+    }
+    if !spec.plastic_self && spec.alpha == AlphaShape::PerConnection {
+        for i in 0..n as usize {
+            values[(n * n) as usize + i * n as usize + i] = 0.0;
+        }
+    }
+    let row = (batch * n) as usize;
+    let loss_steps: Vec<u32> = vec![steps / 2, steps];
+    let targets = uniform(&mut r, loss_steps.len() * row, 1.0).iter().map(|v| v.signum()).collect();
+    let data = EpisodeData {
+        batch,
+        steps,
+        inputs: uniform(&mut r, steps as usize * row, 1.0),
+        loss_steps,
+        targets,
+        loss_scale: 1.0,
+        clamp: Vec::new(),
+    };
+    let config = NetworkConfig { neurons: n, eta: 0.2, plasticity: spec, ..Default::default() };
+    Problem { config, host: HostParameters { layout, values }, data }
+}
+
+fn to_reference(p: &Problem) -> (Network64, Episode64) {
+    let n = p.config.neurons as usize;
+    let net = Network64::from_flat(n, p.config.plasticity, &to_f64(&p.host.values));
+    let ep = Episode64 {
+        batch: p.data.batch as usize,
+        steps: p.data.steps as usize,
+        inputs: to_f64(&p.data.inputs),
+        loss_steps: p.data.loss_steps.iter().map(|&s| s as usize).collect(),
+        targets: to_f64(&p.data.targets),
+        loss_scale: p.data.loss_scale as f64,
+        clamp: Vec::new(),
+    };
+    (net, ep)
+}
+
+/// Each tensor against `atol = 2e-3 * max(|tensor|, 1e-2 * |largest gradient|)` plus `rtol = 2e-3`:
+/// the GPU works in f32 through T forward and T backward steps and sums T*B*N terms per entry, which
+/// leaves errors near 1e-5..1e-4 of an entry's scale; the floor covers tensors whose entries are
+/// sums with heavy cancellation (one eta). A missing or wrong chain-rule term is off by O(1).
+fn assert_gradients_match(what: &str, gpu: &HostParameters, reference: &[f64]) {
+    let global = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (name, offset, shape) in gpu.layout.tensors() {
+        let len: usize = shape.iter().product();
+        let (g, r) = (&gpu.values[offset as usize..][..len], &reference[offset as usize..][..len]);
+        let scale = r.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-2 * global);
+        assert_close(&format!("{what} d{name}"), g, r, 2e-3 * scale, 2e-3);
+    }
+}
+
+fn gpu_gradients(p: &Problem, config: TrainerConfig) -> (HostParameters, u32) {
+    let ctx = gpu();
+    let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+    let mut trainer = Trainer::new(ctx, net, config).unwrap();
+    trainer.compute_gradients(ctx, &p.data).unwrap();
+    (trainer.read_gradients(ctx).unwrap(), trainer.last_segment())
+}
+
+#[test]
+fn every_rule_forward_matches_reference() {
+    let ctx = gpu();
+    for (name, spec) in specs() {
+        for (n, batch, steps) in [(13, 3, 9), (65, 2, 6)] {
+            let p = problem(n as u64 + 7, spec, n, batch, steps);
+            let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+            let mut runner = EpisodeRunner::new();
+            let metrics = runner.run(ctx, &net, &p.data).unwrap();
+            let (net64, ep64) = to_reference(&p);
+            let fwd = reference::forward(&net64, &ep64);
+            let what = format!("{name} N={n} B={batch} T={steps}");
+            // f32 against f64 through a few recurrent steps of a contracting network.
+            assert_close(&format!("{what} activations"), &runner.read_activations(ctx).unwrap(), &fwd.activations, 2e-4, 1e-4);
+            let mut trace = fwd.traces[steps as usize - 1].clone();
+            if spec.retroactive {
+                trace.extend(&fwd.eligibility[steps as usize - 1]);
+            }
+            assert_close(&format!("{what} traces after step T"), &runner.read_trace(ctx).unwrap(), &trace, 2e-4, 1e-4);
+            let loss = reference::loss(&ep64, &fwd);
+            assert!((metrics.loss as f64 - loss).abs() <= 1e-3 + 1e-4 * loss.abs(), "{what}: loss {} vs reference {loss}", metrics.loss);
+            if let Some(c) = spec.clip {
+                let h = &fwd.traces[steps as usize - 1];
+                let at_clip = h.iter().filter(|v| v.abs() >= c as f64 - 1e-9).count();
+                assert!(at_clip > 0 && at_clip < h.len(), "{what}: the clip is active for some elements only ({at_clip} of {})", h.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn every_rule_gradients_match_reference() {
+    for (name, spec) in specs() {
+        for (n, batch, steps) in [(13, 3, 9), (21, 2, 17)] {
+            let p = problem(3 * n as u64 + steps as u64, spec, n, batch, steps);
+            let (net64, ep64) = to_reference(&p);
+            let reference = reference::backward(&net64, &ep64, &reference::forward(&net64, &ep64)).to_flat();
+            let what = format!("{name} N={n} B={batch} T={steps}");
+            let (grads, segment) = gpu_gradients(&p, TrainerConfig::default());
+            if !spec.reversible() {
+                assert_eq!(segment, (steps as f64).sqrt().ceil() as u32, "{what}: recompute segment");
+            }
+            // Every learned tensor has a gradient that is not trivially zero.
+            for (tensor, offset, shape) in p.host.layout.tensors() {
+                let len: usize = shape.iter().product();
+                let unused = tensor == "eta" && spec.modulated() && !spec.retroactive;
+                let any = reference[offset as usize..][..len].iter().any(|g| g.abs() > 1e-6);
+                assert_eq!(any, !unused, "{what}: d{tensor} nonzero");
+            }
+            let mut reference = reference;
+            if spec.modulated() && !spec.retroactive {
+                // eta is not used by the rule: the runtime holds it (gradient 0).
+                let l = p.host.layout;
+                reference[l.eta_offset as usize..l.mod_offset as usize].fill(0.0);
+            }
+            assert_gradients_match(&what, &grads, &reference);
+            // One segment for the whole episode (no recomputation past the first) and a
+            // checkpoint after every step must give the same gradients.
+            for k in [1, steps] {
+                let (other, _) = gpu_gradients(&p, TrainerConfig { checkpoint_every: Some(k), ..Default::default() });
+                assert_gradients_match(&format!("{what} K={k}"), &other, &reference);
+            }
+        }
+    }
+}
+
+#[test]
+fn recomputation_keeps_memory_sublinear_in_the_episode_length() {
+    let ctx = gpu();
+    let spec = Plasticity { rule: Rule::Additive, clip: Some(1.0), ..Plasticity::PAPER };
+    let mut bytes = Vec::new();
+    for steps in [100u32, 400] {
+        let p = problem(1, spec, 32, 2, steps);
+        let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+        let mut trainer = Trainer::new(ctx, net, TrainerConfig::default()).unwrap();
+        trainer.compute_gradients(ctx, &p.data).unwrap();
+        assert_eq!(trainer.last_segment(), (steps as f64).sqrt().ceil() as u32);
+        bytes.push(trainer.allocated_bytes() as f64);
+    }
+    // (T/K + K + 1) traces: 21 at T = 100, 41 at T = 400, plus the history that grows with T;
+    // storing every trace would grow 4x.
+    let ratio = bytes[1] / bytes[0];
+    assert!(ratio < 2.5, "memory grew {ratio:.2}x for 4x the steps");
+}
