@@ -191,9 +191,25 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x_prev = x_now - row;            // x(t-1)
     let has_prev2 = p.step >= 2u;        // x(t-2) and H(t-1) exist
     let col_base = p.batch * n * p.n_tiles; // column sums follow the row sums in `partials`
+    // Everything loop-invariant is loaded once: the compiler cannot hoist loads from `params` or `p`
+    // past the stores to the other buffers, which it must assume may alias them.
     let eo = p.elig_offset;
+    let cur = p.cur_offset;
+    let prev = p.prev_offset;
+    let preact = p.preact_offset;
+    let w_offset = p.w_offset;
+    let alpha_offset = p.alpha_offset;
+    let eta_offset = p.eta_offset;
+    let mod_offset = p.mod_offset;
+    let step = p.step;
+    // A fixed rate (RATE 0: one eta) is read once; per-neuron rates once per column; modulated
+    // rates per (b, j).
+    let eta0 = params[eta_offset];
+    // The eta gradient is per post neuron (eta per neuron, directly or as E's rate), else one sum.
+    let eta_per_neuron = RATE == 1u || (RETROACTIVE && ETA_PER_NEURON);
 
     var eta_sums: array<f32, TILE>;
+    var eta_total = 0.0;
     for (var b0 = 0u; b0 < p.batch; b0 += CHUNK) {
         let chunk = min(CHUNK, p.batch - b0);
         var col_sums: array<f32, 64>;    // (CHUNK, TILE)
@@ -201,9 +217,16 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var i = i0; i < i_end; i++) {
             var row_sums: array<f32, CHUNK>;
             for (var j = j0; j < j_end; j++) {
-                let w_ij = params[p.w_offset + i * n + j];
-                let alpha_ij = alpha_eff(i, j, n, p.alpha_offset);
-                let rate_e = eligibility_rate(j, p.eta_offset);
+                let w_ij = params[w_offset + i * n + j];
+                let alpha_ij = alpha_eff(i, j, n, alpha_offset);
+                var rate_e = eta0;
+                if (RETROACTIVE && ETA_PER_NEURON) {
+                    rate_e = params[eta_offset + j];
+                }
+                var rate_fixed = eta0;
+                if (RATE == 1u) {
+                    rate_fixed = params[eta_offset + j];
+                }
                 var d_w = 0.0;
                 var d_alpha = 0.0;
                 for (var k = 0u; k < chunk; k++) {
@@ -211,16 +234,19 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                     let idx = (b * n + i) * n + j;
                     let pre = activations[x_prev + b * n + i];
                     let post = activations[x_now + b * n + j];
-                    let ga_j = partials[p.preact_offset + b * n + j];
-                    let h = trace[p.cur_offset + idx];
+                    let ga_j = partials[preact + b * n + j];
+                    let h = trace[cur + idx];
                     let g_next = trace_grad[idx];
-                    let r = plastic_rate(b, j, p.step, n, p.batch, p.eta_offset, p.mod_offset);
+                    var r = rate_fixed;
+                    if (RATE >= 2u) {
+                        r = plastic_rate(b, j, step, n, p.batch, eta_offset, mod_offset);
+                    }
                     d_w += ga_j * pre;
                     d_alpha += ga_j * h * pre;
                     var g = 0.0;
                     var ge = 0.0;
                     if (RETROACTIVE) {
-                        let e = trace[p.cur_offset + eo + idx];
+                        let e = trace[cur + eo + idx];
                         let ge_next = trace_grad[eo + idx];
                         let m = clip_pass(h + r * e);
                         g = m * g_next + alpha_ij * pre * ga_j;
@@ -236,38 +262,48 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                     if (has_prev2) {
                         let pre2 = activations[x_prev - row + b * n + i];
                         let post2 = activations[x_prev + b * n + j];
-                        let r2 = plastic_rate(b, j, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
+                        var r2 = rate_fixed;
+                        if (RATE >= 2u) {
+                            r2 = plastic_rate(b, j, step - 1u, n, p.batch, eta_offset, mod_offset);
+                        }
                         let c = k * TILE + j - j0;
                         if (RETROACTIVE) {
-                            let h_prev = trace[p.prev_offset + idx];
-                            let e_prev = trace[p.prev_offset + eo + idx];
+                            let h_prev = trace[prev + idx];
+                            let e_prev = trace[prev + eo + idx];
                             let m2 = clip_pass(h_prev + r2 * e_prev);
                             col_sums[c] += ge * rule_d_post(e_prev, pre2, post2, rate_e);
                             rate_sums[c] += m2 * g * e_prev;
-                            eta_sums[j - j0] += ge * rule_d_rate(e_prev, pre2, post2);
+                            let d_eta = ge * rule_d_rate(e_prev, pre2, post2);
+                            if (eta_per_neuron) {
+                                eta_sums[j - j0] += d_eta;
+                            } else {
+                                eta_total += d_eta;
+                            }
                         } else {
                             var h_prev: f32;
                             if (REVERSE) {
                                 h_prev = rule_inverse(h, pre2, post2, r2);
-                                trace[p.cur_offset + idx] = h_prev;
+                                trace[cur + idx] = h_prev;
                             } else {
-                                h_prev = trace[p.prev_offset + idx];
+                                h_prev = trace[prev + idx];
                             }
                             let m2 = clip_pass(rule_update(h_prev, pre2, post2, r2));
                             col_sums[c] += m2 * g * rule_d_post(h_prev, pre2, post2, r2);
                             let d_rate = m2 * g * rule_d_rate(h_prev, pre2, post2);
                             if (RATE >= 2u) {
                                 rate_sums[c] += d_rate;
-                            } else {
+                            } else if (eta_per_neuron) {
                                 eta_sums[j - j0] += d_rate;
+                            } else {
+                                eta_total += d_rate;
                             }
                         }
                     }
                 }
-                grads[p.w_offset + i * n + j] += d_w;
+                grads[w_offset + i * n + j] += d_w;
                 if (PLASTIC_SELF || i != j) {
                     if (ALPHA_SHAPE == 0u) {
-                        grads[p.alpha_offset + i * n + j] += d_alpha;
+                        grads[alpha_offset + i * n + j] += d_alpha;
                     } else {
                         partials[p.alpha_grad_offset + i * n + j] += d_alpha;
                     }
@@ -286,7 +322,12 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
-    for (var j = j0; j < j_end; j++) {
-        partials[p.eta_partials_offset + tile_i * n + j] += eta_sums[j - j0];
+    // (n_tiles, N): per post neuron, or, for one eta, the tile's whole sum at its first column.
+    if (eta_per_neuron) {
+        for (var j = j0; j < j_end; j++) {
+            partials[p.eta_partials_offset + tile_i * n + j] += eta_sums[j - j0];
+        }
+    } else {
+        partials[p.eta_partials_offset + tile_i * n + j0] += eta_total;
     }
 }

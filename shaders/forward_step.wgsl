@@ -130,6 +130,11 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = p.batch * n;               // one (B, N) row of activations or inputs
     let x_prev = (p.step - 1u) * row;    // x(t-1)
     let update = p.step >= 2u;
+    // Loaded once: the compiler cannot hoist loads of `p` past the trace stores, which it must
+    // assume may alias.
+    let w_offset = p.w_offset;
+    let alpha_offset = p.alpha_offset;
+    let elig_offset = p.elig_offset;
 
     var acc: array<f32, BATCH_TILE>;
     var post: array<f32, BATCH_TILE>;    // x_j(t-1)
@@ -144,8 +149,8 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     for (var i = 0u; i < n; i++) {
-        let w_ij = params[p.w_offset + i * n + j];
-        let alpha_ij = alpha_eff(i, j, n, p.alpha_offset);
+        let w_ij = params[w_offset + i * n + j];
+        let alpha_ij = alpha_eff(i, j, n, alpha_offset);
         for (var k = 0u; k < tile; k++) {
             let b = b0 + k;
             let h_index = (b * n + i) * n + j;
@@ -154,9 +159,9 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
                 // x_i(t-2) lives one row below x(t-1).
                 let pre = activations[x_prev - row + b * n + i];
                 if (RETROACTIVE) {
-                    let e = trace[p.elig_offset + h_index];
+                    let e = trace[elig_offset + h_index];
                     h = clip_trace(h + rate[k] * e);
-                    trace[p.elig_offset + h_index] = rule_update(e, pre, post[k], rate_e);
+                    trace[elig_offset + h_index] = rule_update(e, pre, post[k], rate_e);
                 } else {
                     h = clip_trace(rule_update(h, pre, post[k], rate[k]));
                 }

@@ -255,6 +255,9 @@ pub fn backward_trace(
     let (w_off, a_off) = (p.w_offset as usize, p.alpha_offset as usize);
     let (cur, prev, eo) = (p.cur_offset as usize, p.prev_offset as usize, p.elig_offset as usize);
     let modulated = spec.modulated();
+    // One eta: each tile's sum sits at its first column (as the kernel writes it).
+    let eta_per_neuron = spec.eta == EtaShape::PerNeuron && (!modulated || spec.retroactive);
+    let eta_index = |i: usize, j: usize| (i / tile) * n + if eta_per_neuron { j } else { j / tile * tile };
     let x = |step: usize, b: usize, k: usize| activations[step * row + b * n + k];
     let mut row_sums = vec![0.0f64; batch * n * tiles];
     let mut col_sums = vec![0.0f64; batch * n * tiles];
@@ -298,7 +301,7 @@ pub fn backward_trace(
                         let m2 = clip_pass(spec, h_prev + r2 * e_prev);
                         col_sums[c] += ge as f64 * rule_d_post(rule, e_prev, pre2, post2, rate_e) as f64;
                         rate_sums[c] += m2 as f64 * g as f64 * e_prev as f64;
-                        eta_sums[(i / tile) * n + j] += ge as f64 * rule_d_rate(rule, e_prev, pre2, post2) as f64;
+                        eta_sums[eta_index(i, j)] += ge as f64 * rule_d_rate(rule, e_prev, pre2, post2) as f64;
                     } else {
                         let h_prev = if reverse {
                             let v = rule_inverse(rule, h, pre2, post2, r2);
@@ -313,7 +316,7 @@ pub fn backward_trace(
                         if modulated {
                             rate_sums[c] += d_rate;
                         } else {
-                            eta_sums[(i / tile) * n + j] += d_rate;
+                            eta_sums[eta_index(i, j)] += d_rate;
                         }
                     }
                 }

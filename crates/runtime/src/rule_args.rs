@@ -107,8 +107,10 @@ pub fn describe(spec: &Plasticity) -> String {
     if spec.retroactive {
         s += " retro";
     }
-    if spec.alpha != AlphaShape::PerConnection {
-        s += &format!(" alpha {:?}", spec.alpha).to_lowercase();
+    match spec.alpha {
+        AlphaShape::PerConnection => {}
+        AlphaShape::PerNeuron => s += " alpha/neuron",
+        AlphaShape::Scalar => s += " one alpha",
     }
     if spec.eta == EtaShape::PerNeuron {
         s += " eta/neuron";
