@@ -81,7 +81,40 @@ fn bad_options_get_one_sentence_and_a_nonzero_exit() {
     assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--eta", "1.5"]), "eta = 1.5 is outside [0, 1)");
     assert_clean_failure(&plasticity(&["eval", "/nonexistent/checkpoint.safetensors"]), "cannot read it");
     assert_clean_failure(&plasticity(&["train", "--resume", "/nonexistent-run"]), "not a run directory");
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--retroactive"]), "retroactive neuromodulation needs a modulation");
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--trace-clip", "0"]), "clip = 0 must be a positive number");
     assert!(!dir.join("config.json").exists(), "a refused config must not start a run");
+}
+
+/// A Backpropamine-style rule end to end: it trains, its checkpoint holds the modulator's tensors,
+/// and resuming it repeats the uninterrupted run exactly.
+#[test]
+fn a_neuromodulated_rule_trains_checkpoints_and_resumes() {
+    let tmp = std::env::temp_dir().join(format!("plasticity-cli-rule-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (whole, split) = (tmp.join("whole"), tmp.join("split"));
+    let rule = ["--rule", "additive", "--trace-clip", "1", "--modulation", "per-neuron", "--retroactive", "--eta-shape", "per-neuron"];
+    let run = |dir: &Path, episodes: &str| {
+        let mut args = vec!["train", "--run-dir", dir.to_str().unwrap(), "--episodes", episodes];
+        args.extend_from_slice(SMALL);
+        args.extend_from_slice(&rule);
+        plasticity(&args)
+    };
+    let o = run(&whole, "12");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let checkpoint = std::fs::read(whole.join("checkpoint.safetensors")).unwrap();
+    let text = String::from_utf8_lossy(&checkpoint[..checkpoint.len().min(4096)]).into_owned();
+    for tensor in ["\"mod_w\"", "\"mod_b\"", "\"mod_u\"", "\"mod_c\"", "retroactive\\\":true"] {
+        assert!(text.contains(tensor), "{tensor} missing from the checkpoint header: {text}");
+    }
+    let o = run(&split, "6");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = plasticity(&["train", "--resume", split.to_str().unwrap(), "--episodes", "12", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&split), losses(&whole), "resumed run differs from the uninterrupted one");
+    let o = plasticity(&["eval", whole.to_str().unwrap(), "--episodes", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]
@@ -90,6 +123,9 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("adapter:") && out.contains("streaming ceiling") && out.contains("memory against episode length"), "{out}");
+    let o = plasticity(&["bench", "--quick", "--rule", "oja", "--trace-clip", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("rule: oja clip 1"));
 }
 
 #[test]
