@@ -7,6 +7,8 @@ use plasticity_kernels::backward_activation::{self, BackwardActivationParams, LO
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
 use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
+use plasticity_kernels::input_projection::{self, InputProjectionParams};
+use plasticity_kernels::input_projection_backward::{self, InputProjectionBackwardParams};
 use plasticity_kernels::loss_mse::LossMseParams;
 use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
 use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
@@ -420,6 +422,52 @@ fn modulation_backward_matches_cpu_twin() {
                 let ctx = format!("modulation_backward N={n} B={batch} fan_out={fan_out}");
                 assert_close(&ctx, &out[3], &to_f64(&p_ref), 1e-3, 1e-4);
             }
+        }
+    }
+}
+
+#[test]
+fn input_projection_matches_cpu_twin() {
+    for n in SIZES {
+        for (batch, width) in [(1u32, 1u32), (3, 7), (2, 65)] {
+            let (steps, row) = (3u32, (batch * n) as usize);
+            let mut r = rng(91 + n as u64 + width as u64);
+            // [unrelated values, w_in (D, N), b_in (N)]
+            let params = uniform(&mut r, 5 + ((width + 1) * n) as usize, 1.0);
+            let inputs = uniform(&mut r, (steps * batch * width) as usize, 1.0);
+            // Row 0 (x(0)) must stay, rows 1..=T must all be written.
+            let mut activations = vec![0.25; row];
+            activations.extend(nan_filled(steps as usize * row));
+            let (grid, row_stride) = input_projection::grid(n, batch, steps);
+            let p = InputProjectionParams { n, batch, steps, width, w_in_offset: 5, row_stride, ..Default::default() };
+            let out = run_kernel("input_projection", &p, &[bytes(&params), bytes(&inputs), bytes(&activations)], grid);
+            let mut a_ref = activations.clone();
+            cpu::input_projection(&p, &params, &inputs, &mut a_ref);
+            // A sum of D + 1 <= 66 products of magnitude <= 1 in f32 vs f64.
+            assert_close(&format!("input_projection N={n} B={batch} D={width}"), &out[2], &to_f64(&a_ref), 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn input_projection_backward_matches_cpu_twin() {
+    for n in SIZES {
+        for (batch, width) in [(1u32, 1u32), (3, 7), (5, 65)] {
+            let mut r = rng(93 + n as u64 + width as u64);
+            let inputs = uniform(&mut r, (3 * batch * width) as usize, 1.0);
+            let partials = uniform(&mut r, 11 + (batch * n) as usize, 1.0);
+            let grads = uniform(&mut r, 3 + ((width + 1) * n) as usize, 1.0); // accumulated into
+            let p = InputProjectionBackwardParams { n, batch, step: 2, width, w_in_offset: 3, preact_offset: 11, ..Default::default() };
+            let out = run_kernel(
+                "input_projection_backward",
+                &p,
+                &[bytes(&inputs), bytes(&partials), bytes(&grads)],
+                input_projection_backward::workgroups(n, width),
+            );
+            let mut g_ref = grads.clone();
+            cpu::input_projection_backward(&p, &inputs, &partials, &mut g_ref);
+            // Batch sums of <= 5 products, added to O(1) values.
+            assert_close(&format!("input_projection_backward N={n} B={batch} D={width}"), &out[2], &to_f64(&g_ref), 1e-5, 1e-5);
         }
     }
 }

@@ -78,7 +78,7 @@ fn problem(seed: u64, spec: Plasticity, n: u32, batch: u32, steps: u32) -> Probl
 
 fn to_reference(p: &Problem) -> (Network64, Episode64) {
     let n = p.config.neurons as usize;
-    let net = Network64::from_flat(n, p.config.plasticity, &to_f64(&p.host.values));
+    let net = Network64::from_flat(n, p.config.plasticity, &to_f64(&p.host.values[..p.host.layout.in_offset as usize]));
     let ep = Episode64 {
         batch: p.data.batch as usize,
         steps: p.data.steps as usize,
@@ -196,4 +196,85 @@ fn recomputation_keeps_memory_sublinear_in_the_episode_length() {
     // storing every trace would grow 4x.
     let ratio = bytes[1] / bytes[0];
     assert!(ratio < 2.5, "memory grew {ratio:.2}x for 4x the steps");
+}
+
+/// An input layer of width D: inputs v(t) projected as u(t) = v(t) w_in + b_in. The reference runs
+/// on u and gives dL/du; the chain rule through the projection is written out here in f64.
+#[test]
+fn input_layer_forward_and_gradients_match_reference() {
+    let ctx = gpu();
+    for (name, spec, n, batch, steps, width) in [
+        ("paper", Plasticity::PAPER, 17, 3, 8, 5),
+        (
+            "oja clip mod",
+            Plasticity { rule: Rule::Oja, clip: Some(0.05), modulation: Modulation::Simple, ..Plasticity::PAPER },
+            13,
+            2,
+            9,
+            20,
+        ),
+    ] {
+        let mut p = problem(9 + width as u64, spec, n, batch, steps);
+        let mut r = rng(4);
+        p.config.input_width = Some(width);
+        let mut layout = p.host.layout;
+        layout.input_width = width;
+        layout.count += (width + 1) * n;
+        let w_in = uniform(&mut r, (width * n) as usize, 1.0 / (width as f32).sqrt());
+        let b_in = uniform(&mut r, n as usize, 0.3);
+        p.host.values.extend(&w_in);
+        p.host.values.extend(&b_in);
+        p.host.layout = layout;
+        assert_eq!(layout, ParamLayout::of(&p.config));
+        let v = uniform(&mut r, (steps * batch * width) as usize, 1.0);
+        // The reference sees the projected inputs.
+        let rows = (steps * batch) as usize;
+        let (nu, du) = (n as usize, width as usize);
+        let mut u = vec![0.0f32; rows * nu];
+        for row in 0..rows {
+            for j in 0..nu {
+                u[row * nu + j] = (b_in[j] as f64 + (0..du).map(|d| v[row * du + d] as f64 * w_in[d * nu + j] as f64).sum::<f64>()) as f32;
+            }
+        }
+        p.data.inputs = u;
+        let (net64, ep64) = to_reference(&p);
+        p.data.inputs = v.clone();
+        let what = format!("input layer {name} N={n} B={batch} T={steps} D={width}");
+
+        let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+        let mut runner = EpisodeRunner::new();
+        runner.run(ctx, &net, &p.data).unwrap();
+        let fwd = reference::forward(&net64, &ep64);
+        assert_close(&format!("{what} activations"), &runner.read_activations(ctx).unwrap(), &fwd.activations, 2e-4, 1e-4);
+
+        let g64 = reference::backward(&net64, &ep64, &fwd);
+        let mut reference = g64.to_flat();
+        if spec.modulated() {
+            reference[layout.eta_offset as usize..layout.mod_offset as usize].fill(0.0); // eta unused: held
+        }
+        // dw_in = sum_t,b v^T du, db_in = sum_t,b du.
+        let mut d_in = vec![0.0f64; (du + 1) * nu];
+        for row in 0..rows {
+            for j in 0..nu {
+                let g = g64.inputs[row * nu + j];
+                for d in 0..du {
+                    d_in[d * nu + j] += v[row * du + d] as f64 * g;
+                }
+                d_in[du * nu + j] += g;
+            }
+        }
+        assert!(d_in.iter().any(|g| g.abs() > 1e-4), "{what}: the input layer's gradient is not trivially zero");
+        reference.extend(d_in);
+        let (grads, _) = gpu_gradients(&p, TrainerConfig::default());
+        assert_gradients_match(&what, &grads, &reference);
+    }
+    // Clamping holds neurons at N-wide inputs: refused with an input layer.
+    let mut p = problem(1, Plasticity::PAPER, 8, 1, 4);
+    p.config.input_width = Some(3);
+    p.host = HostParameters::init(&p.config).unwrap();
+    p.data.inputs = vec![0.0; 4 * 3];
+    p.data.clamp = vec![1; 4];
+    let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+    let err = EpisodeRunner::new().run(ctx, &net, &p.data).unwrap_err().to_string();
+    assert!(err.contains("cannot be combined with an input layer"), "{err}");
 }

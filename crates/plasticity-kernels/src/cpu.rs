@@ -8,6 +8,8 @@ use crate::backward_activation::{BackwardActivationParams, LOSS_NONE, MOD_NONE};
 use crate::backward_trace::BackwardTraceParams;
 use crate::finish_gradients::FinishGradientsParams;
 use crate::forward_step::ForwardStepParams;
+use crate::input_projection::InputProjectionParams;
+use crate::input_projection_backward::InputProjectionBackwardParams;
 use crate::loss_mse::LossMseParams;
 use crate::modulation_backward::ModulationBackwardParams;
 use crate::modulation_forward::ModulationForwardParams;
@@ -371,6 +373,34 @@ pub fn modulation_backward(p: &ModulationBackwardParams, params: &[f32], activat
         }
         partials[acc + n] += d_z;
         partials[p.mod_grad_offset as usize + b] = d_z;
+    }
+}
+
+/// Twin of `shaders/input_projection.wgsl`: u(t) = b_in + v(t) w_in into row t of the history.
+pub fn input_projection(p: &InputProjectionParams, params: &[f32], inputs: &[f32], activations: &mut [f32]) {
+    let (n, batch, steps, width) = (p.n as usize, p.batch as usize, p.steps as usize, p.width as usize);
+    let w_in = &params[p.w_in_offset as usize..][..(width + 1) * n];
+    for row in 0..steps * batch {
+        for j in 0..n {
+            let u = w_in[width * n + j] as f64 + (0..width).map(|d| inputs[row * width + d] as f64 * w_in[d * n + j] as f64).sum::<f64>();
+            activations[batch * n + row * n + j] = u as f32;
+        }
+    }
+}
+
+/// Twin of `shaders/input_projection_backward.wgsl`.
+pub fn input_projection_backward(p: &InputProjectionBackwardParams, inputs: &[f32], partials: &[f32], grads: &mut [f32]) {
+    let (n, batch, t, width) = (p.n as usize, p.batch as usize, p.step as usize, p.width as usize);
+    for d in 0..=width {
+        for j in 0..n {
+            let g: f64 = (0..batch)
+                .map(|b| {
+                    let v = if d < width { inputs[((t - 1) * batch + b) * width + d] } else { 1.0 };
+                    v as f64 * partials[p.preact_offset as usize + b * n + j] as f64
+                })
+                .sum();
+            grads[p.w_in_offset as usize + d * n + j] += g as f32;
+        }
     }
 }
 

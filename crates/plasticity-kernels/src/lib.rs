@@ -681,6 +681,76 @@ pub mod stream_triad {
     };
 }
 
+pub mod input_projection {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 256;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct InputProjectionParams {
+        pub n: u32,
+        pub batch: u32,
+        pub steps: u32,
+        pub width: u32,
+        pub w_in_offset: u32,
+        pub row_stride: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "input_projection",
+        source: include_str!("../../../shaders/input_projection.wgsl"),
+        bindings: &[params("p"), read("params"), read("inputs"), read_write("activations")],
+        params_struct: "InputProjectionParams",
+        params_layout: layout_of!(InputProjectionParams { n, batch, steps, width, w_in_offset, row_stride, _pad0, _pad1 }),
+        params_size: core::mem::size_of::<InputProjectionParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
+    /// The grid covering every (t, b, j), and its row stride.
+    pub fn grid(n: u32, batch: u32, steps: u32) -> ([u32; 3], u32) {
+        elementwise_grid(steps * batch * n, WORKGROUP_SIZE)
+    }
+}
+
+pub mod input_projection_backward {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct InputProjectionBackwardParams {
+        pub n: u32,
+        pub batch: u32,
+        pub step: u32,
+        pub width: u32,
+        pub w_in_offset: u32,
+        pub preact_offset: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "input_projection_backward",
+        source: include_str!("../../../shaders/input_projection_backward.wgsl"),
+        bindings: &[params("p"), read("inputs"), read("partials"), read_write("grads")],
+        params_struct: "InputProjectionBackwardParams",
+        params_layout: layout_of!(InputProjectionBackwardParams { n, batch, step, width, w_in_offset, preact_offset, _pad0, _pad1 }),
+        params_size: core::mem::size_of::<InputProjectionBackwardParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
+    /// One invocation per (j, d), d = D being the bias.
+    pub fn workgroups(n: u32, width: u32) -> [u32; 3] {
+        [div_ceil(n, WORKGROUP_SIZE), width + 1, 1]
+    }
+}
+
 /// A 1-D or, past 65535 workgroups, 2-D grid of `workgroup_size`-wide groups covering `count`
 /// elements, and its row stride (invocations per grid row).
 pub fn elementwise_grid(count: u32, workgroup_size: u32) -> ([u32; 3], u32) {
@@ -705,6 +775,8 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     modulation_forward::KERNEL,
     modulation_backward::KERNEL,
     trace_update::KERNEL,
+    input_projection::KERNEL,
+    input_projection_backward::KERNEL,
     adam_update::KERNEL,
     stream_triad::KERNEL,
 ];

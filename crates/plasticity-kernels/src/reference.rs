@@ -213,6 +213,9 @@ pub struct Gradients64 {
     pub alpha: Vec<f64>,
     pub eta: Vec<f64>,
     pub modulator: Vec<f64>,
+    /// dL/du(t), (T, B, N) in the layout of `Episode64::inputs`: the chain rule's way into whatever
+    /// produced the inputs (an input layer). Not part of the flat layout.
+    pub inputs: Vec<f64>,
 }
 
 impl Gradients64 {
@@ -322,6 +325,7 @@ pub fn backward(net: &Network64, ep: &Episode64, fwd: &Forward64) -> Gradients64
         alpha: vec![0.0; net.alpha.len()],
         eta: vec![0.0; net.eta.len()],
         modulator: vec![0.0; net.modulator.len()],
+        inputs: vec![0.0; ep.inputs.len()],
     };
     // gx[t]: dL/dx(t) from every path found so far; starts with the direct loss terms.
     let mut gx = vec![vec![0.0; row]; steps + 1];
@@ -397,6 +401,10 @@ pub fn backward(net: &Network64, ep: &Episode64, fwd: &Forward64) -> Gradients64
             // 3. gx[t] is complete: through x(t) = tanh(a(t)); a held neuron does not depend on a.
             let held = |j: usize| !ep.clamp.is_empty() && ep.clamp[(t - 1) * row + b * n + j];
             let ga: Vec<f64> = (0..n).map(|j| if held(j) { 0.0 } else { gx[t][b * n + j] * (1.0 - x(t, b, j).powi(2)) }).collect();
+            // u(t) enters a(t) directly, or is x(t) itself where the neuron is held.
+            for j in 0..n {
+                grads.inputs[(t - 1) * row + b * n + j] = if held(j) { gx[t][b * n + j] } else { ga[j] };
+            }
             for i in 0..n {
                 let pre = x(t - 1, b, i);
                 for j in 0..n {
@@ -739,7 +747,13 @@ mod tests {
             assert_eq!(net.eta, flat[n * n + la..][..le], "{spec:?}: eta after alpha");
             assert_eq!(net.modulator, flat[n * n + la + le..], "{spec:?}: modulator last");
             assert_eq!(net.to_flat(), flat, "{spec:?}: round trip");
-            let grads = Gradients64 { w: net.w.clone(), alpha: net.alpha.clone(), eta: net.eta.clone(), modulator: net.modulator.clone() };
+            let grads = Gradients64 {
+                w: net.w.clone(),
+                alpha: net.alpha.clone(),
+                eta: net.eta.clone(),
+                modulator: net.modulator.clone(),
+                inputs: Vec::new(),
+            };
             assert_eq!(grads.to_flat(), flat, "{spec:?}: gradients use the same layout");
         }
         let paper = Network64::paper(2, vec![0.1, 0.2, 0.3, 0.4], vec![0.5, 0.6, 0.7, 0.8], 0.9);
@@ -916,5 +930,42 @@ mod tests {
                 same(&format!("{:?} retroactive={retro} per-neuron u=1 c=0", rule.rule), &net, &simple, &ep);
             }
         }
+    }
+
+    /// dL/du(t) against finite differences of the inputs, with a modulated rule and clamping (where
+    /// a held neuron's input is its value).
+    #[test]
+    fn input_gradients_match_finite_differences() {
+        use crate::{Modulation, Rule};
+        use rand::{Rng, SeedableRng};
+        let (n, batch, steps) = (4, 2, 5);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        let spec = Plasticity { rule: Rule::Oja, modulation: Modulation::Simple, ..Plasticity::PAPER };
+        let flat: Vec<f64> = (0..n * n + n * n + 1 + n + 1).map(|_| rng.random_range(-0.8..0.8)).collect();
+        let net = Network64::from_flat(n, spec, &flat);
+        let len = steps * batch * n;
+        let ep = Episode64 {
+            batch,
+            steps,
+            inputs: (0..len).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            loss_steps: vec![3, steps],
+            targets: (0..2 * batch * n).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            clamp: (0..len).map(|k| k % 5 == 0).collect(),
+            loss_scale: 1.0,
+        };
+        let grads = backward(&net, &ep, &forward(&net, &ep));
+        let d = 1e-6;
+        for k in 0..len {
+            let loss_at = |delta: f64| {
+                let mut e = ep.clone();
+                e.inputs[k] += delta;
+                loss(&e, &forward(&net, &e))
+            };
+            let numeric = (loss_at(d) - loss_at(-d)) / (2.0 * d);
+            // Central differences in f64: truncation ~1e-12, rounding ~1e-10 / d; far below any real error.
+            let tol = 1e-7 + 1e-6 * numeric.abs();
+            assert!((grads.inputs[k] - numeric).abs() <= tol, "du[{k}]: backward {} vs finite difference {numeric}", grads.inputs[k]);
+        }
+        assert!(grads.inputs.iter().any(|g| g.abs() > 1e-4));
     }
 }

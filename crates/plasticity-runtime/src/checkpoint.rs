@@ -108,7 +108,7 @@ impl Checkpoint {
             }
             Ok(values)
         };
-        let layout = ParamLayout::new(network.neurons, &network.plasticity);
+        let layout = ParamLayout::of(&network);
         let mut values = Vec::with_capacity(layout.count as usize);
         for (name, _, shape) in layout.tensors() {
             values.extend(tensor(name, &shape)?);

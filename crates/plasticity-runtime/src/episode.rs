@@ -3,6 +3,7 @@
 use plasticity_kernels::Plasticity;
 use plasticity_kernels::backward_activation::LOSS_NONE;
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
+use plasticity_kernels::input_projection::{self, InputProjectionParams};
 use plasticity_kernels::loss_mse::LossMseParams;
 use plasticity_kernels::metrics;
 use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
@@ -17,7 +18,8 @@ use crate::network::Network;
 pub struct EpisodeData {
     pub batch: u32,
     pub steps: u32,
-    /// (T, B, N): the external input u(t) added to the drive of step t, in row t - 1.
+    /// (T, B, N): the external input u(t) added to the drive of step t, in row t - 1; with an input
+    /// layer of width D ([`crate::NetworkConfig::input_width`]), (T, B, D) inputs v(t) it projects.
     pub inputs: Vec<f32>,
     /// Distinct 1-based steps whose activations enter the loss.
     pub loss_steps: Vec<u32>,
@@ -32,12 +34,22 @@ pub struct EpisodeData {
 
 impl EpisodeData {
     pub fn validate(&self, neurons: u32) -> Result<()> {
+        self.validate_with_input(neurons, 0)
+    }
+
+    /// As [`EpisodeData::validate`], for a network whose input layer takes `input_width` inputs (0: none).
+    pub fn validate_with_input(&self, neurons: u32, input_width: u32) -> Result<()> {
         let what = "episode data";
         validate_shape(what, self.batch, self.steps, &self.loss_steps, self.loss_scale)?;
         let row = self.batch as usize * neurons as usize;
         let words = self.steps as usize * self.batch as usize * plasticity_kernels::clamp_words(neurons) as usize;
+        let (in_width, in_formula) =
+            if input_width == 0 { (neurons, "steps * batch * neurons") } else { (input_width, "steps * batch * input width") };
+        if input_width > 0 && !self.clamp.is_empty() {
+            return Err(invalid(what, "clamping holds neurons at inputs of width N; it cannot be combined with an input layer"));
+        }
         let payloads = [
-            ("inputs", self.inputs.len(), self.steps as usize * row, "steps * batch * neurons"),
+            ("inputs", self.inputs.len(), self.steps as usize * self.batch as usize * in_width as usize, in_formula),
             ("targets", self.targets.len(), self.loss_steps.len() * row, "loss steps * batch * neurons"),
             ("clamp", if self.clamp.is_empty() { words } else { self.clamp.len() }, words, "steps * batch * ceil(N / 32) words, or none"),
         ];
@@ -49,7 +61,7 @@ impl EpisodeData {
         Ok(())
     }
 
-    pub(crate) fn shape(&self, neurons: u32, plasticity: Plasticity) -> EpisodeShape {
+    pub(crate) fn shape(&self, neurons: u32, plasticity: Plasticity, input_width: u32) -> EpisodeShape {
         EpisodeShape {
             neurons,
             batch: self.batch,
@@ -57,6 +69,7 @@ impl EpisodeData {
             loss_steps: self.loss_steps.clone(),
             clamped: !self.clamp.is_empty(),
             plasticity,
+            input_width,
         }
     }
 }
@@ -86,7 +99,7 @@ fn validate_shape(what: &'static str, batch: u32, steps: u32, loss_steps: &[u32]
 
 /// An episode whose inputs and targets are already on the GPU, in buffers the host fills in its
 /// own passes (they need `COPY_SRC` usage). Layouts, all little-endian and tightly packed from
-/// offset 0: `inputs` (T, B, N) f32 with u(t) in row t - 1; `targets` (L, B, N) f32 in the order of
+/// offset 0: `inputs` (T, B, N) f32 with u(t) in row t - 1 ((T, B, D) with an input layer of width D); `targets` (L, B, N) f32 in the order of
 /// `loss_steps`; `clamp` (T, B, ceil(N / 32)) u32 bit masks, or `None`.
 #[derive(Clone, Copy, Debug)]
 pub struct GpuEpisode<'a> {
@@ -107,9 +120,9 @@ pub(crate) enum EpisodeSource<'a> {
 }
 
 impl EpisodeSource<'_> {
-    fn shape(&self, neurons: u32, plasticity: Plasticity) -> EpisodeShape {
+    fn shape(&self, neurons: u32, plasticity: Plasticity, input_width: u32) -> EpisodeShape {
         match self {
-            Self::Host(d) => d.shape(neurons, plasticity),
+            Self::Host(d) => d.shape(neurons, plasticity, input_width),
             Self::Gpu(g) => EpisodeShape {
                 neurons,
                 batch: g.batch,
@@ -117,6 +130,7 @@ impl EpisodeSource<'_> {
                 loss_steps: g.loss_steps.to_vec(),
                 clamped: g.clamp.is_some(),
                 plasticity,
+                input_width,
             },
         }
     }
@@ -128,15 +142,19 @@ impl EpisodeSource<'_> {
         }
     }
 
-    fn validate(&self, neurons: u32) -> Result<()> {
+    fn validate(&self, neurons: u32, input_width: u32) -> Result<()> {
         match self {
-            Self::Host(d) => d.validate(neurons),
+            Self::Host(d) => d.validate_with_input(neurons, input_width),
             Self::Gpu(g) => {
                 validate_shape("GPU episode", g.batch, g.steps, g.loss_steps, g.loss_scale)?;
+                if input_width > 0 && g.clamp.is_some() {
+                    return Err(invalid("GPU episode", "clamping cannot be combined with an input layer"));
+                }
                 let row = g.batch as u64 * neurons as u64 * 4;
+                let in_row = g.batch as u64 * if input_width == 0 { neurons } else { input_width } as u64 * 4;
                 let words = plasticity_kernels::clamp_words(neurons) as u64 * 4;
                 let needs: [(&str, Option<&wgpu::Buffer>, u64); 3] = [
-                    ("inputs", Some(g.inputs), g.steps as u64 * row),
+                    ("inputs", Some(g.inputs), g.steps as u64 * in_row),
                     ("targets", Some(g.targets), g.loss_steps.len() as u64 * row),
                     ("clamp", g.clamp, g.steps as u64 * g.batch as u64 * words),
                 ];
@@ -198,6 +216,8 @@ pub(crate) struct EpisodeShape {
     pub clamped: bool,
     /// The rule sets the traces held (H, or H and E) and whether a modulator runs.
     pub plasticity: Plasticity,
+    /// Width D of the inputs an input layer projects, or 0 when inputs drive the neurons directly.
+    pub input_width: u32,
 }
 
 impl EpisodeShape {
@@ -315,10 +335,13 @@ pub(crate) struct ForwardState {
     pub trace: GpuBuffer,
     /// (T + 1, B): M_b(t) at row t; 4 bytes when the rule is not neuromodulated.
     pub modulation: GpuBuffer,
+    /// (T, B, D) inputs of the input layer; 4 bytes without one.
+    pub projected_inputs: GpuBuffer,
     pub metrics: GpuBuffer,
     pub staging: GpuBuffer,
     step_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
+    projection_params_slots: ParamSlots,
     pub loss_params_slots: ParamSlots,
 }
 
@@ -343,7 +366,8 @@ impl ForwardState {
             format!("use at most {} steps at this batch and size", (limit / (b * n * 4)).saturating_sub(1))
         })?;
 
-        let layout = crate::network::ParamLayout::new(neurons, &shape.plasticity);
+        let mut layout = crate::network::ParamLayout::new(neurons, &shape.plasticity);
+        layout.input_width = shape.input_width;
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -362,6 +386,20 @@ impl ForwardState {
             .map(|step| ModulationForwardParams { n: neurons, batch: shape.batch, step, mod_offset: layout.mod_offset })
             .collect();
         let modulation_bytes = if shape.plasticity.modulated() { (t + 1) * b * 4 } else { 4 };
+        let projected_bytes = t * b * shape.input_width as u64 * 4;
+        buffers::check_storage(ctx, &format!("the inputs (T, B, D) = ({t}, {b}, {})", shape.input_width), projected_bytes, |limit| {
+            format!("use at most {} steps at this batch and input width", limit / (b * shape.input_width.max(1) as u64 * 4))
+        })?;
+        let (_, row_stride) = input_projection::grid(neurons, shape.batch, shape.steps);
+        let projection = InputProjectionParams {
+            n: neurons,
+            batch: shape.batch,
+            steps: shape.steps,
+            width: shape.input_width,
+            w_in_offset: layout.in_offset,
+            row_stride,
+            ..Default::default()
+        };
         let loss_params = LossMseParams { n: neurons, batch: shape.batch, n_loss_steps: shape.loss_steps.len() as u32, loss_scale: 1.0 };
         let clamp_bytes = if shape.clamped { t * b * plasticity_kernels::clamp_words(neurons) as u64 * 4 } else { 0 };
         Ok(Self {
@@ -371,6 +409,7 @@ impl ForwardState {
             activations: buffers::storage(ctx, "activations", history_bytes)?,
             trace: buffers::storage(ctx, "trace", trace_bytes)?,
             modulation: buffers::storage(ctx, "modulation", modulation_bytes)?,
+            projected_inputs: buffers::storage(ctx, "input layer inputs", projected_bytes)?,
             metrics: buffers::storage(ctx, "metrics", metrics::COUNT as u64 * 4)?,
             staging: buffers::create(
                 ctx,
@@ -380,6 +419,7 @@ impl ForwardState {
             )?,
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
+            projection_params_slots: ParamSlots::new(ctx, "input_projection params", &[projection])?,
             loss_params_slots: ParamSlots::new(ctx, "loss_mse params", &[loss_params])?,
             shape,
         })
@@ -388,7 +428,11 @@ impl ForwardState {
     /// Host data: inputs go to rows 1..=T of the history, which the forward pass overwrites with x(t).
     fn upload(&self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
-        buffers::write(ctx, &self.activations, row_bytes, &data.inputs)?;
+        if self.shape.input_width > 0 {
+            buffers::write(ctx, &self.projected_inputs, 0, &data.inputs)?;
+        } else {
+            buffers::write(ctx, &self.activations, row_bytes, &data.inputs)?;
+        }
         buffers::write(ctx, &self.clamp, 0, &data.clamp)?;
         buffers::write(ctx, &self.targets, 0, &data.targets)
     }
@@ -397,7 +441,11 @@ impl ForwardState {
     pub fn record_copies(&self, encoder: &mut wgpu::CommandEncoder, source: &EpisodeSource<'_>) {
         if let EpisodeSource::Gpu(g) = source {
             let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
-            encoder.copy_buffer_to_buffer(g.inputs, 0, &self.activations, row_bytes, self.shape.steps as u64 * row_bytes);
+            if self.shape.input_width > 0 {
+                encoder.copy_buffer_to_buffer(g.inputs, 0, &self.projected_inputs, 0, self.projected_inputs.bytes);
+            } else {
+                encoder.copy_buffer_to_buffer(g.inputs, 0, &self.activations, row_bytes, self.shape.steps as u64 * row_bytes);
+            }
             encoder.copy_buffer_to_buffer(g.targets, 0, &self.targets, 0, self.shape.loss_steps.len() as u64 * row_bytes);
             if let Some(clamp) = g.clamp {
                 encoder.copy_buffer_to_buffer(clamp, 0, &self.clamp, 0, self.clamp.bytes);
@@ -406,12 +454,23 @@ impl ForwardState {
     }
 
     pub fn allocated_bytes(&self) -> u64 {
-        [&self.targets, &self.clamp, &self.loss_steps, &self.activations, &self.trace, &self.modulation, &self.metrics, &self.staging]
-            .iter()
-            .map(|b| b.bytes)
-            .sum::<u64>()
+        [
+            &self.targets,
+            &self.clamp,
+            &self.loss_steps,
+            &self.activations,
+            &self.trace,
+            &self.modulation,
+            &self.projected_inputs,
+            &self.metrics,
+            &self.staging,
+        ]
+        .iter()
+        .map(|b| b.bytes)
+        .sum::<u64>()
             + self.step_params_slots.buffer.bytes
             + self.modulation_params_slots.buffer.bytes
+            + self.projection_params_slots.buffer.bytes
             + self.loss_params_slots.buffer.bytes
     }
 
@@ -440,6 +499,18 @@ impl ForwardState {
             bind_group(ctx, "modulation_forward", &self.modulation_params_slots, &[&net.params, &self.activations, &self.modulation])
         });
         let modulation_grid = modulation_forward::workgroups(self.shape.batch);
+        if self.shape.input_width > 0 {
+            // u(1..T) = v w_in + b_in into the history rows the steps read them from.
+            let group = bind_group(
+                ctx,
+                "input_projection",
+                &self.projection_params_slots,
+                &[&net.params, &self.projected_inputs, &self.activations],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("input layer"), timestamp_writes: None });
+            let grid = input_projection::grid(self.shape.neurons, self.shape.batch, self.shape.steps).0;
+            dispatch(&mut pass, ctx, "input_projection", &group, 0, grid);
+        }
         let mut next_checkpoint = checkpoints.iter().peekable();
         let mut step = 1;
         while step <= self.shape.steps {
@@ -522,7 +593,7 @@ impl EpisodeRunner {
         encoder: &mut wgpu::CommandEncoder,
         source: &EpisodeSource<'_>,
     ) -> Result<()> {
-        let state = prepare(&mut self.state, ctx, source, net.config.neurons, net.config.plasticity)?;
+        let state = prepare(&mut self.state, ctx, source, &net.config)?;
         ctx.scoped("recording the forward episode", || {
             state.record_copies(encoder, source);
             state.record_forward(ctx, encoder, net, &[]);
@@ -565,11 +636,11 @@ pub(crate) fn prepare<'a>(
     slot: &'a mut Option<ForwardState>,
     ctx: &GpuContext,
     source: &EpisodeSource<'_>,
-    neurons: u32,
-    plasticity: Plasticity,
+    config: &crate::NetworkConfig,
 ) -> Result<&'a ForwardState> {
-    source.validate(neurons)?;
-    let shape = source.shape(neurons, plasticity);
+    let (neurons, input_width) = (config.neurons, config.input_width.unwrap_or(0));
+    source.validate(neurons, input_width)?;
+    let shape = source.shape(neurons, config.plasticity, input_width);
     if slot.as_ref().is_none_or(|s| s.shape != shape) {
         *slot = None; // release the old buffers before allocating new ones
         *slot = Some(ForwardState::new(ctx, shape)?);

@@ -33,6 +33,10 @@ pub struct NetworkConfig {
     /// The plasticity rule; absent in configs written before rules existed, which used the paper's.
     #[serde(default)]
     pub plasticity: Plasticity,
+    /// An input layer: episodes bring inputs v(t) of this width D, projected into the neurons as
+    /// `u(t) = v(t) w_in + b_in` (learned). `None`: inputs of width N drive the neurons directly.
+    #[serde(default)]
+    pub input_width: Option<u32>,
 }
 
 impl Default for NetworkConfig {
@@ -46,6 +50,7 @@ impl Default for NetworkConfig {
             alpha_init_std: 0.01,
             seed: 0,
             plasticity: Plasticity::PAPER,
+            input_width: None,
         }
     }
 }
@@ -56,6 +61,9 @@ impl NetworkConfig {
             return Err(invalid("network config", "neurons must be at least 1"));
         }
         self.plasticity.check().map_err(|m| invalid("network config", m))?;
+        if self.input_width == Some(0) {
+            return Err(invalid("network config", "input_width must be at least 1 (or absent for inputs added directly)"));
+        }
         if !self.eta.is_finite() {
             return Err(invalid("network config", format!("eta = {} must be finite", self.eta)));
         }
@@ -84,6 +92,10 @@ pub struct ParamLayout {
     pub eta_offset: u32,
     /// `[mod_w (N), mod_b, mod_u (N), mod_c (N)]` as the rule has them; empty when not modulated.
     pub mod_offset: u32,
+    /// The input layer `[w_in (D, N), b_in (N)]`; empty without one.
+    pub in_offset: u32,
+    /// D, or 0 without an input layer.
+    pub input_width: u32,
     pub count: u32,
 }
 
@@ -93,8 +105,28 @@ impl ParamLayout {
         let alpha_offset = nn;
         let eta_offset = alpha_offset + plasticity.alpha_len(neurons);
         let mod_offset = eta_offset + plasticity.eta_len(neurons);
-        let count = mod_offset + plasticity.modulator_len(neurons);
-        Self { neurons, plasticity: *plasticity, w_offset: 0, alpha_offset, eta_offset, mod_offset, count }
+        let in_offset = mod_offset + plasticity.modulator_len(neurons);
+        Self {
+            neurons,
+            plasticity: *plasticity,
+            w_offset: 0,
+            alpha_offset,
+            eta_offset,
+            mod_offset,
+            in_offset,
+            input_width: 0,
+            count: in_offset,
+        }
+    }
+
+    /// The layout of `config`'s network, input layer included.
+    pub fn of(config: &NetworkConfig) -> Self {
+        let mut layout = Self::new(config.neurons, &config.plasticity);
+        if let Some(d) = config.input_width {
+            layout.input_width = d;
+            layout.count += (d + 1) * config.neurons;
+        }
+        layout
     }
 
     /// The paper's layout `[w (N, N), alpha (N, N), eta (1)]`.
@@ -124,6 +156,10 @@ impl ParamLayout {
             t.push(("mod_u", self.mod_offset + self.neurons + 1, vec![n]));
             t.push(("mod_c", self.mod_offset + 2 * self.neurons + 1, vec![n]));
         }
+        if self.input_width > 0 {
+            t.push(("w_in", self.in_offset, vec![self.input_width as usize, n]));
+            t.push(("b_in", self.in_offset + self.input_width * self.neurons, vec![n]));
+        }
         t
     }
 }
@@ -143,7 +179,7 @@ impl HostParameters {
     pub fn init(config: &NetworkConfig) -> Result<Self> {
         config.validate()?;
         let spec = &config.plasticity;
-        let layout = ParamLayout::new(config.neurons, spec);
+        let layout = ParamLayout::of(config);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let normal = Normal::new(0.0f32, 1.0).expect("unit normal");
         let n = config.neurons as usize;
@@ -166,6 +202,12 @@ impl HostParameters {
             values.extend(std::iter::repeat_n(1.0, n));
             values.extend(std::iter::repeat_n(0.0, n));
         }
+        if let Some(d) = config.input_width {
+            // Like nn.Linear(D, N): U(-1/sqrt(D), 1/sqrt(D)), bias 0.
+            let bound = 1.0 / (d as f32).sqrt();
+            values.extend((0..d as usize * n).map(|_| bound * (2.0 * rand::Rng::random::<f32>(&mut rng) - 1.0)));
+            values.extend(std::iter::repeat_n(0.0, n));
+        }
         debug_assert_eq!(values.len(), layout.count as usize);
         Ok(Self { layout, values })
     }
@@ -186,7 +228,11 @@ impl HostParameters {
     }
     /// `[mod_w, mod_b, mod_u, mod_c]` as the rule has them.
     pub fn modulator(&self) -> &[f32] {
-        &self.values[self.layout.mod_offset as usize..]
+        &self.values[self.layout.mod_offset as usize..self.layout.in_offset as usize]
+    }
+    /// The input layer `[w_in (D, N), b_in (N)]`, or nothing.
+    pub fn input_layer(&self) -> &[f32] {
+        &self.values[self.layout.in_offset as usize..]
     }
 }
 
@@ -205,7 +251,7 @@ impl Network {
 
     pub fn from_parameters(ctx: &GpuContext, config: &NetworkConfig, host: &HostParameters) -> Result<Self> {
         config.validate()?;
-        let layout = ParamLayout::new(config.neurons, &config.plasticity);
+        let layout = ParamLayout::of(config);
         if host.layout != layout || host.values.len() != layout.count as usize {
             return Err(invalid(
                 "parameters",

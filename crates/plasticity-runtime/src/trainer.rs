@@ -18,6 +18,7 @@ use plasticity_kernels::adam_update::{self, AdamParams};
 use plasticity_kernels::backward_activation::{self, BackwardActivationParams, MOD_NONE};
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
 use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
+use plasticity_kernels::input_projection_backward::{self, InputProjectionBackwardParams};
 use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
 use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, trace_tiles};
@@ -139,6 +140,7 @@ struct BackwardState {
     trace_params_slots: ParamSlots,
     update_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
+    input_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     adam_params_slots: ParamSlots,
 }
@@ -193,6 +195,17 @@ impl BackwardState {
         let partial_bytes = pl.len as u64 * 4;
         buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |_| "use a smaller batch".into())?;
         let steps = shape.steps as usize;
+        let input_params: Vec<InputProjectionBackwardParams> = (1..=shape.steps)
+            .map(|step| InputProjectionBackwardParams {
+                n,
+                batch,
+                step,
+                width: shape.input_width,
+                w_in_offset: layout.in_offset,
+                preact_offset: pl.preact,
+                ..Default::default()
+            })
+            .collect();
         Ok(Self {
             shape: fwd.shape.clone(),
             partials_layout: pl,
@@ -203,6 +216,7 @@ impl BackwardState {
             trace_params_slots: ParamSlots::new(ctx, "backward_trace params", &vec![BackwardTraceParams::default(); steps])?,
             update_params_slots: ParamSlots::new(ctx, "trace_update params", &vec![TraceUpdateParams::default(); steps])?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_backward params", &modulation_params)?,
+            input_params_slots: ParamSlots::new(ctx, "input_projection_backward params", &input_params)?,
             finish_params_slots: ParamSlots::new(ctx, "finish_gradients params", &[finish])?,
             adam_params_slots: ParamSlots::new(ctx, "adam params", &[AdamParams::default()])?,
         })
@@ -307,6 +321,7 @@ impl BackwardState {
                 &self.trace_params_slots,
                 &self.update_params_slots,
                 &self.modulation_params_slots,
+                &self.input_params_slots,
                 &self.finish_params_slots,
                 &self.adam_params_slots,
             ]
@@ -371,7 +386,7 @@ impl Trainer {
     /// Forward only, for evaluation on fresh episodes.
     pub fn evaluate(&mut self, ctx: &GpuContext, data: &EpisodeData) -> Result<EpisodeMetrics> {
         let net = &self.network;
-        let fwd = prepare(&mut self.forward, ctx, &EpisodeSource::Host(data), net.config.neurons, net.config.plasticity)?;
+        let fwd = prepare(&mut self.forward, ctx, &EpisodeSource::Host(data), &net.config)?;
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("evaluate") });
         ctx.scoped("recording an evaluation episode", || {
             fwd.record_forward(ctx, &mut encoder, net, &[]);
@@ -479,9 +494,8 @@ impl Trainer {
     }
 
     fn record(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, source: &EpisodeSource<'_>, update: bool) -> Result<()> {
-        let neurons = self.network.config.neurons;
         let spec = self.network.config.plasticity;
-        prepare(&mut self.forward, ctx, source, neurons, spec)?;
+        prepare(&mut self.forward, ctx, source, &self.network.config)?;
         let fwd = self.forward.as_ref().expect("prepared");
         let reshaped = self.backward.as_ref().is_none_or(|b| b.shape != fwd.shape);
         if reshaped {
@@ -605,16 +619,23 @@ fn record_backward(
             &[&net.params, &fwd.activations, &fwd.modulation, &bwd.partials],
         )
     });
+    let input_group = (shape.input_width > 0)
+        .then(|| bind_group(ctx, "input_projection_backward", &bwd.input_params_slots, &[&fwd.projected_inputs, &bwd.partials, grads]));
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
     let trace_grid = backward_trace::workgroups(shape.neurons);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
-    // One backward step: the modulator's share of gx(t), then ga(t), then the trace part.
+    let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width);
+    // One backward step: the modulator's share of gx(t), then ga(t), the input layer's gradient,
+    // then the trace part.
     let step = |pass: &mut wgpu::ComputePass<'_>, t: u32| {
         let slot = t as usize - 1;
         if let Some(group) = &modulation_group {
             dispatch(pass, ctx, "modulation_backward", group, bwd.modulation_params_slots.offset(slot), modulation_grid);
         }
         dispatch(pass, ctx, "backward_activation", &activation_group, bwd.activation_params_slots.offset(slot), activation_grid);
+        if let Some(group) = &input_group {
+            dispatch(pass, ctx, "input_projection_backward", group, bwd.input_params_slots.offset(slot), input_grid);
+        }
         dispatch_pipeline(pass, &trace_pipeline, &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
     };
     match recovery {
