@@ -1,6 +1,7 @@
 // backward_activation: the gradient at the pre-activation of step t (sweep runs t = T down to 1).
 //
-//   gx_j(t) = dl_t/dx_j(t)                                        (2 * (x_j(t) - y_j) on a loss step)
+//   gx_j(t) = dl_t/dx_j(t)                                        (2 * (x_j(t) - y_j) on a loss step, or
+//                                                                  what head_backward left, with output heads)
 //           + sum_jt partials[0, b, j, jt]     = sum_k (w_jk + alpha_jk H_jk(t+1)) ga_k(t+1)
 //                                               + eta * sum_k G_jk(t+2) x_k(t+1)
 //           + sum_it partials[1, b, j, it]     = eta * sum_i G_ij(t+1) x_i(t-1)
@@ -29,7 +30,7 @@ struct BackwardActivationParams {
     mod_offset: u32,  // offset of mod_w (N) in `params`
     mod_grad_offset: u32, // offset of (B) dM (1 - M^2) in `partials`, or MOD_NONE when not modulated
     preact_offset: u32,   // offset of ga (B, N) in `partials`
-    _pad0: u32,
+    loss_grad_offset: u32, // offset of the output heads' (L, B, N) dl/dx in `partials`, or LOSS_NONE: squared error on x
     _pad1: u32,
 }
 
@@ -52,7 +53,11 @@ fn backward_activation(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x = activations[p.step * p.batch * n + b * n + j];
     var gx = 0.0;
     if (p.loss_slot != LOSS_NONE) {
-        gx = 2.0 * p.loss_scale * (x - targets[p.loss_slot * p.batch * n + b * n + j]);
+        if (p.loss_grad_offset != LOSS_NONE) {
+            gx = partials[p.loss_grad_offset + (p.loss_slot * p.batch + b) * n + j]; // through the output heads
+        } else {
+            gx = 2.0 * p.loss_scale * (x - targets[p.loss_slot * p.batch * n + b * n + j]);
+        }
     }
     let rows = (b * n + j) * p.n_tiles;
     let cols = rows + p.batch * n * p.n_tiles;

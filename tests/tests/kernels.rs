@@ -7,6 +7,9 @@ use plasticity_kernels::backward_activation::{self, BackwardActivationParams, LO
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
 use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
+use plasticity_kernels::head_backward::{self, HeadBackwardParams};
+use plasticity_kernels::head_forward::{self, HeadForwardParams};
+use plasticity_kernels::head_loss::{self, HeadLossParams};
 use plasticity_kernels::input_projection::{self, InputProjectionParams};
 use plasticity_kernels::input_projection_backward::{self, InputProjectionBackwardParams};
 use plasticity_kernels::loss_mse::LossMseParams;
@@ -245,18 +248,19 @@ fn trace_update_matches_cpu_twin() {
 fn backward_activation_matches_cpu_twin() {
     for n in SIZES {
         for batch in BATCHES {
-            for (loss_slot, modulated) in [(LOSS_NONE, false), (1, false), (1, true)] {
+            for (loss_slot, modulated, heads) in [(LOSS_NONE, false, false), (1, false, false), (1, true, false), (1, false, true)] {
                 let (steps, tiles) = (3u32, trace_tiles(n));
                 let row = (batch * n) as usize;
                 let mut r = rng(7 + 100 * n as u64 + batch as u64);
                 let spec = if modulated { Plasticity { modulation: Modulation::Simple, ..Plasticity::PAPER } } else { Plasticity::PAPER };
                 let (layout, params) = random_rule_params(n as u64, n, &spec);
-                let pl = PartialsLayout::new(n, batch, &spec);
+                let pl = PartialsLayout::new(n, batch, &spec).with_heads(n, batch, 2);
                 let activations = uniform(&mut r, (steps as usize + 1) * row, 1.0);
                 let targets = uniform(&mut r, 2 * row, 1.0);
-                // Row and column sums and dz_b are inputs; ga(t) must be written in full.
+                // Row and column sums, dz_b and the heads' loss gradient are inputs; ga(t) must be
+                // written in full.
                 let mut partials = uniform(&mut r, pl.len as usize, 1.0);
-                partials[pl.preact as usize..].fill(f32::NAN);
+                partials[pl.preact as usize..pl.loss_grad as usize].fill(f32::NAN);
                 let (clamp, clamp_words) = random_clamp(&mut r, loss_slot == 1, steps as usize, batch, n);
                 let p = BackwardActivationParams {
                     n,
@@ -269,6 +273,7 @@ fn backward_activation_matches_cpu_twin() {
                     mod_offset: layout.mod_offset,
                     mod_grad_offset: if modulated { pl.mod_grad } else { MOD_NONE },
                     preact_offset: pl.preact,
+                    loss_grad_offset: if heads { pl.loss_grad } else { LOSS_NONE },
                     ..Default::default()
                 };
                 let out = run_kernel(
@@ -468,6 +473,116 @@ fn input_projection_backward_matches_cpu_twin() {
             cpu::input_projection_backward(&p, &inputs, &partials, &mut g_ref);
             // Batch sums of <= 5 products, added to O(1) values.
             assert_close(&format!("input_projection_backward N={n} B={batch} D={width}"), &out[2], &to_f64(&g_ref), 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn head_forward_matches_cpu_twin() {
+    for n in SIZES {
+        for (batch, width) in [(1u32, 1u32), (3, 10), (2, 65)] {
+            let mut r = rng(101 + n as u64 + width as u64);
+            let params = uniform(&mut r, 7 + ((n + 1) * width) as usize, 1.0 / (n as f32).sqrt());
+            let activations = uniform(&mut r, (5 * batch * n) as usize, 1.0);
+            let loss_steps = vec![2u32, 4];
+            // This head's columns [3, 3 + K) of a row of K + 5 must all be written, the rest untouched.
+            let total = width + 5;
+            let outputs = nan_filled((2 * batch * total) as usize);
+            let p = HeadForwardParams { n, batch, n_loss_steps: 2, width, total, col0: 3, w_offset: 7, ..Default::default() };
+            let out = run_kernel(
+                "head_forward",
+                &p,
+                &[bytes(&params), bytes(&activations), bytemuck::cast_slice(&loss_steps), bytes(&outputs)],
+                head_forward::workgroups(width, 2 * batch),
+            );
+            let mut o_ref = outputs.clone();
+            cpu::head_forward(&p, &params, &activations, &loss_steps, &mut o_ref);
+            let ctx = format!("head_forward N={n} B={batch} K={width}");
+            for (e, (&g, &c)) in out[3].iter().zip(&o_ref).enumerate() {
+                let col = e as u32 % total;
+                let mine = (3..3 + width).contains(&col);
+                assert_eq!(g.is_nan(), !mine, "{ctx}: element {e}");
+                // A dot product of N <= 257 terms of magnitude <= 1/sqrt(N) in f32 vs f64.
+                assert!(!mine || (g - c).abs() <= 1e-5 + 1e-5 * c.abs(), "{ctx}: element {e}: gpu {g} vs cpu {c}");
+            }
+        }
+    }
+}
+
+#[test]
+fn head_loss_matches_cpu_twin() {
+    for (kind, accumulate) in [(head_loss::LINEAR, 0u32), (head_loss::SOFTMAX, 0), (head_loss::SOFTMAX, 1)] {
+        for (batch, width) in [(1u32, 1u32), (3, 10), (70, 4)] {
+            let mut r = rng(103 + batch as u64 + width as u64);
+            let total = width + 2;
+            let rows = (2 * batch) as usize;
+            let outputs = uniform(&mut r, rows * total as usize, 3.0);
+            let targets: Vec<f32> = if kind == head_loss::SOFTMAX {
+                // One-hot classes in this head's columns.
+                (0..rows * total as usize)
+                    .map(|e| ((e % total as usize) as u32 == 2 + (e / total as usize) as u32 % width) as u8 as f32)
+                    .collect()
+            } else {
+                uniform(&mut r, rows * total as usize, 1.0)
+            };
+            let grads = uniform(&mut r, rows * total as usize, 1.0);
+            let metrics_buf = vec![1.5f32; metrics::COUNT];
+            let p = HeadLossParams { batch, n_loss_steps: 2, width, total, col0: 2, kind, accumulate, loss_scale: 0.5 };
+            let out = run_kernel("head_loss", &p, &[bytes(&outputs), bytes(&targets), bytes(&grads), bytes(&metrics_buf)], [1, 1, 1]);
+            let (mut g_ref, mut m_ref) = (grads.clone(), metrics_buf.clone());
+            cpu::head_loss(&p, &outputs, &targets, &mut g_ref, &mut m_ref);
+            let ctx = format!("head_loss kind={kind} accumulate={accumulate} B={batch} K={width}");
+            // exp/log in f32 vs f64 on logits of magnitude <= 3: a few ulps per element.
+            assert_close(&format!("{ctx} grads"), &out[2], &to_f64(&g_ref), 1e-5, 1e-5);
+            assert_close(&format!("{ctx} loss"), &out[3][..1], &[m_ref[0] as f64], 1e-4, 1e-5);
+            assert_eq!(out[3][1..3], m_ref[1..3], "{ctx}: error and sample counts are exact");
+        }
+    }
+}
+
+#[test]
+fn head_backward_matches_cpu_twin() {
+    for n in SIZES {
+        for (batch, width, accumulate) in [(1u32, 1u32, 0u32), (3, 10, 1)] {
+            let mut r = rng(107 + n as u64 + width as u64);
+            let params = uniform(&mut r, 7 + ((n + 1) * width) as usize, 1.0);
+            let activations = uniform(&mut r, (5 * batch * n) as usize, 1.0);
+            let loss_steps = vec![2u32, 4];
+            let total = width + 3;
+            let head_grads = uniform(&mut r, (2 * batch * total) as usize, 1.0);
+            let partials = uniform(&mut r, 9 + (2 * batch * n) as usize, 1.0);
+            let grads = uniform(&mut r, 7 + ((n + 1) * width) as usize, 1.0);
+            let p = HeadBackwardParams {
+                n,
+                batch,
+                n_loss_steps: 2,
+                width,
+                total,
+                col0: 1,
+                w_offset: 7,
+                accumulate,
+                loss_grad_offset: 9,
+                ..Default::default()
+            };
+            let out = run_kernel(
+                "head_backward",
+                &p,
+                &[
+                    bytes(&params),
+                    bytes(&activations),
+                    bytemuck::cast_slice(&loss_steps),
+                    bytes(&head_grads),
+                    bytes(&partials),
+                    bytes(&grads),
+                ],
+                head_backward::workgroups(n),
+            );
+            let (mut p_ref, mut g_ref) = (partials.clone(), grads.clone());
+            cpu::head_backward(&p, &params, &activations, &loss_steps, &head_grads, &mut p_ref, &mut g_ref);
+            let ctx = format!("head_backward N={n} B={batch} K={width} accumulate={accumulate}");
+            // Sums of <= K = 10 products (dx) and <= L * B = 6 products (dW, db), accumulated.
+            assert_close(&format!("{ctx} loss gradient"), &out[4], &to_f64(&p_ref), 1e-5, 1e-5);
+            assert_close(&format!("{ctx} grads"), &out[5], &to_f64(&g_ref), 1e-5, 1e-5);
         }
     }
 }

@@ -217,15 +217,13 @@ fn input_layer_forward_and_gradients_match_reference() {
         let mut p = problem(9 + width as u64, spec, n, batch, steps);
         let mut r = rng(4);
         p.config.input_width = Some(width);
-        let mut layout = p.host.layout;
-        layout.input_width = width;
-        layout.count += (width + 1) * n;
+        let layout = ParamLayout::of(&p.config);
+        assert_eq!((layout.input_width, layout.count - p.host.layout.count), (width, (width + 1) * n));
         let w_in = uniform(&mut r, (width * n) as usize, 1.0 / (width as f32).sqrt());
         let b_in = uniform(&mut r, n as usize, 0.3);
         p.host.values.extend(&w_in);
         p.host.values.extend(&b_in);
         p.host.layout = layout;
-        assert_eq!(layout, ParamLayout::of(&p.config));
         let v = uniform(&mut r, (steps * batch * width) as usize, 1.0);
         // The reference sees the projected inputs.
         let rows = (steps * batch) as usize;
@@ -277,4 +275,82 @@ fn input_layer_forward_and_gradients_match_reference() {
     let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
     let err = EpisodeRunner::new().run(ctx, &net, &p.data).unwrap_err().to_string();
     assert!(err.contains("cannot be combined with an input layer"), "{err}");
+}
+
+/// Output heads, a softmax classifier and a linear value head, on the paper's rule and on a
+/// modulated one: the loss, the head outputs and every gradient (heads and network) against the
+/// f64 reference.
+#[test]
+fn output_heads_match_reference() {
+    use plasticity_kernels::reference::Head64;
+    use plasticity_runtime::{HeadKind, OutputHead};
+    let ctx = gpu();
+    for (name, spec) in [
+        ("paper", Plasticity::PAPER),
+        ("additive clip mod", Plasticity { rule: Rule::Additive, clip: Some(0.05), modulation: Modulation::Simple, ..Plasticity::PAPER }),
+    ] {
+        let (n, batch, steps) = (15, 3, 8);
+        let mut p = problem(21, spec, n, batch, steps);
+        p.config.heads = vec![OutputHead { width: 4, kind: HeadKind::Softmax }, OutputHead { width: 2, kind: HeadKind::Linear }];
+        let layout = ParamLayout::of(&p.config);
+        let mut r = rng(8);
+        let head_values = uniform(&mut r, (layout.count - p.host.layout.count) as usize, 0.6);
+        p.host.values.extend(&head_values);
+        p.host.layout = layout;
+        let rows = p.data.loss_steps.len() * batch as usize;
+        p.data.targets = (0..rows)
+            .flat_map(|row| {
+                let mut t = vec![0.0f32; 6];
+                t[row % 4] = 1.0;
+                t[4] = 0.5;
+                t[5] = -0.25;
+                t
+            })
+            .collect();
+        p.data.loss_scale = 0.7;
+        let what = format!("heads {name}");
+
+        let (net64, mut ep64) = {
+            let n64 = Network64::from_flat(n as usize, spec, &to_f64(&p.host.values[..layout.in_offset as usize]));
+            let mut data = p.data.clone();
+            data.targets = vec![0.0; rows * n as usize]; // the reference's own targets are unused here
+            let pp = Problem { config: p.config.clone(), host: p.host.clone(), data };
+            (n64, to_reference(&pp).1)
+        };
+        ep64.loss_scale = p.data.loss_scale as f64;
+        let heads64: Vec<Head64> = layout
+            .heads()
+            .iter()
+            .zip(&p.config.heads)
+            .map(|(&(offset, width), h)| {
+                let w = to_f64(&p.host.values[offset as usize..][..(n * width) as usize]);
+                let b = to_f64(&p.host.values[(offset + n * width) as usize..][..width as usize]);
+                Head64 { width: width as usize, softmax: h.kind == HeadKind::Softmax, w, b }
+            })
+            .collect();
+        let fwd = reference::forward(&net64, &ep64);
+        let y = reference::heads_forward(&heads64, &ep64, &fwd, n as usize);
+        let (loss, dy) = reference::heads_loss(&heads64, &y, &to_f64(&p.data.targets), ep64.loss_scale);
+
+        let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+        let mut runner = EpisodeRunner::new();
+        let metrics = runner.run(ctx, &net, &p.data).unwrap();
+        // Logits: dot products of 15 terms after a few f32 steps against f64.
+        assert_close(&format!("{what} outputs"), &runner.read_head_outputs(ctx).unwrap(), &y, 1e-4, 1e-4);
+        assert!((metrics.loss as f64 - loss).abs() <= 1e-3 + 1e-4 * loss, "{what}: loss {} vs reference {loss}", metrics.loss);
+        // One classification per (step, batch) row plus the linear head's nonzero targets.
+        assert_eq!(metrics.sign_count as usize, rows + 2 * rows, "{what}: samples counted");
+
+        let (dx, head_grads) = reference::heads_backward(&heads64, &ep64, &fwd, n as usize, &dy);
+        let mut reference = reference::backward_with_loss_grad(&net64, &ep64, &fwd, &dx).to_flat();
+        if spec.modulated() {
+            reference[layout.eta_offset as usize..layout.mod_offset as usize].fill(0.0); // eta unused: held
+        }
+        for (dw, db) in head_grads {
+            reference.extend(dw);
+            reference.extend(db);
+        }
+        let (grads, _) = gpu_gradients(&p, TrainerConfig::default());
+        assert_gradients_match(&what, &grads, &reference);
+    }
 }

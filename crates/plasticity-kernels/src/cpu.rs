@@ -8,6 +8,9 @@ use crate::backward_activation::{BackwardActivationParams, LOSS_NONE, MOD_NONE};
 use crate::backward_trace::BackwardTraceParams;
 use crate::finish_gradients::FinishGradientsParams;
 use crate::forward_step::ForwardStepParams;
+use crate::head_backward::HeadBackwardParams;
+use crate::head_forward::HeadForwardParams;
+use crate::head_loss::HeadLossParams;
 use crate::input_projection::InputProjectionParams;
 use crate::input_projection_backward::InputProjectionBackwardParams;
 use crate::loss_mse::LossMseParams;
@@ -185,8 +188,12 @@ pub fn backward_activation(
             let x = activations[p.step as usize * batch * n + b * n + j];
             let mut gx = 0.0f64;
             if p.loss_slot != LOSS_NONE {
-                let y = targets[p.loss_slot as usize * batch * n + b * n + j];
-                gx = 2.0 * p.loss_scale as f64 * (x as f64 - y as f64);
+                if p.loss_grad_offset != LOSS_NONE {
+                    gx = partials[p.loss_grad_offset as usize + (p.loss_slot as usize * batch + b) * n + j] as f64;
+                } else {
+                    let y = targets[p.loss_slot as usize * batch * n + b * n + j];
+                    gx = 2.0 * p.loss_scale as f64 * (x as f64 - y as f64);
+                }
             }
             let rows = (b * n + j) * tiles;
             let cols = rows + batch * n * tiles;
@@ -400,6 +407,95 @@ pub fn input_projection_backward(p: &InputProjectionBackwardParams, inputs: &[f3
                 })
                 .sum();
             grads[p.w_in_offset as usize + d * n + j] += g as f32;
+        }
+    }
+}
+
+/// Twin of `shaders/head_forward.wgsl`.
+pub fn head_forward(p: &HeadForwardParams, params: &[f32], activations: &[f32], loss_steps: &[u32], outputs: &mut [f32]) {
+    let (n, batch, width) = (p.n as usize, p.batch as usize, p.width as usize);
+    let (w, bias) = (&params[p.w_offset as usize..][..n * width], &params[p.w_offset as usize + n * width..][..width]);
+    for r in 0..p.n_loss_steps as usize * batch {
+        let x = &activations[(loss_steps[r / batch] as usize * batch + r % batch) * n..][..n];
+        for k in 0..width {
+            let y = bias[k] as f64 + (0..n).map(|j| x[j] as f64 * w[j * width + k] as f64).sum::<f64>();
+            outputs[r * p.total as usize + p.col0 as usize + k] = y as f32;
+        }
+    }
+}
+
+/// Twin of `shaders/head_loss.wgsl`.
+pub fn head_loss(p: &HeadLossParams, outputs: &[f32], targets: &[f32], grads: &mut [f32], metrics_out: &mut [f32]) {
+    let width = p.width as usize;
+    let scale = p.loss_scale as f64;
+    let (mut loss, mut errors, mut count) = (0.0f64, 0u32, 0u32);
+    for r in 0..(p.n_loss_steps * p.batch) as usize {
+        let base = r * p.total as usize + p.col0 as usize;
+        let (y, t) = (&outputs[base..][..width], &targets[base..][..width]);
+        if p.kind == crate::head_loss::SOFTMAX {
+            // The first maximum, as the kernel's strict comparison finds it.
+            let argmax = |v: &[f32]| (0..v.len()).fold(0, |best, k| if v[k] > v[best] { k } else { best });
+            let top = y[argmax(y)] as f64;
+            let log_z = top + y.iter().map(|&v| (v as f64 - top).exp()).sum::<f64>().ln();
+            let mass: f64 = t.iter().map(|&v| v as f64).sum();
+            for k in 0..width {
+                loss -= t[k] as f64 * (y[k] as f64 - log_z);
+                grads[base + k] = (scale * ((y[k] as f64 - log_z).exp() * mass - t[k] as f64)) as f32;
+            }
+            count += 1;
+            errors += (argmax(y) != argmax(t)) as u32;
+        } else {
+            for k in 0..width {
+                let d = y[k] as f64 - t[k] as f64;
+                loss += d * d;
+                grads[base + k] = (2.0 * scale * d) as f32;
+                if t[k] != 0.0 {
+                    count += 1;
+                    errors += ((y[k] > 0.0) != (t[k] > 0.0)) as u32;
+                }
+            }
+        }
+    }
+    let before = if p.accumulate != 0 {
+        [metrics_out[metrics::LOSS], metrics_out[metrics::SIGN_ERRORS], metrics_out[metrics::SIGN_COUNT]]
+    } else {
+        [0.0; 3]
+    };
+    metrics_out[metrics::LOSS] = before[0] + (scale * loss) as f32;
+    metrics_out[metrics::SIGN_ERRORS] = before[1] + errors as f32;
+    metrics_out[metrics::SIGN_COUNT] = before[2] + count as f32;
+}
+
+/// Twin of `shaders/head_backward.wgsl`.
+pub fn head_backward(
+    p: &HeadBackwardParams,
+    params: &[f32],
+    activations: &[f32],
+    loss_steps: &[u32],
+    head_grads: &[f32],
+    partials: &mut [f32],
+    grads: &mut [f32],
+) {
+    let (n, batch, width, total, col0) = (p.n as usize, p.batch as usize, p.width as usize, p.total as usize, p.col0 as usize);
+    let wo = p.w_offset as usize;
+    let rows = p.n_loss_steps as usize * batch;
+    let dy = |r: usize, k: usize| head_grads[r * total + col0 + k] as f64;
+    for k in 0..width {
+        grads[wo + n * width + k] += (0..rows).map(|r| dy(r, k)).sum::<f64>() as f32;
+    }
+    for j in 0..n {
+        let mut dw = vec![0.0f64; width];
+        for r in 0..rows {
+            let x = activations[(loss_steps[r / batch] as usize * batch + r % batch) * n + j] as f64;
+            let gx: f64 = (0..width).map(|k| params[wo + j * width + k] as f64 * dy(r, k)).sum();
+            for (k, d) in dw.iter_mut().enumerate() {
+                *d += x * dy(r, k);
+            }
+            let out = p.loss_grad_offset as usize + r * n + j;
+            partials[out] = if p.accumulate != 0 { (partials[out] as f64 + gx) as f32 } else { gx as f32 };
+        }
+        for k in 0..width {
+            grads[wo + j * width + k] += dw[k] as f32;
         }
     }
 }

@@ -153,6 +153,8 @@ pub struct PartialsLayout {
     pub mod_grad: u32,
     /// (B, N) ga(t), the pre-activation gradient of the current step.
     pub preact: u32,
+    /// (L, B, N) dl/dx at the loss steps through the output heads; empty without heads.
+    pub loss_grad: u32,
     pub len: u32,
 }
 
@@ -168,8 +170,14 @@ impl PartialsLayout {
         let modulator = alpha + if spec.alpha == AlphaShape::PerConnection { 0 } else { n * n };
         let mod_grad = modulator + batch * spec.modulator_len(n);
         let preact = mod_grad + if modulated { batch } else { 0 };
-        let len = preact + batch * n;
-        Self { cols, rate, eta, alpha, modulator, mod_grad, preact, len }
+        let loss_grad = preact + batch * n;
+        Self { cols, rate, eta, alpha, modulator, mod_grad, preact, loss_grad, len: loss_grad }
+    }
+
+    /// Adds the (L, B, N) loss gradient of output heads read at `loss_steps` steps.
+    pub fn with_heads(mut self, n: u32, batch: u32, loss_steps: u32) -> Self {
+        self.len = self.loss_grad + loss_steps * batch * n;
+        self
     }
 }
 
@@ -248,7 +256,7 @@ pub mod backward_activation {
         pub mod_offset: u32,
         pub mod_grad_offset: u32,
         pub preact_offset: u32,
-        pub _pad0: u32,
+        pub loss_grad_offset: u32,
         pub _pad1: u32,
     }
 
@@ -268,7 +276,7 @@ pub mod backward_activation {
             mod_offset,
             mod_grad_offset,
             preact_offset,
-            _pad0,
+            loss_grad_offset,
             _pad1
         }),
         params_size: core::mem::size_of::<BackwardActivationParams>(),
@@ -751,6 +759,133 @@ pub mod input_projection_backward {
     }
 }
 
+pub mod head_forward {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct HeadForwardParams {
+        pub n: u32,
+        pub batch: u32,
+        pub n_loss_steps: u32,
+        pub width: u32,
+        pub total: u32,
+        pub col0: u32,
+        pub w_offset: u32,
+        pub _pad0: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "head_forward",
+        source: include_str!("../../../shaders/head_forward.wgsl"),
+        bindings: &[params("p"), read("params"), read("activations"), read("loss_steps"), read_write("outputs")],
+        params_struct: "HeadForwardParams",
+        params_layout: layout_of!(HeadForwardParams { n, batch, n_loss_steps, width, total, col0, w_offset, _pad0 }),
+        params_size: core::mem::size_of::<HeadForwardParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
+    /// One invocation per (k, (s, b)).
+    pub fn workgroups(width: u32, rows: u32) -> [u32; 3] {
+        [div_ceil(width, WORKGROUP_SIZE), rows, 1]
+    }
+}
+
+pub mod head_loss {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 256;
+    pub const LINEAR: u32 = 0;
+    pub const SOFTMAX: u32 = 1;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct HeadLossParams {
+        pub batch: u32,
+        pub n_loss_steps: u32,
+        pub width: u32,
+        pub total: u32,
+        pub col0: u32,
+        pub kind: u32,
+        pub accumulate: u32,
+        pub loss_scale: f32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "head_loss",
+        source: include_str!("../../../shaders/head_loss.wgsl"),
+        bindings: &[params("p"), read("outputs"), read("targets"), read_write("grads"), read_write("metrics")],
+        params_struct: "HeadLossParams",
+        params_layout: layout_of!(HeadLossParams { batch, n_loss_steps, width, total, col0, kind, accumulate, loss_scale }),
+        params_size: core::mem::size_of::<HeadLossParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+}
+
+pub mod head_backward {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct HeadBackwardParams {
+        pub n: u32,
+        pub batch: u32,
+        pub n_loss_steps: u32,
+        pub width: u32,
+        pub total: u32,
+        pub col0: u32,
+        pub w_offset: u32,
+        pub accumulate: u32,
+        pub loss_grad_offset: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "head_backward",
+        source: include_str!("../../../shaders/head_backward.wgsl"),
+        bindings: &[
+            params("p"),
+            read("params"),
+            read("activations"),
+            read("loss_steps"),
+            read("head_grads"),
+            read_write("partials"),
+            read_write("grads"),
+        ],
+        params_struct: "HeadBackwardParams",
+        params_layout: layout_of!(HeadBackwardParams {
+            n,
+            batch,
+            n_loss_steps,
+            width,
+            total,
+            col0,
+            w_offset,
+            accumulate,
+            loss_grad_offset,
+            _pad0,
+            _pad1,
+            _pad2
+        }),
+        params_size: core::mem::size_of::<HeadBackwardParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
+    /// One invocation per neuron, and one for the bias.
+    pub fn workgroups(n: u32) -> [u32; 3] {
+        [div_ceil(n + 1, WORKGROUP_SIZE), 1, 1]
+    }
+}
+
 /// A 1-D or, past 65535 workgroups, 2-D grid of `workgroup_size`-wide groups covering `count`
 /// elements, and its row stride (invocations per grid row).
 pub fn elementwise_grid(count: u32, workgroup_size: u32) -> ([u32; 3], u32) {
@@ -777,6 +912,9 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     trace_update::KERNEL,
     input_projection::KERNEL,
     input_projection_backward::KERNEL,
+    head_forward::KERNEL,
+    head_loss::KERNEL,
+    head_backward::KERNEL,
     adam_update::KERNEL,
     stream_triad::KERNEL,
 ];

@@ -314,6 +314,19 @@ pub fn loss(ep: &Episode64, fwd: &Forward64) -> f64 {
 /// and rate(t)), the rate (eta or the modulator, which reads x(t)), and only then, with every path
 /// into x(t) collected, through x(t) = tanh(a(t)) into w, alpha, H(t) and x(t-1).
 pub fn backward(net: &Network64, ep: &Episode64, fwd: &Forward64) -> Gradients64 {
+    let row = fwd.activations.len() / (ep.steps + 1);
+    let mut loss_grad = vec![0.0; ep.loss_steps.len() * row];
+    for (s, &t) in ep.loss_steps.iter().enumerate() {
+        for e in 0..row {
+            loss_grad[s * row + e] = 2.0 * ep.loss_scale * (fwd.activations[t * row + e] - ep.targets[s * row + e]);
+        }
+    }
+    backward_with_loss_grad(net, ep, fwd, &loss_grad)
+}
+
+/// [`backward`] for any loss of the loss steps' activations: `loss_grad` (L, B, N) is dL/dx(t_s)
+/// (output heads give it, see [`heads_backward`]); `ep.targets` is not read.
+pub fn backward_with_loss_grad(net: &Network64, ep: &Episode64, fwd: &Forward64, loss_grad: &[f64]) -> Gradients64 {
     net.validate();
     let (n, batch, steps) = (net.n, ep.batch, ep.steps);
     check_episode(n, ep);
@@ -331,7 +344,7 @@ pub fn backward(net: &Network64, ep: &Episode64, fwd: &Forward64) -> Gradients64
     let mut gx = vec![vec![0.0; row]; steps + 1];
     for (s, &t) in ep.loss_steps.iter().enumerate() {
         for e in 0..row {
-            gx[t][e] += 2.0 * ep.loss_scale * (fwd.activations[t * row + e] - ep.targets[s * row + e]);
+            gx[t][e] += loss_grad[s * row + e];
         }
     }
     let mut gh_next = vec![0.0; cells]; // dL/dH(t+1), zero for H(T+1)
@@ -423,6 +436,89 @@ pub fn backward(net: &Network64, ep: &Episode64, fwd: &Forward64) -> Gradients64
         ge_next = ge;
     }
     grads
+}
+
+/// An output head in f64: `y = x W + b`, W (N, K) row-major, read at every loss step; its loss is
+/// squared error (linear) or softmax cross-entropy against target probabilities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Head64 {
+    pub width: usize,
+    pub softmax: bool,
+    pub w: Vec<f64>,
+    pub b: Vec<f64>,
+}
+
+/// The heads' outputs (L, B, total) at the loss steps, side by side.
+pub fn heads_forward(heads: &[Head64], ep: &Episode64, fwd: &Forward64, n: usize) -> Vec<f64> {
+    let total: usize = heads.iter().map(|h| h.width).sum();
+    let rows = ep.loss_steps.len() * ep.batch;
+    let mut y = vec![0.0; rows * total];
+    for r in 0..rows {
+        let x = &fwd.activations[(ep.loss_steps[r / ep.batch] * ep.batch + r % ep.batch) * n..][..n];
+        let mut col0 = 0;
+        for h in heads {
+            for k in 0..h.width {
+                y[r * total + col0 + k] = h.b[k] + (0..n).map(|j| x[j] * h.w[j * h.width + k]).sum::<f64>();
+            }
+            col0 += h.width;
+        }
+    }
+    y
+}
+
+/// The heads' summed loss and its gradient dl/dy (L, B, total); `targets` (L, B, total).
+pub fn heads_loss(heads: &[Head64], y: &[f64], targets: &[f64], loss_scale: f64) -> (f64, Vec<f64>) {
+    let total: usize = heads.iter().map(|h| h.width).sum();
+    let (mut loss, mut dy) = (0.0, vec![0.0; y.len()]);
+    for r in 0..y.len() / total {
+        let mut col0 = 0;
+        for h in heads {
+            let (ys, ts) = (&y[r * total + col0..][..h.width], &targets[r * total + col0..][..h.width]);
+            if h.softmax {
+                let log_z = ys.iter().map(|v| v.exp()).sum::<f64>().ln();
+                let mass: f64 = ts.iter().sum();
+                for k in 0..h.width {
+                    loss -= loss_scale * ts[k] * (ys[k] - log_z);
+                    dy[r * total + col0 + k] = loss_scale * ((ys[k] - log_z).exp() * mass - ts[k]);
+                }
+            } else {
+                for k in 0..h.width {
+                    loss += loss_scale * (ys[k] - ts[k]).powi(2);
+                    dy[r * total + col0 + k] = 2.0 * loss_scale * (ys[k] - ts[k]);
+                }
+            }
+            col0 += h.width;
+        }
+    }
+    (loss, dy)
+}
+
+/// One head's gradient: (dW (N, K), db (K)).
+pub type HeadGradients64 = (Vec<f64>, Vec<f64>);
+
+/// Back through the heads: dL/dx at the loss steps (L, B, N), for [`backward_with_loss_grad`], and
+/// each head's (dW, db).
+pub fn heads_backward(heads: &[Head64], ep: &Episode64, fwd: &Forward64, n: usize, dy: &[f64]) -> (Vec<f64>, Vec<HeadGradients64>) {
+    let total: usize = heads.iter().map(|h| h.width).sum();
+    let rows = ep.loss_steps.len() * ep.batch;
+    let mut dx = vec![0.0; rows * n];
+    let mut grads: Vec<HeadGradients64> = heads.iter().map(|h| (vec![0.0; n * h.width], vec![0.0; h.width])).collect();
+    for r in 0..rows {
+        let x = &fwd.activations[(ep.loss_steps[r / ep.batch] * ep.batch + r % ep.batch) * n..][..n];
+        let mut col0 = 0;
+        for (h, (dw, db)) in heads.iter().zip(grads.iter_mut()) {
+            for k in 0..h.width {
+                let g = dy[r * total + col0 + k];
+                db[k] += g;
+                for j in 0..n {
+                    dw[j * h.width + k] += x[j] * g;
+                    dx[r * n + j] += h.w[j * h.width + k] * g;
+                }
+            }
+            col0 += h.width;
+        }
+    }
+    (dx, grads)
 }
 
 #[cfg(test)]
@@ -967,5 +1063,79 @@ mod tests {
             assert!((grads.inputs[k] - numeric).abs() <= tol, "du[{k}]: backward {} vs finite difference {numeric}", grads.inputs[k]);
         }
         assert!(grads.inputs.iter().any(|g| g.abs() > 1e-4));
+    }
+
+    /// Output heads (a softmax head and a linear head) on a modulated rule: the heads' own
+    /// gradients and the network's, through `backward_with_loss_grad`, against finite differences.
+    #[test]
+    fn head_gradients_match_finite_differences() {
+        use crate::{Modulation, Rule};
+        use rand::{Rng, SeedableRng};
+        let (n, batch, steps) = (4, 2, 5);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+        let spec = Plasticity { rule: Rule::Additive, modulation: Modulation::Simple, clip: Some(0.4), ..Plasticity::PAPER };
+        let flat: Vec<f64> = (0..n * n + n * n + 1 + n + 1).map(|_| rng.random_range(-0.8..0.8)).collect();
+        let net = Network64::from_flat(n, spec, &flat);
+        let mut head = |width: usize, softmax: bool| Head64 {
+            width,
+            softmax,
+            w: (0..n * width).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            b: (0..width).map(|_| rng.random_range(-0.5..0.5)).collect(),
+        };
+        let heads = vec![head(3, true), head(1, false)];
+        let loss_steps = vec![3, steps];
+        let rows = loss_steps.len() * batch;
+        // One-hot classes for the softmax head, a value for the linear one.
+        let targets: Vec<f64> =
+            (0..rows).flat_map(|r| [(r % 3 == 0) as u8 as f64, (r % 3 == 1) as u8 as f64, (r % 3 == 2) as u8 as f64, 0.3]).collect();
+        let ep = Episode64 {
+            batch,
+            steps,
+            inputs: (0..steps * batch * n).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            loss_steps,
+            targets: vec![0.0; rows * n], // unused: the heads have their own targets
+            clamp: Vec::new(),
+            loss_scale: 0.5,
+        };
+        let total_loss = |net: &Network64, heads: &[Head64]| {
+            let fwd = forward(net, &ep);
+            heads_loss(heads, &heads_forward(heads, &ep, &fwd, n), &targets, ep.loss_scale).0
+        };
+        let fwd = forward(&net, &ep);
+        let (_, dy) = heads_loss(&heads, &heads_forward(&heads, &ep, &fwd, n), &targets, ep.loss_scale);
+        let (dx, head_grads) = heads_backward(&heads, &ep, &fwd, n, &dy);
+        let grads = backward_with_loss_grad(&net, &ep, &fwd, &dx).to_flat();
+        let d = 1e-6;
+        // Central differences in f64: truncation ~1e-12, rounding ~1e-10 / d; far below any real error.
+        let check = |what: String, analytic: f64, numeric: f64| {
+            assert!(
+                (analytic - numeric).abs() <= 1e-7 + 1e-6 * numeric.abs(),
+                "{what}: backward {analytic} vs finite difference {numeric}"
+            );
+        };
+        for k in 0..flat.len() {
+            let at = |delta: f64| {
+                let mut f = flat.clone();
+                f[k] += delta;
+                total_loss(&Network64::from_flat(n, spec, &f), &heads)
+            };
+            check(format!("network parameter {k}"), grads[k], (at(d) - at(-d)) / (2.0 * d));
+        }
+        for (h, (dw, db)) in head_grads.iter().enumerate() {
+            for k in 0..dw.len() + db.len() {
+                let at = |delta: f64| {
+                    let mut hs = heads.clone();
+                    if k < dw.len() {
+                        hs[h].w[k] += delta
+                    } else {
+                        hs[h].b[k - dw.len()] += delta
+                    }
+                    total_loss(&net, &hs)
+                };
+                let analytic = if k < dw.len() { dw[k] } else { db[k - dw.len()] };
+                check(format!("head {h} parameter {k}"), analytic, (at(d) - at(-d)) / (2.0 * d));
+            }
+        }
+        assert!(grads.iter().any(|g| g.abs() > 1e-4) && head_grads.iter().all(|(w, _)| w.iter().any(|g| g.abs() > 1e-4)));
     }
 }

@@ -3,6 +3,8 @@
 use plasticity_kernels::Plasticity;
 use plasticity_kernels::backward_activation::LOSS_NONE;
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
+use plasticity_kernels::head_forward::{self, HeadForwardParams};
+use plasticity_kernels::head_loss::{self, HeadLossParams};
 use plasticity_kernels::input_projection::{self, InputProjectionParams};
 use plasticity_kernels::loss_mse::LossMseParams;
 use plasticity_kernels::metrics;
@@ -11,7 +13,7 @@ use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
 use crate::error::{Result, invalid};
-use crate::network::Network;
+use crate::network::{HeadKind, Network, NetworkConfig, OutputHead, ParamLayout};
 
 /// The inputs and targets of a batch of `batch` episodes of `steps` steps.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,11 +36,13 @@ pub struct EpisodeData {
 
 impl EpisodeData {
     pub fn validate(&self, neurons: u32) -> Result<()> {
-        self.validate_with_input(neurons, 0)
+        self.validate_for(&ParamLayout::paper(neurons))
     }
 
-    /// As [`EpisodeData::validate`], for a network whose input layer takes `input_width` inputs (0: none).
-    pub fn validate_with_input(&self, neurons: u32, input_width: u32) -> Result<()> {
+    /// As [`EpisodeData::validate`], for a network of this layout: inputs of the input layer's
+    /// width, targets of the output heads' summed width.
+    pub fn validate_for(&self, layout: &ParamLayout) -> Result<()> {
+        let (neurons, input_width) = (layout.neurons, layout.input_width);
         let what = "episode data";
         validate_shape(what, self.batch, self.steps, &self.loss_steps, self.loss_scale)?;
         let row = self.batch as usize * neurons as usize;
@@ -50,7 +54,12 @@ impl EpisodeData {
         }
         let payloads = [
             ("inputs", self.inputs.len(), self.steps as usize * self.batch as usize * in_width as usize, in_formula),
-            ("targets", self.targets.len(), self.loss_steps.len() * row, "loss steps * batch * neurons"),
+            if layout.head_count == 0 {
+                ("targets", self.targets.len(), self.loss_steps.len() * row, "loss steps * batch * neurons")
+            } else {
+                let heads = self.loss_steps.len() * self.batch as usize * layout.heads_width() as usize;
+                ("targets", self.targets.len(), heads, "loss steps * batch * output heads' width")
+            },
             ("clamp", if self.clamp.is_empty() { words } else { self.clamp.len() }, words, "steps * batch * ceil(N / 32) words, or none"),
         ];
         for (name, len, expected, formula) in payloads {
@@ -61,16 +70,8 @@ impl EpisodeData {
         Ok(())
     }
 
-    pub(crate) fn shape(&self, neurons: u32, plasticity: Plasticity, input_width: u32) -> EpisodeShape {
-        EpisodeShape {
-            neurons,
-            batch: self.batch,
-            steps: self.steps,
-            loss_steps: self.loss_steps.clone(),
-            clamped: !self.clamp.is_empty(),
-            plasticity,
-            input_width,
-        }
+    pub(crate) fn shape(&self, config: &NetworkConfig) -> EpisodeShape {
+        EpisodeShape::new(config, self.batch, self.steps, &self.loss_steps, !self.clamp.is_empty())
     }
 }
 
@@ -120,18 +121,10 @@ pub(crate) enum EpisodeSource<'a> {
 }
 
 impl EpisodeSource<'_> {
-    fn shape(&self, neurons: u32, plasticity: Plasticity, input_width: u32) -> EpisodeShape {
+    fn shape(&self, config: &NetworkConfig) -> EpisodeShape {
         match self {
-            Self::Host(d) => d.shape(neurons, plasticity, input_width),
-            Self::Gpu(g) => EpisodeShape {
-                neurons,
-                batch: g.batch,
-                steps: g.steps,
-                loss_steps: g.loss_steps.to_vec(),
-                clamped: g.clamp.is_some(),
-                plasticity,
-                input_width,
-            },
+            Self::Host(d) => d.shape(config),
+            Self::Gpu(g) => EpisodeShape::new(config, g.batch, g.steps, g.loss_steps, g.clamp.is_some()),
         }
     }
 
@@ -142,9 +135,10 @@ impl EpisodeSource<'_> {
         }
     }
 
-    fn validate(&self, neurons: u32, input_width: u32) -> Result<()> {
+    fn validate(&self, layout: &ParamLayout) -> Result<()> {
+        let (neurons, input_width) = (layout.neurons, layout.input_width);
         match self {
-            Self::Host(d) => d.validate_with_input(neurons, input_width),
+            Self::Host(d) => d.validate_for(layout),
             Self::Gpu(g) => {
                 validate_shape("GPU episode", g.batch, g.steps, g.loss_steps, g.loss_scale)?;
                 if input_width > 0 && g.clamp.is_some() {
@@ -155,7 +149,15 @@ impl EpisodeSource<'_> {
                 let words = plasticity_kernels::clamp_words(neurons) as u64 * 4;
                 let needs: [(&str, Option<&wgpu::Buffer>, u64); 3] = [
                     ("inputs", Some(g.inputs), g.steps as u64 * in_row),
-                    ("targets", Some(g.targets), g.loss_steps.len() as u64 * row),
+                    (
+                        "targets",
+                        Some(g.targets),
+                        if layout.head_count == 0 {
+                            g.loss_steps.len() as u64 * row
+                        } else {
+                            g.loss_steps.len() as u64 * g.batch as u64 * layout.heads_width() as u64 * 4
+                        },
+                    ),
                     ("clamp", g.clamp, g.steps as u64 * g.batch as u64 * words),
                 ];
                 for (name, buffer, bytes) in needs {
@@ -218,9 +220,31 @@ pub(crate) struct EpisodeShape {
     pub plasticity: Plasticity,
     /// Width D of the inputs an input layer projects, or 0 when inputs drive the neurons directly.
     pub input_width: u32,
+    /// The network's parameter layout (input layer and output heads included) and its heads.
+    pub layout: ParamLayout,
+    pub heads: Vec<OutputHead>,
 }
 
 impl EpisodeShape {
+    fn new(config: &NetworkConfig, batch: u32, steps: u32, loss_steps: &[u32], clamped: bool) -> Self {
+        Self {
+            neurons: config.neurons,
+            batch,
+            steps,
+            loss_steps: loss_steps.to_vec(),
+            clamped,
+            plasticity: config.plasticity,
+            input_width: config.input_width.unwrap_or(0),
+            layout: ParamLayout::of(config),
+            heads: config.heads.clone(),
+        }
+    }
+
+    /// Length of a (L, B, total head width) buffer of head outputs.
+    pub fn head_values(&self) -> u64 {
+        self.loss_steps.len() as u64 * self.batch as u64 * self.layout.heads_width() as u64
+    }
+
     /// The `clamp_words` params value: 0 when nothing is clamped.
     pub fn clamp_words(&self) -> u32 {
         if self.clamped { plasticity_kernels::clamp_words(self.neurons) } else { 0 }
@@ -337,11 +361,16 @@ pub(crate) struct ForwardState {
     pub modulation: GpuBuffer,
     /// (T, B, D) inputs of the input layer; 4 bytes without one.
     pub projected_inputs: GpuBuffer,
+    /// (L, B, total) outputs of the output heads and their loss gradient; 4 bytes without heads.
+    pub head_outputs: GpuBuffer,
+    pub head_grads: GpuBuffer,
     pub metrics: GpuBuffer,
     pub staging: GpuBuffer,
     step_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
     projection_params_slots: ParamSlots,
+    head_forward_slots: ParamSlots,
+    pub head_loss_slots: ParamSlots,
     pub loss_params_slots: ParamSlots,
 }
 
@@ -366,8 +395,7 @@ impl ForwardState {
             format!("use at most {} steps at this batch and size", (limit / (b * n * 4)).saturating_sub(1))
         })?;
 
-        let mut layout = crate::network::ParamLayout::new(neurons, &shape.plasticity);
-        layout.input_width = shape.input_width;
+        let layout = shape.layout;
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -391,6 +419,8 @@ impl ForwardState {
             format!("use at most {} steps at this batch and input width", limit / (b * shape.input_width.max(1) as u64 * 4))
         })?;
         let (_, row_stride) = input_projection::grid(neurons, shape.batch, shape.steps);
+        let heads = head_params(&shape, 1.0);
+        let head_bytes = shape.head_values() * 4;
         let projection = InputProjectionParams {
             n: neurons,
             batch: shape.batch,
@@ -410,6 +440,8 @@ impl ForwardState {
             trace: buffers::storage(ctx, "trace", trace_bytes)?,
             modulation: buffers::storage(ctx, "modulation", modulation_bytes)?,
             projected_inputs: buffers::storage(ctx, "input layer inputs", projected_bytes)?,
+            head_outputs: buffers::storage(ctx, "head outputs", head_bytes)?,
+            head_grads: buffers::storage(ctx, "head output gradients", head_bytes)?,
             metrics: buffers::storage(ctx, "metrics", metrics::COUNT as u64 * 4)?,
             staging: buffers::create(
                 ctx,
@@ -420,6 +452,8 @@ impl ForwardState {
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
             projection_params_slots: ParamSlots::new(ctx, "input_projection params", &[projection])?,
+            head_forward_slots: ParamSlots::new(ctx, "head_forward params", &heads.iter().map(|h| h.0).collect::<Vec<_>>())?,
+            head_loss_slots: ParamSlots::new(ctx, "head_loss params", &heads.iter().map(|h| h.1).collect::<Vec<_>>())?,
             loss_params_slots: ParamSlots::new(ctx, "loss_mse params", &[loss_params])?,
             shape,
         })
@@ -462,6 +496,8 @@ impl ForwardState {
             &self.trace,
             &self.modulation,
             &self.projected_inputs,
+            &self.head_outputs,
+            &self.head_grads,
             &self.metrics,
             &self.staging,
         ]
@@ -471,6 +507,8 @@ impl ForwardState {
             + self.step_params_slots.buffer.bytes
             + self.modulation_params_slots.buffer.bytes
             + self.projection_params_slots.buffer.bytes
+            + self.head_forward_slots.buffer.bytes
+            + self.head_loss_slots.buffer.bytes
             + self.loss_params_slots.buffer.bytes
     }
 
@@ -538,10 +576,36 @@ impl ForwardState {
             }
             step = last + 1;
         }
-        let loss_group =
-            bind_group(ctx, "loss_mse", &self.loss_params_slots, &[&self.activations, &self.targets, &self.loss_steps, &self.metrics]);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("loss"), timestamp_writes: None });
-        dispatch(&mut pass, ctx, "loss_mse", &loss_group, 0, [1, 1, 1]);
+        if self.shape.heads.is_empty() {
+            let loss_group =
+                bind_group(ctx, "loss_mse", &self.loss_params_slots, &[&self.activations, &self.targets, &self.loss_steps, &self.metrics]);
+            dispatch(&mut pass, ctx, "loss_mse", &loss_group, 0, [1, 1, 1]);
+        } else {
+            // Every head's outputs, then every head's loss (the first writes the metrics, the rest add).
+            let forward_group = bind_group(
+                ctx,
+                "head_forward",
+                &self.head_forward_slots,
+                &[&net.params, &self.activations, &self.loss_steps, &self.head_outputs],
+            );
+            let rows = self.shape.loss_steps.len() as u32 * self.shape.batch;
+            for (h, head) in self.shape.heads.iter().enumerate() {
+                dispatch(
+                    &mut pass,
+                    ctx,
+                    "head_forward",
+                    &forward_group,
+                    self.head_forward_slots.offset(h),
+                    head_forward::workgroups(head.width, rows),
+                );
+            }
+            let loss_group =
+                bind_group(ctx, "head_loss", &self.head_loss_slots, &[&self.head_outputs, &self.targets, &self.head_grads, &self.metrics]);
+            for h in 0..self.shape.heads.len() {
+                dispatch(&mut pass, ctx, "head_loss", &loss_group, self.head_loss_slots.offset(h), [1, 1, 1]);
+            }
+        }
     }
 
     /// Copies eta into the metrics, then the metrics into the staging buffer.
@@ -623,6 +687,16 @@ impl EpisodeRunner {
         self.state.as_ref().map_or(0, ForwardState::allocated_bytes)
     }
 
+    /// The last episode's output heads (L, B, total head width): y of every head at every loss step,
+    /// the heads side by side in the order of `NetworkConfig::heads` (logits for softmax heads).
+    pub fn read_head_outputs(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
+        if s.shape.heads.is_empty() {
+            return Err(invalid("request", "this network has no output heads"));
+        }
+        buffers::read_f32(ctx, &s.head_outputs, 0, s.shape.head_values() as usize, "head outputs")
+    }
+
     /// The activation history, for binding in host shaders: (T + 1, B, N) f32, tightly packed,
     /// element (t, b, j) at byte offset `4 * ((t * B + b) * N + j)`, x(t) in row t and x(0) = 0 in
     /// row 0. Usage STORAGE | COPY_SRC | COPY_DST. Valid once the episode has executed, until the next.
@@ -631,16 +705,47 @@ impl EpisodeRunner {
     }
 }
 
+/// The forward and loss params of each output head (one default slot when there are none).
+fn head_params(shape: &EpisodeShape, loss_scale: f32) -> Vec<(HeadForwardParams, HeadLossParams)> {
+    let total = shape.layout.heads_width();
+    let mut col0 = 0;
+    let mut out = Vec::new();
+    for (h, (&(w_offset, width), head)) in shape.layout.heads().iter().zip(&shape.heads).enumerate() {
+        let n_loss_steps = shape.loss_steps.len() as u32;
+        out.push((
+            HeadForwardParams { n: shape.neurons, batch: shape.batch, n_loss_steps, width, total, col0, w_offset, ..Default::default() },
+            HeadLossParams {
+                batch: shape.batch,
+                n_loss_steps,
+                width,
+                total,
+                col0,
+                kind: match head.kind {
+                    HeadKind::Linear => head_loss::LINEAR,
+                    HeadKind::Softmax => head_loss::SOFTMAX,
+                },
+                accumulate: (h > 0) as u32,
+                loss_scale,
+            },
+        ));
+        col0 += width;
+    }
+    if out.is_empty() {
+        out.push(Default::default());
+    }
+    out
+}
+
 /// Validates `data` and (re)allocates the resident state when its shape changed, then uploads it.
 pub(crate) fn prepare<'a>(
     slot: &'a mut Option<ForwardState>,
     ctx: &GpuContext,
     source: &EpisodeSource<'_>,
-    config: &crate::NetworkConfig,
+    config: &NetworkConfig,
 ) -> Result<&'a ForwardState> {
-    let (neurons, input_width) = (config.neurons, config.input_width.unwrap_or(0));
-    source.validate(neurons, input_width)?;
-    let shape = source.shape(neurons, config.plasticity, input_width);
+    let neurons = config.neurons;
+    source.validate(&ParamLayout::of(config))?;
+    let shape = source.shape(config);
     if slot.as_ref().is_none_or(|s| s.shape != shape) {
         *slot = None; // release the old buffers before allocating new ones
         *slot = Some(ForwardState::new(ctx, shape)?);
@@ -653,6 +758,10 @@ pub(crate) fn prepare<'a>(
         loss_scale: source.loss_scale(),
     };
     state.loss_params_slots.write(ctx, &[loss])?;
+    if !state.shape.heads.is_empty() {
+        let heads: Vec<HeadLossParams> = head_params(&state.shape, source.loss_scale()).into_iter().map(|h| h.1).collect();
+        state.head_loss_slots.write(ctx, &heads)?;
+    }
     if let EpisodeSource::Host(data) = source {
         state.upload(ctx, data)?;
     }

@@ -49,7 +49,7 @@ pub use checkpoint::{Checkpoint, OptimizerState};
 pub use context::{AdapterSummary, GpuContext};
 pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner, GpuEpisode};
 pub use error::{PlasticityError, Result};
-pub use network::{HostParameters, Network, NetworkConfig, ParamLayout};
+pub use network::{HeadKind, HostParameters, MAX_HEADS, Network, NetworkConfig, OutputHead, ParamLayout};
 /// The kernel descriptors, CPU twins and f64 reference (for [`GpuContext::record_kernel`]).
 pub use plasticity_kernels as kernels;
 pub use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};

@@ -37,6 +37,29 @@ pub struct NetworkConfig {
     /// `u(t) = v(t) w_in + b_in` (learned). `None`: inputs of width N drive the neurons directly.
     #[serde(default)]
     pub input_width: Option<u32>,
+    /// Output heads read from the neurons at the loss steps, `y = x W + b` per head. With heads, the
+    /// loss is theirs (targets are (L, B, total head width)); without, it is the squared error of
+    /// the neurons themselves.
+    #[serde(default)]
+    pub heads: Vec<OutputHead>,
+}
+
+/// What an output head's loss is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadKind {
+    /// Summed squared error against the targets (a regression or value head).
+    Linear,
+    /// Cross-entropy of softmax(y) against target probabilities, e.g. one-hot (a classifier or policy).
+    Softmax,
+}
+
+/// An output head of `width` outputs read from every neuron.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputHead {
+    pub width: u32,
+    pub kind: HeadKind,
 }
 
 impl Default for NetworkConfig {
@@ -51,6 +74,7 @@ impl Default for NetworkConfig {
             seed: 0,
             plasticity: Plasticity::PAPER,
             input_width: None,
+            heads: Vec::new(),
         }
     }
 }
@@ -61,6 +85,12 @@ impl NetworkConfig {
             return Err(invalid("network config", "neurons must be at least 1"));
         }
         self.plasticity.check().map_err(|m| invalid("network config", m))?;
+        if self.heads.len() > MAX_HEADS {
+            return Err(invalid("network config", format!("{} output heads; at most {MAX_HEADS} are supported", self.heads.len())));
+        }
+        if let Some(h) = self.heads.iter().position(|h| h.width == 0) {
+            return Err(invalid("network config", format!("output head {h} has width 0; give it at least one output")));
+        }
         if self.input_width == Some(0) {
             return Err(invalid("network config", "input_width must be at least 1 (or absent for inputs added directly)"));
         }
@@ -96,8 +126,16 @@ pub struct ParamLayout {
     pub in_offset: u32,
     /// D, or 0 without an input layer.
     pub input_width: u32,
+    /// The output heads `[W_h (N, K_h), b_h (K_h)]` one after another, from here.
+    pub heads_offset: u32,
+    /// `(offset of W_h, K_h)` of the first `head_count` heads.
+    pub head_slots: [(u32, u32); MAX_HEADS],
+    pub head_count: u32,
     pub count: u32,
 }
+
+/// Output heads a network may have.
+pub const MAX_HEADS: usize = 4;
 
 impl ParamLayout {
     pub fn new(neurons: u32, plasticity: &Plasticity) -> Self {
@@ -115,18 +153,37 @@ impl ParamLayout {
             mod_offset,
             in_offset,
             input_width: 0,
+            heads_offset: in_offset,
+            head_slots: [(0, 0); MAX_HEADS],
+            head_count: 0,
             count: in_offset,
         }
     }
 
-    /// The layout of `config`'s network, input layer included.
+    /// The layout of `config`'s network, input layer and output heads included.
     pub fn of(config: &NetworkConfig) -> Self {
         let mut layout = Self::new(config.neurons, &config.plasticity);
         if let Some(d) = config.input_width {
             layout.input_width = d;
             layout.count += (d + 1) * config.neurons;
         }
+        layout.heads_offset = layout.count;
+        for h in config.heads.iter().take(MAX_HEADS) {
+            layout.head_slots[layout.head_count as usize] = (layout.count, h.width);
+            layout.head_count += 1;
+            layout.count += (config.neurons + 1) * h.width;
+        }
         layout
+    }
+
+    /// `(offset of W_h, K_h)` per output head.
+    pub fn heads(&self) -> &[(u32, u32)] {
+        &self.head_slots[..self.head_count as usize]
+    }
+
+    /// The summed width of the output heads (0 without heads).
+    pub fn heads_width(&self) -> u32 {
+        self.heads().iter().map(|h| h.1).sum()
     }
 
     /// The paper's layout `[w (N, N), alpha (N, N), eta (1)]`.
@@ -159,6 +216,11 @@ impl ParamLayout {
         if self.input_width > 0 {
             t.push(("w_in", self.in_offset, vec![self.input_width as usize, n]));
             t.push(("b_in", self.in_offset + self.input_width * self.neurons, vec![n]));
+        }
+        let names = [("head0_w", "head0_b"), ("head1_w", "head1_b"), ("head2_w", "head2_b"), ("head3_w", "head3_b")];
+        for (&(offset, width), (w, b)) in self.heads().iter().zip(names) {
+            t.push((w, offset, vec![n, width as usize]));
+            t.push((b, offset + self.neurons * width, vec![width as usize]));
         }
         t
     }
@@ -208,6 +270,12 @@ impl HostParameters {
             values.extend((0..d as usize * n).map(|_| bound * (2.0 * rand::Rng::random::<f32>(&mut rng) - 1.0)));
             values.extend(std::iter::repeat_n(0.0, n));
         }
+        for h in &config.heads {
+            // Like nn.Linear(N, K): U(-1/sqrt(N), 1/sqrt(N)), bias 0.
+            let bound = 1.0 / (n as f32).sqrt();
+            values.extend((0..n * h.width as usize).map(|_| bound * (2.0 * rand::Rng::random::<f32>(&mut rng) - 1.0)));
+            values.extend(std::iter::repeat_n(0.0, h.width as usize));
+        }
         debug_assert_eq!(values.len(), layout.count as usize);
         Ok(Self { layout, values })
     }
@@ -232,7 +300,11 @@ impl HostParameters {
     }
     /// The input layer `[w_in (D, N), b_in (N)]`, or nothing.
     pub fn input_layer(&self) -> &[f32] {
-        &self.values[self.layout.in_offset as usize..]
+        &self.values[self.layout.in_offset as usize..self.layout.heads_offset as usize]
+    }
+    /// The output heads `[W_h (N, K_h), b_h (K_h)]...`, or nothing.
+    pub fn output_heads(&self) -> &[f32] {
+        &self.values[self.layout.heads_offset as usize..]
     }
 }
 

@@ -15,9 +15,10 @@
 //! checkpoint. Memory: about (T / K + K + 1) traces, O(sqrt(T)).
 
 use plasticity_kernels::adam_update::{self, AdamParams};
-use plasticity_kernels::backward_activation::{self, BackwardActivationParams, MOD_NONE};
+use plasticity_kernels::backward_activation::{self, BackwardActivationParams, LOSS_NONE, MOD_NONE};
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
 use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
+use plasticity_kernels::head_backward::{self, HeadBackwardParams};
 use plasticity_kernels::input_projection_backward::{self, InputProjectionBackwardParams};
 use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
@@ -141,6 +142,7 @@ struct BackwardState {
     update_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
     input_params_slots: ParamSlots,
+    head_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     adam_params_slots: ParamSlots,
 }
@@ -152,7 +154,31 @@ impl BackwardState {
         let spec = &shape.plasticity;
         let tiles = trace_tiles(n);
         let layout = net.layout;
-        let pl = PartialsLayout::new(n, batch, spec);
+        let mut pl = PartialsLayout::new(n, batch, spec);
+        if !shape.heads.is_empty() {
+            pl = pl.with_heads(n, batch, shape.loss_steps.len() as u32);
+        }
+        let total = layout.heads_width();
+        let mut col0 = 0;
+        let mut head_params: Vec<HeadBackwardParams> = Vec::new();
+        for (h, &(w_offset, width)) in layout.heads().iter().enumerate() {
+            head_params.push(HeadBackwardParams {
+                n,
+                batch,
+                n_loss_steps: shape.loss_steps.len() as u32,
+                width,
+                total,
+                col0,
+                w_offset,
+                accumulate: (h > 0) as u32,
+                loss_grad_offset: pl.loss_grad,
+                ..Default::default()
+            });
+            col0 += width;
+        }
+        if head_params.is_empty() {
+            head_params.push(HeadBackwardParams::default());
+        }
         let modulation_params: Vec<ModulationBackwardParams> = (1..=shape.steps)
             .map(|step| ModulationBackwardParams {
                 n,
@@ -217,6 +243,7 @@ impl BackwardState {
             update_params_slots: ParamSlots::new(ctx, "trace_update params", &vec![TraceUpdateParams::default(); steps])?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_backward params", &modulation_params)?,
             input_params_slots: ParamSlots::new(ctx, "input_projection_backward params", &input_params)?,
+            head_params_slots: ParamSlots::new(ctx, "head_backward params", &head_params)?,
             finish_params_slots: ParamSlots::new(ctx, "finish_gradients params", &[finish])?,
             adam_params_slots: ParamSlots::new(ctx, "adam params", &[AdamParams::default()])?,
         })
@@ -240,6 +267,7 @@ impl BackwardState {
                 mod_offset: layout.mod_offset,
                 mod_grad_offset: if modulated { pl.mod_grad } else { MOD_NONE },
                 preact_offset: pl.preact,
+                loss_grad_offset: if shape.heads.is_empty() { LOSS_NONE } else { pl.loss_grad },
                 ..Default::default()
             })
             .collect();
@@ -322,6 +350,7 @@ impl BackwardState {
                 &self.update_params_slots,
                 &self.modulation_params_slots,
                 &self.input_params_slots,
+                &self.head_params_slots,
                 &self.finish_params_slots,
                 &self.adam_params_slots,
             ]
@@ -444,6 +473,15 @@ impl Trainer {
             optimizer: Some(self.read_optimizer_state(ctx)?),
             metadata: Default::default(),
         })
+    }
+
+    /// The last episode's output heads (L, B, total head width), as [`crate::EpisodeRunner::read_head_outputs`].
+    pub fn read_head_outputs(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let f = self.forward.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
+        if f.shape.heads.is_empty() {
+            return Err(invalid("request", "this network has no output heads"));
+        }
+        buffers::read_f32(ctx, &f.head_outputs, 0, f.shape.head_values() as usize, "head outputs")
     }
 
     /// The last episode's activation history (T + 1, B, N): x(t) in row t. For figures and tests.
@@ -592,6 +630,19 @@ fn record_backward(
     let spec: &Plasticity = &shape.plasticity;
     for b in [grads, &bwd.trace_grad.buffer, &bwd.partials.buffer] {
         encoder.clear_buffer(b, 0, None);
+    }
+    if !shape.heads.is_empty() {
+        // dl/dx at the loss steps, and the heads' own gradients, before the sweep needs them.
+        let group = bind_group(
+            ctx,
+            "head_backward",
+            &bwd.head_params_slots,
+            &[&net.params, &fwd.activations, &fwd.loss_steps, &fwd.head_grads, &bwd.partials, grads],
+        );
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("heads backward"), timestamp_writes: None });
+        for h in 0..shape.heads.len() {
+            dispatch(&mut pass, ctx, "head_backward", &group, bwd.head_params_slots.offset(h), head_backward::workgroups(shape.neurons));
+        }
     }
     let reverse = matches!(recovery, Recovery::Reverse { .. });
     let traces: &wgpu::Buffer = match (&bwd.segment_traces, reverse) {
