@@ -64,6 +64,7 @@ pub struct MemoryPoint {
     pub steps: u32,
     pub peak_bytes: u64,
     pub train_ms_per_step: f64,
+    pub breakdown: crate::trainer::MemoryBreakdown,
 }
 
 /// Peak memory and training time for one size at two episode lengths.
@@ -279,7 +280,12 @@ pub fn memory_scaling(
         let network = Network::new(ctx, &NetworkConfig { neurons, plasticity, ..Default::default() })?;
         let mut trainer = Trainer::new(ctx, network, TrainerConfig::default())?;
         let seconds = time_median(0, repetitions, || trainer.train_step(ctx, &data).map(|_| None))?;
-        points.push(MemoryPoint { steps: t, peak_bytes: trainer.allocated_bytes(), train_ms_per_step: seconds * 1e3 / t as f64 });
+        points.push(MemoryPoint {
+            steps: t,
+            peak_bytes: trainer.allocated_bytes(),
+            train_ms_per_step: seconds * 1e3 / t as f64,
+            breakdown: trainer.memory_breakdown(),
+        });
     }
     Ok(MemoryScaling { neurons, batch, points })
 }

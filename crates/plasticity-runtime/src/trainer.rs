@@ -121,6 +121,21 @@ pub fn recompute_checkpoint_steps(segment: u32, steps: u32) -> Vec<u32> {
     (1..).map(|k| k * segment.max(1)).take_while(|&c| c < steps).collect()
 }
 
+/// GPU bytes a trainer holds, by what they are for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryBreakdown {
+    /// The activation history (T + 1, B, N), which holds the inputs until each step overwrites them
+    /// (plus the input layer's (T, B, D) inputs): grows with T.
+    pub history: u64,
+    /// Trace checkpoints: T / K of them.
+    pub checkpoints: u64,
+    /// The recompute sweep's K + 1 trace slots (rules that cannot be reversed).
+    pub recompute_scratch: u64,
+    /// Parameters, gradients, Adam state, the trace and its gradient, partial sums, params slots.
+    pub rest: u64,
+    pub total: u64,
+}
+
 /// How the backward sweep gets H(t-1) for one episode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Recovery {
@@ -441,6 +456,15 @@ impl Trainer {
             + self.forward.as_ref().map_or(0, ForwardState::allocated_bytes)
             + self.backward.as_ref().map_or(0, BackwardState::allocated_bytes)
             + self.checkpoints.iter().map(|c| c.bytes).sum::<u64>()
+    }
+
+    /// Where [`Trainer::allocated_bytes`] goes: the parts that grow with the episode length and the rest.
+    pub fn memory_breakdown(&self) -> MemoryBreakdown {
+        let history = self.forward.as_ref().map_or(0, |f| f.activations.bytes + f.projected_inputs.bytes);
+        let checkpoints = self.checkpoints.iter().map(|c| c.bytes).sum();
+        let recompute_scratch = self.backward.as_ref().and_then(|b| b.segment_traces.as_ref()).map_or(0, |(_, s)| s.bytes);
+        let total = self.allocated_bytes();
+        MemoryBreakdown { history, checkpoints, recompute_scratch, rest: total - history - checkpoints - recompute_scratch, total }
     }
 
     /// Adam's state, for checkpoints that resume training exactly.

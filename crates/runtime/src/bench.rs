@@ -27,9 +27,10 @@ pub struct BenchArgs {
     /// Episode lengths for the memory-growth figure, at --memory-size.
     #[arg(long, value_delimiter = ',', default_values_t = [100u32, 1000])]
     memory_steps: Vec<u32>,
-    /// Neurons and batch of the memory-growth figure, as N,B.
-    #[arg(long, value_delimiter = ',', default_values_t = [256u32, 4])]
-    memory_size: Vec<u32>,
+    /// Neurons and batch of the memory-growth figure, as N,B (default: the paper's 1000,1 on a GPU,
+    /// 512,1 on a CPU adapter).
+    #[arg(long, value_delimiter = ',')]
+    memory_size: Option<Vec<u32>>,
     /// A smoke run: small sizes, one repetition, no warm-up.
     #[arg(long)]
     quick: bool,
@@ -70,10 +71,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             warmup,
         );
     }
+    let memory_size = args.memory_size.clone().unwrap_or(if cpu { vec![512, 1] } else { vec![1000, 1] });
     anyhow::ensure!(
-        args.memory_size.len() == 2 && args.memory_size.iter().all(|&v| v >= 1),
-        "--memory-size takes two positive numbers, N,B (got {:?})",
-        args.memory_size
+        memory_size.len() == 2 && memory_size.iter().all(|&v| v >= 1),
+        "--memory-size takes two positive numbers, N,B (got {memory_size:?})"
     );
     let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
     let ceiling = bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
@@ -94,7 +95,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             results.push(r);
         }
     }
-    let (mn, mb) = if args.quick { (32, 2) } else { (args.memory_size[0], args.memory_size[1]) };
+    let (mn, mb) = if args.quick { (32, 2) } else { (memory_size[0], memory_size[1]) };
     let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1, plasticity).context("memory scaling")?;
     print_memory(&memory);
     if let Some(path) = &args.json {
@@ -170,7 +171,17 @@ fn print_case(r: &CaseResult) {
 fn print_memory(m: &MemoryScaling) {
     println!("\nmemory against episode length (training, N = {}, B = {}):", m.neurons, m.batch);
     for p in &m.points {
-        println!("  T = {:>5}: peak {:>8.2} MiB, {:.3} ms per step", p.steps, mib(p.peak_bytes), p.train_ms_per_step);
+        let b = &p.breakdown;
+        println!(
+            "  T = {:>5}: peak {:>8.2} MiB, {:.3} ms per step  (history {:.2} MiB, trace checkpoints {:.2} MiB, recompute slots {:.2} MiB, rest {:.2} MiB)",
+            p.steps,
+            mib(p.peak_bytes),
+            p.train_ms_per_step,
+            mib(b.history),
+            mib(b.checkpoints),
+            mib(b.recompute_scratch),
+            mib(b.rest)
+        );
     }
     if let (Some(first), Some(last)) = (m.points.first(), m.points.last()) {
         println!("  T = {} uses {:.2}x the memory of T = {}", last.steps, last.peak_bytes as f64 / first.peak_bytes as f64, first.steps);
@@ -213,7 +224,9 @@ fn write_json(
         "memory_scaling": {
             "neurons": memory.neurons, "batch": memory.batch,
             "points": memory.points.iter().map(|p| serde_json::json!({
-                "steps": p.steps, "peak_bytes": p.peak_bytes, "train_ms_per_step": p.train_ms_per_step
+                "steps": p.steps, "peak_bytes": p.peak_bytes, "train_ms_per_step": p.train_ms_per_step,
+                "history_bytes": p.breakdown.history, "checkpoint_bytes": p.breakdown.checkpoints,
+                "recompute_scratch_bytes": p.breakdown.recompute_scratch,
             })).collect::<Vec<_>>(),
         },
     });
