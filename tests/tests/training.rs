@@ -33,3 +33,47 @@ fn same_seed_gives_same_losses() {
     assert_eq!(a, b);
     assert_ne!(a, pattern_run(8, 5), "a different seed should give different episodes");
 }
+
+/// The input layer and a softmax head learn too: a cue (one of 4 classes on 4 input channels) at
+/// step 1, a silent delay, and a "go" channel at the last step, where the head must name the class.
+/// With a Backpropamine rule (additive, clipped, neuromodulated), so the whole chain trains.
+#[test]
+fn input_layer_and_softmax_head_learn_a_delayed_cue() {
+    use plasticity_runtime::{EpisodeData, HeadKind, Modulation, OutputHead, Plasticity, Rule};
+    use rand::Rng;
+    let ctx = gpu();
+    let (classes, width, batch, steps) = (4usize, 5u32, 16u32, 8u32);
+    let config = NetworkConfig {
+        neurons: 32,
+        seed: 2,
+        input_width: Some(width),
+        heads: vec![OutputHead { width: classes as u32, kind: HeadKind::Softmax }],
+        plasticity: Plasticity { rule: Rule::Additive, clip: Some(1.0), modulation: Modulation::Simple, ..Plasticity::PAPER },
+        w_init_std: 0.1,
+        ..Default::default()
+    };
+    let adam = AdamConfig { lr: 1e-2, ..Default::default() };
+    let mut trainer = Trainer::new(ctx, Network::new(ctx, &config).unwrap(), TrainerConfig { adam, ..Default::default() }).unwrap();
+    let mut r = rng(3);
+    let mut episode = |r: &mut rand_chacha::ChaCha8Rng| {
+        let (b, d) = (batch as usize, width as usize);
+        let mut inputs = vec![0.0f32; steps as usize * b * d];
+        let mut targets = vec![0.0f32; b * classes];
+        for e in 0..b {
+            let class = r.random_range(0..classes);
+            inputs[e * d + class] = 1.0; // step 1: the cue
+            inputs[((steps as usize - 1) * b + e) * d + classes] = 1.0; // last step: go
+            targets[e * classes + class] = 1.0;
+        }
+        EpisodeData { batch, steps, inputs, loss_steps: vec![steps], targets, loss_scale: 1.0 / batch as f32, clamp: Vec::new() }
+    };
+    let metrics: Vec<_> = (0..150).map(|_| trainer.train_step(ctx, &episode(&mut r)).unwrap()).collect();
+    let mean = |m: &[plasticity_runtime::EpisodeMetrics], f: fn(&plasticity_runtime::EpisodeMetrics) -> f32| {
+        m.iter().map(f).sum::<f32>() / m.len() as f32
+    };
+    let (first, last) = (mean(&metrics[..10], |m| m.loss), mean(&metrics[140..], |m| m.loss));
+    let error = mean(&metrics[140..], |m| m.sign_error_rate());
+    eprintln!("delayed cue, 4 classes: cross-entropy {first:.3} -> {last:.3}, error rate {error:.3}");
+    // Chance is ln 4 = 1.39 per episode and 75% errors.
+    assert!(last * 5.0 <= first && error < 0.1, "cross-entropy {first} -> {last}, error rate {error}");
+}
