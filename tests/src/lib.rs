@@ -128,3 +128,58 @@ pub fn constant_episode(neurons: u32, batch: u32, steps: u32) -> EpisodeData {
         clamp: Vec::new(),
     }
 }
+
+/// A network and a batch of episodes for the whole-episode tests.
+pub struct Problem {
+    pub config: plasticity_runtime::NetworkConfig,
+    pub host: plasticity_runtime::HostParameters,
+    pub data: EpisodeData,
+}
+
+/// The f64 reference's view of a problem: the core network (without input layer or heads, whose
+/// tests do the projection themselves) and the episode, clamp masks unpacked.
+pub fn to_reference(p: &Problem) -> (plasticity_kernels::reference::Network64, plasticity_kernels::reference::Episode64) {
+    use plasticity_kernels::reference::{Episode64, Network64};
+    let n = p.config.neurons as usize;
+    let core = &p.host.values[..p.host.layout.in_offset as usize];
+    let net = Network64::from_flat(n, p.config.plasticity, &to_f64(core));
+    let ep = Episode64 {
+        batch: p.data.batch as usize,
+        steps: p.data.steps as usize,
+        inputs: to_f64(&p.data.inputs),
+        loss_steps: p.data.loss_steps.iter().map(|&s| s as usize).collect(),
+        targets: to_f64(&p.data.targets),
+        loss_scale: p.data.loss_scale as f64,
+        clamp: if p.data.clamp.is_empty() {
+            Vec::new()
+        } else {
+            let words = plasticity_kernels::clamp_words(p.config.neurons) as usize;
+            (0..p.data.inputs.len()).map(|e| plasticity_kernels::is_clamped(&p.data.clamp[e / n * words..][..words], e % n)).collect()
+        },
+    };
+    (net, ep)
+}
+
+/// The GPU trainer's summed gradients for a problem, and the checkpoint interval K it used.
+pub fn gpu_gradients(p: &Problem, config: plasticity_runtime::TrainerConfig) -> (plasticity_runtime::HostParameters, u32) {
+    use plasticity_runtime::{Network, Trainer};
+    let ctx = gpu();
+    let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+    let mut trainer = Trainer::new(ctx, net, config).unwrap();
+    trainer.compute_gradients(ctx, &p.data).unwrap();
+    (trainer.read_gradients(ctx).unwrap(), trainer.last_segment())
+}
+
+/// Each tensor against `atol = 2e-3 * max(|tensor|, 1e-2 * |largest gradient|)` plus `rtol = 2e-3`:
+/// the GPU works in f32 through T forward and T backward steps and sums T*B*N terms per entry, which
+/// leaves errors near 1e-5..1e-4 of an entry's scale; the floor covers tensors whose entries are
+/// sums with heavy cancellation (one eta). A missing or wrong chain-rule term is off by O(1).
+pub fn assert_gradients_match(what: &str, gpu: &plasticity_runtime::HostParameters, reference: &[f64]) {
+    let global = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (name, offset, shape) in gpu.layout.tensors() {
+        let len: usize = shape.iter().product();
+        let (g, r) = (&gpu.values[offset as usize..][..len], &reference[offset as usize..][..len]);
+        let scale = r.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-2 * global);
+        assert_close(&format!("{what} d{name}"), g, r, 2e-3 * scale, 2e-3);
+    }
+}

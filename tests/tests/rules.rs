@@ -2,7 +2,7 @@
 //! trace after the episode, the loss, and the gradient of every learned parameter through the full
 //! backward sweep (reversal for the invertible rules, recomputation from checkpoints for the rest).
 
-use plasticity_kernels::reference::{self, Episode64, Network64};
+use plasticity_kernels::reference::{self, Network64};
 use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
 use plasticity_runtime::{EpisodeData, EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, Trainer, TrainerConfig};
 use plasticity_tests::*;
@@ -29,12 +29,6 @@ fn specs() -> Vec<(&'static str, Plasticity)> {
             Plasticity { rule: Rule::Oja, modulation: Modulation::PerNeuron, retroactive: true, eta: EtaShape::PerNeuron, ..p },
         ),
     ]
-}
-
-struct Problem {
-    config: NetworkConfig,
-    host: HostParameters,
-    data: EpisodeData,
 }
 
 /// Random parameters of scale ~1/sqrt(N) (stable, unsaturated), alpha large enough that the
@@ -74,43 +68,6 @@ fn problem(seed: u64, spec: Plasticity, n: u32, batch: u32, steps: u32) -> Probl
     };
     let config = NetworkConfig { neurons: n, eta: 0.2, plasticity: spec, ..Default::default() };
     Problem { config, host: HostParameters { layout, values }, data }
-}
-
-fn to_reference(p: &Problem) -> (Network64, Episode64) {
-    let n = p.config.neurons as usize;
-    let net = Network64::from_flat(n, p.config.plasticity, &to_f64(&p.host.values[..p.host.layout.in_offset as usize]));
-    let ep = Episode64 {
-        batch: p.data.batch as usize,
-        steps: p.data.steps as usize,
-        inputs: to_f64(&p.data.inputs),
-        loss_steps: p.data.loss_steps.iter().map(|&s| s as usize).collect(),
-        targets: to_f64(&p.data.targets),
-        loss_scale: p.data.loss_scale as f64,
-        clamp: Vec::new(),
-    };
-    (net, ep)
-}
-
-/// Each tensor against `atol = 2e-3 * max(|tensor|, 1e-2 * |largest gradient|)` plus `rtol = 2e-3`:
-/// the GPU works in f32 through T forward and T backward steps and sums T*B*N terms per entry, which
-/// leaves errors near 1e-5..1e-4 of an entry's scale; the floor covers tensors whose entries are
-/// sums with heavy cancellation (one eta). A missing or wrong chain-rule term is off by O(1).
-fn assert_gradients_match(what: &str, gpu: &HostParameters, reference: &[f64]) {
-    let global = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    for (name, offset, shape) in gpu.layout.tensors() {
-        let len: usize = shape.iter().product();
-        let (g, r) = (&gpu.values[offset as usize..][..len], &reference[offset as usize..][..len]);
-        let scale = r.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-2 * global);
-        assert_close(&format!("{what} d{name}"), g, r, 2e-3 * scale, 2e-3);
-    }
-}
-
-fn gpu_gradients(p: &Problem, config: TrainerConfig) -> (HostParameters, u32) {
-    let ctx = gpu();
-    let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
-    let mut trainer = Trainer::new(ctx, net, config).unwrap();
-    trainer.compute_gradients(ctx, &p.data).unwrap();
-    (trainer.read_gradients(ctx).unwrap(), trainer.last_segment())
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn input_layer_and_softmax_head_learn_a_delayed_cue() {
     let adam = AdamConfig { lr: 1e-2, ..Default::default() };
     let mut trainer = Trainer::new(ctx, Network::new(ctx, &config).unwrap(), TrainerConfig { adam, ..Default::default() }).unwrap();
     let mut r = rng(3);
-    let mut episode = |r: &mut rand_chacha::ChaCha8Rng| {
+    let episode = |r: &mut rand_chacha::ChaCha8Rng| {
         let (b, d) = (batch as usize, width as usize);
         let mut inputs = vec![0.0f32; steps as usize * b * d];
         let mut targets = vec![0.0f32; b * classes];
