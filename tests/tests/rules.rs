@@ -242,25 +242,29 @@ fn output_heads_match_reference() {
     use plasticity_kernels::reference::Head64;
     use plasticity_runtime::{HeadKind, OutputHead};
     let ctx = gpu();
-    for (name, spec) in [
-        ("paper", Plasticity::PAPER),
-        ("additive clip mod", Plasticity { rule: Rule::Additive, clip: Some(0.05), modulation: Modulation::Simple, ..Plasticity::PAPER }),
-    ] {
-        let (n, batch, steps) = (15, 3, 8);
+    let modulated = Plasticity { rule: Rule::Additive, clip: Some(0.05), modulation: Modulation::Simple, ..Plasticity::PAPER };
+    // The last case has more head outputs (7 + 2) than neurons (3).
+    let cases = [
+        ("paper", Plasticity::PAPER, 15, 3, 8, 4u32),
+        ("additive clip mod", modulated, 15, 3, 8, 4),
+        ("wide heads", Plasticity::PAPER, 3, 2, 5, 7),
+    ];
+    for (name, spec, n, batch, steps, classes) in cases {
         let mut p = problem(21, spec, n, batch, steps);
-        p.config.heads = vec![OutputHead { width: 4, kind: HeadKind::Softmax }, OutputHead { width: 2, kind: HeadKind::Linear }];
+        p.config.heads = vec![OutputHead { width: classes, kind: HeadKind::Softmax }, OutputHead { width: 2, kind: HeadKind::Linear }];
         let layout = ParamLayout::of(&p.config);
         let mut r = rng(8);
         let head_values = uniform(&mut r, (layout.count - p.host.layout.count) as usize, 0.6);
         p.host.values.extend(&head_values);
         p.host.layout = layout;
         let rows = p.data.loss_steps.len() * batch as usize;
+        let c = classes as usize;
         p.data.targets = (0..rows)
             .flat_map(|row| {
-                let mut t = vec![0.0f32; 6];
-                t[row % 4] = 1.0;
-                t[4] = 0.5;
-                t[5] = -0.25;
+                let mut t = vec![0.0f32; c + 2];
+                t[row % c] = 1.0;
+                t[c] = 0.5;
+                t[c + 1] = -0.25;
                 t
             })
             .collect();

@@ -240,6 +240,11 @@ impl EpisodeShape {
         }
     }
 
+    /// Targets per episode: (L, B, N) for the neurons' squared error, (L, B, total head width) with heads.
+    pub fn target_values(&self) -> u64 {
+        if self.heads.is_empty() { self.loss_steps.len() as u64 * self.batch as u64 * self.neurons as u64 } else { self.head_values() }
+    }
+
     /// Length of a (L, B, total head width) buffer of head outputs.
     pub fn head_values(&self) -> u64 {
         self.loss_steps.len() as u64 * self.batch as u64 * self.layout.heads_width() as u64
@@ -433,7 +438,7 @@ impl ForwardState {
         let loss_params = LossMseParams { n: neurons, batch: shape.batch, n_loss_steps: shape.loss_steps.len() as u32, loss_scale: 1.0 };
         let clamp_bytes = if shape.clamped { t * b * plasticity_kernels::clamp_words(neurons) as u64 * 4 } else { 0 };
         Ok(Self {
-            targets: buffers::storage(ctx, "targets", shape.loss_steps.len() as u64 * b * n * 4)?,
+            targets: buffers::storage(ctx, "targets", shape.target_values() * 4)?,
             clamp: buffers::storage(ctx, "clamp masks", clamp_bytes)?,
             loss_steps: buffers::storage_from(ctx, "loss steps", &shape.loss_steps)?,
             activations: buffers::storage(ctx, "activations", history_bytes)?,
@@ -480,7 +485,7 @@ impl ForwardState {
             } else {
                 encoder.copy_buffer_to_buffer(g.inputs, 0, &self.activations, row_bytes, self.shape.steps as u64 * row_bytes);
             }
-            encoder.copy_buffer_to_buffer(g.targets, 0, &self.targets, 0, self.shape.loss_steps.len() as u64 * row_bytes);
+            encoder.copy_buffer_to_buffer(g.targets, 0, &self.targets, 0, self.shape.target_values() * 4);
             if let Some(clamp) = g.clamp {
                 encoder.copy_buffer_to_buffer(clamp, 0, &self.clamp, 0, self.clamp.bytes);
             }
