@@ -19,6 +19,10 @@ Subcommands:
     bench   time training episodes (forward, loss, backward, Adam step) and measure peak memory
     check   recompute the loss and gradients of an episode exported by our engine, in float64,
             and compare them with the engine's
+    train   train on the pattern-memorisation task and record each episode's loss, bit error rate
+            (the fraction of the last step's bits whose sign is wrong) and eta, as a reference
+            learning curve for the engine's; --variant balanced is the task as the paper's code
+            sets it up (balanced patterns, exactly half the test bits zeroed, a bias neuron)
 """
 
 import argparse
@@ -68,10 +72,10 @@ class PlasticNet(torch.nn.Module):
         return x, hebb
 
 
-def episode_loss(net, inputs, targets, loss_steps):
-    """Runs a whole episode and returns its loss.
+def episode_activations(net, inputs, loss_steps):
+    """Runs a whole episode and returns {t: x(t)} for the 1-based steps t in loss_steps.
 
-    inputs (T, B, N): u(t) for t = 1..T; targets (L, B, N): y(s); loss_steps: L 1-based step numbers.
+    inputs (T, B, N): u(t) for t = 1..T.
     """
     steps, batch, neurons = inputs.shape
     wanted = {int(s) for s in loss_steps}
@@ -82,6 +86,15 @@ def episode_loss(net, inputs, targets, loss_steps):
         x, hebb = net.step(x, hebb, inputs[t - 1])
         if t in wanted:
             activations[t] = x
+    return activations
+
+
+def episode_loss(net, inputs, targets, loss_steps):
+    """Runs a whole episode and returns its loss.
+
+    inputs (T, B, N): u(t) for t = 1..T; targets (L, B, N): y(s); loss_steps: L 1-based step numbers.
+    """
+    activations = episode_activations(net, inputs, loss_steps)
     return sum(((activations[int(s)] - targets[k]) ** 2).sum() for k, s in enumerate(loss_steps))
 
 
@@ -113,6 +126,40 @@ def pattern_episode(neurons, batch, steps, generator, device, patterns=5, presen
         targets[0, b] = test
     return inputs.to(device), targets.to(device), [steps]
 
+
+
+def balanced_pattern_episode(neurons, batch, steps, generator, device, patterns=5, presentations=2, show_steps=6,
+                             gap_steps=4, test_steps=6, input_gain=20.0):
+    """The pattern task as the paper's code sets it up: like pattern_episode, but every pattern has
+    exactly neurons/2 bits +1 and neurons/2 bits -1 (a random permutation), exactly neurons/2 of the
+    test pattern's bits (a random choice of positions) are zeroed, and there is one more neuron, the
+    last, a bias whose input is input_gain * 1 at every step. Returns inputs (T, B, neurons + 1),
+    targets (1, B, neurons) for the first neurons neurons (the bias is in neither loss nor error)
+    and loss_steps [T].
+    """
+    if neurons % 2:
+        raise ValueError(f"the balanced pattern task needs an even neuron count (got {neurons})")
+    study_steps = patterns * presentations * (show_steps + gap_steps)
+    if steps < study_steps + test_steps:
+        raise ValueError(f"the pattern task needs at least {study_steps + test_steps} steps (got {steps})")
+    half = neurons // 2
+    inputs = torch.zeros(steps, batch, neurons + 1)
+    inputs[:, :, neurons] = input_gain
+    targets = torch.zeros(1, batch, neurons)
+    for b in range(batch):
+        stored = torch.stack([torch.where(torch.randperm(neurons, generator=generator) < half, 1.0, -1.0)
+                              for _ in range(patterns)])
+        t = 0
+        for _ in range(presentations):
+            for k in torch.randperm(patterns, generator=generator).tolist():
+                inputs[t:t + show_steps, b, :neurons] = input_gain * stored[k]
+                t += show_steps + gap_steps
+        test = stored[int(torch.randint(0, patterns, (1,), generator=generator))]
+        kept = torch.ones(neurons)
+        kept[torch.randperm(neurons, generator=generator)[:half]] = 0
+        inputs[steps - test_steps:, b, :neurons] = input_gain * test * kept
+        targets[0, b] = test
+    return inputs.to(device), targets.to(device), [steps]
 
 # --- bench ---------------------------------------------------------------------------------------
 
@@ -289,6 +336,67 @@ def check(args):
     return 1 if failed else 0
 
 
+# --- train ---------------------------------------------------------------------------------------
+
+TRAIN_STEPS = 106
+
+
+def train(args):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    device = args.device
+    make_episode = balanced_pattern_episode if args.variant == "balanced" else pattern_episode
+    total = args.neurons + (1 if args.variant == "balanced" else 0)
+    net = PlasticNet.random(total, device)
+    net.eta.requires_grad_(not args.fixed_eta)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr,
+                                 betas=(0.9, 0.999), eps=1e-8)
+    print(f"pytorch {torch.__version__} on {device}, {args.threads} threads; variant {args.variant}, "
+          f"N = {args.neurons} ({total} neurons), B = {args.batch}, T = {TRAIN_STEPS}, lr {args.lr:g}, "
+          f"eta {'fixed' if args.fixed_eta else 'learned'}, seed {args.seed}")
+    rows, times = [], []
+    csv = open(args.csv, "w") if args.csv else None
+    if csv:
+        csv.write("episode,loss,bit_error_rate,eta\n")
+    try:
+        for episode in range(1, args.episodes + 1):
+            start = time.perf_counter()
+            inputs, targets, loss_steps = make_episode(args.neurons, args.batch, TRAIN_STEPS, generator, device)
+            optimizer.zero_grad(set_to_none=True)
+            # The bias neuron, where there is one, is the last and has no target.
+            x = episode_activations(net, inputs, loss_steps)[loss_steps[0]][:, :args.neurons]
+            loss = ((x - targets[0]) ** 2).sum()
+            loss.backward()
+            optimizer.step()
+            # A bit is wrong when the sign of x differs from the target (x == 0 counts as wrong).
+            error = (torch.sign(x.detach()) != targets[0]).float().mean().item()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+            eta = net.eta.item()
+            rows.append((episode, loss.item(), error, eta))
+            if csv:
+                csv.write(f"{episode},{loss.item():.6g},{error:.6g},{eta:.6g}\n")
+                csv.flush()
+            if episode % args.report_every == 0:
+                window = rows[-args.report_every:]
+                print(f"episode {episode:>6}: mean loss {statistics.mean(r[1] for r in window):9.3f}, "
+                      f"mean bit error {100 * statistics.mean(r[2] for r in window):6.2f}% over the last "
+                      f"{len(window)}, eta {eta:.5f}, {statistics.mean(times[-len(window):]):.3f} s/episode",
+                      flush=True)
+    finally:
+        if csv:
+            csv.close()
+    first = next((e for e in range(10, len(rows) + 1, 10)
+                  if statistics.mean(r[2] for r in rows[e - 10:e]) < 0.01), None)
+    print(f"{len(rows)} episodes in {sum(times):.1f} s ({statistics.mean(times):.3f} s/episode); first "
+          f"10-episode window (ending at a multiple of 10) with mean bit error under 1%: "
+          f"{'ends at episode ' + str(first) if first else 'none'}")
+    if args.csv:
+        print(f"wrote {args.csv}")
+    return 0
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,9 +414,34 @@ def main():
     b.add_argument("--json", help="also write the figures to this JSON file")
     c = sub.add_parser("check", help="compare an exported episode's loss and gradients with torch's, in float64")
     c.add_argument("dir", help="directory with params.safetensors, episode.safetensors and gradients.safetensors")
+    t = sub.add_parser("train", help="train on the pattern task and record loss, bit error rate and eta per episode")
+    t.add_argument("--episodes", type=int, default=300, help="training episodes (default 300)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the episodes (default 0)")
+    t.add_argument("--neurons", type=int, default=1000, help="neurons N, not counting a bias neuron (default 1000)")
+    t.add_argument("--batch", type=int, default=1, help="episodes per Adam step, losses summed (default 1)")
+    t.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+    t.add_argument("--fixed-eta", action="store_true", help="keep eta at its initial 0.01 instead of learning it")
+    t.add_argument("--variant", choices=["ours", "balanced"], default="ours",
+                   help="ours: the engine's task (iid +-1 bits, each test bit zeroed with probability 0.5); "
+                   "balanced: as the paper's code sets it up (each pattern exactly half +1, exactly half the "
+                   "test bits zeroed, and an extra bias neuron with constant input, excluded from loss and "
+                   "error) (default ours)")
+    t.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
+    t.add_argument("--report-every", type=int, default=10,
+                   help="print the mean loss and bit error of every this many episodes (default 10)")
+    t.add_argument("--csv", help="write episode,loss,bit_error_rate,eta per episode to this CSV file")
     args = parser.parse_args()
     if args.command == "check":
         return check(args)
+    if args.command == "train":
+        if min(args.episodes, args.neurons, args.batch, args.threads, args.report_every) < 1:
+            parser.error("--episodes, --neurons, --batch, --threads and --report-every must be at least 1")
+        if args.variant == "balanced" and args.neurons % 2:
+            parser.error("--variant balanced needs an even --neurons")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            sys.exit("error: --device cuda, but torch sees no CUDA device")
+        return train(args)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
     try:
