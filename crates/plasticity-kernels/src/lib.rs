@@ -143,7 +143,8 @@ pub struct PartialsLayout {
     pub cols: u32,
     /// (B, N, tiles) drate(t-1) per tile of i, overwritten each step; empty unless the rate is modulated.
     pub rate: u32,
-    /// (tiles, N) eta sums per tile of i and post neuron, accumulated over the sweep.
+    /// (tiles, N) eta sums per tile of i and post neuron, accumulated over the sweep (one eta: each
+    /// tile's whole sum at its first column, the rest zero).
     pub eta: u32,
     /// (N, N) dalpha accumulator; empty when alpha is per connection (it goes straight to the gradient).
     pub alpha: u32,
