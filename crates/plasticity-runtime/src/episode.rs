@@ -216,11 +216,8 @@ pub(crate) struct EpisodeShape {
     pub steps: u32,
     pub loss_steps: Vec<u32>,
     pub clamped: bool,
-    /// The rule sets the traces held (H, or H and E) and whether a modulator runs.
-    pub plasticity: Plasticity,
-    /// Width D of the inputs an input layer projects, or 0 when inputs drive the neurons directly.
-    pub input_width: u32,
-    /// The network's parameter layout (input layer and output heads included) and its heads.
+    /// The network's parameter layout: its rule (which sets the traces held, H or H and E, and
+    /// whether a modulator runs), input layer and output heads.
     pub layout: ParamLayout,
     pub heads: Vec<OutputHead>,
 }
@@ -233,8 +230,6 @@ impl EpisodeShape {
             steps,
             loss_steps: loss_steps.to_vec(),
             clamped,
-            plasticity: config.plasticity,
-            input_width: config.input_width.unwrap_or(0),
             layout: ParamLayout::of(config),
             heads: config.heads.clone(),
         }
@@ -243,6 +238,15 @@ impl EpisodeShape {
     /// Targets per episode: (L, B, N) for the neurons' squared error, (L, B, total head width) with heads.
     pub fn target_values(&self) -> u64 {
         if self.heads.is_empty() { self.loss_steps.len() as u64 * self.batch as u64 * self.neurons as u64 } else { self.head_values() }
+    }
+
+    pub fn plasticity(&self) -> &Plasticity {
+        &self.layout.plasticity
+    }
+
+    /// Width D of the inputs an input layer projects, or 0 when inputs drive the neurons directly.
+    pub fn input_width(&self) -> u32 {
+        self.layout.input_width
     }
 
     /// Length of a (L, B, total head width) buffer of head outputs.
@@ -258,12 +262,12 @@ impl EpisodeShape {
     /// Elements of one trace slot: H (B, N, N), then E (B, N, N) with a retroactive rule.
     pub fn trace_slot_len(&self) -> u64 {
         let one = self.batch as u64 * self.neurons as u64 * self.neurons as u64;
-        if self.plasticity.retroactive { 2 * one } else { one }
+        if self.plasticity().retroactive { 2 * one } else { one }
     }
 
     /// Offset of E within a trace slot.
     pub fn elig_offset(&self) -> u32 {
-        if self.plasticity.retroactive { self.batch * self.neurons * self.neurons } else { 0 }
+        if self.plasticity().retroactive { self.batch * self.neurons * self.neurons } else { 0 }
     }
 
     pub fn loss_slot(&self, step: u32) -> u32 {
@@ -418,10 +422,10 @@ impl ForwardState {
         let modulation_params: Vec<ModulationForwardParams> = (1..=shape.steps)
             .map(|step| ModulationForwardParams { n: neurons, batch: shape.batch, step, mod_offset: layout.mod_offset })
             .collect();
-        let modulation_bytes = if shape.plasticity.modulated() { (t + 1) * b * 4 } else { 4 };
-        let projected_bytes = t * b * shape.input_width as u64 * 4;
-        buffers::check_storage(ctx, &format!("the inputs (T, B, D) = ({t}, {b}, {})", shape.input_width), projected_bytes, |limit| {
-            format!("use at most {} steps at this batch and input width", limit / (b * shape.input_width.max(1) as u64 * 4))
+        let modulation_bytes = if shape.plasticity().modulated() { (t + 1) * b * 4 } else { 4 };
+        let projected_bytes = t * b * shape.input_width() as u64 * 4;
+        buffers::check_storage(ctx, &format!("the inputs (T, B, D) = ({t}, {b}, {})", shape.input_width()), projected_bytes, |limit| {
+            format!("use at most {} steps at this batch and input width", limit / (b * shape.input_width().max(1) as u64 * 4))
         })?;
         let (_, row_stride) = input_projection::grid(neurons, shape.batch, shape.steps);
         let heads = head_params(&shape, 1.0);
@@ -430,7 +434,7 @@ impl ForwardState {
             n: neurons,
             batch: shape.batch,
             steps: shape.steps,
-            width: shape.input_width,
+            width: shape.input_width(),
             w_in_offset: layout.in_offset,
             row_stride,
             ..Default::default()
@@ -467,7 +471,7 @@ impl ForwardState {
     /// Host data: inputs go to rows 1..=T of the history, which the forward pass overwrites with x(t).
     fn upload(&self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
-        if self.shape.input_width > 0 {
+        if self.shape.input_width() > 0 {
             buffers::write(ctx, &self.projected_inputs, 0, &data.inputs)?;
         } else {
             buffers::write(ctx, &self.activations, row_bytes, &data.inputs)?;
@@ -480,7 +484,7 @@ impl ForwardState {
     pub fn record_copies(&self, encoder: &mut wgpu::CommandEncoder, source: &EpisodeSource<'_>) {
         if let EpisodeSource::Gpu(g) = source {
             let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
-            if self.shape.input_width > 0 {
+            if self.shape.input_width() > 0 {
                 encoder.copy_buffer_to_buffer(g.inputs, 0, &self.projected_inputs, 0, self.projected_inputs.bytes);
             } else {
                 encoder.copy_buffer_to_buffer(g.inputs, 0, &self.activations, row_bytes, self.shape.steps as u64 * row_bytes);
@@ -529,7 +533,7 @@ impl ForwardState {
         let row_bytes = (self.shape.batch * self.shape.neurons) as u64 * 4;
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
-        let spec = &self.shape.plasticity;
+        let spec = self.shape.plasticity();
         let pipeline = ctx.kernels.specialised(&ctx.device, "forward_step", spec, &[]);
         let group = bind_group(
             ctx,
@@ -542,7 +546,7 @@ impl ForwardState {
             bind_group(ctx, "modulation_forward", &self.modulation_params_slots, &[&net.params, &self.activations, &self.modulation])
         });
         let modulation_grid = modulation_forward::workgroups(self.shape.batch);
-        if self.shape.input_width > 0 {
+        if self.shape.input_width() > 0 {
             // u(1..T) = v w_in + b_in into the history rows the steps read them from.
             let group = bind_group(
                 ctx,
@@ -624,6 +628,14 @@ impl ForwardState {
         self.read_metrics(ctx)
     }
 
+    /// The output heads of the last submitted episode, (L, B, total head width).
+    pub fn read_head_outputs(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        if self.shape.heads.is_empty() {
+            return Err(invalid("request", "this network has no output heads"));
+        }
+        buffers::read_f32(ctx, &self.head_outputs, 0, self.shape.head_values() as usize, "head outputs")
+    }
+
     /// The metrics the last submitted episode copied to the staging buffer.
     pub fn read_metrics(&self, ctx: &GpuContext) -> Result<EpisodeMetrics> {
         Ok(EpisodeMetrics::from_raw(&buffers::map_read(ctx, &self.staging, "metrics")?))
@@ -695,11 +707,7 @@ impl EpisodeRunner {
     /// The last episode's output heads (L, B, total head width): y of every head at every loss step,
     /// the heads side by side in the order of `NetworkConfig::heads` (logits for softmax heads).
     pub fn read_head_outputs(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
-        if s.shape.heads.is_empty() {
-            return Err(invalid("request", "this network has no output heads"));
-        }
-        buffers::read_f32(ctx, &s.head_outputs, 0, s.shape.head_values() as usize, "head outputs")
+        self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?.read_head_outputs(ctx)
     }
 
     /// The activation history, for binding in host shaders: (T + 1, B, N) f32, tightly packed,
@@ -713,28 +721,40 @@ impl EpisodeRunner {
 /// The forward and loss params of each output head (one default slot when there are none).
 fn head_params(shape: &EpisodeShape, loss_scale: f32) -> Vec<(HeadForwardParams, HeadLossParams)> {
     let total = shape.layout.heads_width();
-    let mut col0 = 0;
-    let mut out = Vec::new();
-    for (h, (&(w_offset, width), head)) in shape.layout.heads().iter().zip(&shape.heads).enumerate() {
-        let n_loss_steps = shape.loss_steps.len() as u32;
-        out.push((
-            HeadForwardParams { n: shape.neurons, batch: shape.batch, n_loss_steps, width, total, col0, w_offset, ..Default::default() },
-            HeadLossParams {
-                batch: shape.batch,
-                n_loss_steps,
-                width,
-                total,
-                col0,
-                kind: match head.kind {
-                    HeadKind::Linear => head_loss::LINEAR,
-                    HeadKind::Softmax => head_loss::SOFTMAX,
+    let n_loss_steps = shape.loss_steps.len() as u32;
+    let mut out: Vec<_> = shape
+        .layout
+        .head_columns()
+        .zip(&shape.heads)
+        .enumerate()
+        .map(|(h, ((w_offset, width, col0), head))| {
+            (
+                HeadForwardParams {
+                    n: shape.neurons,
+                    batch: shape.batch,
+                    n_loss_steps,
+                    width,
+                    total,
+                    col0,
+                    w_offset,
+                    ..Default::default()
                 },
-                accumulate: (h > 0) as u32,
-                loss_scale,
-            },
-        ));
-        col0 += width;
-    }
+                HeadLossParams {
+                    batch: shape.batch,
+                    n_loss_steps,
+                    width,
+                    total,
+                    col0,
+                    kind: match head.kind {
+                        HeadKind::Linear => head_loss::LINEAR,
+                        HeadKind::Softmax => head_loss::SOFTMAX,
+                    },
+                    accumulate: (h > 0) as u32,
+                    loss_scale,
+                },
+            )
+        })
+        .collect();
     if out.is_empty() {
         out.push(Default::default());
     }

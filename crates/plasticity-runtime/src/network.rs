@@ -181,6 +181,15 @@ impl ParamLayout {
         &self.head_slots[..self.head_count as usize]
     }
 
+    /// `(offset of W_h, K_h, first column of head h among all heads' outputs)` per output head.
+    pub fn head_columns(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        self.heads().iter().scan(0, |col0, &(offset, width)| {
+            let first = *col0;
+            *col0 += width;
+            Some((offset, width, first))
+        })
+    }
+
     /// The summed width of the output heads (0 without heads).
     pub fn heads_width(&self) -> u32 {
         self.heads().iter().map(|h| h.1).sum()

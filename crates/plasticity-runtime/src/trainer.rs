@@ -133,7 +133,6 @@ pub struct MemoryBreakdown {
     pub recompute_scratch: u64,
     /// Parameters, gradients, Adam state, the trace and its gradient, partial sums, params slots.
     pub rest: u64,
-    pub total: u64,
 }
 
 /// How the backward sweep gets H(t-1) for one episode.
@@ -166,7 +165,7 @@ impl BackwardState {
     fn new(ctx: &GpuContext, fwd: &ForwardState, net: &Network) -> Result<Self> {
         let shape = &fwd.shape;
         let (n, batch) = (shape.neurons, shape.batch);
-        let spec = &shape.plasticity;
+        let spec = shape.plasticity();
         let tiles = trace_tiles(n);
         let layout = net.layout;
         let mut pl = PartialsLayout::new(n, batch, spec);
@@ -174,10 +173,10 @@ impl BackwardState {
             pl = pl.with_heads(n, batch, shape.loss_steps.len() as u32);
         }
         let total = layout.heads_width();
-        let mut col0 = 0;
-        let mut head_params: Vec<HeadBackwardParams> = Vec::new();
-        for (h, &(w_offset, width)) in layout.heads().iter().enumerate() {
-            head_params.push(HeadBackwardParams {
+        let mut head_params: Vec<HeadBackwardParams> = layout
+            .head_columns()
+            .enumerate()
+            .map(|(h, (w_offset, width, col0))| HeadBackwardParams {
                 n,
                 batch,
                 n_loss_steps: shape.loss_steps.len() as u32,
@@ -188,9 +187,8 @@ impl BackwardState {
                 accumulate: (h > 0) as u32,
                 loss_grad_offset: pl.loss_grad,
                 ..Default::default()
-            });
-            col0 += width;
-        }
+            })
+            .collect();
         if head_params.is_empty() {
             head_params.push(HeadBackwardParams::default());
         }
@@ -241,7 +239,7 @@ impl BackwardState {
                 n,
                 batch,
                 step,
-                width: shape.input_width,
+                width: shape.input_width(),
                 w_in_offset: layout.in_offset,
                 preact_offset: pl.preact,
                 ..Default::default()
@@ -269,7 +267,7 @@ impl BackwardState {
         let shape = &self.shape;
         let (n, batch, steps) = (shape.neurons, shape.batch, shape.steps);
         let (layout, pl) = (net.layout, self.partials_layout);
-        let modulated = shape.plasticity.modulated();
+        let modulated = shape.plasticity().modulated();
         let activation: Vec<BackwardActivationParams> = (1..=steps)
             .map(|step| BackwardActivationParams {
                 n,
@@ -463,8 +461,8 @@ impl Trainer {
         let history = self.forward.as_ref().map_or(0, |f| f.activations.bytes + f.projected_inputs.bytes);
         let checkpoints = self.checkpoints.iter().map(|c| c.bytes).sum();
         let recompute_scratch = self.backward.as_ref().and_then(|b| b.segment_traces.as_ref()).map_or(0, |(_, s)| s.bytes);
-        let total = self.allocated_bytes();
-        MemoryBreakdown { history, checkpoints, recompute_scratch, rest: total - history - checkpoints - recompute_scratch, total }
+        let rest = self.allocated_bytes() - history - checkpoints - recompute_scratch;
+        MemoryBreakdown { history, checkpoints, recompute_scratch, rest }
     }
 
     /// Adam's state, for checkpoints that resume training exactly.
@@ -501,11 +499,7 @@ impl Trainer {
 
     /// The last episode's output heads (L, B, total head width), as [`crate::EpisodeRunner::read_head_outputs`].
     pub fn read_head_outputs(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        let f = self.forward.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
-        if f.shape.heads.is_empty() {
-            return Err(invalid("request", "this network has no output heads"));
-        }
-        buffers::read_f32(ctx, &f.head_outputs, 0, f.shape.head_values() as usize, "head outputs")
+        self.forward.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?.read_head_outputs(ctx)
     }
 
     /// The last episode's activation history (T + 1, B, N): x(t) in row t. For figures and tests.
@@ -651,7 +645,7 @@ fn record_backward(
     recovery: Recovery,
 ) {
     let shape = &fwd.shape;
-    let spec: &Plasticity = &shape.plasticity;
+    let spec: &Plasticity = shape.plasticity();
     for b in [grads, &bwd.trace_grad.buffer, &bwd.partials.buffer] {
         encoder.clear_buffer(b, 0, None);
     }
@@ -694,12 +688,12 @@ fn record_backward(
             &[&net.params, &fwd.activations, &fwd.modulation, &bwd.partials],
         )
     });
-    let input_group = (shape.input_width > 0)
+    let input_group = (shape.input_width() > 0)
         .then(|| bind_group(ctx, "input_projection_backward", &bwd.input_params_slots, &[&fwd.projected_inputs, &bwd.partials, grads]));
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
     let trace_grid = backward_trace::workgroups(shape.neurons);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
-    let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width);
+    let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width());
     // One backward step: the modulator's share of gx(t), then ga(t), the input layer's gradient,
     // then the trace part.
     let step = |pass: &mut wgpu::ComputePass<'_>, t: u32| {
