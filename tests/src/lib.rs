@@ -129,6 +129,14 @@ pub fn constant_episode(neurons: u32, batch: u32, steps: u32) -> EpisodeData {
     }
 }
 
+/// Inputs uniform in +-1 and +-1 targets at the middle and last steps (only the last for T < 3).
+pub fn random_episode(rng: &mut ChaCha8Rng, neurons: u32, batch: u32, steps: u32) -> EpisodeData {
+    let row = (batch * neurons) as usize;
+    let loss_steps: Vec<u32> = if steps >= 3 { vec![steps / 2, steps] } else { vec![steps] };
+    let targets = uniform(rng, loss_steps.len() * row, 1.0).iter().map(|v| v.signum()).collect();
+    EpisodeData { batch, steps, inputs: uniform(rng, steps as usize * row, 1.0), loss_steps, targets, loss_scale: 1.0, clamp: Vec::new() }
+}
+
 /// A network and a batch of episodes for the whole-episode tests.
 pub struct Problem {
     pub config: plasticity_runtime::NetworkConfig,

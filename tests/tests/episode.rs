@@ -3,7 +3,7 @@
 //! recovery against storing every step.
 
 use plasticity_kernels::reference;
-use plasticity_runtime::{EpisodeData, EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, TrainerConfig};
+use plasticity_runtime::{EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, TrainerConfig};
 use plasticity_tests::*;
 
 /// Random weights of scale ~1/sqrt(N) (a stable, unsaturated regime), random inputs, and +-1
@@ -14,18 +14,7 @@ fn problem(seed: u64, n: u32, batch: u32, steps: u32, eta: f32) -> Problem {
     let layout = ParamLayout::paper(n);
     let mut values = uniform(&mut r, 2 * (n * n) as usize, scale);
     values.push(eta);
-    let row = (batch * n) as usize;
-    let loss_steps: Vec<u32> = if steps >= 3 { vec![steps / 2, steps] } else { vec![steps] };
-    let targets = uniform(&mut r, loss_steps.len() * row, 1.0).iter().map(|v| v.signum()).collect();
-    let data = EpisodeData {
-        batch,
-        steps,
-        inputs: uniform(&mut r, steps as usize * row, 1.0),
-        loss_steps,
-        targets,
-        loss_scale: 1.0,
-        clamp: Vec::new(),
-    };
+    let data = random_episode(&mut r, n, batch, steps);
     let config = NetworkConfig { neurons: n, eta, ..Default::default() };
     Problem { config, host: HostParameters { layout, values }, data }
 }

@@ -2,9 +2,9 @@
 //! trace after the episode, the loss, and the gradient of every learned parameter through the full
 //! backward sweep (reversal for the invertible rules, recomputation from checkpoints for the rest).
 
-use plasticity_kernels::reference::{self, Network64};
+use plasticity_kernels::reference;
 use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
-use plasticity_runtime::{EpisodeData, EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, Trainer, TrainerConfig};
+use plasticity_runtime::{EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, Trainer, TrainerConfig};
 use plasticity_tests::*;
 use rand::Rng;
 
@@ -54,18 +54,7 @@ fn problem(seed: u64, spec: Plasticity, n: u32, batch: u32, steps: u32) -> Probl
             values[(n * n) as usize + i * n as usize + i] = 0.0;
         }
     }
-    let row = (batch * n) as usize;
-    let loss_steps: Vec<u32> = vec![steps / 2, steps];
-    let targets = uniform(&mut r, loss_steps.len() * row, 1.0).iter().map(|v| v.signum()).collect();
-    let data = EpisodeData {
-        batch,
-        steps,
-        inputs: uniform(&mut r, steps as usize * row, 1.0),
-        loss_steps,
-        targets,
-        loss_scale: 1.0,
-        clamp: Vec::new(),
-    };
+    let data = random_episode(&mut r, n, batch, steps);
     let config = NetworkConfig { neurons: n, eta: 0.2, plasticity: spec, ..Default::default() };
     Problem { config, host: HostParameters { layout, values }, data }
 }
@@ -271,14 +260,10 @@ fn output_heads_match_reference() {
         p.data.loss_scale = 0.7;
         let what = format!("heads {name}");
 
-        let (net64, mut ep64) = {
-            let n64 = Network64::from_flat(n as usize, spec, &to_f64(&p.host.values[..layout.in_offset as usize]));
-            let mut data = p.data.clone();
-            data.targets = vec![0.0; rows * n as usize]; // the reference's own targets are unused here
-            let pp = Problem { config: p.config.clone(), host: p.host.clone(), data };
-            (n64, to_reference(&pp).1)
-        };
-        ep64.loss_scale = p.data.loss_scale as f64;
+        // The reference's own (L, B, N) targets are unused here: the heads have theirs.
+        let mut data = p.data.clone();
+        data.targets = vec![0.0; rows * n as usize];
+        let (net64, ep64) = to_reference(&Problem { config: p.config.clone(), host: p.host.clone(), data });
         let heads64: Vec<Head64> = layout
             .heads()
             .iter()

@@ -30,33 +30,42 @@ fn losses(dir: &Path) -> Vec<String> {
 const SMALL: &[&str] =
     &["--neurons", "16", "--patterns", "2", "--batch", "2", "--lr", "3e-3", "--checkpoint-every", "5", "--quiet", "--seed", "3"];
 
+/// `train` on the small pattern task into `dir`, with `extra` options.
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--run-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(extra);
+    plasticity(&args)
+}
+
+/// Trains `total` episodes into `whole`; trains half of them into `split` and resumes it to `total`:
+/// the resumed run's metrics rows must equal the uninterrupted run's.
+fn assert_resume_repeats_the_run(whole: &Path, split: &Path, extra: &[&str], total: u32) {
+    let (total, half) = (total.to_string(), (total / 2).to_string());
+    for (dir, episodes) in [(whole, &total), (split, &half)] {
+        let mut args = vec!["--episodes", episodes.as_str()];
+        args.extend_from_slice(extra);
+        let o = train(dir, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = plasticity(&["train", "--resume", split.to_str().unwrap(), "--episodes", &total, "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(split), losses(whole), "resumed run differs from the uninterrupted one");
+}
+
 #[test]
 fn train_writes_a_run_and_resume_matches_an_uninterrupted_run() {
     let tmp = std::env::temp_dir().join(format!("plasticity-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let (whole, split) = (tmp.join("whole"), tmp.join("split"));
-    let run = |dir: &Path, extra: &[&str]| {
-        let mut args = vec!["train", "--run-dir", dir.to_str().unwrap()];
-        args.extend_from_slice(SMALL);
-        args.extend_from_slice(extra);
-        plasticity(&args)
-    };
-    let o = run(&whole, &["--episodes", "20"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_resume_repeats_the_run(&whole, &split, &[], 20);
     for f in ["config.json", "metrics.csv", "loss.png", "checkpoint.safetensors"] {
         assert!(whole.join(f).exists(), "{f} missing");
     }
     assert_eq!(losses(&whole).len(), 20);
 
-    // Stop after 10 episodes, then resume to 20: the same 20 rows as the uninterrupted run.
-    let o = run(&split, &["--episodes", "10"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = plasticity(&["train", "--resume", split.to_str().unwrap(), "--episodes", "20", "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(losses(&split), losses(&whole), "resumed run differs from the uninterrupted one");
-
     // A second run into the same directory is refused rather than overwriting it.
-    assert_clean_failure(&run(&whole, &["--episodes", "20"]), "already holds a run");
+    assert_clean_failure(&train(&whole, &["--episodes", "20"]), "already holds a run");
 
     let o = plasticity(&["eval", whole.to_str().unwrap(), "--episodes", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -94,24 +103,12 @@ fn a_neuromodulated_rule_trains_checkpoints_and_resumes() {
     let _ = std::fs::remove_dir_all(&tmp);
     let (whole, split) = (tmp.join("whole"), tmp.join("split"));
     let rule = ["--rule", "additive", "--trace-clip", "1", "--modulation", "per-neuron", "--retroactive", "--eta-shape", "per-neuron"];
-    let run = |dir: &Path, episodes: &str| {
-        let mut args = vec!["train", "--run-dir", dir.to_str().unwrap(), "--episodes", episodes];
-        args.extend_from_slice(SMALL);
-        args.extend_from_slice(&rule);
-        plasticity(&args)
-    };
-    let o = run(&whole, "12");
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_resume_repeats_the_run(&whole, &split, &rule, 12);
     let checkpoint = std::fs::read(whole.join("checkpoint.safetensors")).unwrap();
     let text = String::from_utf8_lossy(&checkpoint[..checkpoint.len().min(4096)]).into_owned();
     for tensor in ["\"mod_w\"", "\"mod_b\"", "\"mod_u\"", "\"mod_c\"", "retroactive\\\":true"] {
         assert!(text.contains(tensor), "{tensor} missing from the checkpoint header: {text}");
     }
-    let o = run(&split, "6");
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = plasticity(&["train", "--resume", split.to_str().unwrap(), "--episodes", "12", "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(losses(&split), losses(&whole), "resumed run differs from the uninterrupted one");
     let o = plasticity(&["eval", whole.to_str().unwrap(), "--episodes", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -169,9 +166,7 @@ fn divergence_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_str().unwrap();
     // A sane first stretch writes a checkpoint; the resumed run with an absurd rate diverges.
-    let mut args = vec!["train", "--run-dir", d, "--episodes", "5"];
-    args.extend_from_slice(SMALL);
-    assert!(plasticity(&args).status.success());
+    assert!(train(&dir, &["--episodes", "5"]).status.success());
     let before = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
     std::fs::write(
         dir.join("config.json"),
