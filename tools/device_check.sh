@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (the workplace's `device` tool): real-GPU tests, the bench,
+# and the PyTorch CUDA comparison, in that order of value, each under its own time limit. The machine
+# has no Rust toolchain and no network, so everything is built here and carried:
+#
+#   tools/device_check.sh --pack       # here: strips the release binaries into .dev/bins.tar.gz
+#   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,compare,tests]
+#
+# `.gl` holds the Vulkan/EGL loader packages (see the device tool's README); `.dev` is git-ignored
+# through .git/info/exclude. Logs and JSON land in $OUT (or ./device-out): seven files, under the
+# tool's limit of eight.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--pack" ]; then
+  set -e
+  # Bench and test binaries from one build; --message-format names each test executable.
+  cargo build -q --release -p runtime
+  mapfile -t tests < <(cargo test --workspace --release --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+wanted = {"kernels", "rules", "episode", "limits", "embedding", "training", "cli", "plasticity_runtime"}
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
+            and m["target"]["name"] in wanted:
+        print(m["target"]["name"] + " " + m["executable"])')
+  rm -rf .dev && mkdir -p .dev/bin
+  strip -o .dev/bin/plasticity target/release/plasticity
+  for t in "${tests[@]}"; do
+    strip -o ".dev/bin/test_${t%% *}" "${t#* }"
+  done
+  tar czf .dev/bins.tar.gz -C .dev bin && rm -rf .dev/bin
+  ls -la .dev
+  exit 0
+fi
+
+[ "${1:-}" = "--run" ] || { sed -n '2,12p' "$0"; exit 2; }
+# Sections to run (default all): tools/device_check.sh --run bench,sweep
+sections=${2:-bench,sweep,compare,tests}
+want() { [[ ",$sections," == *",$1,"* ]]; }
+out=${OUT:-device-out}
+mkdir -p "$out"
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+export WGPU_BACKEND=vulkan RUST_BACKTRACE=1
+tar xzf .dev/bins.tar.gz -C .dev
+bin=.dev/bin
+# Test binaries hold the paths cargo compiled into them (the CLI binary, CARGO_MANIFEST_DIR).
+if [ ! -e /work/main/Cargo.toml ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
+mkdir -p target/release && cp "$bin/plasticity" target/release/plasticity
+
+section() { echo; echo "=== $1 ($(date +%T))"; }
+section "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+"$bin/plasticity" info 2>&1 | tee "$out/info.txt"
+
+want bench && section "bench (the user's command)" &&
+timeout 120 "$bin/plasticity" bench --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
+
+want sweep && { section "work split sweep (S: forward chunks, Z: backward batch groups; 'auto' is the default choice)"
+sweep() { # N B S Z
+  local opts=(--neurons "$1" --batch "$2" --reps 2 --memory-size 16,1 --memory-steps 2)
+  [ "$3" = auto ] || opts+=(--forward-splits "$3")
+  [ "$4" = auto ] || opts+=(--backward-groups "$4")
+  echo "N=$1 B=$2 S=$3 Z=$4: $(timeout 60 "$bin/plasticity" bench "${opts[@]}" 2>&1 | grep -E "^ +$1 +$2 ")"
+}
+for z in 1 4 8; do sweep 1000 64 auto $z; done
+for s in 8 32; do sweep 1000 64 $s auto; done
+for z in 1 2; do sweep 1000 16 auto $z; done
+for z in 1 4; do sweep 256 64 auto $z; done
+} 2>&1 | tee "$out/sweep.txt"
+
+want compare && section "against PyTorch CUDA, N = 1000" && {
+PLASTICITY=$bin/plasticity timeout 150 tools/compare_pytorch.sh --device cuda --neurons 1000 \
+  --batch 1,16,64 --torch-batch 1,16,64 --reps 3 --out /tmp/compare 2>&1 | tee "$out/compare.txt"
+cp /tmp/compare/ours.json "$out/compare_ours.json"
+}
+
+want tests && section "GPU tests on this adapter" &&
+for t in "$bin"/test_*; do
+  name=${t#"$bin"/test_}
+  case $name in cli) dir=crates/runtime ;; plasticity_runtime) dir=crates/plasticity-runtime ;; *) dir=tests ;; esac
+  log=/tmp/test_$name.log
+  (cd "$dir" && timeout 60 "$OLDPWD/$t" -q --test-threads 8 > "$log" 2>&1)
+  echo "$name: exit $? -- $(grep -E '^test result' "$log" | tail -1)"
+  grep -E '^(---- |thread .* panicked)' "$log" | head -5
+  { echo "=== $name"; cat "$log"; } >> "$out/tests.txt"
+done
+section "done"
