@@ -4,7 +4,7 @@
 //                                                                  what head_backward left, with output heads)
 //           + sum_jt partials[0, b, j, jt]     = sum_k (w_jk + alpha_jk H_jk(t+1)) ga_k(t+1)
 //                                               + eta * sum_k G_jk(t+2) x_k(t+1)
-//           + sum_it partials[1, b, j, it]     = eta * sum_i G_ij(t+1) x_i(t-1)
+//           + sum_it partials[1, b, it, j]     = eta * sum_i G_ij(t+1) x_i(t-1)
 //           + dM_b(t) (1 - M_b(t)^2) mod_w_j        (when modulated: x(t) drives M(t); the factor
 //                                               dM(1 - M^2) was reduced by modulation_backward)
 //   ga_j(t) = gx_j(t) * (1 - x_j(t)^2), or 0 where neuron j was clamped at step t (x_j(t) = u_j(t)
@@ -39,7 +39,7 @@ struct BackwardActivationParams {
 @group(0) @binding(2) var<storage, read> targets: array<f32>;          // (L, B, N): y for each loss step
 @group(0) @binding(3) var<storage, read> clamp_mask: array<u32>;       // (T, B, clamp_words) bit masks, row t - 1 for step t
 @group(0) @binding(4) var<storage, read> params: array<f32>;           // flat [w, alpha, eta, modulator]
-// (2, B, N, n_tiles): row sums, then column sums, read; ga(t) (B, N) written at preact_offset
+// (B, N, n_tiles) row sums, then (B, n_tiles, N) column sums, read; ga(t) (B, N) written at preact_offset
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -60,9 +60,9 @@ fn backward_activation(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     let rows = (b * n + j) * p.n_tiles;
-    let cols = rows + p.batch * n * p.n_tiles;
+    let cols = p.batch * n * p.n_tiles + b * p.n_tiles * n + j;
     for (var k = 0u; k < p.n_tiles; k++) {
-        gx += partials[rows + k] + partials[cols + k];
+        gx += partials[rows + k] + partials[cols + k * n];
     }
     if (p.mod_grad_offset != MOD_NONE) {
         gx += partials[p.mod_grad_offset + b] * params[p.mod_offset + j];

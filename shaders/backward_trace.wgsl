@@ -29,15 +29,29 @@
 // rounding error. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
 // H(t-1) is read from the slot before H(t)'s. Nothing is written to the trace at t = 1.
 //
-// One invocation owns a TILE x TILE block of (i, j) for every batch element and walks it serially, so
-// the row sums (over its TILE columns), the column sums (over its TILE rows) and the eta sums are
-// private running sums: no workgroup memory and no barriers. Each block writes one partial per row
-// and per column, summed later by backward_activation. w, alpha, dw and dalpha are touched once per
+// One invocation owns TILE rows and TILE columns of (i, j) for every batch element and walks them
+// serially, so the row sums (over its TILE columns), the column sums (over its TILE rows) and the eta
+// sums are private running sums: no workgroup memory and no barriers. Each invocation writes one
+// partial per row and per column, summed later by backward_activation. Its rows are contiguous; its
+// columns are interleaved with its neighbours': the LANES invocations of a column group share
+// LANES * TILE columns, invocation l taking columns l, l + L, l + 2L, ... (L = LANES, or fewer in the
+// last, narrower group), so at each step of the walk neighbouring invocations touch neighbouring
+// elements and every access is coalesced. There are still exactly ceil(N / TILE) invocations per row
+// of blocks, and the row partial an invocation writes is slot tile_j = its index along x. w, alpha, dw and dalpha are touched once per
 // CHUNK batch elements, the trace and its gradient once per batch element.
 // Traffic per step (f32): (2 + 4 + 4*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed), plus
 // O(B*N*N/TILE) for partials.
+//
+// Batch groups (groups = Z > 1, for GPUs, where ceil(N / TILE)^2 invocations are far too few): the
+// grid's third dimension z takes the chunks z, z + Z, z + 2Z, ... of the batch, so Z invocations
+// share a block. Each group then accumulates its own dw and dalpha, over the whole sweep, in
+// partials at group_grad_offset, (2, Z, N, N): dw of every group, then dalpha of every group, and
+// its own eta sums; finish_gradients adds the groups up. With Z = 1, dw and dalpha go straight to
+// `grads` (dalpha to the alpha accumulator when alpha is not per connection).
 
 const TILE: u32 = 16u;
+// Invocations of one column group (a warp on most GPUs).
+const LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
 const CHUNK: u32 = 4u;
 
@@ -65,9 +79,13 @@ struct BackwardTraceParams {
     elig_offset: u32,         // offset of E in a trace slot, and of GE in `trace_grad`
     alpha_grad_offset: u32,   // (N, N) dalpha accumulator in `partials` when alpha is not per connection
     rate_partials_offset: u32,// (B, N, n_tiles) drate(t-1) per tile of i, overwritten each step (modulated rates)
-    eta_partials_offset: u32, // (n_tiles, N) eta sums per tile of i and post neuron j, accumulated over the sweep
+    eta_partials_offset: u32, // (Z, n_tiles, N) eta sums per group, tile of i and post neuron j, accumulated over the sweep
     preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
+    groups: u32,              // Z batch groups (0 or 1: one)
+    group_grad_offset: u32,   // (2, Z, N, N) dw then dalpha per group in `partials` when Z > 1
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: BackwardTraceParams;
@@ -77,7 +95,8 @@ struct BackwardTraceParams {
 @group(0) @binding(4) var<storage, read_write> trace: array<f32>;       // slots of [H (B, N, N), E (B, N, N)]: H(t) on entry, H(t-1) on exit when REVERSE
 @group(0) @binding(5) var<storage, read_write> trace_grad: array<f32>;  // [G (B, N, N), GE (B, N, N)]: G(t+1) on entry, G(t) on exit
 @group(0) @binding(6) var<storage, read_write> grads: array<f32>;       // flat, mirrors `params`; accumulated
-// (2, B, N, n_tiles): row sums then column sums for gx(t-1), overwritten each step; then the rate,
+// (B, N, n_tiles) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step (both
+// layouts make backward_trace's writes coalesced); then the rate,
 // eta and alpha partials and ga(t) at the offsets above.
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 
@@ -174,18 +193,27 @@ fn clip_pass(v: f32) -> f32 {
     return 1.0;
 }
 
+fn div_ceil_u32(a: u32, b: u32) -> u32 {
+    return (a + b - 1u) / b;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = p.n;
     let tile_j = gid.x;
     let tile_i = gid.y;
-    if (tile_j >= p.n_tiles || tile_i >= p.n_tiles) {
+    let z = gid.z;
+    let groups = max(p.groups, 1u);
+    if (tile_j >= p.n_tiles || tile_i >= p.n_tiles || z >= groups) {
         return;
     }
     let i0 = tile_i * TILE;
-    let j0 = tile_j * TILE;
     let i_end = min(i0 + TILE, n);
-    let j_end = min(j0 + TILE, n);
+    // Column group g covers [g * LANES * TILE, + width); lane l of its L lanes takes j = start + l + m L.
+    let group_start = (tile_j / LANES) * LANES * TILE;
+    let lanes = div_ceil_u32(min(LANES * TILE, n - group_start), TILE);
+    let j0 = group_start + tile_j % LANES;  // this invocation's first column
+    let j_end = min(group_start + LANES * TILE, n);
     let row = p.batch * n;
     let x_now = p.step * row;            // x(t)
     let x_prev = x_now - row;            // x(t-1)
@@ -202,6 +230,12 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let eta_offset = p.eta_offset;
     let mod_offset = p.mod_offset;
     let step = p.step;
+    let grouped = groups > 1u;
+    let nn = n * n;
+    let dw_base = select(w_offset, p.group_grad_offset + z * nn, grouped);
+    let dalpha_base = p.group_grad_offset + (groups + z) * nn;
+    // (Z, n_tiles, N): this group's eta sums.
+    let eta_base = p.eta_partials_offset + z * p.n_tiles * n;
     // A fixed rate (RATE 0: one eta) is read once; per-neuron rates once per column; modulated
     // rates per (b, j).
     let eta0 = params[eta_offset];
@@ -210,13 +244,17 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
 
     var eta_sums: array<f32, TILE>;
     var eta_total = 0.0;
-    for (var b0 = 0u; b0 < p.batch; b0 += CHUNK) {
+    for (var b0 = z * CHUNK; b0 < p.batch; b0 += groups * CHUNK) {
         let chunk = min(CHUNK, p.batch - b0);
         var col_sums: array<f32, 64>;    // (CHUNK, TILE)
         var rate_sums: array<f32, 64>;   // (CHUNK, TILE)
         for (var i = i0; i < i_end; i++) {
             var row_sums: array<f32, CHUNK>;
-            for (var j = j0; j < j_end; j++) {
+            for (var jj = 0u; jj < TILE; jj++) {
+                let j = j0 + jj * lanes;
+                if (j >= j_end) {
+                    break;
+                }
                 let w_ij = params[w_offset + i * n + j];
                 let alpha_ij = alpha_eff(i, j, n, alpha_offset);
                 var rate_e = eta0;
@@ -266,7 +304,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                         if (RATE >= 2u) {
                             r2 = plastic_rate(b, j, step - 1u, n, p.batch, eta_offset, mod_offset);
                         }
-                        let c = k * TILE + j - j0;
+                        let c = k * TILE + jj;
                         if (RETROACTIVE) {
                             let h_prev = trace[prev + idx];
                             let e_prev = trace[prev + eo + idx];
@@ -275,7 +313,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                             rate_sums[c] += m2 * g * e_prev;
                             let d_eta = ge * rule_d_rate(e_prev, pre2, post2);
                             if (eta_per_neuron) {
-                                eta_sums[j - j0] += d_eta;
+                                eta_sums[jj] += d_eta;
                             } else {
                                 eta_total += d_eta;
                             }
@@ -293,16 +331,22 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                             if (RATE >= 2u) {
                                 rate_sums[c] += d_rate;
                             } else if (eta_per_neuron) {
-                                eta_sums[j - j0] += d_rate;
+                                eta_sums[jj] += d_rate;
                             } else {
                                 eta_total += d_rate;
                             }
                         }
                     }
                 }
-                grads[w_offset + i * n + j] += d_w;
+                if (grouped) {
+                    partials[dw_base + i * n + j] += d_w;
+                } else {
+                    grads[dw_base + i * n + j] += d_w;
+                }
                 if (PLASTIC_SELF || i != j) {
-                    if (ALPHA_SHAPE == 0u) {
+                    if (grouped) {
+                        partials[dalpha_base + i * n + j] += d_alpha;
+                    } else if (ALPHA_SHAPE == 0u) {
                         grads[alpha_offset + i * n + j] += d_alpha;
                     } else {
                         partials[p.alpha_grad_offset + i * n + j] += d_alpha;
@@ -314,20 +358,21 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
         for (var k = 0u; k < chunk; k++) {
-            for (var j = j0; j < j_end; j++) {
-                partials[col_base + ((b0 + k) * n + j) * p.n_tiles + tile_i] = col_sums[k * TILE + j - j0];
+            for (var jj = 0u; jj < TILE && j0 + jj * lanes < j_end; jj++) {
+                let j = j0 + jj * lanes;
+                partials[col_base + ((b0 + k) * p.n_tiles + tile_i) * n + j] = col_sums[k * TILE + jj];
                 if (RATE >= 2u) {
-                    partials[p.rate_partials_offset + ((b0 + k) * n + j) * p.n_tiles + tile_i] = rate_sums[k * TILE + j - j0];
+                    partials[p.rate_partials_offset + ((b0 + k) * n + j) * p.n_tiles + tile_i] = rate_sums[k * TILE + jj];
                 }
             }
         }
     }
-    // (n_tiles, N): per post neuron, or, for one eta, the tile's whole sum at its first column.
+    // (n_tiles, N) per group: per post neuron, or, for one eta, the invocation's whole sum at its first column.
     if (eta_per_neuron) {
-        for (var j = j0; j < j_end; j++) {
-            partials[p.eta_partials_offset + tile_i * n + j] += eta_sums[j - j0];
+        for (var jj = 0u; jj < TILE && j0 + jj * lanes < j_end; jj++) {
+            partials[eta_base + tile_i * n + j0 + jj * lanes] += eta_sums[jj];
         }
     } else {
-        partials[p.eta_partials_offset + tile_i * n + j0] += eta_total;
+        partials[eta_base + tile_i * n + j0] += eta_total;
     }
 }

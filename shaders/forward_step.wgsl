@@ -32,6 +32,11 @@
 // One invocation owns post-synaptic neuron j for BATCH_TILE batch elements and loops over the
 // pre-synaptic index i: neighbouring invocations read neighbouring j, so every row access is
 // coalesced, and each trace element has exactly one owner, so the update is in place.
+//
+// Split steps (splits > 1, for GPUs, whose memory system needs far more invocations in flight than
+// N * B / BATCH_TILE): invocation z of the grid's third dimension sums only i in
+// [z * split_len, (z + 1) * split_len) and writes that partial sum of a_j(t) - u_j(t) to
+// partial_sums (S, B, N); forward_finish.wgsl then forms x(t). Each trace element still has one owner.
 
 const BATCH_TILE: u32 = 4u;
 // tanh(15) == 1 in f32; clamping keeps exp-based tanh implementations from overflowing to inf/inf.
@@ -56,9 +61,9 @@ struct ForwardStepParams {
     mod_offset: u32,   // offset of the modulator [mod_w (N), mod_b, mod_u (N), mod_c (N)]
     clamp_words: u32,  // u32 words per (t, b) row of `clamp_mask`: ceil(N / 32), or 0 when nothing is clamped
     elig_offset: u32,  // offset of E (B, N, N) in `trace` (RETROACTIVE)
+    splits: u32,       // S: chunks of the sum over i; 0 or 1 sums everything here and writes x(t)
+    split_len: u32,    // i per chunk when S > 1
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: ForwardStepParams;
@@ -67,6 +72,7 @@ struct ForwardStepParams {
 @group(0) @binding(3) var<storage, read_write> activations: array<f32>; // (T + 1, B, N): x(s) at row s < t, u(s) at row s >= t; x(0) = 0
 @group(0) @binding(4) var<storage, read> clamp_mask: array<u32>;        // (T, B, clamp_words) bit masks: u(t) in row t - 1
 @group(0) @binding(5) var<storage, read> modulation: array<f32>;        // (T + 1, B): M_b(s) at row s (RATE 2, 3)
+@group(0) @binding(6) var<storage, read_write> partial_sums: array<f32>; // (S, B, N) when S > 1
 
 // ---- shared with trace_update.wgsl and backward_trace.wgsl (a test keeps the copies identical) ----
 fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
@@ -123,7 +129,8 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = p.n;
     let j = gid.x;
     let b0 = gid.y * BATCH_TILE;
-    if (j >= n || b0 >= p.batch) {
+    let split = p.splits > 1u;
+    if (j >= n || b0 >= p.batch || gid.z >= max(p.splits, 1u)) {
         return;
     }
     let tile = min(BATCH_TILE, p.batch - b0);
@@ -135,6 +142,8 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     let w_offset = p.w_offset;
     let alpha_offset = p.alpha_offset;
     let elig_offset = p.elig_offset;
+    let i_begin = select(0u, gid.z * p.split_len, split);
+    let i_end = select(n, min(n, i_begin + p.split_len), split);
 
     var acc: array<f32, BATCH_TILE>;
     var post: array<f32, BATCH_TILE>;    // x_j(t-1)
@@ -142,13 +151,15 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     let rate_e = eligibility_rate(j, p.eta_offset);
     for (var k = 0u; k < tile; k++) {
         let b = b0 + k;
-        acc[k] = activations[p.step * row + b * n + j]; // u_j(t)
+        if (!split) {
+            acc[k] = activations[p.step * row + b * n + j]; // u_j(t)
+        }
         if (update) {
             post[k] = activations[x_prev + b * n + j];
             rate[k] = plastic_rate(b, j, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
         }
     }
-    for (var i = 0u; i < n; i++) {
+    for (var i = i_begin; i < i_end; i++) {
         let w_ij = params[w_offset + i * n + j];
         let alpha_ij = alpha_eff(i, j, n, alpha_offset);
         for (var k = 0u; k < tile; k++) {
@@ -172,6 +183,10 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     for (var k = 0u; k < tile; k++) {
         let b = b0 + k;
+        if (split) {
+            partial_sums[(gid.z * p.batch + b) * n + j] = acc[k];
+            continue;
+        }
         let out = p.step * row + b * n + j;
         var held = false;
         if (p.clamp_words != 0u) {

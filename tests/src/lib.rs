@@ -168,10 +168,26 @@ pub fn to_reference(p: &Problem) -> (plasticity_kernels::reference::Network64, p
     (net, ep)
 }
 
+/// The shared adapter with its step kernels' work divided as `tuning` says (on a CPU adapter the
+/// default divides nothing, so tests force the GPU's splits and batch groups through this).
+pub fn gpu_with(tuning: plasticity_runtime::KernelTuning) -> GpuContext {
+    let mut ctx = gpu().clone();
+    ctx.tuning = tuning;
+    ctx
+}
+
 /// The GPU trainer's summed gradients for a problem, and the checkpoint interval K it used.
 pub fn gpu_gradients(p: &Problem, config: plasticity_runtime::TrainerConfig) -> (plasticity_runtime::HostParameters, u32) {
+    gpu_gradients_on(gpu(), p, config)
+}
+
+/// [`gpu_gradients`] on a given context.
+pub fn gpu_gradients_on(
+    ctx: &GpuContext,
+    p: &Problem,
+    config: plasticity_runtime::TrainerConfig,
+) -> (plasticity_runtime::HostParameters, u32) {
     use plasticity_runtime::{Network, Trainer};
-    let ctx = gpu();
     let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
     let mut trainer = Trainer::new(ctx, net, config).unwrap();
     trainer.compute_gradients(ctx, &p.data).unwrap();

@@ -3,7 +3,7 @@
 //! recovery against storing every step.
 
 use plasticity_kernels::reference;
-use plasticity_runtime::{EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, TrainerConfig};
+use plasticity_runtime::{EpisodeRunner, HostParameters, KernelTuning, Network, NetworkConfig, ParamLayout, TrainerConfig};
 use plasticity_tests::*;
 
 /// Random weights of scale ~1/sqrt(N) (a stable, unsaturated regime), random inputs, and +-1
@@ -64,14 +64,18 @@ fn gradients_with_clamped_neurons_match_reference() {
         let (net64, ep64) = to_reference(&p);
         assert!(ep64.clamp.iter().any(|&c| c) && ep64.clamp.iter().any(|&c| !c));
         let fwd = reference::forward(&net64, &ep64);
-        let ctx = gpu();
-        let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
-        let mut runner = EpisodeRunner::new();
-        runner.run(ctx, &net, &p.data).unwrap();
-        assert_close(&format!("N={n} clamped activations"), &runner.read_activations(ctx).unwrap(), &fwd.activations, 2e-4, 1e-4);
         let reference = reference::backward(&net64, &ep64, &fwd);
-        let (gpu_grads, _) = gpu_gradients(&p, TrainerConfig::default());
-        assert_gradients_match(&format!("N={n} B={batch} T={steps} clamped"), &gpu_grads, &reference.to_flat());
+        // As the kernels run on a CPU adapter, and split as on a GPU (the clamp applied by forward_finish).
+        for tuning in [KernelTuning::default(), KernelTuning { forward_splits: Some(4), backward_groups: Some(1) }] {
+            let ctx = &gpu_with(tuning);
+            let what = format!("N={n} B={batch} T={steps} clamped {tuning:?}");
+            let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+            let mut runner = EpisodeRunner::new();
+            runner.run(ctx, &net, &p.data).unwrap();
+            assert_close(&format!("{what} activations"), &runner.read_activations(ctx).unwrap(), &fwd.activations, 2e-4, 1e-4);
+            let (gpu_grads, _) = gpu_gradients_on(ctx, &p, TrainerConfig::default());
+            assert_gradients_match(&what, &gpu_grads, &reference.to_flat());
+        }
     }
 }
 

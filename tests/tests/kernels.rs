@@ -6,6 +6,7 @@ use plasticity_kernels::adam_update::{self, AdamParams};
 use plasticity_kernels::backward_activation::{self, BackwardActivationParams, LOSS_NONE, MOD_NONE};
 use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
 use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
+use plasticity_kernels::forward_finish::{self, ForwardFinishParams};
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
 use plasticity_kernels::head_backward::{self, HeadBackwardParams};
 use plasticity_kernels::head_forward::{self, HeadForwardParams};
@@ -135,11 +136,11 @@ fn forward_step_matches_cpu_twin() {
                         &spec,
                         &[],
                         &p,
-                        &[bytes(&params), bytes(&trace), bytes(&activations), bytemuck::cast_slice(&clamp), bytes(&modulation)],
-                        forward_step::workgroups(n, batch),
+                        &[bytes(&params), bytes(&trace), bytes(&activations), bytemuck::cast_slice(&clamp), bytes(&modulation), bytes(&[0.0])],
+                        forward_step::workgroups(n, batch, 1),
                     );
                     let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
-                    cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation);
+                    cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut []);
                     let ctx = format!("forward_step {name} N={n} B={batch} t={step}");
                     // The trace update is the same few f32 operations on both sides (up to FMA contraction).
                     assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
@@ -160,6 +161,94 @@ fn forward_step_matches_cpu_twin() {
                             clipped > 0 && clipped < batch as usize * nn,
                             "{ctx}: the clip is active for some elements only ({clipped})"
                         );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A split step: forward_step writes S partial sums and leaves the history alone, forward_finish
+/// adds them to u(t) and applies tanh and the clamp; both against their twins.
+#[test]
+fn split_forward_step_and_finish_match_cpu_twins() {
+    for (name, spec) in rule_specs() {
+        for n in [2u32, 65, 257] {
+            for batch in [1u32, 5] {
+                // S = 2, an uneven split (65 = 7 * 10 - 5), and one neuron per chunk.
+                for wanted in [2u32, 7, n] {
+                    for step in [1u32, 2, 3] {
+                        let steps = 3;
+                        let (splits, split_len) = forward_step::split(n, wanted);
+                        if splits < 2 {
+                            continue; // N = 1 cannot be split
+                        }
+                        let (nn, row) = ((n * n) as usize, (batch * n) as usize);
+                        let mut r = rng(500 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 3 * wanted as u64);
+                        let (layout, params) = random_rule_params(n as u64, n, &spec);
+                        let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
+                        let trace = if step == 1 { vec![0.0; slot] } else { uniform(&mut r, slot, 1.0) };
+                        let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
+                        activations.extend(nan_filled((steps - step as usize) * row));
+                        let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
+                        let (clamp, clamp_words) = random_clamp(&mut r, step == 2, steps, batch, n);
+                        let partial_sums = nan_filled(splits as usize * row);
+                        let p = ForwardStepParams {
+                            n,
+                            batch,
+                            step,
+                            w_offset: layout.w_offset,
+                            alpha_offset: layout.alpha_offset,
+                            eta_offset: layout.eta_offset,
+                            mod_offset: layout.mod_offset,
+                            clamp_words,
+                            elig_offset: if spec.retroactive { batch * n * n } else { 0 },
+                            splits,
+                            split_len,
+                            ..Default::default()
+                        };
+                        let out = run_rule_kernel(
+                            "forward_step",
+                            &spec,
+                            &[],
+                            &p,
+                            &[
+                                bytes(&params),
+                                bytes(&trace),
+                                bytes(&activations),
+                                bytemuck::cast_slice(&clamp),
+                                bytes(&modulation),
+                                bytes(&partial_sums),
+                            ],
+                            forward_step::workgroups(n, batch, splits),
+                        );
+                        let (mut trace_ref, mut act_ref, mut sums_ref) = (trace.clone(), activations.clone(), partial_sums.clone());
+                        cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut sums_ref);
+                        let ctx = format!("split forward_step {name} N={n} B={batch} S={splits} t={step}");
+                        assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
+                        // Chunks of <= 129 terms of magnitude <= ~3 in f32 against f64.
+                        assert_close(&format!("{ctx} partial sums"), &out[5], &to_f64(&sums_ref), 5e-5, 1e-5);
+                        let same = out[2].iter().zip(&activations).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                        assert!(same, "{ctx}: a split step leaves the history to forward_finish");
+
+                        let fp = ForwardFinishParams { n, batch, step, splits, clamp_words, ..Default::default() };
+                        let out = run_kernel(
+                            "forward_finish",
+                            &fp,
+                            &[bytes(&sums_ref), bytes(&activations), bytemuck::cast_slice(&clamp)],
+                            forward_finish::workgroups(n, batch),
+                        );
+                        let mut finished = activations.clone();
+                        cpu::forward_finish(&fp, &sums_ref, &mut finished, &clamp);
+                        let done = (step as usize + 1) * row;
+                        // S f32 additions against f64, then tanh (slope <= 1).
+                        assert_close(&format!("{ctx} finish"), &out[1][..done], &to_f64(&finished[..done]), 1e-5, 1e-5);
+                        assert!(out[1][done..].iter().all(|v| v.is_nan()), "{ctx}: finish wrote past row t");
+                        // Split and finished equals the unsplit twin.
+                        let (mut t_whole, mut x_whole) = (trace.clone(), activations.clone());
+                        let whole = ForwardStepParams { splits: 1, split_len: 0, ..p };
+                        cpu::forward_step(&spec, &whole, &params, &mut t_whole, &mut x_whole, &clamp, &modulation, &mut []);
+                        assert_close(&format!("{ctx} split = unsplit"), &finished[..done], &to_f64(&x_whole[..done]), 1e-5, 1e-5);
                     }
                 }
             }
@@ -254,7 +343,7 @@ fn backward_activation_matches_cpu_twin() {
                 let mut r = rng(7 + 100 * n as u64 + batch as u64);
                 let spec = if modulated { Plasticity { modulation: Modulation::Simple, ..Plasticity::PAPER } } else { Plasticity::PAPER };
                 let (layout, params) = random_rule_params(n as u64, n, &spec);
-                let pl = PartialsLayout::new(n, batch, &spec).with_heads(n, batch, 2);
+                let pl = PartialsLayout::new(n, batch, &spec, 1).with_heads(n, batch, 2);
                 let activations = uniform(&mut r, (steps as usize + 1) * row, 1.0);
                 let targets = uniform(&mut r, 2 * row, 1.0);
                 // Row and column sums, dz_b and the heads' loss gradient are inputs; ga(t) must be
@@ -296,15 +385,17 @@ fn backward_activation_matches_cpu_twin() {
 #[test]
 fn backward_trace_matches_cpu_twin() {
     for (name, spec) in rule_specs() {
-        let sizes: &[u32] = if name == "paper" { &SIZES } else { &[1, 17, 65] };
+        // 530: two column groups, the second two lanes wide.
+        let sizes: &[u32] = if name == "paper" { &[1, 63, 64, 65, 257, 530] } else { &[1, 17, 65] };
         for &n in sizes {
-            for batch in [1u32, 5] {
+            // Batch groups: one group; two groups of which the first takes chunks 0 and 2 of the batch.
+            for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3)] {
                 for step in [1u32, 2, 3] {
                     let (steps, tiles) = (3usize, trace_tiles(n) as usize);
                     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                    let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64);
+                    let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 7 * groups as u64);
                     let (layout, params) = random_rule_params(n as u64 + 5, n, &spec);
-                    let pl = PartialsLayout::new(n, batch, &spec);
+                    let pl = PartialsLayout::new(n, batch, &spec, groups);
                     let activations = uniform(&mut r, (steps + 1) * row, 1.0);
                     let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
                     let reverse = spec.reversible();
@@ -335,6 +426,8 @@ fn backward_trace_matches_cpu_twin() {
                         rate_partials_offset: pl.rate,
                         eta_partials_offset: pl.eta,
                         preact_offset: pl.preact,
+                        groups,
+                        group_grad_offset: pl.group_grads,
                         ..Default::default()
                     };
                     let out = run_rule_kernel(
@@ -351,7 +444,7 @@ fn backward_trace_matches_cpu_twin() {
                             bytes(&grads),
                             bytes(&partials),
                         ],
-                        backward_trace::workgroups(n),
+                        backward_trace::workgroups(n, groups),
                     );
                     let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) =
                         (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
@@ -367,7 +460,7 @@ fn backward_trace_matches_cpu_twin() {
                         &mut gr_ref,
                         &mut p_ref,
                     );
-                    let ctx = format!("backward_trace {name} N={n} B={batch} t={step}");
+                    let ctx = format!("backward_trace {name} N={n} B={batch} Z={groups} t={step}");
                     // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
                     // 1 - r >= 0.6, so allow a few ulps.
                     assert_close(&format!("{ctx} trace"), &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
@@ -379,6 +472,9 @@ fn backward_trace_matches_cpu_twin() {
                     assert_close(&format!("{ctx} partials"), &out[6], &to_f64(&p_ref), 1e-4, 1e-5);
                     if !reverse && step >= 2 {
                         assert_eq!(out[3], trace, "{ctx}: the trace slots are read-only when recomputing");
+                    }
+                    if groups > 1 {
+                        assert_eq!(out[5], grads, "{ctx}: batch groups accumulate in partials, not in grads");
                     }
                 }
             }
@@ -393,7 +489,7 @@ fn modulation_backward_matches_cpu_twin() {
             for fan_out in [false, true] {
                 let spec = Plasticity { modulation: if fan_out { Modulation::PerNeuron } else { Modulation::Simple }, ..Plasticity::PAPER };
                 let (layout, params) = random_rule_params(n as u64 + 9, n, &spec);
-                let pl = PartialsLayout::new(n, batch, &spec);
+                let pl = PartialsLayout::new(n, batch, &spec, 1);
                 let mut r = rng(41 + n as u64 + batch as u64);
                 let row = (batch * n) as usize;
                 let activations = uniform(&mut r, 4 * row, 1.0);
@@ -626,7 +722,9 @@ fn finish_gradients_matches_cpu_twin() {
             let eta_src = 40;
             let alpha_src = eta_src + tiles * n;
             let mod_src = alpha_src + n * n;
-            let partials = uniform(&mut r, (mod_src + batch * (3 * n + 1)) as usize, 1.0);
+            // Three batch groups' dw (Z, N, N).
+            let (w_src, groups) = (mod_src + batch * (3 * n + 1), 3);
+            let partials = uniform(&mut r, (w_src + groups * n * n) as usize, 1.0);
             let grads = uniform(&mut r, count as usize, 1.0);
             let metrics_buf = nan_filled(metrics::COUNT);
             // Layout [w (N*N), alpha (N), eta (N), modulator (3N + 1)] or, frozen, scalar alpha and eta.
@@ -638,6 +736,7 @@ fn finish_gradients_matches_cpu_twin() {
                     Reduction { dst: eta_dst, len: 1, rows: tiles * n, src: eta_src },
                     Reduction { dst: alpha_dst, len: 1, rows: n * n, src: alpha_src },
                     modulator,
+                    Reduction::default(),
                 ]);
                 (p.frozen0_begin, p.frozen0_end) = (0, (n * n / 2).max(1));
                 (p.frozen1_begin, p.frozen1_end) = (eta_dst, eta_dst + 1);
@@ -646,6 +745,7 @@ fn finish_gradients_matches_cpu_twin() {
                     Reduction { dst: eta_dst, len: n, rows: tiles, src: eta_src },
                     Reduction { dst: alpha_dst, len: n, rows: n, src: alpha_src },
                     modulator,
+                    Reduction { dst: 0, len: n * n, rows: groups, src: w_src },
                 ]);
             }
             let out = run_kernel("finish_gradients", &p, &[bytes(&partials), bytes(&grads), bytes(&metrics_buf)], [1, 1, 1]);

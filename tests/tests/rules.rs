@@ -4,7 +4,7 @@
 
 use plasticity_kernels::reference;
 use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
-use plasticity_runtime::{EpisodeRunner, HostParameters, Network, NetworkConfig, ParamLayout, Trainer, TrainerConfig};
+use plasticity_runtime::{EpisodeRunner, HostParameters, KernelTuning, Network, NetworkConfig, ParamLayout, Trainer, TrainerConfig};
 use plasticity_tests::*;
 use rand::Rng;
 
@@ -121,6 +121,37 @@ fn every_rule_gradients_match_reference() {
                 let (other, _) = gpu_gradients(&p, TrainerConfig { checkpoint_every: Some(k), ..Default::default() });
                 assert_gradients_match(&format!("{what} K={k}"), &other, &reference);
             }
+        }
+    }
+}
+
+/// The GPU's division of the step kernels (a split forward sum, batch groups in the backward trace
+/// kernel, each with its own dw, dalpha and eta accumulators) on every rule, against the reference.
+#[test]
+fn split_and_grouped_kernels_match_reference() {
+    // B = 9 is three batch chunks: with Z = 2 the first group takes chunks 0 and 2.
+    let (n, batch, steps) = (21, 9, 7);
+    for (name, spec) in specs().into_iter().chain([("paper", Plasticity::PAPER)]) {
+        for tuning in [
+            KernelTuning { forward_splits: Some(3), backward_groups: Some(2) },
+            KernelTuning { forward_splits: Some(n), backward_groups: Some(3) },
+        ] {
+            let ctx = &gpu_with(tuning);
+            let p = problem(5 * n as u64 + steps as u64, spec, n, batch, steps);
+            let (net64, ep64) = to_reference(&p);
+            let fwd = reference::forward(&net64, &ep64);
+            let what = format!("{name} N={n} B={batch} T={steps} {tuning:?}");
+            let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
+            let mut runner = EpisodeRunner::new();
+            runner.run(ctx, &net, &p.data).unwrap();
+            assert_close(&format!("{what} activations"), &runner.read_activations(ctx).unwrap(), &fwd.activations, 2e-4, 1e-4);
+            let mut reference = reference::backward(&net64, &ep64, &fwd).to_flat();
+            if spec.modulated() && !spec.retroactive {
+                let l = p.host.layout;
+                reference[l.eta_offset as usize..l.mod_offset as usize].fill(0.0);
+            }
+            let (grads, _) = gpu_gradients_on(ctx, &p, TrainerConfig::default());
+            assert_gradients_match(&what, &grads, &reference);
         }
     }
 }

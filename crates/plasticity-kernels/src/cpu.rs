@@ -7,6 +7,7 @@ use crate::adam_update::AdamParams;
 use crate::backward_activation::{BackwardActivationParams, LOSS_NONE, MOD_NONE};
 use crate::backward_trace::BackwardTraceParams;
 use crate::finish_gradients::FinishGradientsParams;
+use crate::forward_finish::ForwardFinishParams;
 use crate::forward_step::ForwardStepParams;
 use crate::head_backward::HeadBackwardParams;
 use crate::head_forward::HeadForwardParams;
@@ -90,6 +91,9 @@ impl Offsets {
 
 /// Twin of `shaders/forward_step.wgsl`: row t of `activations` holds u(t) on entry and x(t) on exit
 /// (u(t) itself where the clamp mask is set); `trace` holds H, then E at `elig_offset` (retroactive).
+/// A split step (`splits` > 1) instead writes chunk z's sum over i of (w + alpha H) x_i(t-1) to
+/// `partial_sums[z, b, j]` and leaves row t alone; [`forward_finish`] completes it.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_step(
     spec: &Plasticity,
     p: &ForwardStepParams,
@@ -98,6 +102,7 @@ pub fn forward_step(
     activations: &mut [f32],
     clamp: &[u32],
     modulation: &[f32],
+    partial_sums: &mut [f32],
 ) {
     let (n, batch, t) = (p.n as usize, p.batch as usize, p.step as usize);
     let row = batch * n;
@@ -122,17 +127,44 @@ pub fn forward_step(
                 }
             }
         }
-        for j in 0..n {
-            let mut a = activations[t * row + b * n + j] as f64;
-            for i in 0..n {
+        let drive = |j: usize, is: std::ops::Range<usize>| -> f64 {
+            is.map(|i| {
                 let h = trace[(b * n + i) * n + j];
-                a += (w[i * n + j] + off.alpha_eff(spec, params, i, j) * h) as f64 * x_prev[i] as f64;
+                (w[i * n + j] + off.alpha_eff(spec, params, i, j) * h) as f64 * x_prev[i] as f64
+            })
+            .sum()
+        };
+        for j in 0..n {
+            if p.splits > 1 {
+                let len = p.split_len as usize;
+                for z in 0..p.splits as usize {
+                    partial_sums[(z * batch + b) * n + j] = drive(j, (z * len).min(n)..((z + 1) * len).min(n)) as f32;
+                }
+                continue;
             }
+            let a = activations[t * row + b * n + j] as f64 + drive(j, 0..n);
             let words = p.clamp_words as usize;
             let held = words != 0 && is_clamped(&clamp[((t - 1) * batch + b) * words..][..words], j);
             if !held {
                 activations[t * row + b * n + j] = a.clamp(-TANH_CLAMP, TANH_CLAMP).tanh() as f32;
             }
+        }
+    }
+}
+
+/// Twin of `shaders/forward_finish.wgsl`: x_j(t) = tanh(u_j(t) + sum_z partial_sums[z, b, j]) in row t,
+/// except where the clamp mask holds neuron j at u_j(t).
+pub fn forward_finish(p: &ForwardFinishParams, partial_sums: &[f32], activations: &mut [f32], clamp: &[u32]) {
+    let (n, batch, t) = (p.n as usize, p.batch as usize, p.step as usize);
+    for b in 0..batch {
+        for j in 0..n {
+            let words = p.clamp_words as usize;
+            if words != 0 && is_clamped(&clamp[((t - 1) * batch + b) * words..][..words], j) {
+                continue;
+            }
+            let out = (t * batch + b) * n + j;
+            let a = activations[out] as f64 + (0..p.splits as usize).map(|z| partial_sums[(z * batch + b) * n + j] as f64).sum::<f64>();
+            activations[out] = a.clamp(-TANH_CLAMP, TANH_CLAMP).tanh() as f32;
         }
     }
 }
@@ -196,9 +228,9 @@ pub fn backward_activation(
                 }
             }
             let rows = (b * n + j) * tiles;
-            let cols = rows + batch * n * tiles;
+            let cols = batch * n * tiles + b * tiles * n + j;
             for k in 0..tiles {
-                gx += partials[rows + k] as f64 + partials[cols + k] as f64;
+                gx += partials[rows + k] as f64 + partials[cols + k * n] as f64;
             }
             if p.mod_grad_offset != MOD_NONE {
                 gx += partials[p.mod_grad_offset as usize + b] as f64 * params[p.mod_offset as usize + j] as f64;
@@ -241,8 +273,10 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
     }
 }
 
-/// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per 16x16 tile exactly as the
-/// kernel lays them out. `reverse` is the kernel's REVERSE override constant.
+/// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per invocation (16 rows by 16
+/// interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out. `reverse` is the kernel's REVERSE override constant. With Z = `groups` > 1,
+/// batch element b belongs to group (b / CHUNK) mod Z, whose dw, dalpha and eta sums go to its own
+/// accumulators in `partials`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_trace(
     spec: &Plasticity,
@@ -266,24 +300,29 @@ pub fn backward_trace(
     let modulated = spec.modulated();
     // One eta: each tile's sum sits at its first column (as the kernel writes it).
     let eta_per_neuron = spec.eta == EtaShape::PerNeuron && (!modulated || spec.retroactive);
-    let eta_index = |i: usize, j: usize| (i / tile) * n + if eta_per_neuron { j } else { j / tile * tile };
+    let groups = p.groups.max(1) as usize;
+    let group_of = |b: usize| (b / crate::backward_trace::CHUNK as usize) % groups;
+    // Row partials and single-eta sums belong to the invocation that owns column j.
+    let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32);
+    let eta_index = |z: usize, i: usize, j: usize| (z * tiles + i / tile) * n + if eta_per_neuron { j } else { owner(j).1 as usize };
     let x = |step: usize, b: usize, k: usize| activations[step * row + b * n + k];
     let mut row_sums = vec![0.0f64; batch * n * tiles];
     let mut col_sums = vec![0.0f64; batch * n * tiles];
     let mut rate_sums = vec![0.0f64; batch * n * tiles];
-    let mut eta_sums = vec![0.0f64; tiles * n];
+    let mut eta_sums = vec![0.0f64; groups * tiles * n];
     for i in 0..n {
         for j in 0..n {
             let (w_ij, alpha_ij) = (params[w_off + i * n + j], off.alpha_eff(spec, params, i, j));
             let rate_e = off.eligibility_rate(spec, params, j);
-            let (mut d_w, mut d_alpha) = (0.0f64, 0.0f64);
+            let (mut d_w, mut d_alpha) = (vec![0.0f64; groups], vec![0.0f64; groups]);
             for b in 0..batch {
+                let z = group_of(b);
                 let idx = (b * n + i) * n + j;
                 let (pre, post, ga_j) = (x(t - 1, b, i), x(t, b, j), partials[p.preact_offset as usize + b * n + j]);
                 let (h, g_next) = (trace[cur + idx], trace_grad[idx]);
                 let r = off.plastic_rate(spec, params, modulation, b, j, t);
-                d_w += ga_j as f64 * pre as f64;
-                d_alpha += ga_j as f64 * h as f64 * pre as f64;
+                d_w[z] += ga_j as f64 * pre as f64;
+                d_alpha[z] += ga_j as f64 * h as f64 * pre as f64;
                 let (g, ge);
                 let row_term;
                 if spec.retroactive {
@@ -299,18 +338,19 @@ pub fn backward_trace(
                     ge = 0.0;
                     row_term = m as f64 * g_next as f64 * r as f64 * post as f64;
                 }
-                row_sums[(b * n + i) * tiles + j / tile] += (w_ij as f64 + alpha_ij as f64 * h as f64) * ga_j as f64 + row_term;
+                row_sums[(b * n + i) * tiles + owner(j).0 as usize] += (w_ij as f64 + alpha_ij as f64 * h as f64) * ga_j as f64 + row_term;
                 trace_grad[idx] = g;
                 if t >= 2 {
                     let (pre2, post2) = (x(t - 2, b, i), x(t - 1, b, j));
                     let r2 = off.plastic_rate(spec, params, modulation, b, j, t - 1);
-                    let c = (b * n + j) * tiles + i / tile;
+                    let c = (b * n + j) * tiles + i / tile; // rate partials: (B, N, tiles)
+                    let cc = (b * tiles + i / tile) * n + j; // column sums: (B, tiles, N)
                     if spec.retroactive {
                         let (h_prev, e_prev) = (trace[prev + idx], trace[prev + eo + idx]);
                         let m2 = clip_pass(spec, h_prev + r2 * e_prev);
-                        col_sums[c] += ge as f64 * rule_d_post(rule, e_prev, pre2, post2, rate_e) as f64;
+                        col_sums[cc] += ge as f64 * rule_d_post(rule, e_prev, pre2, post2, rate_e) as f64;
                         rate_sums[c] += m2 as f64 * g as f64 * e_prev as f64;
-                        eta_sums[eta_index(i, j)] += ge as f64 * rule_d_rate(rule, e_prev, pre2, post2) as f64;
+                        eta_sums[eta_index(z, i, j)] += ge as f64 * rule_d_rate(rule, e_prev, pre2, post2) as f64;
                     } else {
                         let h_prev = if reverse {
                             let v = rule_inverse(rule, h, pre2, post2, r2);
@@ -320,21 +360,32 @@ pub fn backward_trace(
                             trace[prev + idx]
                         };
                         let m2 = clip_pass(spec, rule_update(rule, h_prev, pre2, post2, r2));
-                        col_sums[c] += m2 as f64 * g as f64 * rule_d_post(rule, h_prev, pre2, post2, r2) as f64;
+                        col_sums[cc] += m2 as f64 * g as f64 * rule_d_post(rule, h_prev, pre2, post2, r2) as f64;
                         let d_rate = m2 as f64 * g as f64 * rule_d_rate(rule, h_prev, pre2, post2) as f64;
                         if modulated {
                             rate_sums[c] += d_rate;
                         } else {
-                            eta_sums[eta_index(i, j)] += d_rate;
+                            eta_sums[eta_index(z, i, j)] += d_rate;
                         }
                     }
                 }
             }
-            grads[w_off + i * n + j] += d_w as f32;
-            if spec.plastic_self || i != j {
-                match spec.alpha {
-                    AlphaShape::PerConnection => grads[a_off + i * n + j] += d_alpha as f32,
-                    _ => partials[p.alpha_grad_offset as usize + i * n + j] += d_alpha as f32,
+            let alpha_plastic = spec.plastic_self || i != j;
+            if groups > 1 {
+                let (base, nn) = (p.group_grad_offset as usize, n * n);
+                for z in 0..groups {
+                    partials[base + z * nn + i * n + j] += d_w[z] as f32;
+                    if alpha_plastic {
+                        partials[base + (groups + z) * nn + i * n + j] += d_alpha[z] as f32;
+                    }
+                }
+            } else {
+                grads[w_off + i * n + j] += d_w[0] as f32;
+                if alpha_plastic {
+                    match spec.alpha {
+                        AlphaShape::PerConnection => grads[a_off + i * n + j] += d_alpha[0] as f32,
+                        _ => partials[p.alpha_grad_offset as usize + i * n + j] += d_alpha[0] as f32,
+                    }
                 }
             }
         }

@@ -136,18 +136,40 @@ pub fn trace_tiles(n: u32) -> u32 {
     div_ceil(n, TRACE_TILE)
 }
 
+/// Invocations of one column group of backward_trace (the shader's LANES).
+pub const TRACE_LANES: u32 = 32;
+
+/// Which backward_trace invocation along x owns column j: `(slot, first_column)`, its index along x
+/// (the row partial it writes) and its first column. Column group g covers
+/// `[g * LANES * TILE, + LANES * TILE)`; of its L lanes (LANES, or fewer in a narrower last group),
+/// lane l owns columns l, l + L, l + 2L, ... of the group, so neighbouring lanes touch neighbouring
+/// elements.
+pub fn trace_column_owner(n: u32, j: u32) -> (u32, u32) {
+    let span = TRACE_LANES * TRACE_TILE;
+    let start = j / span * span;
+    let lanes = div_ceil((n - start).min(span), TRACE_TILE);
+    let lane = (j - start) % lanes;
+    (start / TRACE_TILE + lane, start + lane)
+}
+
 /// Where each kind of partial sum sits in the backward sweep's `partials` buffer (f32 elements).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartialsLayout {
-    /// (B, N, tiles) row sums for gx(t-1), at 0; then (B, N, tiles) column sums, overwritten each step.
+    /// (B, N, tiles) row sums for gx(t-1), at 0; then (B, tiles, N) column sums, overwritten each step.
     pub cols: u32,
     /// (B, N, tiles) drate(t-1) per tile of i, overwritten each step; empty unless the rate is modulated.
     pub rate: u32,
-    /// (tiles, N) eta sums per tile of i and post neuron, accumulated over the sweep (one eta: each
-    /// tile's whole sum at its first column, the rest zero).
+    /// (Z, tiles, N) eta sums per batch group, tile of i and post neuron, accumulated over the sweep
+    /// (one eta: each tile's whole sum at its first column, the rest zero).
     pub eta: u32,
-    /// (N, N) dalpha accumulator; empty when alpha is per connection (it goes straight to the gradient).
+    /// (N, N) dalpha accumulator; empty when alpha is per connection (it goes straight to the
+    /// gradient) or when there are batch groups (they use `group_grads`).
     pub alpha: u32,
+    /// (2, Z, N, N) dw, then dalpha, of each of Z > 1 batch groups of backward_trace, accumulated
+    /// over the sweep; empty for one group.
+    pub group_grads: u32,
+    /// Z, the batch groups of backward_trace.
+    pub groups: u32,
     /// (B, modulator_len) modulator gradient accumulators; empty unless modulated.
     pub modulator: u32,
     /// (B) dM (1 - M^2) of the current step; empty unless modulated.
@@ -160,19 +182,22 @@ pub struct PartialsLayout {
 }
 
 impl PartialsLayout {
-    pub fn new(n: u32, batch: u32, spec: &Plasticity) -> Self {
+    /// The layout for `groups` batch groups of backward_trace (1: none).
+    pub fn new(n: u32, batch: u32, spec: &Plasticity, groups: u32) -> Self {
+        let groups = groups.max(1);
         let tiles = trace_tiles(n);
         let per_step = batch * n * tiles;
         let modulated = spec.modulated();
         let cols = per_step;
         let rate = cols + per_step;
         let eta = rate + if modulated { per_step } else { 0 };
-        let alpha = eta + tiles * n;
-        let modulator = alpha + if spec.alpha == AlphaShape::PerConnection { 0 } else { n * n };
+        let alpha = eta + groups * tiles * n;
+        let group_grads = alpha + if spec.alpha == AlphaShape::PerConnection || groups > 1 { 0 } else { n * n };
+        let modulator = group_grads + if groups > 1 { 2 * groups * n * n } else { 0 };
         let mod_grad = modulator + batch * spec.modulator_len(n);
         let preact = mod_grad + if modulated { batch } else { 0 };
         let loss_grad = preact + batch * n;
-        Self { cols, rate, eta, alpha, modulator, mod_grad, preact, loss_grad, len: loss_grad }
+        Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, preact, loss_grad, len: loss_grad }
     }
 
     /// Adds the (L, B, N) loss gradient of output heads read at `loss_steps` steps.
@@ -201,15 +226,25 @@ pub mod forward_step {
         pub mod_offset: u32,
         pub clamp_words: u32,
         pub elig_offset: u32,
+        /// S: chunks of the sum over i, each its own invocation (0 or 1: no split, x(t) written here).
+        pub splits: u32,
+        /// i per chunk when S > 1.
+        pub split_len: u32,
         pub _pad0: u32,
-        pub _pad1: u32,
-        pub _pad2: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "forward_step",
         source: include_str!("../../../shaders/forward_step.wgsl"),
-        bindings: &[params("p"), read("params"), read_write("trace"), read_write("activations"), read("clamp_mask"), read("modulation")],
+        bindings: &[
+            params("p"),
+            read("params"),
+            read_write("trace"),
+            read_write("activations"),
+            read("clamp_mask"),
+            read("modulation"),
+            read_write("partial_sums"),
+        ],
         params_struct: "ForwardStepParams",
         params_layout: layout_of!(ForwardStepParams {
             n,
@@ -221,17 +256,59 @@ pub mod forward_step {
             mod_offset,
             clamp_words,
             elig_offset,
-            _pad0,
-            _pad1,
-            _pad2
+            splits,
+            split_len,
+            _pad0
         }),
         params_size: core::mem::size_of::<ForwardStepParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: true,
     };
 
+    /// The grid of a step split into `splits` chunks (1: not split).
+    pub fn workgroups(n: u32, batch: u32, splits: u32) -> [u32; 3] {
+        [div_ceil(n, WORKGROUP_SIZE), div_ceil(batch, BATCH_TILE), splits.max(1)]
+    }
+
+    /// `(splits, split_len)` for at most `splits` chunks of the sum over N pre-synaptic neurons:
+    /// chunks of equal length, none empty.
+    pub fn split(n: u32, splits: u32) -> (u32, u32) {
+        let split_len = div_ceil(n, splits.clamp(1, n.max(1)));
+        (div_ceil(n, split_len), split_len)
+    }
+}
+
+pub mod forward_finish {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct ForwardFinishParams {
+        pub n: u32,
+        pub batch: u32,
+        pub step: u32,
+        pub splits: u32,
+        pub clamp_words: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "forward_finish",
+        source: include_str!("../../../shaders/forward_finish.wgsl"),
+        bindings: &[params("p"), read("partial_sums"), read_write("activations"), read("clamp_mask")],
+        params_struct: "ForwardFinishParams",
+        params_layout: layout_of!(ForwardFinishParams { n, batch, step, splits, clamp_words, _pad0, _pad1, _pad2 }),
+        params_size: core::mem::size_of::<ForwardFinishParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
     pub fn workgroups(n: u32, batch: u32) -> [u32; 3] {
-        [div_ceil(n, WORKGROUP_SIZE), div_ceil(batch, BATCH_TILE), 1]
+        [div_ceil(n, WORKGROUP_SIZE), batch, 1]
     }
 }
 
@@ -311,7 +388,13 @@ pub mod backward_trace {
         pub rate_partials_offset: u32,
         pub eta_partials_offset: u32,
         pub preact_offset: u32,
+        /// Z batch groups (0 or 1: one group walks the whole batch).
+        pub groups: u32,
+        /// Offset of the groups' (2, Z, N, N) dw and dalpha accumulators in `partials` when Z > 1.
+        pub group_grad_offset: u32,
+        pub _pad0: u32,
         pub _pad1: u32,
+        pub _pad2: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
@@ -344,7 +427,11 @@ pub mod backward_trace {
             rate_partials_offset,
             eta_partials_offset,
             preact_offset,
-            _pad1
+            groups,
+            group_grad_offset,
+            _pad0,
+            _pad1,
+            _pad2
         }),
         params_size: core::mem::size_of::<BackwardTraceParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
@@ -356,10 +443,13 @@ pub mod backward_trace {
 
     pub const WORKGROUP_SIZE: u32 = 64;
 
-    /// One invocation per TRACE_TILE x TRACE_TILE block.
-    pub fn workgroups(n: u32) -> [u32; 3] {
+    /// Batch elements one invocation handles per pass over its block (the shader's CHUNK).
+    pub const CHUNK: u32 = 4;
+
+    /// One invocation per TRACE_TILE x TRACE_TILE block and batch group.
+    pub fn workgroups(n: u32, groups: u32) -> [u32; 3] {
         let tiles = trace_tiles(n);
-        [div_ceil(tiles, WORKGROUP_SIZE), tiles, 1]
+        [div_ceil(tiles, WORKGROUP_SIZE), tiles, groups.max(1)]
     }
 }
 
@@ -423,22 +513,28 @@ pub mod finish_gradients {
         pub mod_len: u32,
         pub mod_rows: u32,
         pub mod_src: u32,
+        pub w_dst: u32,
+        pub w_len: u32,
+        pub w_rows: u32,
+        pub w_src: u32,
         pub _pad0: u32,
         pub _pad1: u32,
         pub _pad2: u32,
     }
 
     impl FinishGradientsParams {
-        /// The three reductions in the kernel's order: eta, alpha, modulator.
-        pub fn reductions(&self) -> [Reduction; 3] {
+        /// The four reductions in the kernel's order: eta, alpha, modulator, w.
+        pub fn reductions(&self) -> [Reduction; 4] {
             [
                 Reduction { dst: self.eta_dst, len: self.eta_len, rows: self.eta_rows, src: self.eta_src },
                 Reduction { dst: self.alpha_dst, len: self.alpha_len, rows: self.alpha_rows, src: self.alpha_src },
                 Reduction { dst: self.mod_dst, len: self.mod_len, rows: self.mod_rows, src: self.mod_src },
+                Reduction { dst: self.w_dst, len: self.w_len, rows: self.w_rows, src: self.w_src },
             ]
         }
 
-        pub fn set_reductions(&mut self, [eta, alpha, modulator]: [Reduction; 3]) {
+        pub fn set_reductions(&mut self, [eta, alpha, modulator, w]: [Reduction; 4]) {
+            (self.w_dst, self.w_len, self.w_rows, self.w_src) = (w.dst, w.len, w.rows, w.src);
             (self.eta_dst, self.eta_len, self.eta_rows, self.eta_src) = (eta.dst, eta.len, eta.rows, eta.src);
             (self.alpha_dst, self.alpha_len, self.alpha_rows, self.alpha_src) = (alpha.dst, alpha.len, alpha.rows, alpha.src);
             (self.mod_dst, self.mod_len, self.mod_rows, self.mod_src) = (modulator.dst, modulator.len, modulator.rows, modulator.src);
@@ -468,6 +564,10 @@ pub mod finish_gradients {
             mod_len,
             mod_rows,
             mod_src,
+            w_dst,
+            w_len,
+            w_rows,
+            w_src,
             _pad0,
             _pad1,
             _pad2
@@ -904,6 +1004,7 @@ pub fn elementwise_grid(count: u32, workgroup_size: u32) -> ([u32; 3], u32) {
 /// Every kernel, for pipeline creation and the layout test.
 pub const ALL_KERNELS: &[KernelDescriptor] = &[
     forward_step::KERNEL,
+    forward_finish::KERNEL,
     backward_activation::KERNEL,
     backward_trace::KERNEL,
     loss_mse::KERNEL,
@@ -919,3 +1020,32 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     adam_update::KERNEL,
     stream_triad::KERNEL,
 ];
+
+#[cfg(test)]
+mod column_owner_tests {
+    use super::*;
+
+    #[test]
+    fn every_trace_column_has_one_owner_and_lanes_are_adjacent() {
+        for n in [1u32, 15, 16, 17, 511, 512, 513, 530, 1000, 1024, 1100] {
+            let tiles = trace_tiles(n);
+            let mut columns_of = vec![Vec::new(); tiles as usize];
+            for j in 0..n {
+                let (slot, first) = trace_column_owner(n, j);
+                assert!(slot < tiles, "N={n} j={j}: slot {slot} of {tiles}");
+                columns_of[slot as usize].push((j, first));
+            }
+            for (slot, cols) in columns_of.iter().enumerate() {
+                // Every invocation owns 1..=TILE columns, starting at its first column.
+                assert!(!cols.is_empty() && cols.len() <= TRACE_TILE as usize, "N={n} slot {slot}: {} columns", cols.len());
+                assert!(cols.iter().all(|&(_, f)| f == cols[0].0), "N={n} slot {slot}: first column");
+            }
+            // Neighbouring lanes start at neighbouring columns (coalesced access).
+            for slot in 1..tiles {
+                let (a, b) = (columns_of[slot as usize - 1][0].0, columns_of[slot as usize][0].0);
+                assert!(slot % TRACE_LANES == 0 || b == a + 1, "N={n}: slots {} and {slot} start at {a} and {b}", slot - 1);
+            }
+        }
+    }
+}
+

@@ -106,7 +106,8 @@ fn shared_constants_agree() {
         ("METRIC_SIGN_COUNT", metrics::SIGN_COUNT as u32),
         ("METRIC_GRAD_NORM_SQ", metrics::GRAD_NORM_SQ as u32),
         ("TILE", plasticity_kernels::TRACE_TILE),
-        ("CHUNK", 4),
+        ("CHUNK", plasticity_kernels::backward_trace::CHUNK),
+        ("LANES", plasticity_kernels::TRACE_LANES),
         ("BATCH_TILE", plasticity_kernels::forward_step::BATCH_TILE),
         ("LOSS_NONE", plasticity_kernels::backward_activation::LOSS_NONE),
     ];

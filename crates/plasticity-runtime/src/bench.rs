@@ -57,6 +57,10 @@ pub struct CaseResult {
     pub peak_bytes: u64,
     /// The trace-checkpoint interval K the training episode used.
     pub checkpoint_segment: u32,
+    /// S, the chunks of the forward step's sum (see [`crate::KernelTuning`]).
+    pub forward_splits: u32,
+    /// Z, backward_trace's batch groups.
+    pub backward_groups: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -261,6 +265,8 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         backward_of_ceiling: backward_gbps / ceiling_gbps,
         peak_bytes: trainer.allocated_bytes(),
         checkpoint_segment: trainer.last_segment(),
+        forward_splits: ctx.tuning.forward_split(&ctx.adapter, case.neurons, case.batch).0,
+        backward_groups: ctx.tuning.backward_groups(&ctx.adapter, case.batch),
     })
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{PlasticityError, Result};
 use crate::pipelines::Kernels;
+use crate::tuning::KernelTuning;
 
 /// What the runtime tells a user about the adapter it runs on.
 #[derive(Clone, Debug)]
@@ -56,6 +57,8 @@ pub struct GpuContext {
     pub(crate) kernels: Arc<Kernels>,
     /// Longest wait for one submission before it is reported as a lost device.
     pub timeout: Duration,
+    /// How the step kernels divide their work; by default chosen from the adapter and the size.
+    pub tuning: KernelTuning,
 }
 
 impl GpuContext {
@@ -141,7 +144,7 @@ impl GpuContext {
             });
         }
         let kernels = scoped(&device, "compiling the plasticity kernels", || Kernels::new(&device))?;
-        Ok(Self { device, queue, adapter, kernels: Arc::new(kernels), timeout: DEFAULT_GPU_TIMEOUT })
+        Ok(Self { device, queue, adapter, kernels: Arc::new(kernels), timeout: DEFAULT_GPU_TIMEOUT, tuning: KernelTuning::default() })
     }
 
     pub fn limits(&self) -> wgpu::Limits {

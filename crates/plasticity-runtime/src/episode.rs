@@ -2,6 +2,7 @@
 
 use plasticity_kernels::Plasticity;
 use plasticity_kernels::backward_activation::LOSS_NONE;
+use plasticity_kernels::forward_finish::{self, ForwardFinishParams};
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
 use plasticity_kernels::head_forward::{self, HeadForwardParams};
 use plasticity_kernels::head_loss::{self, HeadLossParams};
@@ -375,7 +376,12 @@ pub(crate) struct ForwardState {
     pub head_grads: GpuBuffer,
     pub metrics: GpuBuffer,
     pub staging: GpuBuffer,
+    /// (S, B, N) partial sums of a split forward step (see [`crate::KernelTuning`]); 4 bytes unsplit.
+    partial_sums: GpuBuffer,
+    /// S: chunks of the forward step's sum over i.
+    pub forward_splits: u32,
     step_params_slots: ParamSlots,
+    finish_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
     projection_params_slots: ParamSlots,
     head_forward_slots: ParamSlots,
@@ -405,6 +411,7 @@ impl ForwardState {
         })?;
 
         let layout = shape.layout;
+        let (splits, split_len) = ctx.tuning.forward_split(&ctx.adapter, neurons, shape.batch);
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -416,9 +423,15 @@ impl ForwardState {
                 mod_offset: layout.mod_offset,
                 clamp_words: shape.clamp_words(),
                 elig_offset: shape.elig_offset(),
+                splits,
+                split_len,
                 ..Default::default()
             })
             .collect();
+        let finish_params: Vec<ForwardFinishParams> = (1..=shape.steps)
+            .map(|step| ForwardFinishParams { n: neurons, batch: shape.batch, step, splits, clamp_words: shape.clamp_words(), ..Default::default() })
+            .collect();
+        let partial_bytes = if splits > 1 { splits as u64 * b * n * 4 } else { 0 };
         let modulation_params: Vec<ModulationForwardParams> = (1..=shape.steps)
             .map(|step| ModulationForwardParams { n: neurons, batch: shape.batch, step, mod_offset: layout.mod_offset })
             .collect();
@@ -458,7 +471,10 @@ impl ForwardState {
                 metrics::COUNT as u64 * 4,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
+            partial_sums: buffers::storage(ctx, "forward partial sums", partial_bytes)?,
+            forward_splits: splits,
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
+            finish_params_slots: ParamSlots::new(ctx, "forward_finish params", &finish_params)?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
             projection_params_slots: ParamSlots::new(ctx, "input_projection params", &[projection])?,
             head_forward_slots: ParamSlots::new(ctx, "head_forward params", &heads.iter().map(|h| h.0).collect::<Vec<_>>())?,
@@ -509,11 +525,13 @@ impl ForwardState {
             &self.head_grads,
             &self.metrics,
             &self.staging,
+            &self.partial_sums,
         ]
         .iter()
         .map(|b| b.bytes)
         .sum::<u64>()
             + self.step_params_slots.buffer.bytes
+            + self.finish_params_slots.buffer.bytes
             + self.modulation_params_slots.buffer.bytes
             + self.projection_params_slots.buffer.bytes
             + self.head_forward_slots.buffer.bytes
@@ -539,9 +557,13 @@ impl ForwardState {
             ctx,
             "forward_step",
             &self.step_params_slots,
-            &[&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation],
+            &[&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums],
         );
-        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch);
+        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits);
+        let finish_group = (self.forward_splits > 1).then(|| {
+            bind_group(ctx, "forward_finish", &self.finish_params_slots, &[&self.partial_sums, &self.activations, &self.clamp])
+        });
+        let finish_grid = forward_finish::workgroups(self.shape.neurons, self.shape.batch);
         let modulation_group = spec.modulated().then(|| {
             bind_group(ctx, "modulation_forward", &self.modulation_params_slots, &[&net.params, &self.activations, &self.modulation])
         });
@@ -566,6 +588,9 @@ impl ForwardState {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
                 for s in step..=last {
                     dispatch_pipeline(&mut pass, &pipeline, &group, self.step_params_slots.offset(s as usize - 1), grid);
+                    if let Some(g) = &finish_group {
+                        dispatch(&mut pass, ctx, "forward_finish", g, self.finish_params_slots.offset(s as usize - 1), finish_grid);
+                    }
                     if let Some(g) = &modulation_group {
                         // M(s) is the rate of the update that step s + 1 fuses.
                         dispatch(

@@ -168,7 +168,8 @@ impl BackwardState {
         let spec = shape.plasticity();
         let tiles = trace_tiles(n);
         let layout = net.layout;
-        let mut pl = PartialsLayout::new(n, batch, spec);
+        let groups = ctx.tuning.backward_groups(&ctx.adapter, batch);
+        let mut pl = PartialsLayout::new(n, batch, spec, groups);
         if !shape.heads.is_empty() {
             pl = pl.with_heads(n, batch, shape.loss_steps.len() as u32);
         }
@@ -209,22 +210,30 @@ impl BackwardState {
             .collect();
         let mut finish = FinishGradientsParams { param_count: layout.count, ..Default::default() };
         let eta_used = !spec.modulated() || spec.retroactive;
+        // Eta sums are (Z, tiles, N); with Z > 1 batch groups, dw and dalpha are (Z, N, N) each.
         let eta_job = match (eta_used, spec.eta) {
             (false, _) => Reduction::default(),
-            (true, EtaShape::Scalar) => Reduction { dst: layout.eta_offset, len: 1, rows: tiles * n, src: pl.eta },
-            (true, EtaShape::PerNeuron) => Reduction { dst: layout.eta_offset, len: n, rows: tiles, src: pl.eta },
+            (true, EtaShape::Scalar) => Reduction { dst: layout.eta_offset, len: 1, rows: groups * tiles * n, src: pl.eta },
+            (true, EtaShape::PerNeuron) => Reduction { dst: layout.eta_offset, len: n, rows: groups * tiles, src: pl.eta },
         };
-        let alpha_job = match spec.alpha {
-            AlphaShape::PerConnection => Reduction::default(),
-            AlphaShape::PerNeuron => Reduction { dst: layout.alpha_offset, len: n, rows: n, src: pl.alpha },
-            AlphaShape::Scalar => Reduction { dst: layout.alpha_offset, len: 1, rows: n * n, src: pl.alpha },
+        let (alpha_src, alpha_rows) = if groups > 1 { (pl.group_grads + groups * n * n, groups) } else { (pl.alpha, 1) };
+        let alpha_job = match (spec.alpha, groups > 1) {
+            (AlphaShape::PerConnection, false) => Reduction::default(),
+            (AlphaShape::PerConnection, true) => Reduction { dst: layout.alpha_offset, len: n * n, rows: alpha_rows, src: alpha_src },
+            (AlphaShape::PerNeuron, _) => Reduction { dst: layout.alpha_offset, len: n, rows: alpha_rows * n, src: alpha_src },
+            (AlphaShape::Scalar, _) => Reduction { dst: layout.alpha_offset, len: 1, rows: alpha_rows * n * n, src: alpha_src },
+        };
+        let w_job = if groups > 1 {
+            Reduction { dst: layout.w_offset, len: n * n, rows: groups, src: pl.group_grads }
+        } else {
+            Reduction::default()
         };
         let mod_job = if spec.modulated() {
             Reduction { dst: layout.mod_offset, len: spec.modulator_len(n), rows: batch, src: pl.modulator }
         } else {
             Reduction::default()
         };
-        finish.set_reductions([eta_job, alpha_job, mod_job]);
+        finish.set_reductions([eta_job, alpha_job, mod_job, w_job]);
         if !net.config.plastic {
             (finish.frozen0_begin, finish.frozen0_end) = (layout.alpha_offset, layout.eta_offset);
         }
@@ -309,6 +318,8 @@ impl BackwardState {
                     rate_partials_offset: pl.rate,
                     eta_partials_offset: pl.eta,
                     preact_offset: pl.preact,
+                    groups: pl.groups,
+                    group_grad_offset: pl.group_grads,
                     ..Default::default()
                 }
             })
@@ -691,7 +702,7 @@ fn record_backward(
     let input_group = (shape.input_width() > 0)
         .then(|| bind_group(ctx, "input_projection_backward", &bwd.input_params_slots, &[&fwd.projected_inputs, &bwd.partials, grads]));
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
-    let trace_grid = backward_trace::workgroups(shape.neurons);
+    let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
     let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width());
     // One backward step: the modulator's share of gx(t), then ga(t), the input layer's gradient,

@@ -41,12 +41,25 @@ pub struct BenchArgs {
     /// values, default 256 and 4) and print each relative to the decay rule.
     #[arg(long)]
     compare_rules: bool,
+    /// Chunks S of the forward step's sum over pre-synaptic neurons (default: chosen from the adapter
+    /// and size; 1 on a CPU adapter).
+    #[arg(long)]
+    forward_splits: Option<u32>,
+    /// Batch groups Z of the backward trace kernel (default: chosen from the adapter and size; 1 on a
+    /// CPU adapter).
+    #[arg(long)]
+    backward_groups: Option<u32>,
     #[command(flatten)]
     rule: crate::rule_args::RuleArgs,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let ctx = GpuContext::new()?;
+    let mut ctx = GpuContext::new()?;
+    anyhow::ensure!(
+        args.forward_splits != Some(0) && args.backward_groups != Some(0),
+        "--forward-splits and --backward-groups must be at least 1"
+    );
+    ctx.tuning = plasticity_runtime::KernelTuning { forward_splits: args.forward_splits, backward_groups: args.backward_groups };
     let cpu = ctx.adapter.is_cpu();
     println!("adapter: {}", ctx.adapter);
     if cpu {
@@ -80,11 +93,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let ceiling = bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
     println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s");
     println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
-    println!("rule: {}\n", crate::rule_args::describe(&plasticity));
+    println!("rule: {}", crate::rule_args::describe(&plasticity));
+    println!(
+        "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({})\n",
+        if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" }
+    );
 
     println!(
-        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4}",
-        "N", "B", "T", "fwd ms/step", "train ms/ep", "train/f", "ep/s", "fwd GB/s", "%ceil", "bwd GB/s", "%ceil", "peak MiB", "K"
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3}",
+        "N", "B", "T", "fwd ms/step", "train ms/ep", "train/f", "ep/s", "fwd GB/s", "%ceil", "bwd GB/s", "%ceil", "peak MiB", "K", "S", "Z"
     );
     let mut results = Vec::new();
     for &n in &neurons {
@@ -151,7 +168,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_case(r: &CaseResult) {
     println!(
-        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4}",
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3}",
         r.case.neurons,
         r.case.batch,
         r.case.steps,
@@ -164,7 +181,9 @@ fn print_case(r: &CaseResult) {
         r.backward_gbps,
         100.0 * r.backward_of_ceiling,
         mib(r.peak_bytes),
-        r.checkpoint_segment
+        r.checkpoint_segment,
+        r.forward_splits,
+        r.backward_groups
     );
 }
 
@@ -209,6 +228,7 @@ fn write_json(
                 "backward_gbps": r.backward_gbps, "backward_of_ceiling": r.backward_of_ceiling,
                 "peak_bytes": r.peak_bytes,
                 "checkpoint_segment": r.checkpoint_segment,
+                "forward_splits": r.forward_splits, "backward_groups": r.backward_groups,
             })
         })
         .collect();
