@@ -43,8 +43,8 @@
 // O(B*N*N/TILE) for partials.
 //
 // Batch groups (groups = Z > 1, for GPUs, where ceil(N / TILE)^2 invocations are far too few): the
-// grid's third dimension z takes the chunks z, z + Z, z + 2Z, ... of the batch, so Z invocations
-// share a block. Each group then accumulates its own dw and dalpha, over the whole sweep, in
+// grid's third dimension z takes the batch elements z, z + Z, z + 2Z, ..., so Z invocations share a
+// block. Each group then accumulates its own dw and dalpha, over the whole sweep, in
 // partials at group_grad_offset, (2, Z, N, N): dw of every group, then dalpha of every group, and
 // its own eta sums; finish_gradients adds the groups up. With Z = 1, dw and dalpha go straight to
 // `grads` (dalpha to the alpha accumulator when alpha is not per connection).
@@ -244,8 +244,12 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
 
     var eta_sums: array<f32, TILE>;
     var eta_total = 0.0;
-    for (var b0 = z * CHUNK; b0 < p.batch; b0 += groups * CHUNK) {
-        let chunk = min(CHUNK, p.batch - b0);
+    // Group z takes batch elements b = z, z + Z, z + 2Z, ..., CHUNK of them per pass: element k of
+    // the pass starting at m0 is b = z + (m0 + k) Z.
+    let group_batch = (p.batch - z + groups - 1u) / groups;
+    for (var m0 = 0u; m0 < group_batch; m0 += CHUNK) {
+        let chunk = min(CHUNK, group_batch - m0);
+        let b0 = z + m0 * groups;
         var col_sums: array<f32, 64>;    // (CHUNK, TILE)
         var rate_sums: array<f32, 64>;   // (CHUNK, TILE)
         for (var i = i0; i < i_end; i++) {
@@ -268,7 +272,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                 var d_w = 0.0;
                 var d_alpha = 0.0;
                 for (var k = 0u; k < chunk; k++) {
-                    let b = b0 + k;
+                    let b = b0 + k * groups;
                     let idx = (b * n + i) * n + j;
                     let pre = activations[x_prev + b * n + i];
                     let post = activations[x_now + b * n + j];
@@ -354,15 +358,15 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                 }
             }
             for (var k = 0u; k < chunk; k++) {
-                partials[((b0 + k) * n + i) * p.n_tiles + tile_j] = row_sums[k];
+                partials[((b0 + k * groups) * n + i) * p.n_tiles + tile_j] = row_sums[k];
             }
         }
         for (var k = 0u; k < chunk; k++) {
             for (var jj = 0u; jj < TILE && j0 + jj * lanes < j_end; jj++) {
                 let j = j0 + jj * lanes;
-                partials[col_base + ((b0 + k) * p.n_tiles + tile_i) * n + j] = col_sums[k * TILE + jj];
+                partials[col_base + ((b0 + k * groups) * p.n_tiles + tile_i) * n + j] = col_sums[k * TILE + jj];
                 if (RATE >= 2u) {
-                    partials[p.rate_partials_offset + ((b0 + k) * n + j) * p.n_tiles + tile_i] = rate_sums[k * TILE + jj];
+                    partials[p.rate_partials_offset + ((b0 + k * groups) * n + j) * p.n_tiles + tile_i] = rate_sums[k * TILE + jj];
                 }
             }
         }

@@ -67,10 +67,9 @@ sweep() { # N B S Z
   [ "$4" = auto ] || opts+=(--backward-groups "$4")
   echo "N=$1 B=$2 S=$3 Z=$4: $(timeout 60 "$bin/plasticity" bench "${opts[@]}" 2>&1 | grep -E "^ +$1 +$2 ")"
 }
-for z in 1 4 8; do sweep 1000 64 auto $z; done
-for s in 8 32; do sweep 1000 64 $s auto; done
-for z in 1 2; do sweep 1000 16 auto $z; done
-for z in 1 4; do sweep 256 64 auto $z; done
+for z in 8 32 64; do sweep 1000 64 auto $z; done
+for z in 4 8; do sweep 1000 16 auto $z; done
+for z in 16 32; do sweep 256 64 auto $z; done
 } 2>&1 | tee "$out/sweep.txt"
 
 want compare && section "against PyTorch CUDA, N = 1000" && {

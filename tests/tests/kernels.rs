@@ -388,8 +388,9 @@ fn backward_trace_matches_cpu_twin() {
         // 530: two column groups, the second two lanes wide.
         let sizes: &[u32] = if name == "paper" { &[1, 63, 64, 65, 257, 530] } else { &[1, 17, 65] };
         for &n in sizes {
-            // Batch groups: one group; two groups of which the first takes chunks 0 and 2 of the batch.
-            for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3)] {
+            // Batch groups: one; two, the first taking 5 elements in two passes of CHUNK = 4; three of
+            // three; as many as the batch.
+            for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3), (6, 6)] {
                 for step in [1u32, 2, 3] {
                     let (steps, tiles) = (3usize, trace_tiles(n) as usize);
                     let (nn, row) = ((n * n) as usize, (batch * n) as usize);

@@ -129,7 +129,7 @@ fn every_rule_gradients_match_reference() {
 /// kernel, each with its own dw, dalpha and eta accumulators) on every rule, against the reference.
 #[test]
 fn split_and_grouped_kernels_match_reference() {
-    // B = 9 is three batch chunks: with Z = 2 the first group takes chunks 0 and 2.
+    // B = 9: with Z = 2 the first group takes 5 elements, in two passes of CHUNK = 4.
     let (n, batch, steps) = (21, 9, 7);
     for (name, spec) in specs().into_iter().chain([("paper", Plasticity::PAPER)]) {
         for tuning in [

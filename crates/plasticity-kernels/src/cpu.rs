@@ -301,7 +301,7 @@ pub fn backward_trace(
     // One eta: each tile's sum sits at its first column (as the kernel writes it).
     let eta_per_neuron = spec.eta == EtaShape::PerNeuron && (!modulated || spec.retroactive);
     let groups = p.groups.max(1) as usize;
-    let group_of = |b: usize| (b / crate::backward_trace::CHUNK as usize) % groups;
+    let group_of = |b: usize| b % groups;
     // Row partials and single-eta sums belong to the invocation that owns column j.
     let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32);
     let eta_index = |z: usize, i: usize, j: usize| (z * tiles + i / tile) * n + if eta_per_neuron { j } else { owner(j).1 as usize };

@@ -266,7 +266,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         peak_bytes: trainer.allocated_bytes(),
         checkpoint_segment: trainer.last_segment(),
         forward_splits: ctx.tuning.forward_split(&ctx.adapter, case.neurons, case.batch).0,
-        backward_groups: ctx.tuning.backward_groups(&ctx.adapter, case.batch),
+        backward_groups: ctx.tuning.backward_groups(&ctx.adapter, case.neurons, case.batch),
     })
 }
 

@@ -168,7 +168,7 @@ impl BackwardState {
         let spec = shape.plasticity();
         let tiles = trace_tiles(n);
         let layout = net.layout;
-        let groups = ctx.tuning.backward_groups(&ctx.adapter, batch);
+        let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch);
         let mut pl = PartialsLayout::new(n, batch, spec, groups);
         if !shape.heads.is_empty() {
             pl = pl.with_heads(n, batch, shape.loss_steps.len() as u32);

@@ -9,10 +9,14 @@
 //! by side, each with its own dw, dalpha and eta accumulators (`finish_gradients` adds them).
 
 use crate::context::AdapterSummary;
-use plasticity_kernels::{backward_trace, div_ceil, forward_step};
+use plasticity_kernels::{div_ceil, forward_step, trace_tiles};
 
-/// Invocations a split forward step aims for on a GPU: about one full H200 (132 SMs x 2048).
+/// Invocations a split forward step aims for on a GPU: about one full H200 (132 SMs x 2048). On an
+/// H200 at N = 1000, B = 64 a forward step takes 2.03, 0.65, 0.47, 0.35, 0.37 and 0.38 ms at S = 1, 4,
+/// 8, 16 (this choice), 32 and 64 (benches/results/h200-2026-11-28.md).
 pub const GPU_FORWARD_INVOCATIONS: u32 = 1 << 18;
+/// Invocations backward_trace aims for on a GPU through its batch groups.
+pub const GPU_BACKWARD_INVOCATIONS: u32 = 1 << 16;
 /// The shortest chunk of the forward sum worth its own invocation: shorter ones spend more on
 /// their partial sum's write and read than they save.
 pub const MIN_SPLIT_LEN: u32 = 8;
@@ -40,10 +44,21 @@ impl KernelTuning {
         forward_step::split(n, wanted)
     }
 
-    /// Batch groups of backward_trace at batch B: at most one per CHUNK batch elements.
-    pub fn backward_groups(&self, adapter: &AdapterSummary, batch: u32) -> u32 {
-        let most = div_ceil(batch, backward_trace::CHUNK);
-        let wanted = self.backward_groups.unwrap_or(if adapter.is_cpu() { 1 } else { most });
-        wanted.clamp(1, most)
+    /// Batch groups of backward_trace at N neurons and batch B (at most B). On a GPU, enough groups
+    /// for about GPU_BACKWARD_INVOCATIONS invocations: each group re-reads and re-writes its own dw
+    /// and dalpha every step, so past that point more groups add traffic faster than they hide
+    /// latency. Measured on an H200 (benches/results/h200-2026-11-28.md): at N = 1000, B = 64 a
+    /// training episode takes 251, 257, 306 and 389 ms at Z = 17 (this choice), 32, 8 and 64; at
+    /// N = 256, B = 64, 59, 66 and 90 ms at Z = 64 (this choice), 32 and 16. The accumulators,
+    /// 2 Z N^2 floats, stay under about 2^16 * 2 * TILE^2 * 4 bytes = 128 MiB at any N.
+    pub fn backward_groups(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> u32 {
+        let wanted = self.backward_groups.unwrap_or_else(|| {
+            if adapter.is_cpu() {
+                return 1;
+            }
+            let natural = trace_tiles(n) * trace_tiles(n);
+            div_ceil(GPU_BACKWARD_INVOCATIONS, natural)
+        });
+        wanted.clamp(1, batch.max(1))
     }
 }
