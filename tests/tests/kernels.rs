@@ -97,6 +97,45 @@ fn random_clamp(r: &mut rand_chacha::ChaCha8Rng, on: bool, steps: usize, batch: 
     ((0..steps * (batch * words) as usize).map(|_| r.random::<u32>()).collect(), words)
 }
 
+/// Inputs of one forward step t of `steps`, in binding order after the params: flat parameters, the
+/// trace, the history (rows past t NaN), clamp masks (a random half held at t = 2) and modulation.
+struct ForwardStepInputs {
+    p: ForwardStepParams,
+    params: Vec<f32>,
+    trace: Vec<f32>,
+    activations: Vec<f32>,
+    clamp: Vec<u32>,
+    modulation: Vec<f32>,
+}
+
+fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: usize, seed: u64) -> ForwardStepInputs {
+    let (nn, row) = ((n * n) as usize, (batch * n) as usize);
+    let mut r = rng(seed);
+    let (layout, params) = random_rule_params(n as u64, n, spec);
+    let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
+    // H(t-1) (and E(t-1)) are random from step 2 on; at step 1 the runtime has cleared them.
+    let trace = if step == 1 { vec![0.0; slot] } else { uniform(&mut r, slot, 1.0) };
+    // Rows before `step` hold x(0..t-1), row t holds u(t) (to be replaced by x(t)), later rows are
+    // NaN and must not be touched.
+    let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
+    activations.extend(nan_filled((steps - step as usize) * row));
+    let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
+    let (clamp, clamp_words) = random_clamp(&mut r, step == 2, steps, batch, n);
+    let p = ForwardStepParams {
+        n,
+        batch,
+        step,
+        w_offset: layout.w_offset,
+        alpha_offset: layout.alpha_offset,
+        eta_offset: layout.eta_offset,
+        mod_offset: layout.mod_offset,
+        clamp_words,
+        elig_offset: if spec.retroactive { batch * n * n } else { 0 },
+        ..Default::default()
+    };
+    ForwardStepInputs { p, params, trace, activations, clamp, modulation }
+}
+
 #[test]
 fn forward_step_matches_cpu_twin() {
     for (name, spec) in rule_specs() {
@@ -107,30 +146,9 @@ fn forward_step_matches_cpu_twin() {
                 for step in [1u32, 2, 4] {
                     let steps = 4;
                     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                    let mut r = rng(1000 * n as u64 + 10 * batch as u64 + step as u64);
-                    let (layout, params) = random_rule_params(n as u64, n, &spec);
-                    let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
-                    // H(t-1) (and E(t-1)) are random from step 2 on; at step 1 the runtime has cleared them.
-                    let trace = if step == 1 { vec![0.0; slot] } else { uniform(&mut r, slot, 1.0) };
-                    // Rows before `step` hold x(0..t-1), row t holds u(t) (to be replaced by x(t)), later
-                    // rows are NaN and must not be touched.
-                    let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
-                    activations.extend(nan_filled((steps - step as usize) * row));
-                    let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
-                    // At step 2, hold a random half of the neurons at their inputs.
-                    let (clamp, clamp_words) = random_clamp(&mut r, step == 2, steps, batch, n);
-                    let p = ForwardStepParams {
-                        n,
-                        batch,
-                        step,
-                        w_offset: layout.w_offset,
-                        alpha_offset: layout.alpha_offset,
-                        eta_offset: layout.eta_offset,
-                        mod_offset: layout.mod_offset,
-                        clamp_words,
-                        elig_offset: if spec.retroactive { batch * n * n } else { 0 },
-                        ..Default::default()
-                    };
+                    let ForwardStepInputs { p, params, trace, activations, clamp, modulation } =
+                        forward_step_inputs(&spec, n, batch, step, steps, 1000 * n as u64 + 10 * batch as u64 + step as u64);
+                    let clamp_words = p.clamp_words;
                     let out = run_rule_kernel(
                         "forward_step",
                         &spec,
@@ -183,30 +201,13 @@ fn split_forward_step_and_finish_match_cpu_twins() {
                         if splits < 2 {
                             continue; // N = 1 cannot be split
                         }
-                        let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                        let mut r = rng(500 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 3 * wanted as u64);
-                        let (layout, params) = random_rule_params(n as u64, n, &spec);
-                        let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
-                        let trace = if step == 1 { vec![0.0; slot] } else { uniform(&mut r, slot, 1.0) };
-                        let mut activations = uniform(&mut r, (step as usize + 1) * row, 1.0);
-                        activations.extend(nan_filled((steps - step as usize) * row));
-                        let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
-                        let (clamp, clamp_words) = random_clamp(&mut r, step == 2, steps, batch, n);
+                        let row = (batch * n) as usize;
+                        let seed = 500 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 3 * wanted as u64;
+                        let ForwardStepInputs { p, params, trace, activations, clamp, modulation } =
+                            forward_step_inputs(&spec, n, batch, step, steps, seed);
+                        let p = ForwardStepParams { splits, split_len, ..p };
+                        let clamp_words = p.clamp_words;
                         let partial_sums = nan_filled(splits as usize * row);
-                        let p = ForwardStepParams {
-                            n,
-                            batch,
-                            step,
-                            w_offset: layout.w_offset,
-                            alpha_offset: layout.alpha_offset,
-                            eta_offset: layout.eta_offset,
-                            mod_offset: layout.mod_offset,
-                            clamp_words,
-                            elig_offset: if spec.retroactive { batch * n * n } else { 0 },
-                            splits,
-                            split_len,
-                            ..Default::default()
-                        };
                         let out = run_rule_kernel(
                             "forward_step",
                             &spec,
