@@ -61,11 +61,11 @@ want bench && section "bench (the user's command)" &&
 timeout 120 "$bin/plasticity" bench --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
 
 want sweep && { section "work split sweep (S: forward chunks, Z: backward batch groups; 'auto' is the default choice)"
-sweep() { # N B S Z
+sweep() { # N B S Z [more bench options]
   local opts=(--neurons "$1" --batch "$2" --reps 2 --memory-size 16,1 --memory-steps 2)
   [ "$3" = auto ] || opts+=(--forward-splits "$3")
   [ "$4" = auto ] || opts+=(--backward-groups "$4")
-  echo "N=$1 B=$2 S=$3 Z=$4: $(timeout 60 "$bin/plasticity" bench "${opts[@]}" 2>&1 | grep -E "^ +$1 +$2 ")"
+  echo "N=$1 B=$2 S=$3 Z=$4 ${*:5}: $(timeout 60 "$bin/plasticity" bench "${opts[@]}" "${@:5}" 2>&1 | grep -E "^ +$1 +$2 ")"
 }
 for z in 8 32 64; do sweep 1000 64 auto $z; done
 for z in 4 8; do sweep 1000 16 auto $z; done
