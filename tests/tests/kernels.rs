@@ -154,7 +154,14 @@ fn forward_step_matches_cpu_twin() {
                         &spec,
                         &[],
                         &p,
-                        &[bytes(&params), bytes(&trace), bytes(&activations), bytemuck::cast_slice(&clamp), bytes(&modulation), bytes(&[0.0])],
+                        &[
+                            bytes(&params),
+                            bytes(&trace),
+                            bytes(&activations),
+                            bytemuck::cast_slice(&clamp),
+                            bytes(&modulation),
+                            bytes(&[0.0]),
+                        ],
                         forward_step::workgroups(n, batch, 1),
                     );
                     let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());

@@ -36,6 +36,32 @@ fn a_trace_past_the_binding_limit_is_refused_with_the_numbers() {
 }
 
 #[test]
+fn backward_batch_groups_past_the_binding_limit_are_refused_with_the_fix() {
+    use plasticity_runtime::{KernelTuning, Trainer, TrainerConfig};
+    let limit = gpu().limits().max_storage_buffer_binding_size.min(gpu().limits().max_buffer_size);
+    // The largest batch whose trace fits, with a batch group per element: their dw and dalpha,
+    // 2 B N^2 floats, are twice that trace and cannot fit.
+    let neurons = 512u32;
+    let batch = (limit / (neurons as u64 * neurons as u64 * 4)) as u32;
+    let per_group = 2 * neurons as u64 * neurons as u64 * 4;
+    let config = NetworkConfig { neurons, ..Default::default() };
+    let wide = gpu_with(KernelTuning { backward_groups: Some(batch), ..Default::default() });
+    let mut trainer = Trainer::new(&wide, Network::new(&wide, &config).unwrap(), TrainerConfig::default()).unwrap();
+    let err = trainer.train_step(&wide, &constant_episode(neurons, batch, 2)).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, PlasticityError::LimitExceeded { .. }), "{err:?}");
+    assert!(message.contains(&format!("{batch} backward batch groups")), "{message}");
+    assert!(
+        message.contains(&format!("at most {} backward batch groups", limit / per_group)),
+        "the fix names the most that fit: {message}"
+    );
+
+    // The device still trains.
+    let mut trainer = Trainer::new(gpu(), Network::new(gpu(), &config).unwrap(), TrainerConfig::default()).unwrap();
+    assert!(trainer.train_step(gpu(), &constant_episode(neurons, 2, 2)).unwrap().loss.is_finite());
+}
+
+#[test]
 fn bad_episode_data_is_refused_with_a_reason() {
     let ctx = gpu();
     let net = Network::new(ctx, &NetworkConfig { neurons: 8, ..Default::default() }).unwrap();

@@ -1048,4 +1048,3 @@ mod column_owner_tests {
         }
     }
 }
-

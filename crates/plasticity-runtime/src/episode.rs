@@ -429,8 +429,16 @@ impl ForwardState {
             })
             .collect();
         let finish_params: Vec<ForwardFinishParams> = (1..=shape.steps)
-            .map(|step| ForwardFinishParams { n: neurons, batch: shape.batch, step, splits, clamp_words: shape.clamp_words(), ..Default::default() })
+            .map(|step| ForwardFinishParams {
+                n: neurons,
+                batch: shape.batch,
+                step,
+                splits,
+                clamp_words: shape.clamp_words(),
+                ..Default::default()
+            })
             .collect();
+        // At most the trace's size (S <= N), which was checked above.
         let partial_bytes = if splits > 1 { splits as u64 * b * n * 4 } else { 0 };
         let modulation_params: Vec<ModulationForwardParams> = (1..=shape.steps)
             .map(|step| ModulationForwardParams { n: neurons, batch: shape.batch, step, mod_offset: layout.mod_offset })
@@ -560,9 +568,8 @@ impl ForwardState {
             &[&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums],
         );
         let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits);
-        let finish_group = (self.forward_splits > 1).then(|| {
-            bind_group(ctx, "forward_finish", &self.finish_params_slots, &[&self.partial_sums, &self.activations, &self.clamp])
-        });
+        let finish_group = (self.forward_splits > 1)
+            .then(|| bind_group(ctx, "forward_finish", &self.finish_params_slots, &[&self.partial_sums, &self.activations, &self.clamp]));
         let finish_grid = forward_finish::workgroups(self.shape.neurons, self.shape.batch);
         let modulation_group = spec.modulated().then(|| {
             bind_group(ctx, "modulation_forward", &self.modulation_params_slots, &[&net.params, &self.activations, &self.modulation])

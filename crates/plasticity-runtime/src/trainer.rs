@@ -169,6 +169,21 @@ impl BackwardState {
         let tiles = trace_tiles(n);
         let layout = net.layout;
         let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch);
+        // Checked before the u32 layout below is formed: each group holds its own dw and dalpha.
+        let per_group = 2 * n as u64 * n as u64 * 4;
+        if groups > 1 {
+            buffers::check_storage(
+                ctx,
+                &format!("the dw and dalpha of {groups} backward batch groups (2, Z, N, N)"),
+                groups as u64 * per_group,
+                |limit| {
+                    format!(
+                        "use at most {} backward batch groups (KernelTuning::backward_groups, bench --backward-groups)",
+                        limit / per_group
+                    )
+                },
+            )?;
+        }
         let mut pl = PartialsLayout::new(n, batch, spec, groups);
         if !shape.heads.is_empty() {
             pl = pl.with_heads(n, batch, shape.loss_steps.len() as u32);
@@ -241,7 +256,13 @@ impl BackwardState {
             (finish.frozen1_begin, finish.frozen1_end) = (layout.eta_offset, layout.mod_offset);
         }
         let partial_bytes = pl.len as u64 * 4;
-        buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |_| "use a smaller batch".into())?;
+        buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |_| {
+            if groups > 1 {
+                "use fewer backward batch groups (KernelTuning::backward_groups, bench --backward-groups) or a smaller batch".into()
+            } else {
+                "use a smaller batch".into()
+            }
+        })?;
         let steps = shape.steps as usize;
         let input_params: Vec<InputProjectionBackwardParams> = (1..=shape.steps)
             .map(|step| InputProjectionBackwardParams {
