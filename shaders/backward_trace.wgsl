@@ -37,8 +37,9 @@
 // LANES * TILE columns, invocation l taking columns l, l + L, l + 2L, ... (L = LANES, or fewer in the
 // last, narrower group), so at each step of the walk neighbouring invocations touch neighbouring
 // elements and every access is coalesced. There are still exactly ceil(N / TILE) invocations per row
-// of blocks, and the row partial an invocation writes is slot tile_j = its index along x. w, alpha, dw and dalpha are touched once per
-// CHUNK batch elements, the trace and its gradient once per batch element.
+// of blocks, and the row partial an invocation writes is slot tile_j = its index along x. w, alpha,
+// dw and dalpha are touched once per CHUNK batch elements, the trace and its gradient once per batch
+// element.
 // Traffic per step (f32): (2 + 4 + 4*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed), plus
 // O(B*N*N/TILE) for partials.
 //
@@ -204,7 +205,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let tile_i = gid.y;
     let z = gid.z;
     let groups = max(p.groups, 1u);
-    if (tile_j >= p.n_tiles || tile_i >= p.n_tiles || z >= groups) {
+    if (tile_j >= p.n_tiles || tile_i >= p.n_tiles || z >= groups || z >= p.batch) {
         return;
     }
     let i0 = tile_i * TILE;
