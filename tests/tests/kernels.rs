@@ -108,6 +108,27 @@ struct ForwardStepInputs {
     modulation: Vec<f32>,
 }
 
+impl ForwardStepInputs {
+    /// forward_step on the GPU over these inputs and `partial_sums`; the buffers as it left them.
+    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32]) -> Vec<Vec<f32>> {
+        run_rule_kernel(
+            "forward_step",
+            spec,
+            &[],
+            &self.p,
+            &[
+                bytes(&self.params),
+                bytes(&self.trace),
+                bytes(&self.activations),
+                bytemuck::cast_slice(&self.clamp),
+                bytes(&self.modulation),
+                bytes(partial_sums),
+            ],
+            forward_step::workgroups(self.p.n, self.p.batch, self.p.splits),
+        )
+    }
+}
+
 fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: usize, seed: u64) -> ForwardStepInputs {
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
     let mut r = rng(seed);
@@ -146,24 +167,10 @@ fn forward_step_matches_cpu_twin() {
                 for step in [1u32, 2, 4] {
                     let steps = 4;
                     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                    let ForwardStepInputs { p, params, trace, activations, clamp, modulation } =
-                        forward_step_inputs(&spec, n, batch, step, steps, 1000 * n as u64 + 10 * batch as u64 + step as u64);
+                    let inputs = forward_step_inputs(&spec, n, batch, step, steps, 1000 * n as u64 + 10 * batch as u64 + step as u64);
+                    let out = inputs.run_on_gpu(&spec, &[0.0]);
+                    let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
                     let clamp_words = p.clamp_words;
-                    let out = run_rule_kernel(
-                        "forward_step",
-                        &spec,
-                        &[],
-                        &p,
-                        &[
-                            bytes(&params),
-                            bytes(&trace),
-                            bytes(&activations),
-                            bytemuck::cast_slice(&clamp),
-                            bytes(&modulation),
-                            bytes(&[0.0]),
-                        ],
-                        forward_step::workgroups(n, batch, 1),
-                    );
                     let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
                     cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut []);
                     let ctx = format!("forward_step {name} N={n} B={batch} t={step}");
@@ -210,26 +217,12 @@ fn split_forward_step_and_finish_match_cpu_twins() {
                         }
                         let row = (batch * n) as usize;
                         let seed = 500 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 3 * wanted as u64;
-                        let ForwardStepInputs { p, params, trace, activations, clamp, modulation } =
-                            forward_step_inputs(&spec, n, batch, step, steps, seed);
-                        let p = ForwardStepParams { splits, split_len, ..p };
-                        let clamp_words = p.clamp_words;
+                        let mut inputs = forward_step_inputs(&spec, n, batch, step, steps, seed);
+                        (inputs.p.splits, inputs.p.split_len) = (splits, split_len);
                         let partial_sums = nan_filled(splits as usize * row);
-                        let out = run_rule_kernel(
-                            "forward_step",
-                            &spec,
-                            &[],
-                            &p,
-                            &[
-                                bytes(&params),
-                                bytes(&trace),
-                                bytes(&activations),
-                                bytemuck::cast_slice(&clamp),
-                                bytes(&modulation),
-                                bytes(&partial_sums),
-                            ],
-                            forward_step::workgroups(n, batch, splits),
-                        );
+                        let out = inputs.run_on_gpu(&spec, &partial_sums);
+                        let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
+                        let clamp_words = p.clamp_words;
                         let (mut trace_ref, mut act_ref, mut sums_ref) = (trace.clone(), activations.clone(), partial_sums.clone());
                         cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut sums_ref);
                         let ctx = format!("split forward_step {name} N={n} B={batch} S={splits} t={step}");

@@ -274,9 +274,9 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
 }
 
 /// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per invocation (16 rows by 16
-/// interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out. `reverse` is the kernel's REVERSE override constant. With Z = `groups` > 1,
-/// batch element b belongs to group (b / CHUNK) mod Z, whose dw, dalpha and eta sums go to its own
-/// accumulators in `partials`.
+/// interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out.
+/// `reverse` is the kernel's REVERSE override constant. With Z = `groups` > 1, batch element b
+/// belongs to group b mod Z, whose dw, dalpha and eta sums go to its own accumulators in `partials`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_trace(
     spec: &Plasticity,
@@ -298,7 +298,7 @@ pub fn backward_trace(
     let (w_off, a_off) = (p.w_offset as usize, p.alpha_offset as usize);
     let (cur, prev, eo) = (p.cur_offset as usize, p.prev_offset as usize, p.elig_offset as usize);
     let modulated = spec.modulated();
-    // One eta: each tile's sum sits at its first column (as the kernel writes it).
+    // One eta: each invocation's sum sits at its first column (as the kernel writes it).
     let eta_per_neuron = spec.eta == EtaShape::PerNeuron && (!modulated || spec.retroactive);
     let groups = p.groups.max(1) as usize;
     let group_of = |b: usize| b % groups;
