@@ -54,11 +54,11 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let mut ctx = GpuContext::new()?;
     anyhow::ensure!(
         args.forward_splits != Some(0) && args.backward_groups != Some(0),
         "--forward-splits and --backward-groups must be at least 1"
     );
+    let mut ctx = GpuContext::new()?;
     ctx.tuning = plasticity_runtime::KernelTuning { forward_splits: args.forward_splits, backward_groups: args.backward_groups };
     let cpu = ctx.adapter.is_cpu();
     println!("adapter: {}", ctx.adapter);

@@ -123,6 +123,14 @@ fn bench_quick_runs_and_names_the_adapter() {
     let o = plasticity(&["bench", "--quick", "--rule", "oja", "--trace-clip", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("rule: oja clip 1"));
+    // The work split set by hand shows in the table's S and Z columns.
+    let o = plasticity(&["bench", "--quick", "--forward-splits", "3", "--backward-groups", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("(set by options)"), "{out}");
+    let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
+    assert!(row.trim_end().ends_with("3   2"), "S = 3 and Z = 2 in the row: {row}");
+    assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
 }
 
 #[test]
