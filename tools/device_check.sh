@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (the workplace's `device` tool): real-GPU tests, the bench,
-# and the PyTorch CUDA comparison, in that order of value, each under its own time limit. The machine
-# has no Rust toolchain and no network, so everything is built here and carried:
+# One prepared run on a lent GPU machine (the workplace's `device` tool): the bench, a work-split
+# sweep, the PyTorch CUDA comparison and every GPU test binary, each under its own time limit
+# (about 90 s in all on an H200). The machine has no Rust toolchain and no network, so everything
+# is built here and carried:
 #
 #   tools/device_check.sh --pack       # here: strips the release binaries into .dev/bins.tar.gz
 #   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,compare,tests]
