@@ -242,6 +242,14 @@ pub struct HostParameters {
     pub values: Vec<f32>,
 }
 
+/// Appends `weights` values drawn as PyTorch's `nn.Linear(fan_in, _)` draws its weights,
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), then `biases` zeros.
+fn push_linear_init(values: &mut Vec<f32>, rng: &mut ChaCha8Rng, fan_in: usize, weights: usize, biases: usize) {
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    values.extend((0..weights).map(|_| bound * (2.0 * rand::Rng::random::<f32>(rng) - 1.0)));
+    values.extend(std::iter::repeat_n(0.0, biases));
+}
+
 impl HostParameters {
     /// The paper's initialisation: w, alpha ~ std * N(0, 1), seeded; eta as configured. alpha's
     /// diagonal is zero without plastic self-connections. The modulator starts like a PyTorch
@@ -265,25 +273,18 @@ impl HostParameters {
         }
         values.extend((0..spec.eta_len(config.neurons)).map(|_| config.eta));
         if spec.modulated() {
-            let bound = 1.0 / (n as f32).sqrt();
-            values.extend((0..n).map(|_| bound * (2.0 * rand::Rng::random::<f32>(&mut rng) - 1.0)));
-            values.push(0.0);
+            push_linear_init(&mut values, &mut rng, n, n, 1); // mod_w (N), mod_b
         }
         if spec.modulation == plasticity_kernels::Modulation::PerNeuron {
             values.extend(std::iter::repeat_n(1.0, n));
             values.extend(std::iter::repeat_n(0.0, n));
         }
         if let Some(d) = config.input_width {
-            // Like nn.Linear(D, N): U(-1/sqrt(D), 1/sqrt(D)), bias 0.
-            let bound = 1.0 / (d as f32).sqrt();
-            values.extend((0..d as usize * n).map(|_| bound * (2.0 * rand::Rng::random::<f32>(&mut rng) - 1.0)));
-            values.extend(std::iter::repeat_n(0.0, n));
+            push_linear_init(&mut values, &mut rng, d as usize, d as usize * n, n); // nn.Linear(D, N)
         }
         for h in &config.heads {
-            // Like nn.Linear(N, K): U(-1/sqrt(N), 1/sqrt(N)), bias 0.
-            let bound = 1.0 / (n as f32).sqrt();
-            values.extend((0..n * h.width as usize).map(|_| bound * (2.0 * rand::Rng::random::<f32>(&mut rng) - 1.0)));
-            values.extend(std::iter::repeat_n(0.0, h.width as usize));
+            let k = h.width as usize;
+            push_linear_init(&mut values, &mut rng, n, n * k, k); // nn.Linear(N, K)
         }
         debug_assert_eq!(values.len(), layout.count as usize);
         Ok(Self { layout, values })
