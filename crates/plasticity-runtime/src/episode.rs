@@ -801,8 +801,8 @@ pub(crate) fn prepare<'a>(
     config: &NetworkConfig,
 ) -> Result<&'a ForwardState> {
     let neurons = config.neurons;
-    source.validate(&ParamLayout::of(config))?;
     let shape = source.shape(config);
+    source.validate(&shape.layout)?;
     if slot.as_ref().is_none_or(|s| s.shape != shape) {
         *slot = None; // release the old buffers before allocating new ones
         *slot = Some(ForwardState::new(ctx, shape)?);
