@@ -802,15 +802,16 @@ fn adam_update_matches_cpu_twin() {
 
 #[test]
 fn stream_triad_matches_cpu_twin() {
-    for count in [1u32, 255, 256, 257, 100_003] {
-        let mut r = rng(5 + count as u64);
-        let (a, b, c) = (uniform(&mut r, count as usize, 1.0), uniform(&mut r, count as usize, 1.0), nan_filled(count as usize));
-        let (grid, row_stride) = plasticity_kernels::elementwise_grid(count, stream_triad::WORKGROUP_SIZE);
-        let p = StreamTriadParams { count, row_stride, scale: 3.0, ..Default::default() };
+    for quads in [1u32, 255, 256, 257, 100_003] {
+        let count = 4 * quads as usize;
+        let mut r = rng(5 + quads as u64);
+        let (a, b, c) = (uniform(&mut r, count, 1.0), uniform(&mut r, count, 1.0), nan_filled(count));
+        let (grid, row_stride) = plasticity_kernels::elementwise_grid(quads, stream_triad::WORKGROUP_SIZE);
+        let p = StreamTriadParams { quads, row_stride, scale: 3.0, ..Default::default() };
         let out = run_kernel("stream_triad", &p, &[bytes(&a), bytes(&b), bytes(&c)], grid);
         let mut c_ref = c.clone();
         cpu::stream_triad(&p, &a, &b, &mut c_ref);
         // One f32 multiply-add on both sides; FMA contraction may differ by an ulp.
-        assert_close(&format!("stream_triad count={count}"), &out[2], &to_f64(&c_ref), 1e-6, 1e-6);
+        assert_close(&format!("stream_triad quads={quads}"), &out[2], &to_f64(&c_ref), 1e-6, 1e-6);
     }
 }

@@ -606,7 +606,7 @@ pub fn adam_update(p: &AdamParams, grads: &[f32], metrics_in: &[f32], params: &m
 
 /// Twin of `shaders/stream_triad.wgsl`.
 pub fn stream_triad(p: &StreamTriadParams, a: &[f32], b: &[f32], c: &mut [f32]) {
-    for k in 0..p.count as usize {
+    for k in 0..4 * p.quads as usize {
         c[k] = a[k] + p.scale * b[k];
     }
 }

@@ -772,7 +772,8 @@ pub mod stream_triad {
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
     pub struct StreamTriadParams {
-        pub count: u32,
+        /// vec4 elements per array (4 floats each).
+        pub quads: u32,
         pub row_stride: u32,
         pub scale: f32,
         pub _pad0: u32,
@@ -783,7 +784,7 @@ pub mod stream_triad {
         source: include_str!("../../../shaders/stream_triad.wgsl"),
         bindings: &[params("p"), read("a"), read("b"), read_write("c")],
         params_struct: "StreamTriadParams",
-        params_layout: layout_of!(StreamTriadParams { count, row_stride, scale, _pad0 }),
+        params_layout: layout_of!(StreamTriadParams { quads, row_stride, scale, _pad0 }),
         params_size: core::mem::size_of::<StreamTriadParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,

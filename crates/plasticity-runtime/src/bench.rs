@@ -197,16 +197,16 @@ fn time_median(warmup: u32, repetitions: u32, mut f: impl FnMut() -> Result<Opti
 }
 
 /// Streaming bandwidth in GB/s (1e9 bytes per second) of `c = a + s * b` over `elements` floats
-/// per array, capped so that one array fits one storage binding.
+/// per array (moved as vec4), capped so that one array fits one storage binding.
 pub fn stream_bandwidth(ctx: &GpuContext, elements: u64, repetitions: u32) -> Result<f64> {
     let limits = ctx.limits();
-    let elements = elements.min(limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 4).min(u32::MAX as u64) as u32;
-    let bytes = elements as u64 * 4;
+    let quads = (elements / 4).min(limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 16).min(u32::MAX as u64) as u32;
+    let bytes = quads as u64 * 16;
     let a = buffers::storage(ctx, "stream a", bytes)?;
     let b = buffers::storage(ctx, "stream b", bytes)?;
     let c = buffers::storage(ctx, "stream c", bytes)?;
-    let (grid, row_stride) = plasticity_kernels::elementwise_grid(elements, stream_triad::WORKGROUP_SIZE);
-    let params = StreamTriadParams { count: elements, row_stride, scale: 0.5, ..Default::default() };
+    let (grid, row_stride) = plasticity_kernels::elementwise_grid(quads, stream_triad::WORKGROUP_SIZE);
+    let params = StreamTriadParams { quads, row_stride, scale: 0.5, ..Default::default() };
     let timer = GpuTimer::new(ctx);
     let seconds = time_median(1, repetitions, || {
         let record = |encoder: &mut wgpu::CommandEncoder| {
