@@ -101,7 +101,7 @@ struct BackwardTraceParams {
 // eta and alpha partials and ga(t) at the offsets above.
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 
-// ---- shared with trace_update.wgsl and backward_trace.wgsl (a test keeps the copies identical) ----
+// ---- shared by every rule kernel (a test keeps the copies identical) ----
 fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
     if (RULE == 1u) {
         return h + r * post * (pre - post * h);

@@ -74,7 +74,7 @@ struct ForwardStepParams {
 @group(0) @binding(5) var<storage, read> modulation: array<f32>;        // (T + 1, B): M_b(s) at row s (RATE 2, 3)
 @group(0) @binding(6) var<storage, read_write> partial_sums: array<f32>; // (S, B, N) when S > 1
 
-// ---- shared with trace_update.wgsl and backward_trace.wgsl (a test keeps the copies identical) ----
+// ---- shared by every rule kernel (a test keeps the copies identical) ----
 fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
     if (RULE == 1u) {
         return h + r * post * (pre - post * h);

@@ -42,7 +42,7 @@ struct TraceUpdateParams {
 @group(0) @binding(3) var<storage, read> modulation: array<f32>;    // (T + 1, B): M_b(t) at row t
 @group(0) @binding(4) var<storage, read_write> traces: array<f32>;  // (K + 1 slots) of [H (B, N, N), E (B, N, N)]
 
-// ---- shared with trace_update.wgsl and backward_trace.wgsl (a test keeps the copies identical) ----
+// ---- shared by every rule kernel (a test keeps the copies identical) ----
 fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
     if (RULE == 1u) {
         return h + r * post * (pre - post * h);

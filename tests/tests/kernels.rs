@@ -109,23 +109,31 @@ struct ForwardStepInputs {
 }
 
 impl ForwardStepInputs {
-    /// forward_step on the GPU over these inputs and `partial_sums`; the buffers as it left them.
-    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32]) -> Vec<Vec<f32>> {
-        run_rule_kernel(
-            "forward_step",
-            spec,
-            &[],
-            &self.p,
-            &[
-                bytes(&self.params),
-                bytes(&self.trace),
-                bytes(&self.activations),
-                bytemuck::cast_slice(&self.clamp),
-                bytes(&self.modulation),
-                bytes(partial_sums),
-            ],
-            forward_step::workgroups(self.p.n, self.p.batch, self.p.splits),
-        )
+    /// The step kernels that can run these inputs: forward_step always, forward_step_vec4 too
+    /// where the runtime would pick it.
+    fn kernels(&self) -> Vec<bool> {
+        let vec4 = forward_step::uses_vec4(self.p.n, self.p.w_offset, self.p.alpha_offset);
+        if vec4 { vec![false, true] } else { vec![false] }
+    }
+
+    /// forward_step (or forward_step_vec4) on the GPU over these inputs and `partial_sums`; the
+    /// buffers as it left them, without the vec4 kernel's second view of the parameters.
+    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], vec4: bool) -> Vec<Vec<f32>> {
+        let mut buffers = vec![
+            bytes(&self.params),
+            bytes(&self.trace),
+            bytes(&self.activations),
+            bytemuck::cast_slice(&self.clamp),
+            bytes(&self.modulation),
+            bytes(partial_sums),
+        ];
+        if vec4 {
+            buffers.push(bytes(&self.params));
+        }
+        let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4);
+        let mut out = run_rule_kernel(forward_step::kernel_name(vec4), spec, &[], &self.p, &buffers, grid);
+        out.truncate(6);
+        out
     }
 }
 
@@ -157,46 +165,54 @@ fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: 
     ForwardStepInputs { p, params, trace, activations, clamp, modulation }
 }
 
+/// forward_step at every size, and forward_step_vec4 too where N is a multiple of 4: 4, 8 and 68
+/// (fewer quads than a workgroup), 64 and 260 (one quad more than a workgroup).
 #[test]
 fn forward_step_matches_cpu_twin() {
+    let mut vec4_cases = 0;
     for (name, spec) in rule_specs() {
         // The paper's rule at every size; the others at sizes around the workgroup.
-        let sizes: &[u32] = if name == "paper" { &SIZES } else { &[1, 65] };
+        let sizes: &[u32] = if name == "paper" { &[1, 4, 63, 64, 65, 257, 260] } else { &[1, 8, 65, 68] };
         for &n in sizes {
             for batch in BATCHES {
                 for step in [1u32, 2, 4] {
-                    let steps = 4;
-                    let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                    let inputs = forward_step_inputs(&spec, n, batch, step, steps, 1000 * n as u64 + 10 * batch as u64 + step as u64);
-                    let out = inputs.run_on_gpu(&spec, &[0.0]);
-                    let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
-                    let clamp_words = p.clamp_words;
-                    let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
-                    cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut []);
-                    let ctx = format!("forward_step {name} N={n} B={batch} t={step}");
-                    // The trace update is the same few f32 operations on both sides (up to FMA contraction).
-                    assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
-                    // x(t): an f32 sum of N <= 257 terms of magnitude <= ~3 against an f64 sum; rounding
-                    // stays below N * 2^-24 * 3 ~ 5e-5, and tanh' <= 1.
-                    let done = (step as usize + 1) * row;
-                    assert_close(&format!("{ctx} activations"), &out[2][..done], &to_f64(&act_ref[..done]), 5e-5, 1e-5);
-                    if clamp_words == 0 {
-                        assert!(act_ref[done - row..done] != activations[done - row..done], "{ctx}: the twin must replace u(t) by x(t)");
-                    } else {
-                        let held = (0..row).filter(|&e| out[2][done - row + e] == activations[done - row + e]).count();
-                        assert!(held >= row / 4 && held < row.max(2), "{ctx}: about half the neurons are held, {held} of {row}");
-                    }
-                    assert!(out[2][done..].iter().all(|v| v.is_nan()), "{ctx}: wrote past row t");
-                    if let (Some(c), true) = (spec.clip, step >= 2 && n > 1) {
-                        let clipped = trace_ref[..batch as usize * nn].iter().filter(|v| v.abs() == c).count();
-                        assert!(
-                            clipped > 0 && clipped < batch as usize * nn,
-                            "{ctx}: the clip is active for some elements only ({clipped})"
-                        );
+                    let seed = 1000 * n as u64 + 10 * batch as u64 + step as u64;
+                    for vec4 in forward_step_inputs(&spec, n, batch, step, 4, seed).kernels() {
+                        check_forward_step(name, &spec, forward_step_inputs(&spec, n, batch, step, 4, seed), vec4);
+                        vec4_cases += vec4 as u32;
                     }
                 }
             }
         }
+    }
+    assert_eq!(vec4_cases, 3 * 3 * (3 + 2 * 5), "forward_step_vec4 ran at every size that is a multiple of 4");
+}
+
+/// One unsplit step on the GPU against cpu::forward_step.
+fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, vec4: bool) {
+    let out = inputs.run_on_gpu(spec, &[0.0; 4], vec4);
+    let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
+    let (n, batch, step) = (p.n, p.batch, p.step);
+    let (nn, row) = ((n * n) as usize, (batch * n) as usize);
+    let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
+    cpu::forward_step(spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut []);
+    let ctx = format!("{} {name} N={n} B={batch} t={step}", forward_step::kernel_name(vec4));
+    // The trace update is the same few f32 operations on both sides (up to FMA contraction).
+    assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
+    // x(t): an f32 sum of N <= 260 terms of magnitude <= ~3 against an f64 sum; rounding
+    // stays below N * 2^-24 * 3 ~ 5e-5, and tanh' <= 1.
+    let done = (step as usize + 1) * row;
+    assert_close(&format!("{ctx} activations"), &out[2][..done], &to_f64(&act_ref[..done]), 5e-5, 1e-5);
+    if p.clamp_words == 0 {
+        assert!(act_ref[done - row..done] != activations[done - row..done], "{ctx}: the twin must replace u(t) by x(t)");
+    } else {
+        let held = (0..row).filter(|&e| out[2][done - row + e] == activations[done - row + e]).count();
+        assert!(held >= row / 4 && held < row.max(2), "{ctx}: about half the neurons are held, {held} of {row}");
+    }
+    assert!(out[2][done..].iter().all(|v| v.is_nan()), "{ctx}: wrote past row t");
+    if let (Some(c), true) = (spec.clip, step >= 2 && n > 1) {
+        let clipped = trace_ref[..batch as usize * nn].iter().filter(|v| v.abs() == c).count();
+        assert!(clipped > 0 && clipped < batch as usize * nn, "{ctx}: the clip is active for some elements only ({clipped})");
     }
 }
 
@@ -205,11 +221,15 @@ fn forward_step_matches_cpu_twin() {
 #[test]
 fn split_forward_step_and_finish_match_cpu_twins() {
     for (name, spec) in rule_specs() {
-        for n in [2u32, 65, 257] {
+        // 8 and 260 also run forward_step_vec4.
+        for n in [2u32, 8, 65, 257, 260] {
             for batch in [1u32, 5] {
                 // S = 2, an uneven split (65 = 7 * 10 - 5), and one neuron per chunk.
                 for wanted in [2u32, 7, n] {
-                    for step in [1u32, 2, 3] {
+                    for (step, vec4) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false), (s, true)]) {
+                        if vec4 && n % 4 != 0 {
+                            continue;
+                        }
                         let steps = 3;
                         let (splits, split_len) = forward_step::split(n, wanted);
                         if splits < 2 {
@@ -220,14 +240,15 @@ fn split_forward_step_and_finish_match_cpu_twins() {
                         let mut inputs = forward_step_inputs(&spec, n, batch, step, steps, seed);
                         (inputs.p.splits, inputs.p.split_len) = (splits, split_len);
                         let partial_sums = nan_filled(splits as usize * row);
-                        let out = inputs.run_on_gpu(&spec, &partial_sums);
+                        assert_eq!(inputs.kernels().contains(&true), n % 4 == 0);
+                        let out = inputs.run_on_gpu(&spec, &partial_sums, vec4);
                         let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
                         let clamp_words = p.clamp_words;
                         let (mut trace_ref, mut act_ref, mut sums_ref) = (trace.clone(), activations.clone(), partial_sums.clone());
                         cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut sums_ref);
-                        let ctx = format!("split forward_step {name} N={n} B={batch} S={splits} t={step}");
+                        let ctx = format!("split {} {name} N={n} B={batch} S={splits} t={step}", forward_step::kernel_name(vec4));
                         assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
-                        // Chunks of <= 129 terms of magnitude <= ~3 in f32 against f64.
+                        // Chunks of <= 130 terms of magnitude <= ~3 in f32 against f64.
                         assert_close(&format!("{ctx} partial sums"), &out[5], &to_f64(&sums_ref), 5e-5, 1e-5);
                         let same = out[2].iter().zip(&activations).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
                         assert!(same, "{ctx}: a split step leaves the history to forward_finish");
@@ -383,16 +404,24 @@ fn backward_activation_matches_cpu_twin() {
     }
 }
 
+/// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4: 4 and 8 (one
+/// and two quads), 64, 68 and 260 (17 lanes, the last one quad wide), 532 (a second column group of
+/// 512 columns, two lanes wide).
 #[test]
 fn backward_trace_matches_cpu_twin() {
+    let mut vec4_cases = 0;
     for (name, spec) in rule_specs() {
         // 530: two column groups, the second two lanes wide.
-        let sizes: &[u32] = if name == "paper" { &[1, 63, 64, 65, 257, 530] } else { &[1, 17, 65] };
+        let sizes: &[u32] = if name == "paper" { &[1, 4, 63, 64, 65, 257, 260, 530, 532] } else { &[1, 8, 17, 65, 68] };
         for &n in sizes {
             // Batch groups: one; two, the first taking 5 elements in two passes of CHUNK = 4; three of
             // three; as many as the batch.
             for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3), (6, 6)] {
-                for step in [1u32, 2, 3] {
+                for (step, vec4) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false), (s, true)]) {
+                    if vec4 && !backward_trace::uses_vec4(n) {
+                        continue;
+                    }
+                    vec4_cases += vec4 as u32;
                     let (steps, tiles) = (3usize, trace_tiles(n) as usize);
                     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
                     let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 7 * groups as u64);
@@ -433,7 +462,7 @@ fn backward_trace_matches_cpu_twin() {
                         ..Default::default()
                     };
                     let out = run_rule_kernel(
-                        "backward_trace",
+                        backward_trace::kernel_name(vec4),
                         &spec,
                         &[(backward_trace::REVERSE, reverse as u32 as f64)],
                         &p,
@@ -453,6 +482,7 @@ fn backward_trace_matches_cpu_twin() {
                     cpu::backward_trace(
                         &spec,
                         reverse,
+                        backward_trace::column_width(vec4),
                         &p,
                         &params,
                         &activations,
@@ -462,7 +492,7 @@ fn backward_trace_matches_cpu_twin() {
                         &mut gr_ref,
                         &mut p_ref,
                     );
-                    let ctx = format!("backward_trace {name} N={n} B={batch} Z={groups} t={step}");
+                    let ctx = format!("{} {name} N={n} B={batch} Z={groups} t={step}", backward_trace::kernel_name(vec4));
                     // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
                     // 1 - r >= 0.6, so allow a few ulps.
                     assert_close(&format!("{ctx} trace"), &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
@@ -482,6 +512,7 @@ fn backward_trace_matches_cpu_twin() {
             }
         }
     }
+    assert_eq!(vec4_cases, 3 * 5 * (4 + 5 * 2), "backward_trace_vec4 ran at every size that is a multiple of 4");
 }
 
 #[test]

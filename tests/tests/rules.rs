@@ -63,7 +63,8 @@ fn problem(seed: u64, spec: Plasticity, n: u32, batch: u32, steps: u32) -> Probl
 fn every_rule_forward_matches_reference() {
     let ctx = gpu();
     for (name, spec) in specs() {
-        for (n, batch, steps) in [(13, 3, 9), (65, 2, 6)] {
+        // 68: a multiple of 4, run by forward_step_vec4.
+        for (n, batch, steps) in [(13, 3, 9), (65, 2, 6), (68, 2, 6)] {
             let p = problem(n as u64 + 7, spec, n, batch, steps);
             let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();
             let mut runner = EpisodeRunner::new();
@@ -92,7 +93,8 @@ fn every_rule_forward_matches_reference() {
 #[test]
 fn every_rule_gradients_match_reference() {
     for (name, spec) in specs() {
-        for (n, batch, steps) in [(13, 3, 9), (21, 2, 17)] {
+        // 20: a multiple of 4, run by the vec4 kernels.
+        for (n, batch, steps) in [(13, 3, 9), (21, 2, 17), (20, 2, 17)] {
             let p = problem(3 * n as u64 + steps as u64, spec, n, batch, steps);
             let (net64, ep64) = to_reference(&p);
             let reference = reference::backward(&net64, &ep64, &reference::forward(&net64, &ep64)).to_flat();
@@ -129,9 +131,12 @@ fn every_rule_gradients_match_reference() {
 /// kernel, each with its own dw, dalpha and eta accumulators) on every rule, against the reference.
 #[test]
 fn split_and_grouped_kernels_match_reference() {
-    // B = 9: with Z = 2 the first group takes 5 elements, in two passes of CHUNK = 4.
-    let (n, batch, steps) = (21, 9, 7);
-    for (name, spec) in specs().into_iter().chain([("paper", Plasticity::PAPER)]) {
+    // B = 9: with Z = 2 the first group takes 5 elements, in two passes of CHUNK = 4. N = 20 runs the
+    // vec4 kernels.
+    let (batch, steps) = (9, 7);
+    for (name, spec, n) in
+        specs().into_iter().chain([("paper", Plasticity::PAPER)]).flat_map(|(name, spec)| [(name, spec, 21), (name, spec, 20)])
+    {
         for tuning in [
             KernelTuning { forward_splits: Some(3), backward_groups: Some(2) },
             KernelTuning { forward_splits: Some(n), backward_groups: Some(3) },

@@ -275,12 +275,15 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
 
 /// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per invocation (16 rows by 16
 /// interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out.
-/// `reverse` is the kernel's REVERSE override constant. With Z = `groups` > 1, batch element b
-/// belongs to group b mod Z, whose dw, dalpha and eta sums go to its own accumulators in `partials`.
+/// `reverse` is the kernel's REVERSE override constant; `column_width` is 1 for backward_trace and 4
+/// for backward_trace_vec4, whose lanes own quads of columns (the only difference the partial sums
+/// show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dw, dalpha and eta
+/// sums go to its own accumulators in `partials`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_trace(
     spec: &Plasticity,
     reverse: bool,
+    column_width: u32,
     p: &BackwardTraceParams,
     params: &[f32],
     activations: &[f32],
@@ -303,7 +306,7 @@ pub fn backward_trace(
     let groups = p.groups.max(1) as usize;
     let group_of = |b: usize| b % groups;
     // Row partials and single-eta sums belong to the invocation that owns column j.
-    let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32);
+    let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32, column_width);
     let eta_index = |z: usize, i: usize, j: usize| (z * tiles + i / tile) * n + if eta_per_neuron { j } else { owner(j).1 as usize };
     let x = |step: usize, b: usize, k: usize| activations[step * row + b * n + k];
     let mut row_sums = vec![0.0f64; batch * n * tiles];

@@ -140,16 +140,19 @@ pub fn trace_tiles(n: u32) -> u32 {
 pub const TRACE_LANES: u32 = 32;
 
 /// Which backward_trace invocation along x owns column j: `(slot, first_column)`, its index along x
-/// (the row partial it writes) and its first column. Column group g covers
-/// `[g * LANES * TILE, + LANES * TILE)`; of its L lanes (LANES, or fewer in a narrower last group),
-/// lane l owns columns l, l + L, l + 2L, ... of the group, so neighbouring lanes touch neighbouring
-/// elements.
-pub fn trace_column_owner(n: u32, j: u32) -> (u32, u32) {
-    let span = TRACE_LANES * TRACE_TILE;
-    let start = j / span * span;
-    let lanes = div_ceil((n - start).min(span), TRACE_TILE);
-    let lane = (j - start) % lanes;
-    (start / TRACE_TILE + lane, start + lane)
+/// (the row partial it writes) and its first column. Columns come in units of `width`: 1 for
+/// backward_trace, 4 (quads) for backward_trace_vec4. Column group g covers units
+/// `[g * LANES * TILE / width, + LANES * TILE / width)`; of its L lanes (LANES, or fewer in a
+/// narrower last group), lane l owns units l, l + L, l + 2L, ... of the group, so neighbouring lanes
+/// touch neighbouring elements.
+pub fn trace_column_owner(n: u32, j: u32, width: u32) -> (u32, u32) {
+    let per_lane = TRACE_TILE / width;
+    let span = TRACE_LANES * per_lane;
+    let (units, unit) = (div_ceil(n, width), j / width);
+    let start = unit / span * span;
+    let lanes = div_ceil((units - start).min(span), per_lane);
+    let lane = (unit - start) % lanes;
+    (start / per_lane + lane, (start + lane) * width)
 }
 
 /// Where each kind of partial sum sits in the backward sweep's `partials` buffer (f32 elements).
@@ -233,41 +236,71 @@ pub mod forward_step {
         pub _pad0: u32,
     }
 
+    const BINDINGS: [BindingDesc; 7] = [
+        params("p"),
+        read("params"),
+        read_write("trace"),
+        read_write("activations"),
+        read("clamp_mask"),
+        read("modulation"),
+        read_write("partial_sums"),
+    ];
+
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
         name: "forward_step",
         source: include_str!("../../../shaders/forward_step.wgsl"),
-        bindings: &[
-            params("p"),
-            read("params"),
-            read_write("trace"),
-            read_write("activations"),
-            read("clamp_mask"),
-            read("modulation"),
-            read_write("partial_sums"),
-        ],
+        bindings: &BINDINGS,
         params_struct: "ForwardStepParams",
-        params_layout: layout_of!(ForwardStepParams {
-            n,
-            batch,
-            step,
-            w_offset,
-            alpha_offset,
-            eta_offset,
-            mod_offset,
-            clamp_words,
-            elig_offset,
-            splits,
-            split_len,
-            _pad0
-        }),
+        params_layout: LAYOUT,
         params_size: core::mem::size_of::<ForwardStepParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: true,
     };
 
-    /// The grid of a step split into `splits` chunks (1: not split).
-    pub fn workgroups(n: u32, batch: u32, splits: u32) -> [u32; 3] {
-        [div_ceil(n, WORKGROUP_SIZE), div_ceil(batch, BATCH_TILE), splits.max(1)]
+    /// The same step with vec4 access for N a multiple of 4 (see `uses_vec4`): forward_step's
+    /// bindings plus the parameters again, as vec4, for w and alpha. Its twin is `cpu::forward_step`.
+    pub const KERNEL_VEC4: KernelDescriptor = KernelDescriptor {
+        name: "forward_step_vec4",
+        source: include_str!("../../../shaders/forward_step_vec4.wgsl"),
+        bindings: &[BINDINGS[0], BINDINGS[1], BINDINGS[2], BINDINGS[3], BINDINGS[4], BINDINGS[5], BINDINGS[6], read("params_vec4")],
+        params_struct: "ForwardStepParams",
+        params_layout: LAYOUT,
+        params_size: core::mem::size_of::<ForwardStepParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: true,
+    };
+
+    const LAYOUT: &[(&str, usize)] = layout_of!(ForwardStepParams {
+        n,
+        batch,
+        step,
+        w_offset,
+        alpha_offset,
+        eta_offset,
+        mod_offset,
+        clamp_words,
+        elig_offset,
+        splits,
+        split_len,
+        _pad0
+    });
+
+    /// Whether a step of N neurons with w and alpha at these offsets runs as `forward_step_vec4`:
+    /// every row of the trace and the history is then a whole number of vec4.
+    pub fn uses_vec4(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
+        n % 4 == 0 && w_offset % 4 == 0 && alpha_offset % 4 == 0
+    }
+
+    /// The kernel that runs a step of N neurons (see `uses_vec4`).
+    pub fn kernel_name(vec4: bool) -> &'static str {
+        if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
+    }
+
+    /// The grid of a step split into `splits` chunks (1: not split); with `vec4`, an invocation
+    /// per four neurons.
+    pub fn workgroups(n: u32, batch: u32, splits: u32, vec4: bool) -> [u32; 3] {
+        let columns = if vec4 { div_ceil(n, 4) } else { n };
+        [div_ceil(columns, WORKGROUP_SIZE), div_ceil(batch, BATCH_TILE), splits.max(1)]
     }
 
     /// `(splits, split_len)` for at most `splits` chunks of the sum over N pre-synaptic neurons:
@@ -437,6 +470,65 @@ pub mod backward_trace {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: true,
     };
+
+    /// The same step with vec4 access to the traces for N a multiple of 4 (see `uses_vec4`), and the
+    /// same bindings. Its twin is `cpu::backward_trace` with quad columns.
+    pub const KERNEL_VEC4: KernelDescriptor = KernelDescriptor {
+        name: "backward_trace_vec4",
+        source: include_str!("../../../shaders/backward_trace_vec4.wgsl"),
+        bindings: &[
+            params("p"),
+            read("params"),
+            read("activations"),
+            read("modulation"),
+            read_write("trace"),
+            read_write("trace_grad"),
+            read_write("grads"),
+            read_write("partials"),
+        ],
+        params_struct: "BackwardTraceParams",
+        params_layout: layout_of!(BackwardTraceParams {
+            n,
+            batch,
+            step,
+            n_tiles,
+            w_offset,
+            alpha_offset,
+            eta_offset,
+            mod_offset,
+            cur_offset,
+            prev_offset,
+            elig_offset,
+            alpha_grad_offset,
+            rate_partials_offset,
+            eta_partials_offset,
+            preact_offset,
+            groups,
+            group_grad_offset,
+            _pad0,
+            _pad1,
+            _pad2
+        }),
+        params_size: core::mem::size_of::<BackwardTraceParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: true,
+    };
+
+    /// Whether a backward step of N neurons runs as `backward_trace_vec4`: every row of the traces
+    /// and the history is then a whole number of vec4 (and so is every trace slot's offset).
+    pub fn uses_vec4(n: u32) -> bool {
+        n % 4 == 0
+    }
+
+    /// The kernel that runs a backward step of N neurons (see `uses_vec4`).
+    pub fn kernel_name(vec4: bool) -> &'static str {
+        if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
+    }
+
+    /// Width of the column units one lane owns, for `trace_column_owner`.
+    pub fn column_width(vec4: bool) -> u32 {
+        if vec4 { 4 } else { 1 }
+    }
 
     /// Override constant: recover H(t-1) by inverting the update (else read it from the previous slot).
     pub const REVERSE: &str = "REVERSE";
@@ -1005,9 +1097,11 @@ pub fn elementwise_grid(count: u32, workgroup_size: u32) -> ([u32; 3], u32) {
 /// Every kernel, for pipeline creation and the layout test.
 pub const ALL_KERNELS: &[KernelDescriptor] = &[
     forward_step::KERNEL,
+    forward_step::KERNEL_VEC4,
     forward_finish::KERNEL,
     backward_activation::KERNEL,
     backward_trace::KERNEL,
+    backward_trace::KERNEL_VEC4,
     loss_mse::KERNEL,
     finish_gradients::KERNEL,
     modulation_forward::KERNEL,
@@ -1028,11 +1122,13 @@ mod column_owner_tests {
 
     #[test]
     fn every_trace_column_has_one_owner_and_lanes_are_adjacent() {
-        for n in [1u32, 15, 16, 17, 511, 512, 513, 530, 1000, 1024, 1100] {
+        let scalar = [1u32, 15, 16, 17, 511, 512, 513, 530, 1000, 1024, 1100].map(|n| (n, 1));
+        let quads = [4u32, 16, 20, 508, 512, 516, 532, 1000, 1024, 1100].map(|n| (n, 4));
+        for (n, width) in scalar.into_iter().chain(quads) {
             let tiles = trace_tiles(n);
             let mut columns_of = vec![Vec::new(); tiles as usize];
             for j in 0..n {
-                let (slot, first) = trace_column_owner(n, j);
+                let (slot, first) = trace_column_owner(n, j, width);
                 assert!(slot < tiles, "N={n} j={j}: slot {slot} of {tiles}");
                 columns_of[slot as usize].push((j, first));
             }
@@ -1041,10 +1137,15 @@ mod column_owner_tests {
                 assert!(!cols.is_empty() && cols.len() <= TRACE_TILE as usize, "N={n} slot {slot}: {} columns", cols.len());
                 assert!(cols.iter().all(|&(_, f)| f == cols[0].0), "N={n} slot {slot}: first column");
             }
-            // Neighbouring lanes start at neighbouring columns (coalesced access).
+            // Neighbouring lanes start at neighbouring units (coalesced access), and every unit of
+            // `width` columns has one owner.
             for slot in 1..tiles {
                 let (a, b) = (columns_of[slot as usize - 1][0].0, columns_of[slot as usize][0].0);
-                assert!(slot % TRACE_LANES == 0 || b == a + 1, "N={n}: slots {} and {slot} start at {a} and {b}", slot - 1);
+                assert!(slot % TRACE_LANES == 0 || b == a + width, "N={n}: slots {} and {slot} start at {a} and {b}", slot - 1);
+            }
+            for j in (0..n).step_by(width as usize) {
+                let owners: Vec<u32> = (j..j + width).map(|c| trace_column_owner(n, c, width).0).collect();
+                assert!(owners.iter().all(|&o| o == owners[0]), "N={n}: the quad at {j} is split between {owners:?}");
             }
         }
     }

@@ -106,6 +106,7 @@ fn shared_constants_agree() {
         ("METRIC_SIGN_COUNT", metrics::SIGN_COUNT as u32),
         ("METRIC_GRAD_NORM_SQ", metrics::GRAD_NORM_SQ as u32),
         ("TILE", plasticity_kernels::TRACE_TILE),
+        ("TILE_QUADS", plasticity_kernels::TRACE_TILE / 4),
         ("CHUNK", plasticity_kernels::backward_trace::CHUNK),
         ("LANES", plasticity_kernels::TRACE_LANES),
         ("BATCH_TILE", plasticity_kernels::forward_step::BATCH_TILE),
@@ -152,7 +153,8 @@ fn example_shaders_parse_and_validate() {
 
 /// The text between the shared-function markers of a rule kernel.
 fn shared_functions(kernel: &KernelDescriptor) -> &'static str {
-    let start = kernel.source.find("// ---- shared with").unwrap_or_else(|| panic!("{}: no shared-function block", kernel.name));
+    let start =
+        kernel.source.find("// ---- shared by every rule kernel").unwrap_or_else(|| panic!("{}: no shared-function block", kernel.name));
     let end = kernel.source.find("// ---- end of shared functions ----").unwrap_or_else(|| panic!("{}: unterminated block", kernel.name));
     let block = &kernel.source[start..end];
     // The first line names the other files; the functions follow it.
@@ -163,7 +165,7 @@ fn shared_functions(kernel: &KernelDescriptor) -> &'static str {
 fn rule_kernels_share_one_copy_of_the_update_functions() {
     let rule_kernels: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants).collect();
     let names: Vec<&str> = rule_kernels.iter().map(|k| k.name).collect();
-    assert_eq!(names, ["forward_step", "backward_trace", "trace_update"]);
+    assert_eq!(names, ["forward_step", "forward_step_vec4", "backward_trace", "backward_trace_vec4", "trace_update"]);
     let first = shared_functions(rule_kernels[0]);
     assert!(first.contains("fn rule_update") && first.contains("fn plastic_rate") && first.contains("fn alpha_eff"));
     for k in &rule_kernels[1..] {
@@ -208,7 +210,7 @@ fn rule_kernels_validate_for_every_rule() {
             .unwrap();
         for spec in &specs {
             let mut constants: naga::back::PipelineConstants = spec.constants().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            if kernel.name == "backward_trace" {
+            if kernel.name.starts_with("backward_trace") {
                 constants.insert("REVERSE".into(), spec.reversible() as u32 as f64);
             }
             naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)

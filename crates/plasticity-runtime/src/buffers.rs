@@ -7,6 +7,7 @@ use crate::error::{PlasticityError, Result};
 pub struct GpuBuffer {
     pub buffer: wgpu::Buffer,
     pub label: &'static str,
+    /// The contents' size (the allocation is at least 16 bytes, see `create`).
     pub bytes: u64,
 }
 
@@ -33,11 +34,13 @@ pub(crate) fn check_storage(ctx: &GpuContext, what: &str, bytes: u64, fix: impl 
     Ok(())
 }
 
-/// Creates a zero-filled buffer; `bytes` is rounded up to 4 and to at least 4.
+/// Creates a zero-filled buffer; `bytes` is rounded up to 4 and to at least 4. The allocation is at
+/// least 16 bytes, the smallest buffer a vec4 array binding accepts (placeholders such as unsplit
+/// partial sums are bound so); `GpuBuffer::bytes` stays the contents' size.
 pub(crate) fn create(ctx: &GpuContext, label: &'static str, bytes: u64, usage: wgpu::BufferUsages) -> Result<GpuBuffer> {
     let bytes = bytes.max(4).next_multiple_of(4);
     let buffer = ctx.scoped(&format!("allocating {label} ({bytes} bytes)"), || {
-        ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes, usage, mapped_at_creation: false })
+        ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes.max(16), usage, mapped_at_creation: false })
     })?;
     Ok(GpuBuffer { buffer, label, bytes })
 }

@@ -380,6 +380,8 @@ pub(crate) struct ForwardState {
     partial_sums: GpuBuffer,
     /// S: chunks of the forward step's sum over i.
     pub forward_splits: u32,
+    /// Whether the step runs as forward_step_vec4 (N a multiple of 4).
+    pub forward_vec4: bool,
     step_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
@@ -481,6 +483,7 @@ impl ForwardState {
             )?,
             partial_sums: buffers::storage(ctx, "forward partial sums", partial_bytes)?,
             forward_splits: splits,
+            forward_vec4: forward_step::uses_vec4(neurons, layout.w_offset, layout.alpha_offset),
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
             finish_params_slots: ParamSlots::new(ctx, "forward_finish params", &finish_params)?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
@@ -560,14 +563,13 @@ impl ForwardState {
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
         let spec = self.shape.plasticity();
-        let pipeline = ctx.kernels.specialised(&ctx.device, "forward_step", spec, &[]);
-        let group = bind_group(
-            ctx,
-            "forward_step",
-            &self.step_params_slots,
-            &[&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums],
-        );
-        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits);
+        let step_kernel = forward_step::kernel_name(self.forward_vec4);
+        let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &[]);
+        let step_buffers: [&wgpu::Buffer; 7] =
+            [&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums, &net.params];
+        // forward_step_vec4 binds the parameters a second time, as vec4.
+        let group = bind_group(ctx, step_kernel, &self.step_params_slots, &step_buffers[..if self.forward_vec4 { 7 } else { 6 }]);
+        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits, self.forward_vec4);
         let finish_group = (self.forward_splits > 1)
             .then(|| bind_group(ctx, "forward_finish", &self.finish_params_slots, &[&self.partial_sums, &self.activations, &self.clamp]));
         let finish_grid = forward_finish::workgroups(self.shape.neurons, self.shape.batch);

@@ -705,10 +705,11 @@ fn record_backward(
         &bwd.activation_params_slots,
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
-    let trace_pipeline = ctx.kernels.specialised(&ctx.device, "backward_trace", spec, &[(backward_trace::REVERSE, reverse as u32 as f64)]);
+    let trace_kernel = backward_trace::kernel_name(backward_trace::uses_vec4(shape.neurons));
+    let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &[(backward_trace::REVERSE, reverse as u32 as f64)]);
     let trace_group = bind_group(
         ctx,
-        "backward_trace",
+        trace_kernel,
         &bwd.trace_params_slots,
         &[&net.params, &fwd.activations, &fwd.modulation, traces, &bwd.trace_grad, grads, &bwd.partials],
     );

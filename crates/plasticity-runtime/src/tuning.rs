@@ -38,7 +38,10 @@ impl KernelTuning {
             if adapter.is_cpu() {
                 return 1;
             }
-            let natural = forward_step::workgroups(n, batch, 1).iter().product::<u32>() * forward_step::WORKGROUP_SIZE;
+            // Counted per neuron column whichever kernel runs: forward_step_vec4 has a quarter of the
+            // invocations, each moving four times the bytes, so the same S keeps the same bytes in
+            // flight. (Chosen on an H200 before the vec4 kernel existed; not re-measured since.)
+            let natural = forward_step::workgroups(n, batch, 1, false).iter().product::<u32>() * forward_step::WORKGROUP_SIZE;
             div_ceil(GPU_FORWARD_INVOCATIONS, natural).min(div_ceil(n, MIN_SPLIT_LEN))
         });
         forward_step::split(n, wanted)

@@ -1,0 +1,424 @@
+// backward_trace_vec4: backward_trace.wgsl for N a multiple of 4, every trace and trace-gradient
+// access a vec4.
+//
+// The same backward step, parameters and CPU twin (cpu::backward_trace with quad columns) as
+// backward_trace.wgsl, which gives the math: with ga(t), G(t+1) and H(t) resident,
+//   dw_ij += sum_b ga_j x_i(t-1),  dalpha_ij += sum_b ga_j H_ij(t) x_i(t-1),
+//   G_ij(t) = m dU/dH G_ij(t+1) + alpha_eff_ij x_i(t-1) ga_j,  and the row, column and rate sums
+//   for gx(t-1) and drate(t-1), H(t-1) recovered by inversion (REVERSE) or read from its slot.
+// One invocation owns TILE rows and TILE columns of (i, j), as there, but its columns are four quads
+// of four neighbouring j: lane l of a column group of L lanes takes quads l, l + L, l + 2L, l + 3L
+// (see plasticity_kernels::trace_column_owner with a width of 4), so each access to H, E, G and GE
+// moves 16 bytes and neighbouring invocations still touch neighbouring memory. The rule's
+// derivatives are written on quads (the *_vec4 functions below, the same f32 operations per
+// component as the scalar ones); the tile loops run to constants so that they unroll and the
+// running sums stay in registers.
+//
+// Bindings are backward_trace's, with the history, the trace slots and their gradient seen as vec4
+// (every row of N floats is a whole number of quads, and the slot offsets are multiples of 4). The
+// runtime uses this kernel whenever N % 4 == 0 and backward_trace.wgsl otherwise.
+
+const TILE: u32 = 16u;
+// Quads per invocation: TILE columns.
+const TILE_QUADS: u32 = 4u;
+// Invocations of one column group (a warp on most GPUs).
+const LANES: u32 = 32u;
+// Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
+const CHUNK: u32 = 4u;
+
+override WORKGROUP_SIZE: u32 = 64u;
+override RULE: u32 = 0u;
+override CLIP: f32 = 0.0;
+override ALPHA_SHAPE: u32 = 0u;
+override RATE: u32 = 0u;
+override ETA_PER_NEURON: bool = false;
+override RETROACTIVE: bool = false;
+override PLASTIC_SELF: bool = true;
+override REVERSE: bool = true;
+
+struct BackwardTraceParams {
+    n: u32,                   // neurons N
+    batch: u32,               // batch B
+    step: u32,                // t, 1-based
+    n_tiles: u32,             // ceil(N / TILE)
+    w_offset: u32,            // offsets into `params` and, mirrored, into `grads`
+    alpha_offset: u32,
+    eta_offset: u32,
+    mod_offset: u32,
+    cur_offset: u32,          // element offset of H(t) in `trace` (E(t) at + elig_offset)
+    prev_offset: u32,         // of H(t-1); equal to cur_offset when REVERSE
+    elig_offset: u32,         // offset of E in a trace slot, and of GE in `trace_grad`
+    alpha_grad_offset: u32,   // (N, N) dalpha accumulator in `partials` when alpha is not per connection
+    rate_partials_offset: u32,// (B, N, n_tiles) drate(t-1) per tile of i, overwritten each step (modulated rates)
+    eta_partials_offset: u32, // (Z, n_tiles, N) eta sums per group, tile of i and post neuron j, accumulated over the sweep
+    preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
+    groups: u32,              // Z batch groups (0 or 1: one)
+    group_grad_offset: u32,   // (2, Z, N, N) dw then dalpha per group in `partials` when Z > 1
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> p: BackwardTraceParams;
+@group(0) @binding(1) var<storage, read> params: array<f32>;                // flat [w, alpha, eta, modulator]
+@group(0) @binding(2) var<storage, read> activations: array<vec4<f32>>;     // (T + 1, B, N/4): x(t) at row t
+@group(0) @binding(3) var<storage, read> modulation: array<f32>;            // (T + 1, B): M_b(t) at row t
+@group(0) @binding(4) var<storage, read_write> trace: array<vec4<f32>>;     // slots of [H (B, N, N/4), E (B, N, N/4)]: H(t) on entry, H(t-1) on exit when REVERSE
+@group(0) @binding(5) var<storage, read_write> trace_grad: array<vec4<f32>>; // [G (B, N, N/4), GE (B, N, N/4)]: G(t+1) on entry, G(t) on exit
+@group(0) @binding(6) var<storage, read_write> grads: array<f32>;           // flat, mirrors `params`; accumulated
+// (B, N, n_tiles) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step;
+// then the rate, eta and alpha partials and ga(t) at the offsets above.
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+
+// ---- shared by every rule kernel (a test keeps the copies identical) ----
+fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace(v: f32) -> f32 {
+    if (CLIP > 0.0) {
+        return clamp(v, -CLIP, CLIP);
+    }
+    return v;
+}
+
+// rate_bj(s) of the plastic trace's update at step s.
+fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
+    if (RATE == 1u) {
+        return params[eta_offset + j];
+    } else if (RATE == 2u) {
+        return modulation[s * batch + b];
+    } else if (RATE == 3u) {
+        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+    }
+    return params[eta_offset];
+}
+
+// eta_j: the rate of the eligibility trace's update.
+fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
+    if (ETA_PER_NEURON) {
+        return params[eta_offset + j];
+    }
+    return params[eta_offset];
+}
+
+fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
+    if (!PLASTIC_SELF && i == j) {
+        return 0.0;
+    }
+    if (ALPHA_SHAPE == 1u) {
+        return params[alpha_offset + j];
+    } else if (ALPHA_SHAPE == 2u) {
+        return params[alpha_offset];
+    }
+    return params[alpha_offset + i * n + j];
+}
+// ---- end of shared functions ----
+
+fn rule_update_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn rule_d_trace_vec4(post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
+    if (RULE == 1u) {
+        return 1.0 - r * post * post;
+    } else if (RULE == 2u) {
+        return vec4(1.0);
+    }
+    return 1.0 - r;
+}
+
+fn rule_d_post_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
+    if (RULE == 1u) {
+        return r * (pre - 2.0 * post * h);
+    }
+    return r * pre;
+}
+
+fn rule_d_rate_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>) -> vec4<f32> {
+    if (RULE == 1u) {
+        return post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return pre * post;
+    }
+    return pre * post - h;
+}
+
+// H(t-1) from H(t) = U_r(H(t-1)); only used when REVERSE.
+fn rule_inverse_vec4(v: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
+    if (RULE == 1u) {
+        return (v - r * post * pre) / (1.0 - r * post * post);
+    } else if (RULE == 2u) {
+        return v - r * pre * post;
+    }
+    return (v - r * pre * post) / (1.0 - r);
+}
+
+// d clip(v) / dv.
+fn clip_pass_vec4(v: vec4<f32>) -> vec4<f32> {
+    if (CLIP > 0.0) {
+        return select(vec4(0.0), vec4(1.0), abs(v) < vec4(CLIP));
+    }
+    return vec4(1.0);
+}
+
+fn div_ceil_u32(a: u32, b: u32) -> u32 {
+    return (a + b - 1u) / b;
+}
+
+// Four parameters from `params` at k .. k + 3 (offsets that need not be multiples of 4).
+fn param_quad(k: u32) -> vec4<f32> {
+    return vec4(params[k], params[k + 1u], params[k + 2u], params[k + 3u]);
+}
+
+// alpha_eff for the quad of columns j0 .. j0 + 3 of row i.
+fn alpha_quad(i: u32, j0: u32, n: u32, alpha_offset: u32) -> vec4<f32> {
+    var a: vec4<f32>;
+    if (ALPHA_SHAPE == 1u) {
+        a = param_quad(alpha_offset + j0);
+    } else if (ALPHA_SHAPE == 2u) {
+        a = vec4(params[alpha_offset]);
+    } else {
+        a = param_quad(alpha_offset + i * n + j0);
+    }
+    if (!PLASTIC_SELF && i >= j0 && i < j0 + 4u) {
+        a[i - j0] = 0.0;
+    }
+    return a;
+}
+
+// rate_bj(s) for the quad j0 .. j0 + 3 when it is modulated (RATE 2, 3).
+fn modulated_rate_quad(b: u32, j0: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> vec4<f32> {
+    var r: vec4<f32>;
+    for (var c = 0u; c < 4u; c++) {
+        r[c] = plastic_rate(b, j0 + c, s, n, batch, eta_offset, mod_offset);
+    }
+    return r;
+}
+
+// Adds a quad to four consecutive floats of `grads` or `partials`.
+fn add_to_grads(k: u32, v: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        grads[k + c] += v[c];
+    }
+}
+
+fn add_to_partials(k: u32, v: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        partials[k + c] += v[c];
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = p.n;
+    let quads = n / 4u;
+    let tile_j = gid.x;
+    let tile_i = gid.y;
+    let z = gid.z;
+    let groups = max(p.groups, 1u);
+    if (tile_j >= p.n_tiles || tile_i >= p.n_tiles || z >= groups || z >= p.batch) {
+        return;
+    }
+    let i0 = tile_i * TILE;
+    let i_end = min(i0 + TILE, n);
+    // Column group g covers quads [g * LANES * TILE_QUADS, + width); lane l of its L lanes takes
+    // quads start + l + m L.
+    let group_start = (tile_j / LANES) * LANES * TILE_QUADS;
+    let lanes = div_ceil_u32(min(LANES * TILE_QUADS, quads - group_start), TILE_QUADS);
+    let q0 = group_start + tile_j % LANES;  // this invocation's first quad
+    let q_end = min(group_start + LANES * TILE_QUADS, quads);
+    let row = p.batch * quads;           // one (B, N) row of the history, in quads
+    let x_now = p.step * row;            // x(t)
+    let x_prev = x_now - row;            // x(t-1)
+    let has_prev2 = p.step >= 2u;        // x(t-2) and H(t-1) exist
+    let col_base = p.batch * n * p.n_tiles; // column sums follow the row sums in `partials`
+    // Everything loop-invariant is loaded once: the compiler cannot hoist loads from `params` or `p`
+    // past the stores to the other buffers, which it must assume may alias them.
+    let eo = p.elig_offset / 4u;
+    let cur = p.cur_offset / 4u;
+    let prev = p.prev_offset / 4u;
+    let preact = p.preact_offset;
+    let w_offset = p.w_offset;
+    let alpha_offset = p.alpha_offset;
+    let eta_offset = p.eta_offset;
+    let mod_offset = p.mod_offset;
+    let step = p.step;
+    let grouped = groups > 1u;
+    let nn = n * n;
+    let dw_base = select(w_offset, p.group_grad_offset + z * nn, grouped);
+    let dalpha_base = p.group_grad_offset + (groups + z) * nn;
+    // (Z, n_tiles, N): this group's eta sums.
+    let eta_base = p.eta_partials_offset + z * p.n_tiles * n;
+    let eta0 = vec4(params[eta_offset]);
+    // The eta gradient is per post neuron (eta per neuron, directly or as E's rate), else one sum.
+    let eta_per_neuron = RATE == 1u || (RETROACTIVE && ETA_PER_NEURON);
+
+    var eta_sums: array<vec4<f32>, TILE_QUADS>;
+    var eta_total = vec4(0.0);
+    // Group z takes batch elements b = z, z + Z, z + 2Z, ..., CHUNK of them per pass: element k of
+    // the pass starting at m0 is b = z + (m0 + k) Z.
+    let group_batch = (p.batch - z + groups - 1u) / groups;
+    for (var m0 = 0u; m0 < group_batch; m0 += CHUNK) {
+        let chunk = min(CHUNK, group_batch - m0);
+        let b0 = z + m0 * groups;
+        var col_sums: array<vec4<f32>, 16>;    // (CHUNK, TILE_QUADS)
+        var rate_sums: array<vec4<f32>, 16>;   // (CHUNK, TILE_QUADS)
+        for (var i = i0; i < i_end; i++) {
+            var row_sums: array<vec4<f32>, CHUNK>;  // summed over components when written
+            for (var mq = 0u; mq < TILE_QUADS; mq++) {
+                let q = q0 + mq * lanes;
+                if (q < q_end) {
+                    let j0 = 4u * q;
+                    let w_ij = param_quad(w_offset + i * n + j0);
+                    let alpha_ij = alpha_quad(i, j0, n, alpha_offset);
+                    var rate_e = eta0;
+                    if (RETROACTIVE && ETA_PER_NEURON) {
+                        rate_e = param_quad(eta_offset + j0);
+                    }
+                    var rate_fixed = eta0;
+                    if (RATE == 1u) {
+                        rate_fixed = param_quad(eta_offset + j0);
+                    }
+                    var d_w = vec4(0.0);
+                    var d_alpha = vec4(0.0);
+                    for (var k = 0u; k < CHUNK; k++) {
+                        if (k < chunk) {
+                            let b = b0 + k * groups;
+                            let idx = (b * n + i) * quads + q;
+                            let pre = activations[x_prev + b * quads + i / 4u][i % 4u];
+                            let post = activations[x_now + b * quads + q];
+                            let ga_j = vec4(partials[preact + b * n + j0], partials[preact + b * n + j0 + 1u],
+                                            partials[preact + b * n + j0 + 2u], partials[preact + b * n + j0 + 3u]);
+                            let h = trace[cur + idx];
+                            let g_next = trace_grad[idx];
+                            var r = rate_fixed;
+                            if (RATE >= 2u) {
+                                r = modulated_rate_quad(b, j0, step, n, p.batch, eta_offset, mod_offset);
+                            }
+                            d_w += ga_j * pre;
+                            d_alpha += ga_j * h * pre;
+                            var g: vec4<f32>;
+                            var ge = vec4(0.0);
+                            if (RETROACTIVE) {
+                                let e = trace[cur + eo + idx];
+                                let ge_next = trace_grad[eo + idx];
+                                let m = clip_pass_vec4(h + r * e);
+                                g = m * g_next + alpha_ij * pre * ga_j;
+                                ge = m * r * g_next + rule_d_trace_vec4(post, rate_e) * ge_next;
+                                row_sums[k] += (w_ij + alpha_ij * h) * ga_j + ge_next * rate_e * post;
+                                trace_grad[eo + idx] = ge;
+                            } else {
+                                let m = clip_pass_vec4(rule_update_vec4(h, pre, post, r));
+                                g = m * rule_d_trace_vec4(post, r) * g_next + alpha_ij * pre * ga_j;
+                                row_sums[k] += (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
+                            }
+                            trace_grad[idx] = g;
+                            if (has_prev2) {
+                                let pre2 = activations[x_prev - row + b * quads + i / 4u][i % 4u];
+                                let post2 = activations[x_prev + b * quads + q];
+                                var r2 = rate_fixed;
+                                if (RATE >= 2u) {
+                                    r2 = modulated_rate_quad(b, j0, step - 1u, n, p.batch, eta_offset, mod_offset);
+                                }
+                                let c = k * TILE_QUADS + mq;
+                                if (RETROACTIVE) {
+                                    let h_prev = trace[prev + idx];
+                                    let e_prev = trace[prev + eo + idx];
+                                    let m2 = clip_pass_vec4(h_prev + r2 * e_prev);
+                                    col_sums[c] += ge * rule_d_post_vec4(e_prev, pre2, post2, rate_e);
+                                    rate_sums[c] += m2 * g * e_prev;
+                                    let d_eta = ge * rule_d_rate_vec4(e_prev, pre2, post2);
+                                    if (eta_per_neuron) {
+                                        eta_sums[mq] += d_eta;
+                                    } else {
+                                        eta_total += d_eta;
+                                    }
+                                } else {
+                                    var h_prev: vec4<f32>;
+                                    if (REVERSE) {
+                                        h_prev = rule_inverse_vec4(h, pre2, post2, r2);
+                                        trace[cur + idx] = h_prev;
+                                    } else {
+                                        h_prev = trace[prev + idx];
+                                    }
+                                    let m2 = clip_pass_vec4(rule_update_vec4(h_prev, pre2, post2, r2));
+                                    col_sums[c] += m2 * g * rule_d_post_vec4(h_prev, pre2, post2, r2);
+                                    let d_rate = m2 * g * rule_d_rate_vec4(h_prev, pre2, post2);
+                                    if (RATE >= 2u) {
+                                        rate_sums[c] += d_rate;
+                                    } else if (eta_per_neuron) {
+                                        eta_sums[mq] += d_rate;
+                                    } else {
+                                        eta_total += d_rate;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if (grouped) {
+                        add_to_partials(dw_base + i * n + j0, d_w);
+                    } else {
+                        add_to_grads(dw_base + i * n + j0, d_w);
+                    }
+                    // alpha_ij is 0 where a self-connection is not plastic, and so is its gradient.
+                    var d_alpha_eff = d_alpha;
+                    if (!PLASTIC_SELF && i >= j0 && i < j0 + 4u) {
+                        d_alpha_eff[i - j0] = 0.0;
+                    }
+                    if (grouped) {
+                        add_to_partials(dalpha_base + i * n + j0, d_alpha_eff);
+                    } else if (ALPHA_SHAPE == 0u) {
+                        add_to_grads(alpha_offset + i * n + j0, d_alpha_eff);
+                    } else {
+                        add_to_partials(p.alpha_grad_offset + i * n + j0, d_alpha_eff);
+                    }
+                }
+            }
+            for (var k = 0u; k < CHUNK; k++) {
+                if (k < chunk) {
+                    let s = row_sums[k];
+                    partials[((b0 + k * groups) * n + i) * p.n_tiles + tile_j] = (s.x + s.y) + (s.z + s.w);
+                }
+            }
+        }
+        for (var k = 0u; k < CHUNK; k++) {
+            for (var mq = 0u; mq < TILE_QUADS; mq++) {
+                let q = q0 + mq * lanes;
+                if (k < chunk && q < q_end) {
+                    let b = b0 + k * groups;
+                    let sums = col_sums[k * TILE_QUADS + mq];
+                    let rates = rate_sums[k * TILE_QUADS + mq];
+                    for (var c = 0u; c < 4u; c++) {
+                        let j = 4u * q + c;
+                        partials[col_base + (b * p.n_tiles + tile_i) * n + j] = sums[c];
+                        if (RATE >= 2u) {
+                            partials[p.rate_partials_offset + (b * n + j) * p.n_tiles + tile_i] = rates[c];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // (n_tiles, N) per group: per post neuron, or, for one eta, the invocation's whole sum at its first column.
+    if (eta_per_neuron) {
+        for (var mq = 0u; mq < TILE_QUADS; mq++) {
+            let q = q0 + mq * lanes;
+            if (q < q_end) {
+                add_to_partials(eta_base + tile_i * n + 4u * q, eta_sums[mq]);
+            }
+        }
+    } else {
+        partials[eta_base + tile_i * n + 4u * q0] += (eta_total.x + eta_total.y) + (eta_total.z + eta_total.w);
+    }
+}

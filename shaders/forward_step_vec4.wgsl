@@ -1,0 +1,229 @@
+// forward_step_vec4: forward_step.wgsl for N a multiple of 4, every trace, w and alpha access a vec4.
+//
+// The same step, parameters and CPU twin (cpu::forward_step) as forward_step.wgsl, which gives the
+// math:  H(t) = clip(U_r(H(t-1)))  (formed on the fly),  x_j(t) = tanh(sum_i (w_ij + alpha_eff_ij H_ij(t)) x_i(t-1) + u_j(t)).
+// One invocation owns the four post-synaptic neurons j = 4q .. 4q + 3 (a quad) for BATCH_TILE batch
+// elements and loops over i; each trace access moves 16 bytes, and neighbouring invocations still
+// read neighbouring memory. A memory system that pays per access rather than per byte (lavapipe's
+// per-lane loads, a GPU short of loads in flight) moves several times more bytes per second so. The
+// rule's arithmetic stays the shared scalar functions, applied per component.
+//
+// Bindings are forward_step's, with the trace and the partial sums seen as vec4 (every row of N
+// floats is a whole number of quads), plus `params_vec4`, the same flat parameters again as
+// vec4 for w and alpha (whose offsets the runtime keeps multiples of 4). The runtime uses this kernel
+// whenever N % 4 == 0 and forward_step.wgsl otherwise.
+
+const BATCH_TILE: u32 = 4u;
+// tanh(15) == 1 in f32; clamping keeps exp-based tanh implementations from overflowing to inf/inf.
+const TANH_CLAMP: f32 = 15.0;
+
+override WORKGROUP_SIZE: u32 = 64u;
+override RULE: u32 = 0u;
+override CLIP: f32 = 0.0;
+override ALPHA_SHAPE: u32 = 0u;
+override RATE: u32 = 0u;
+override ETA_PER_NEURON: bool = false;
+override RETROACTIVE: bool = false;
+override PLASTIC_SELF: bool = true;
+
+struct ForwardStepParams {
+    n: u32,            // neurons N, a multiple of 4
+    batch: u32,        // batch B
+    step: u32,         // t, 1-based
+    w_offset: u32,     // offset of w (N, N) in `params`, a multiple of 4
+    alpha_offset: u32, // offset of alpha (N, N), (N) or (1), a multiple of 4
+    eta_offset: u32,   // offset of eta (1) or (N)
+    mod_offset: u32,   // offset of the modulator [mod_w (N), mod_b, mod_u (N), mod_c (N)]
+    clamp_words: u32,  // u32 words per (t, b) row of `clamp_mask`: ceil(N / 32), or 0 when nothing is clamped
+    elig_offset: u32,  // offset of E (B, N, N) in `trace`, in floats (RETROACTIVE)
+    splits: u32,       // S: chunks of the sum over i; 0 or 1 sums everything here and writes x(t)
+    split_len: u32,    // i per chunk when S > 1
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<storage, read> p: ForwardStepParams;
+@group(0) @binding(1) var<storage, read> params: array<f32>;                  // flat parameters [w, alpha, eta, modulator]
+@group(0) @binding(2) var<storage, read_write> trace: array<vec4<f32>>;       // (B, N, N/4) H: H(t-1) on entry, H(t) on exit; then E likewise
+@group(0) @binding(3) var<storage, read_write> activations: array<f32>;       // (T + 1, B, N): x(s) at row s < t, u(s) at row s >= t
+@group(0) @binding(4) var<storage, read> clamp_mask: array<u32>;              // (T, B, clamp_words) bit masks: u(t) in row t - 1
+@group(0) @binding(5) var<storage, read> modulation: array<f32>;              // (T + 1, B): M_b(s) at row s (RATE 2, 3)
+@group(0) @binding(6) var<storage, read_write> partial_sums: array<vec4<f32>>; // (S, B, N/4) when S > 1
+@group(0) @binding(7) var<storage, read> params_vec4: array<vec4<f32>>;       // `params` again, as quads
+
+// ---- shared by every rule kernel (a test keeps the copies identical) ----
+fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace(v: f32) -> f32 {
+    if (CLIP > 0.0) {
+        return clamp(v, -CLIP, CLIP);
+    }
+    return v;
+}
+
+// rate_bj(s) of the plastic trace's update at step s.
+fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
+    if (RATE == 1u) {
+        return params[eta_offset + j];
+    } else if (RATE == 2u) {
+        return modulation[s * batch + b];
+    } else if (RATE == 3u) {
+        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+    }
+    return params[eta_offset];
+}
+
+// eta_j: the rate of the eligibility trace's update.
+fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
+    if (ETA_PER_NEURON) {
+        return params[eta_offset + j];
+    }
+    return params[eta_offset];
+}
+
+fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
+    if (!PLASTIC_SELF && i == j) {
+        return 0.0;
+    }
+    if (ALPHA_SHAPE == 1u) {
+        return params[alpha_offset + j];
+    } else if (ALPHA_SHAPE == 2u) {
+        return params[alpha_offset];
+    }
+    return params[alpha_offset + i * n + j];
+}
+// ---- end of shared functions ----
+
+// rule_update and clip_trace above, on a quad of post-synaptic neurons at once (the same f32
+// operations per component, so that the quad's update is as small as the scalar one and the tile
+// loop around it still unrolls).
+fn rule_update_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace_vec4(v: vec4<f32>) -> vec4<f32> {
+    if (CLIP > 0.0) {
+        return clamp(v, vec4(-CLIP), vec4(CLIP));
+    }
+    return v;
+}
+
+// The quad of the history starting at element `at`. The history stays scalar: the loop over i reads
+// x_i one at a time, the same for every invocation, and only these per-step accesses touch quads.
+fn history_quad(at: u32) -> vec4<f32> {
+    return vec4(activations[at], activations[at + 1u], activations[at + 2u], activations[at + 3u]);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = p.n;
+    let quads = n / 4u;
+    let q = gid.x;
+    let j0 = 4u * q;
+    let b0 = gid.y * BATCH_TILE;
+    let split = p.splits > 1u;
+    if (q >= quads || b0 >= p.batch || gid.z >= max(p.splits, 1u)) {
+        return;
+    }
+    let tile = min(BATCH_TILE, p.batch - b0);
+    let row = p.batch * n;               // one (B, N) row of the history
+    let x_prev = (p.step - 1u) * row;    // x(t-1)
+    let update = p.step >= 2u;
+    // Loaded once: the compiler cannot hoist loads of `p` past the trace stores, which it must
+    // assume may alias.
+    let w_quad = p.w_offset / 4u;
+    let alpha_offset = p.alpha_offset;
+    let elig_quad = p.elig_offset / 4u;
+    let i_begin = select(0u, gid.z * p.split_len, split);
+    let i_end = select(n, min(n, i_begin + p.split_len), split);
+
+    // alpha_eff for the quad where it does not depend on i (ALPHA_SHAPE 1, 2).
+    var alpha_fixed = vec4(params[alpha_offset]);
+    if (ALPHA_SHAPE == 1u) {
+        alpha_fixed = params_vec4[alpha_offset / 4u + q];
+    }
+    var acc: array<vec4<f32>, BATCH_TILE>;
+    var post: array<vec4<f32>, BATCH_TILE>;    // x_j(t-1)
+    var rate: array<vec4<f32>, BATCH_TILE>;    // rate_bj(t-1) when it varies (RATE > 0)
+    // One eta (RATE 0) is one scalar for the whole step, not an array of registers.
+    let eta0 = vec4(params[p.eta_offset]);
+    var rate_e: vec4<f32>;
+    for (var c = 0u; c < 4u; c++) {
+        rate_e[c] = eligibility_rate(j0 + c, p.eta_offset);
+    }
+    // Loops over the tile run to the constant BATCH_TILE and skip k >= tile, so that they unroll
+    // and the arrays stay in registers (an early `break` keeps lavapipe from unrolling: 3x slower).
+    for (var k = 0u; k < BATCH_TILE; k++) {
+        let b = b0 + k;
+        if (k < tile && !split) {
+            acc[k] = history_quad(p.step * row + b * n + j0); // u(t)
+        }
+        if (k < tile && update) {
+            post[k] = history_quad(x_prev + b * n + j0);
+            for (var c = 0u; c < 4u && RATE != 0u; c++) {
+                rate[k][c] = plastic_rate(b, j0 + c, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
+            }
+        }
+    }
+    for (var i = i_begin; i < i_end; i++) {
+        let w_ij = params_vec4[w_quad + i * quads + q];
+        var alpha_ij = alpha_fixed;
+        if (ALPHA_SHAPE == 0u) {
+            alpha_ij = params_vec4[alpha_offset / 4u + i * quads + q];
+        }
+        if (!PLASTIC_SELF && i / 4u == q) {
+            alpha_ij[i % 4u] = 0.0;
+        }
+        for (var k = 0u; k < BATCH_TILE; k++) {
+            if (k < tile) {
+                let b = b0 + k;
+                let h_index = (b * n + i) * quads + q;
+                var h = trace[h_index];
+                if (update) {
+                    let r = select(rate[k], eta0, RATE == 0u);
+                    // x_i(t-2) lives one row below x(t-1).
+                    let pre = activations[x_prev - row + b * n + i];
+                    if (RETROACTIVE) {
+                        let e = trace[elig_quad + h_index];
+                        h = clip_trace_vec4(h + r * e);
+                        trace[elig_quad + h_index] = rule_update_vec4(e, pre, post[k], rate_e);
+                    } else {
+                        h = clip_trace_vec4(rule_update_vec4(h, pre, post[k], r));
+                    }
+                    trace[h_index] = h;
+                }
+                acc[k] += (w_ij + alpha_ij * h) * activations[x_prev + b * n + i];
+            }
+        }
+    }
+    for (var k = 0u; k < BATCH_TILE; k++) {
+        let b = b0 + k;
+        if (k < tile && split) {
+            partial_sums[(gid.z * p.batch + b) * quads + q] = acc[k];
+        } else if (k < tile) {
+            let out = p.step * row + b * n + j0;
+            var x = tanh(clamp(acc[k], vec4(-TANH_CLAMP), vec4(TANH_CLAMP)));
+            if (p.clamp_words != 0u) {
+                // The quad's four bits lie in one word (32 is a multiple of 4); a held neuron keeps
+                // u_j(t), which is still in row t.
+                let word = clamp_mask[((p.step - 1u) * p.batch + b) * p.clamp_words + j0 / 32u];
+                let bits = (vec4(word) >> (vec4(j0 % 32u) + vec4(0u, 1u, 2u, 3u))) & vec4(1u);
+                x = select(x, history_quad(out), bits != vec4(0u));
+            }
+            for (var c = 0u; c < 4u; c++) {
+                activations[out + c] = x[c];
+            }
+        }
+    }
+}
