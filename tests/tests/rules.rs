@@ -161,6 +161,28 @@ fn split_and_grouped_kernels_match_reference() {
     }
 }
 
+/// A host may change `GpuContext::tuning` between episodes of one shape: the trainer rebuilds its
+/// resident state with the new work division, and the gradients stay the reference's.
+#[test]
+fn changing_the_tuning_rebuilds_the_work_division() {
+    let (n, batch, steps) = (20u32, 6u32, 5u32);
+    let p = problem(99, Plasticity::PAPER, n, batch, steps);
+    let (net64, ep64) = to_reference(&p);
+    let reference = reference::backward(&net64, &ep64, &reference::forward(&net64, &ep64)).to_flat();
+    let mut ctx = gpu_with(KernelTuning { forward_splits: Some(1), backward_groups: Some(1) });
+    let net = Network::from_parameters(&ctx, &p.config, &p.host).unwrap();
+    let mut trainer = Trainer::new(&ctx, net, TrainerConfig::default()).unwrap();
+    trainer.compute_gradients(&ctx, &p.data).unwrap();
+    assert_gradients_match("S = 1, Z = 1", &trainer.read_gradients(&ctx).unwrap(), &reference);
+    let whole = trainer.allocated_bytes();
+    ctx.tuning = KernelTuning { forward_splits: Some(4), backward_groups: Some(3) };
+    trainer.compute_gradients(&ctx, &p.data).unwrap();
+    // The split step's (S, B, N) partial sums and the groups' (2, Z, N, N) dw and dalpha now exist.
+    let extra = (4 * batch * n + 2 * 3 * n * n) as u64 * 4;
+    assert!(trainer.allocated_bytes() >= whole + extra, "{} bytes, then {}: the tuning was ignored", whole, trainer.allocated_bytes());
+    assert_gradients_match("S = 4, Z = 3", &trainer.read_gradients(&ctx).unwrap(), &reference);
+}
+
 #[test]
 fn recomputation_keeps_memory_sublinear_in_the_episode_length() {
     let ctx = gpu();

@@ -15,6 +15,7 @@ use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
 use crate::error::{Result, invalid};
 use crate::network::{HeadKind, Network, NetworkConfig, OutputHead, ParamLayout};
+use crate::tuning::KernelTuning;
 
 /// The inputs and targets of a batch of `batch` episodes of `steps` steps.
 #[derive(Clone, Debug, PartialEq)]
@@ -380,6 +381,8 @@ pub(crate) struct ForwardState {
     partial_sums: GpuBuffer,
     /// S: chunks of the forward step's sum over i.
     pub forward_splits: u32,
+    /// The context's work division when this state was built (it fixes S).
+    pub tuning: KernelTuning,
     /// Whether the step runs as forward_step_vec4 (N a multiple of 4).
     pub forward_vec4: bool,
     step_params_slots: ParamSlots,
@@ -483,6 +486,7 @@ impl ForwardState {
             )?,
             partial_sums: buffers::storage(ctx, "forward partial sums", partial_bytes)?,
             forward_splits: splits,
+            tuning: ctx.tuning,
             forward_vec4: forward_step::uses_vec4(neurons, layout.w_offset, layout.alpha_offset),
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
             finish_params_slots: ParamSlots::new(ctx, "forward_finish params", &finish_params)?,
@@ -795,7 +799,8 @@ fn head_params(shape: &EpisodeShape, loss_scale: f32) -> Vec<(HeadForwardParams,
     out
 }
 
-/// Validates `data` and (re)allocates the resident state when its shape changed, then uploads it.
+/// Validates `data` and (re)allocates the resident state when its shape or the context's work division
+/// (`GpuContext::tuning`) changed, then uploads it.
 pub(crate) fn prepare<'a>(
     slot: &'a mut Option<ForwardState>,
     ctx: &GpuContext,
@@ -805,7 +810,7 @@ pub(crate) fn prepare<'a>(
     let neurons = config.neurons;
     let shape = source.shape(config);
     source.validate(&shape.layout)?;
-    if slot.as_ref().is_none_or(|s| s.shape != shape) {
+    if slot.as_ref().is_none_or(|s| s.shape != shape || s.tuning != ctx.tuning) {
         *slot = None; // release the old buffers before allocating new ones
         *slot = Some(ForwardState::new(ctx, shape)?);
     }

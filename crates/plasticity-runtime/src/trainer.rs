@@ -32,6 +32,7 @@ use crate::episode::{
 };
 use crate::error::{Result, invalid};
 use crate::network::{HostParameters, Network};
+use crate::tuning::KernelTuning;
 
 /// Adam with optional clipping of the global gradient norm. Defaults are the paper's.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -146,6 +147,8 @@ enum Recovery {
 
 struct BackwardState {
     shape: EpisodeShape,
+    /// The context's work division when this state was built (it fixes Z).
+    tuning: KernelTuning,
     partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
     partials: GpuBuffer,
@@ -277,6 +280,7 @@ impl BackwardState {
             .collect();
         Ok(Self {
             shape: fwd.shape.clone(),
+            tuning: ctx.tuning,
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -585,7 +589,8 @@ impl Trainer {
         let spec = self.network.config.plasticity;
         prepare(&mut self.forward, ctx, source, &self.network.config)?;
         let fwd = self.forward.as_ref().expect("prepared");
-        let reshaped = self.backward.as_ref().is_none_or(|b| b.shape != fwd.shape);
+        // A host may change `ctx.tuning` between episodes of the same shape: that rebuilds too.
+        let reshaped = self.backward.as_ref().is_none_or(|b| b.shape != fwd.shape || b.tuning != ctx.tuning);
         if reshaped {
             self.backward = None;
             self.checkpoints.clear();
