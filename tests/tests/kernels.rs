@@ -307,11 +307,18 @@ fn modulation_forward_matches_cpu_twin() {
     }
 }
 
+/// trace_update at every size, trace_update_vec4 too at 4, 64 and 68 (4, 1024 and 1156 quads at B = 1:
+/// less than one, exactly four and four and a half workgroups of 256).
 #[test]
 fn trace_update_matches_cpu_twin() {
+    let mut vec4_cases = 0;
     for (name, spec) in rule_specs() {
-        for n in [1u32, 17, 65] {
-            for batch in [1u32, 3] {
+        for n in [1u32, 4, 17, 64, 65, 68] {
+            for (batch, vec4) in [1u32, 3].into_iter().flat_map(|b| [(b, false), (b, true)]) {
+                if vec4 && !trace_update::uses_vec4(n) {
+                    continue;
+                }
+                vec4_cases += vec4 as u32;
                 let step = 3u32;
                 let (nn, row) = ((n * n) as usize, (batch * n) as usize);
                 let mut r = rng(5 + 13 * n as u64 + batch as u64);
@@ -323,7 +330,7 @@ fn trace_update_matches_cpu_twin() {
                 // slot 0 must stay as it is.
                 let mut traces = uniform(&mut r, 2 * slot, 1.0);
                 traces.extend(nan_filled(slot));
-                let (grid, row_stride) = trace_update::grid(n, batch);
+                let (grid, row_stride) = trace_update::grid(n, batch, vec4);
                 let p = TraceUpdateParams {
                     n,
                     batch,
@@ -337,7 +344,7 @@ fn trace_update_matches_cpu_twin() {
                     ..Default::default()
                 };
                 let out = run_rule_kernel(
-                    "trace_update",
+                    trace_update::kernel_name(vec4),
                     &spec,
                     &[],
                     &p,
@@ -346,13 +353,14 @@ fn trace_update_matches_cpu_twin() {
                 );
                 let mut t_ref = traces.clone();
                 cpu::trace_update(&spec, &p, &params, &activations, &modulation, &mut t_ref);
-                let ctx = format!("trace_update {name} N={n} B={batch}");
+                let ctx = format!("{} {name} N={n} B={batch}", trace_update::kernel_name(vec4));
                 // The same f32 operations on both sides, up to FMA contraction.
                 assert_close(&ctx, &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
                 assert_eq!(out[3][..2 * slot], traces[..2 * slot], "{ctx}: other slots untouched");
             }
         }
     }
+    assert_eq!(vec4_cases, 6 * 3 * 2, "trace_update_vec4 ran at every size that is a multiple of 4");
 }
 
 #[test]

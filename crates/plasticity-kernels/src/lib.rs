@@ -798,9 +798,48 @@ pub mod trace_update {
         rule_constants: true,
     };
 
-    /// The grid covering a (B, N, N) trace, and its row stride.
-    pub fn grid(n: u32, batch: u32) -> ([u32; 3], u32) {
-        elementwise_grid(batch * n * n, WORKGROUP_SIZE)
+    /// The same update with vec4 access for N a multiple of 4 (see `uses_vec4`): one invocation per
+    /// quad of four neighbouring post-synaptic neurons. Same bindings and twin (`cpu::trace_update`).
+    pub const KERNEL_VEC4: KernelDescriptor = KernelDescriptor {
+        name: "trace_update_vec4",
+        source: include_str!("../../../shaders/trace_update_vec4.wgsl"),
+        bindings: &[params("p"), read("params"), read("activations"), read("modulation"), read_write("traces")],
+        params_struct: "TraceUpdateParams",
+        params_layout: layout_of!(TraceUpdateParams {
+            n,
+            batch,
+            step,
+            row_stride,
+            eta_offset,
+            mod_offset,
+            src_offset,
+            dst_offset,
+            elig_offset,
+            _pad0,
+            _pad1,
+            _pad2
+        }),
+        params_size: core::mem::size_of::<TraceUpdateParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: true,
+    };
+
+    /// Whether an update of N neurons runs as `trace_update_vec4` (every trace row, and so every slot
+    /// offset, a whole number of vec4).
+    pub fn uses_vec4(n: u32) -> bool {
+        n % 4 == 0
+    }
+
+    /// The kernel that updates a trace of N neurons (see `uses_vec4`).
+    pub fn kernel_name(vec4: bool) -> &'static str {
+        if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
+    }
+
+    /// The grid covering a (B, N, N) trace, an invocation per element (per quad with `vec4`), and
+    /// its row stride.
+    pub fn grid(n: u32, batch: u32, vec4: bool) -> ([u32; 3], u32) {
+        let per_row = if vec4 { n / 4 } else { n };
+        elementwise_grid(batch * n * per_row, WORKGROUP_SIZE)
     }
 }
 
@@ -1107,6 +1146,7 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     modulation_forward::KERNEL,
     modulation_backward::KERNEL,
     trace_update::KERNEL,
+    trace_update::KERNEL_VEC4,
     input_projection::KERNEL,
     input_projection_backward::KERNEL,
     head_forward::KERNEL,

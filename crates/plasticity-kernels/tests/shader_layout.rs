@@ -165,7 +165,7 @@ fn shared_functions(kernel: &KernelDescriptor) -> &'static str {
 fn rule_kernels_share_one_copy_of_the_update_functions() {
     let rule_kernels: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants).collect();
     let names: Vec<&str> = rule_kernels.iter().map(|k| k.name).collect();
-    assert_eq!(names, ["forward_step", "forward_step_vec4", "backward_trace", "backward_trace_vec4", "trace_update"]);
+    assert_eq!(names, ["forward_step", "forward_step_vec4", "backward_trace", "backward_trace_vec4", "trace_update", "trace_update_vec4"]);
     let first = shared_functions(rule_kernels[0]);
     assert!(first.contains("fn rule_update") && first.contains("fn plastic_rate") && first.contains("fn alpha_eff"));
     for k in &rule_kernels[1..] {

@@ -352,7 +352,7 @@ impl BackwardState {
         self.activation_params_slots.write(ctx, &activation)?;
         self.trace_params_slots.write(ctx, &trace)?;
         if let Recovery::Recompute { segment } = recovery {
-            let (_, row_stride) = trace_update::grid(n, batch);
+            let (_, row_stride) = trace_update::grid(n, batch, trace_update::uses_vec4(n));
             let update: Vec<TraceUpdateParams> = (1..=steps)
                 .map(|step| TraceUpdateParams {
                     n,
@@ -775,10 +775,12 @@ fn record_backward(
         }
         Recovery::Recompute { segment } => {
             let slot_bytes = shape.trace_slot_len() * 4;
-            let update_pipeline = ctx.kernels.specialised(&ctx.device, "trace_update", spec, &[]);
+            let vec4 = trace_update::uses_vec4(shape.neurons);
+            let update_kernel = trace_update::kernel_name(vec4);
+            let update_pipeline = ctx.kernels.specialised(&ctx.device, update_kernel, spec, &[]);
             let update_group =
-                bind_group(ctx, "trace_update", &bwd.update_params_slots, &[&net.params, &fwd.activations, &fwd.modulation, traces]);
-            let update_grid = trace_update::grid(shape.neurons, shape.batch).0;
+                bind_group(ctx, update_kernel, &bwd.update_params_slots, &[&net.params, &fwd.activations, &fwd.modulation, traces]);
+            let update_grid = trace_update::grid(shape.neurons, shape.batch, vec4).0;
             let starts: Vec<u32> = (0..).map(|k| 1 + k * segment).take_while(|&s| s <= shape.steps).collect();
             for &start in starts.iter().rev() {
                 let end = (start + segment - 1).min(shape.steps);

@@ -1,0 +1,141 @@
+// trace_update_vec4: trace_update.wgsl for N a multiple of 4, one invocation per quad of four
+// neighbouring post-synaptic neurons, every trace access a vec4.
+//
+//   H(t) = clip(U_r(H(t-1)))      r = rate_bj(t-1), pre = x_i(t-2), post = x_j(t-1)
+//   retroactive: E(t) = U_eta(E(t-1)),  H(t) = clip(H(t-1) + r E(t-1))
+//
+// The same step, parameters and CPU twin (cpu::trace_update) as trace_update.wgsl, and the same f32
+// operations per component as forward_step_vec4.wgsl, so a recomputed trace matches the forward
+// pass's to rounding. The runtime uses this kernel whenever N % 4 == 0 (the slot offsets are then
+// multiples of 4), trace_update.wgsl otherwise. A 2-D grid past 65535 workgroups.
+
+override WORKGROUP_SIZE: u32 = 256u;
+override RULE: u32 = 0u;
+override CLIP: f32 = 0.0;
+override ALPHA_SHAPE: u32 = 0u;
+override RATE: u32 = 0u;
+override ETA_PER_NEURON: bool = false;
+override RETROACTIVE: bool = false;
+override PLASTIC_SELF: bool = true;
+
+struct TraceUpdateParams {
+    n: u32,           // neurons N
+    batch: u32,       // batch B
+    step: u32,        // t >= 2: forms H(t)
+    row_stride: u32,  // invocations per grid row
+    eta_offset: u32,  // offsets into `params`
+    mod_offset: u32,
+    src_offset: u32,  // element offset of the slot holding H(t-1) (E(t-1) at + elig_offset)
+    dst_offset: u32,  // element offset of the slot receiving H(t)
+    elig_offset: u32, // offset of E within a slot (RETROACTIVE)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> p: TraceUpdateParams;
+@group(0) @binding(1) var<storage, read> params: array<f32>;              // flat parameters [w, alpha, eta, modulator]
+@group(0) @binding(2) var<storage, read> activations: array<f32>;         // (T + 1, B, N): x(t) at row t
+@group(0) @binding(3) var<storage, read> modulation: array<f32>;          // (T + 1, B): M_b(t) at row t
+@group(0) @binding(4) var<storage, read_write> traces: array<vec4<f32>>;  // (K + 1 slots) of [H (B, N, N/4), E (B, N, N/4)]
+
+// ---- shared by every rule kernel (a test keeps the copies identical) ----
+fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace(v: f32) -> f32 {
+    if (CLIP > 0.0) {
+        return clamp(v, -CLIP, CLIP);
+    }
+    return v;
+}
+
+// rate_bj(s) of the plastic trace's update at step s.
+fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
+    if (RATE == 1u) {
+        return params[eta_offset + j];
+    } else if (RATE == 2u) {
+        return modulation[s * batch + b];
+    } else if (RATE == 3u) {
+        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+    }
+    return params[eta_offset];
+}
+
+// eta_j: the rate of the eligibility trace's update.
+fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
+    if (ETA_PER_NEURON) {
+        return params[eta_offset + j];
+    }
+    return params[eta_offset];
+}
+
+fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
+    if (!PLASTIC_SELF && i == j) {
+        return 0.0;
+    }
+    if (ALPHA_SHAPE == 1u) {
+        return params[alpha_offset + j];
+    } else if (ALPHA_SHAPE == 2u) {
+        return params[alpha_offset];
+    }
+    return params[alpha_offset + i * n + j];
+}
+// ---- end of shared functions ----
+
+// rule_update and clip_trace above on a quad (the same f32 operations per component).
+fn rule_update_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
+    if (RULE == 1u) {
+        return h + r * post * (pre - post * h);
+    } else if (RULE == 2u) {
+        return h + r * pre * post;
+    }
+    return (1.0 - r) * h + r * pre * post;
+}
+
+fn clip_trace_vec4(v: vec4<f32>) -> vec4<f32> {
+    if (CLIP > 0.0) {
+        return clamp(v, vec4(-CLIP), vec4(CLIP));
+    }
+    return v;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn trace_update_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = p.n;
+    let quads = n / 4u;
+    let e = gid.y * p.row_stride + gid.x;   // quad index in the (B, N, N/4) trace
+    if (e >= p.batch * n * quads) {
+        return;
+    }
+    let b = e / (n * quads);
+    let i = (e / quads) % n;
+    let j0 = 4u * (e % quads);
+    let row = p.batch * n;
+    let pre = activations[(p.step - 2u) * row + b * n + i];
+    let at = (p.step - 1u) * row + b * n + j0;
+    let post = vec4(activations[at], activations[at + 1u], activations[at + 2u], activations[at + 3u]);
+    var rate: vec4<f32>;
+    var rate_e: vec4<f32>;
+    for (var c = 0u; c < 4u; c++) {
+        rate[c] = plastic_rate(b, j0 + c, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
+        rate_e[c] = eligibility_rate(j0 + c, p.eta_offset);
+    }
+    let src = p.src_offset / 4u;
+    let dst = p.dst_offset / 4u;
+    let elig = p.elig_offset / 4u;
+    let h = traces[src + e];
+    if (RETROACTIVE) {
+        let old_e = traces[src + elig + e];
+        traces[dst + e] = clip_trace_vec4(h + rate * old_e);
+        traces[dst + elig + e] = rule_update_vec4(old_e, pre, post, rate_e);
+    } else {
+        traces[dst + e] = clip_trace_vec4(rule_update_vec4(h, pre, post, rate));
+    }
+}
