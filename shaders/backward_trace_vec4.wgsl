@@ -120,6 +120,9 @@ fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
 }
 // ---- end of shared functions ----
 
+// ---- shared by every vec4 rule kernel (a test keeps the copies identical) ----
+// rule_update and clip_trace on a quad of post-synaptic neurons: the same f32 operations per
+// component as the scalar functions above.
 fn rule_update_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
     if (RULE == 1u) {
         return h + r * post * (pre - post * h);
@@ -128,6 +131,14 @@ fn rule_update_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> ve
     }
     return (1.0 - r) * h + r * pre * post;
 }
+
+fn clip_trace_vec4(v: vec4<f32>) -> vec4<f32> {
+    if (CLIP > 0.0) {
+        return clamp(v, vec4(-CLIP), vec4(CLIP));
+    }
+    return v;
+}
+// ---- end of shared vec4 functions ----
 
 fn rule_d_trace_vec4(post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
     if (RULE == 1u) {

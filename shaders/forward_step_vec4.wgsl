@@ -100,9 +100,9 @@ fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
 }
 // ---- end of shared functions ----
 
-// rule_update and clip_trace above, on a quad of post-synaptic neurons at once (the same f32
-// operations per component, so that the quad's update is as small as the scalar one and the tile
-// loop around it still unrolls).
+// ---- shared by every vec4 rule kernel (a test keeps the copies identical) ----
+// rule_update and clip_trace on a quad of post-synaptic neurons: the same f32 operations per
+// component as the scalar functions above.
 fn rule_update_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
     if (RULE == 1u) {
         return h + r * post * (pre - post * h);
@@ -118,6 +118,7 @@ fn clip_trace_vec4(v: vec4<f32>) -> vec4<f32> {
     }
     return v;
 }
+// ---- end of shared vec4 functions ----
 
 // The quad of the history starting at element `at`. The history stays scalar: the loop over i reads
 // x_i one at a time, the same for every invocation, and only these per-step accesses touch quads.

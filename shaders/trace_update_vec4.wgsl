@@ -89,7 +89,9 @@ fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
 }
 // ---- end of shared functions ----
 
-// rule_update and clip_trace above on a quad (the same f32 operations per component).
+// ---- shared by every vec4 rule kernel (a test keeps the copies identical) ----
+// rule_update and clip_trace on a quad of post-synaptic neurons: the same f32 operations per
+// component as the scalar functions above.
 fn rule_update_vec4(h: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> vec4<f32> {
     if (RULE == 1u) {
         return h + r * post * (pre - post * h);
@@ -105,6 +107,7 @@ fn clip_trace_vec4(v: vec4<f32>) -> vec4<f32> {
     }
     return v;
 }
+// ---- end of shared vec4 functions ----
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn trace_update_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {

@@ -251,7 +251,20 @@ pub mod forward_step {
         source: include_str!("../../../shaders/forward_step.wgsl"),
         bindings: &BINDINGS,
         params_struct: "ForwardStepParams",
-        params_layout: LAYOUT,
+        params_layout: layout_of!(ForwardStepParams {
+            n,
+            batch,
+            step,
+            w_offset,
+            alpha_offset,
+            eta_offset,
+            mod_offset,
+            clamp_words,
+            elig_offset,
+            splits,
+            split_len,
+            _pad0
+        }),
         params_size: core::mem::size_of::<ForwardStepParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: true,
@@ -263,27 +276,8 @@ pub mod forward_step {
         name: "forward_step_vec4",
         source: include_str!("../../../shaders/forward_step_vec4.wgsl"),
         bindings: &[BINDINGS[0], BINDINGS[1], BINDINGS[2], BINDINGS[3], BINDINGS[4], BINDINGS[5], BINDINGS[6], read("params_vec4")],
-        params_struct: "ForwardStepParams",
-        params_layout: LAYOUT,
-        params_size: core::mem::size_of::<ForwardStepParams>(),
-        workgroup_size: [WORKGROUP_SIZE, 1, 1],
-        rule_constants: true,
+        ..KERNEL
     };
-
-    const LAYOUT: &[(&str, usize)] = layout_of!(ForwardStepParams {
-        n,
-        batch,
-        step,
-        w_offset,
-        alpha_offset,
-        eta_offset,
-        mod_offset,
-        clamp_words,
-        elig_offset,
-        splits,
-        split_len,
-        _pad0
-    });
 
     /// Whether a step of N neurons with w and alpha at these offsets runs as `forward_step_vec4`:
     /// every row of the trace and the history is then a whole number of vec4.
@@ -473,46 +467,8 @@ pub mod backward_trace {
 
     /// The same step with vec4 access to the traces for N a multiple of 4 (see `uses_vec4`), and the
     /// same bindings. Its twin is `cpu::backward_trace` with quad columns.
-    pub const KERNEL_VEC4: KernelDescriptor = KernelDescriptor {
-        name: "backward_trace_vec4",
-        source: include_str!("../../../shaders/backward_trace_vec4.wgsl"),
-        bindings: &[
-            params("p"),
-            read("params"),
-            read("activations"),
-            read("modulation"),
-            read_write("trace"),
-            read_write("trace_grad"),
-            read_write("grads"),
-            read_write("partials"),
-        ],
-        params_struct: "BackwardTraceParams",
-        params_layout: layout_of!(BackwardTraceParams {
-            n,
-            batch,
-            step,
-            n_tiles,
-            w_offset,
-            alpha_offset,
-            eta_offset,
-            mod_offset,
-            cur_offset,
-            prev_offset,
-            elig_offset,
-            alpha_grad_offset,
-            rate_partials_offset,
-            eta_partials_offset,
-            preact_offset,
-            groups,
-            group_grad_offset,
-            _pad0,
-            _pad1,
-            _pad2
-        }),
-        params_size: core::mem::size_of::<BackwardTraceParams>(),
-        workgroup_size: [WORKGROUP_SIZE, 1, 1],
-        rule_constants: true,
-    };
+    pub const KERNEL_VEC4: KernelDescriptor =
+        KernelDescriptor { name: "backward_trace_vec4", source: include_str!("../../../shaders/backward_trace_vec4.wgsl"), ..KERNEL };
 
     /// Whether a backward step of N neurons runs as `backward_trace_vec4`: every row of the traces
     /// and the history is then a whole number of vec4 (and so is every trace slot's offset).
@@ -800,29 +756,8 @@ pub mod trace_update {
 
     /// The same update with vec4 access for N a multiple of 4 (see `uses_vec4`): one invocation per
     /// quad of four neighbouring post-synaptic neurons. Same bindings and twin (`cpu::trace_update`).
-    pub const KERNEL_VEC4: KernelDescriptor = KernelDescriptor {
-        name: "trace_update_vec4",
-        source: include_str!("../../../shaders/trace_update_vec4.wgsl"),
-        bindings: &[params("p"), read("params"), read("activations"), read("modulation"), read_write("traces")],
-        params_struct: "TraceUpdateParams",
-        params_layout: layout_of!(TraceUpdateParams {
-            n,
-            batch,
-            step,
-            row_stride,
-            eta_offset,
-            mod_offset,
-            src_offset,
-            dst_offset,
-            elig_offset,
-            _pad0,
-            _pad1,
-            _pad2
-        }),
-        params_size: core::mem::size_of::<TraceUpdateParams>(),
-        workgroup_size: [WORKGROUP_SIZE, 1, 1],
-        rule_constants: true,
-    };
+    pub const KERNEL_VEC4: KernelDescriptor =
+        KernelDescriptor { name: "trace_update_vec4", source: include_str!("../../../shaders/trace_update_vec4.wgsl"), ..KERNEL };
 
     /// Whether an update of N neurons runs as `trace_update_vec4` (every trace row, and so every slot
     /// offset, a whole number of vec4).

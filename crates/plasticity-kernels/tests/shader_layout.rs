@@ -153,12 +153,28 @@ fn example_shaders_parse_and_validate() {
 
 /// The text between the shared-function markers of a rule kernel.
 fn shared_functions(kernel: &KernelDescriptor) -> &'static str {
-    let start =
-        kernel.source.find("// ---- shared by every rule kernel").unwrap_or_else(|| panic!("{}: no shared-function block", kernel.name));
-    let end = kernel.source.find("// ---- end of shared functions ----").unwrap_or_else(|| panic!("{}: unterminated block", kernel.name));
-    let block = &kernel.source[start..end];
-    // The first line names the other files; the functions follow it.
+    shared_block(kernel, "// ---- shared by every rule kernel", "// ---- end of shared functions ----")
+}
+
+/// The text between `start` (a marker line) and `end`.
+fn shared_block(kernel: &KernelDescriptor, start: &str, end: &str) -> &'static str {
+    let from = kernel.source.find(start).unwrap_or_else(|| panic!("{}: no block '{start}'", kernel.name));
+    let to = kernel.source.find(end).unwrap_or_else(|| panic!("{}: unterminated block '{start}'", kernel.name));
+    let block = &kernel.source[from..to];
+    // The first line is the marker; the functions follow it.
     &block[block.find('\n').unwrap()..]
+}
+
+#[test]
+fn vec4_rule_kernels_share_one_copy_of_the_vec4_update_functions() {
+    let vec4: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants && k.name.ends_with("_vec4")).collect();
+    assert_eq!(vec4.len(), 3, "forward_step_vec4, backward_trace_vec4, trace_update_vec4");
+    let block = |k| shared_block(k, "// ---- shared by every vec4 rule kernel", "// ---- end of shared vec4 functions ----");
+    let first = block(vec4[0]);
+    assert!(first.contains("fn rule_update_vec4") && first.contains("fn clip_trace_vec4"));
+    for k in &vec4[1..] {
+        assert_eq!(block(k), first, "{}: its copy of the vec4 functions differs from {}'s", k.name, vec4[0].name);
+    }
 }
 
 #[test]
