@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (the workplace's `device` tool): the bench, a work-split
-# sweep, the PyTorch CUDA comparison and every GPU test binary, each under its own time limit
-# (about 90 s in all on an H200). The machine has no Rust toolchain and no network, so everything
+# sweep, the time per kernel, the PyTorch CUDA comparison and every GPU test binary, each under its
+# own time limit (about 90 s in all on an H200 before the profile section was added). The machine has no Rust toolchain and no network, so everything
 # is built here and carried:
 #
 #   tools/device_check.sh --pack       # here: strips the release binaries into .dev/bins.tar.gz
-#   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,compare,tests]
+#   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,profile,compare,tests]
 #
 # `.gl` holds the Vulkan/EGL loader packages (see the device tool's README); `.dev` is git-ignored
-# through .git/info/exclude. Logs and JSON land in $OUT (or ./device-out): seven files, under the
-# tool's limit of eight.
+# through .git/info/exclude. Logs and JSON land in $OUT (or ./device-out): eight files, the tool's
+# limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +37,7 @@ fi
 
 [ "${1:-}" = "--run" ] || { sed -n '2,12p' "$0"; exit 2; }
 # Sections to run (default all): tools/device_check.sh --run bench,sweep
-sections=${2:-bench,sweep,compare,tests}
+sections=${2:-bench,sweep,profile,compare,tests}
 want() { [[ ",$sections," == *",$1,"* ]]; }
 out=${OUT:-device-out}
 mkdir -p "$out"
@@ -68,10 +68,15 @@ sweep() { # N B S Z [more bench options]
   [ "$4" = auto ] || opts+=(--backward-groups "$4")
   echo "N=$1 B=$2 S=$3 Z=$4 ${*:5}: $(timeout 60 "$bin/plasticity" bench "${opts[@]}" "${@:5}" 2>&1 | grep -E "^ +$1 +$2 ")"
 }
+for s in 8 32 64; do sweep 1000 64 $s auto; done   # S was tuned before the vec4 kernels
 for z in 8 32 64; do sweep 1000 64 auto $z; done
 for z in 4 8; do sweep 1000 16 auto $z; done
 for z in 16 32; do sweep 256 64 auto $z; done
 } 2>&1 | tee "$out/sweep.txt"
+
+want profile && section "GPU time per kernel (bench --profile), N = 1000" &&
+timeout 90 "$bin/plasticity" bench --neurons 1000 --batch 16,64 --reps 1 --memory-size 16,1 --memory-steps 2 --profile \
+  2>&1 | tee "$out/profile.txt"
 
 want compare && section "against PyTorch CUDA, N = 1000" && {
 PLASTICITY=$bin/plasticity timeout 150 tools/compare_pytorch.sh --device cuda --neurons 1000 \

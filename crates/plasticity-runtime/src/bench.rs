@@ -6,6 +6,7 @@
 //! episode where the device has timestamp queries inside encoders, else of wall-clock time around
 //! finished submissions.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use plasticity_kernels::stream_triad::{self, StreamTriadParams};
@@ -17,6 +18,7 @@ use crate::context::GpuContext;
 use crate::episode::{EpisodeData, EpisodeRunner, GpuEpisode};
 use crate::error::Result;
 use crate::network::{Network, NetworkConfig};
+use crate::profile::{KernelProfile, KernelProfiler};
 use crate::trainer::{Trainer, TrainerConfig};
 use plasticity_kernels::Plasticity;
 
@@ -268,6 +270,31 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         forward_splits: ctx.tuning.forward_split(&ctx.adapter, case.neurons, case.batch).0,
         backward_groups: ctx.tuning.backward_groups(&ctx.adapter, case.neurons, case.batch),
     })
+}
+
+/// GPU time per kernel of one training episode (forward, backward and Adam) of `case`, after a
+/// warm-up episode: two timestamps around every dispatch (see [`crate::profile`]). An error names
+/// the missing device feature where timestamps cannot be written inside passes.
+pub fn profile_case(ctx: &GpuContext, case: BenchCase) -> Result<KernelProfile> {
+    let profiler = Arc::new(KernelProfiler::new(ctx)?);
+    let mut ctx = ctx.clone();
+    ctx.profiler = Some(profiler.clone());
+    let data = random_episode(case, 1);
+    let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
+    let network = Network::new(&ctx, &config)?;
+    let resident = ResidentEpisode::new(&ctx, &data)?;
+    let episode = resident.episode(&data);
+    let mut trainer = Trainer::new(&ctx, network, TrainerConfig::default())?;
+    for _ in 0..2 {
+        // The first pass warms up (pipelines, allocation); the second is the one reported.
+        profiler.reset();
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        trainer.record_train_step(&ctx, &mut encoder, &episode)?;
+        profiler.resolve(&mut encoder);
+        ctx.submit_and_wait("a profiled training episode", encoder.finish())?;
+        trainer.read_metrics(&ctx)?;
+    }
+    profiler.read(&ctx)
 }
 
 /// Peak memory and training time per step of one size at several episode lengths.

@@ -85,6 +85,16 @@ pub fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, len: usize
 }
 
 pub(crate) fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, what: &str) -> Result<Vec<f32>> {
+    Ok(bytemuck::cast_slice::<u8, f32>(&map_read_bytes(ctx, staging, what)?).to_vec())
+}
+
+/// The first `count` u64 of a mappable buffer (resolved timestamps).
+pub(crate) fn map_read_u64(ctx: &GpuContext, staging: &wgpu::Buffer, count: usize, what: &str) -> Result<Vec<u64>> {
+    let bytes = map_read_bytes(ctx, staging, what)?;
+    Ok(bytes[..count * 8].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+}
+
+fn map_read_bytes(ctx: &GpuContext, staging: &wgpu::Buffer, what: &str) -> Result<Vec<u8>> {
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         sender.send(r).ok();
@@ -95,7 +105,7 @@ pub(crate) fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, what: &str) -> 
     mapped.map_err(|e| PlasticityError::Readback { what: what.into(), message: e.to_string() })?;
     let values = {
         let view = staging.get_mapped_range(..).map_err(|e| PlasticityError::Readback { what: what.into(), message: e.to_string() })?;
-        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        view.to_vec()
     };
     staging.unmap();
     Ok(values)

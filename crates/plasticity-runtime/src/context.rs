@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{PlasticityError, Result};
 use crate::pipelines::Kernels;
+use crate::profile::KernelProfiler;
 use crate::tuning::KernelTuning;
 
 /// What the runtime tells a user about the adapter it runs on.
@@ -59,6 +60,8 @@ pub struct GpuContext {
     pub timeout: Duration,
     /// How the step kernels divide their work; by default chosen from the adapter and the size.
     pub tuning: KernelTuning,
+    /// When set, every dispatch is timed (see [`crate::profile`]); off by default.
+    pub profiler: Option<Arc<KernelProfiler>>,
 }
 
 impl GpuContext {
@@ -110,8 +113,12 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("plasticity"),
-                // Timestamps let the bench time GPU work rather than wall clock where the adapter has them.
-                required_features: adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+                // Timestamps let the bench time GPU work rather than wall clock where the adapter has
+                // them, and time each kernel (`bench --profile`) where they can be written inside passes.
+                required_features: adapter.features()
+                    & (wgpu::Features::TIMESTAMP_QUERY
+                        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+                        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
                 required_limits,
                 ..Default::default()
             })
@@ -144,7 +151,15 @@ impl GpuContext {
             });
         }
         let kernels = scoped(&device, "compiling the plasticity kernels", || Kernels::new(&device))?;
-        Ok(Self { device, queue, adapter, kernels: Arc::new(kernels), timeout: DEFAULT_GPU_TIMEOUT, tuning: KernelTuning::default() })
+        Ok(Self {
+            device,
+            queue,
+            adapter,
+            kernels: Arc::new(kernels),
+            timeout: DEFAULT_GPU_TIMEOUT,
+            tuning: KernelTuning::default(),
+            profiler: None,
+        })
     }
 
     pub fn limits(&self) -> wgpu::Limits {
@@ -252,7 +267,7 @@ impl GpuContext {
             match rule {
                 Some((spec, extra)) => {
                     let pipeline = self.kernels.specialised(&self.device, name, spec, extra);
-                    crate::episode::dispatch_pipeline(&mut pass, &pipeline, &group, 0, grid);
+                    crate::episode::dispatch_pipeline(&mut pass, self, descriptor.name, &pipeline, &group, 0, grid);
                 }
                 None => crate::episode::dispatch(&mut pass, self, name, &group, 0, grid),
             }

@@ -342,12 +342,15 @@ pub(crate) fn dispatch(
     offset: u32,
     grid: [u32; 3],
 ) {
-    dispatch_pipeline(pass, &ctx.kernels.get(kernel).pipeline, group, offset, grid);
+    let k = ctx.kernels.get(kernel);
+    dispatch_pipeline(pass, ctx, k.descriptor.name, &k.pipeline, group, offset, grid);
 }
 
-/// Like [`dispatch`], with a pipeline specialised for a rule.
+/// Like [`dispatch`], with a pipeline specialised for a rule. Timed when the context has a profiler.
 pub(crate) fn dispatch_pipeline(
     pass: &mut wgpu::ComputePass<'_>,
+    ctx: &GpuContext,
+    kernel: &'static str,
     pipeline: &wgpu::ComputePipeline,
     group: &wgpu::BindGroup,
     offset: u32,
@@ -355,7 +358,11 @@ pub(crate) fn dispatch_pipeline(
 ) {
     pass.set_pipeline(pipeline);
     pass.set_bind_group(0, group, &[offset]);
-    pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    let run = |pass: &mut wgpu::ComputePass<'_>| pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    match &ctx.profiler {
+        Some(profiler) => profiler.time(pass, kernel, run),
+        None => run(pass),
+    }
 }
 
 /// Buffers resident for a batch of episodes of one shape: targets, the activation history (which
@@ -600,7 +607,7 @@ impl ForwardState {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
                 for s in step..=last {
-                    dispatch_pipeline(&mut pass, &pipeline, &group, self.step_params_slots.offset(s as usize - 1), grid);
+                    dispatch_pipeline(&mut pass, ctx, step_kernel, &pipeline, &group, self.step_params_slots.offset(s as usize - 1), grid);
                     if let Some(g) = &finish_group {
                         dispatch(&mut pass, ctx, "forward_finish", g, self.finish_params_slots.offset(s as usize - 1), finish_grid);
                     }

@@ -42,6 +42,7 @@ pub mod episode;
 pub mod error;
 pub mod network;
 mod pipelines;
+pub mod profile;
 pub mod tasks;
 pub mod trainer;
 pub mod tuning;

@@ -743,7 +743,7 @@ fn record_backward(
         if let Some(group) = &input_group {
             dispatch(pass, ctx, "input_projection_backward", group, bwd.input_params_slots.offset(slot), input_grid);
         }
-        dispatch_pipeline(pass, &trace_pipeline, &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
+        dispatch_pipeline(pass, ctx, trace_kernel, &trace_pipeline, &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
     };
     match recovery {
         Recovery::Reverse { .. } => {
@@ -798,6 +798,8 @@ fn record_backward(
                 for s in first_update..=end {
                     dispatch_pipeline(
                         &mut pass,
+                        ctx,
+                        update_kernel,
                         &update_pipeline,
                         &update_group,
                         bwd.update_params_slots.offset(s as usize - 1),

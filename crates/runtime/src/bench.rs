@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use plasticity_runtime::GpuContext;
 use plasticity_runtime::bench::{self, BenchCase, CaseResult, MemoryScaling};
+use plasticity_runtime::profile::KernelProfile;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// CPU adapter).
     #[arg(long)]
     backward_groups: Option<u32>,
+    /// Also time every kernel of one training episode per size (GPU timestamps around each
+    /// dispatch; needs the adapter's TIMESTAMP_QUERY_INSIDE_PASSES).
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     rule: crate::rule_args::RuleArgs,
 }
@@ -112,11 +117,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             results.push(r);
         }
     }
+    let mut profiles = Vec::new();
+    if args.profile {
+        println!("\nGPU time per kernel in one training episode (timestamps around each dispatch):");
+        for r in &results {
+            let profile =
+                bench::profile_case(&ctx, r.case).with_context(|| format!("profiling N = {}, B = {}", r.case.neurons, r.case.batch))?;
+            print_profile(r, &profile);
+            profiles.push(profile);
+        }
+    }
     let (mn, mb) = if args.quick { (32, 2) } else { (memory_size[0], memory_size[1]) };
     let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1, plasticity).context("memory scaling")?;
     print_memory(&memory);
     if let Some(path) = &args.json {
-        write_json(path, &ctx, ceiling, &results, &memory, args)?;
+        write_json(path, &ctx, ceiling, &results, &profiles, &memory, args)?;
         println!("\nwrote {}", path.display());
     }
     Ok(())
@@ -187,6 +202,25 @@ fn print_case(r: &CaseResult) {
     );
 }
 
+/// One line per kernel, the largest first: ms per episode, share of the timed total, dispatches.
+fn print_profile(r: &CaseResult, p: &KernelProfile) {
+    let total = p.total_seconds();
+    println!(
+        "  N = {}, B = {}: {:.1} ms in {} dispatches (the episode took {:.1} ms)",
+        r.case.neurons,
+        r.case.batch,
+        total * 1e3,
+        p.kernels.iter().map(|k| k.dispatches).sum::<u32>(),
+        r.train_ms_per_episode
+    );
+    for k in &p.kernels {
+        println!("    {:<28} {:>10.3} ms {:>5.1}% {:>6} dispatches", k.kernel, k.seconds * 1e3, 100.0 * k.seconds / total, k.dispatches);
+    }
+    if p.untimed_dispatches > 0 {
+        println!("    ({} more dispatches past the timestamp capacity were not timed)", p.untimed_dispatches);
+    }
+}
+
 fn print_memory(m: &MemoryScaling) {
     println!("\nmemory against episode length (training, N = {}, B = {}):", m.neurons, m.batch);
     for p in &m.points {
@@ -212,12 +246,22 @@ fn write_json(
     ctx: &GpuContext,
     ceiling: f64,
     results: &[CaseResult],
+    profiles: &[KernelProfile],
     memory: &MemoryScaling,
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
     let cases: Vec<serde_json::Value> = results
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(c, r)| {
+            let profile = profiles.get(c).map(|p| {
+                serde_json::json!({
+                    "kernels": p.kernels.iter().map(|k| serde_json::json!({
+                        "kernel": k.kernel, "dispatches": k.dispatches, "ms_per_episode": k.seconds * 1e3,
+                    })).collect::<Vec<_>>(),
+                    "untimed_dispatches": p.untimed_dispatches,
+                })
+            });
             serde_json::json!({
                 "neurons": r.case.neurons, "batch": r.case.batch, "steps": r.case.steps,
                 "forward_ms_per_step": r.forward_ms_per_step,
@@ -229,6 +273,7 @@ fn write_json(
                 "peak_bytes": r.peak_bytes,
                 "checkpoint_segment": r.checkpoint_segment,
                 "forward_splits": r.forward_splits, "backward_groups": r.backward_groups,
+                "profile": profile,
             })
         })
         .collect();

@@ -133,6 +133,34 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
 }
 
+/// `bench --profile` times every kernel of a training episode: each step kernel once per step, the
+/// optimizer once, and the same figures in the JSON file.
+#[test]
+fn bench_profile_times_every_kernel_of_a_training_episode() {
+    let json = std::env::temp_dir().join(format!("plasticity-cli-profile-{}.json", std::process::id()));
+    let o = plasticity(&["bench", "--quick", "--steps", "20", "--profile", "--json", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("GPU time per kernel"), "{out}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let profile = &case["profile"];
+        assert_eq!(profile["untimed_dispatches"], 0, "{case}");
+        let kernels = profile["kernels"].as_array().unwrap();
+        let dispatches = |name: &str| kernels.iter().find(|k| k["kernel"] == name).map(|k| k["dispatches"].as_u64().unwrap());
+        // N = 64 runs the vec4 step kernels: one forward and one backward trace step per time step.
+        assert_eq!(dispatches("forward_step_vec4"), Some(20), "{case}");
+        assert_eq!(dispatches("backward_trace_vec4"), Some(20), "{case}");
+        assert_eq!(dispatches("adam_update"), Some(1), "{case}");
+        assert!(kernels.iter().all(|k| k["ms_per_episode"].as_f64().unwrap() >= 0.0), "{case}");
+        let total: f64 = kernels.iter().map(|k| k["ms_per_episode"].as_f64().unwrap()).sum();
+        assert!(total > 0.0, "{case}");
+    }
+}
+
 #[test]
 fn image_task_trains_from_a_directory_and_eval_draws_the_completion() {
     let tmp = std::env::temp_dir().join(format!("plasticity-cli-img-{}", std::process::id()));
