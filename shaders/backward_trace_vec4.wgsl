@@ -14,9 +14,12 @@
 // component as the scalar ones); the tile loops run to constants so that they unroll and the
 // running sums stay in registers.
 //
-// Bindings are backward_trace's, with the history, the trace slots and their gradient seen as vec4
-// (every row of N floats is a whole number of quads, and the slot offsets are multiples of 4). The
-// runtime uses this kernel whenever N % 4 == 0 and backward_trace.wgsl otherwise.
+// Bindings are backward_trace's, every one seen as vec4: the history, the trace slots and their
+// gradient (every row of N floats is a whole number of quads, and the slot offsets are multiples of
+// 4), and the parameters, their gradient and the partial sums, whose quads this kernel reads and
+// accumulates (w, alpha, dw, dalpha, ga, the column and per-neuron eta sums: offsets that are
+// multiples of 4, see PartialsLayout) or touches one float at a time (row and rate sums, one eta).
+// The runtime uses this kernel whenever N % 4 == 0 and backward_trace.wgsl otherwise.
 
 const TILE: u32 = 16u;
 // Quads per invocation: TILE columns.
@@ -60,15 +63,20 @@ struct BackwardTraceParams {
 }
 
 @group(0) @binding(0) var<storage, read> p: BackwardTraceParams;
-@group(0) @binding(1) var<storage, read> params: array<f32>;                // flat [w, alpha, eta, modulator]
+@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;          // flat [w, alpha, eta, modulator], as quads
 @group(0) @binding(2) var<storage, read> activations: array<vec4<f32>>;     // (T + 1, B, N/4): x(t) at row t
 @group(0) @binding(3) var<storage, read> modulation: array<f32>;            // (T + 1, B): M_b(t) at row t
 @group(0) @binding(4) var<storage, read_write> trace: array<vec4<f32>>;     // slots of [H (B, N, N/4), E (B, N, N/4)]: H(t) on entry, H(t-1) on exit when REVERSE
 @group(0) @binding(5) var<storage, read_write> trace_grad: array<vec4<f32>>; // [G (B, N, N/4), GE (B, N, N/4)]: G(t+1) on entry, G(t) on exit
-@group(0) @binding(6) var<storage, read_write> grads: array<f32>;           // flat, mirrors `params`; accumulated
+@group(0) @binding(6) var<storage, read_write> grads: array<vec4<f32>>;     // flat, mirrors `params`, as quads; accumulated
 // (B, N, n_tiles) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step;
 // then the rate, eta and alpha partials and ga(t) at the offsets above.
-@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;  // as quads; offsets below are in floats
+
+// One parameter of the flat buffer, as the shared functions below read it.
+fn param(k: u32) -> f32 {
+    return params[k / 4u][k % 4u];
+}
 
 // ---- shared by every rule kernel (a test keeps the copies identical) ----
 fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
@@ -90,21 +98,21 @@ fn clip_trace(v: f32) -> f32 {
 // rate_bj(s) of the plastic trace's update at step s.
 fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
     if (RATE == 1u) {
-        return params[eta_offset + j];
+        return param(eta_offset + j);
     } else if (RATE == 2u) {
         return modulation[s * batch + b];
     } else if (RATE == 3u) {
-        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+        return param(mod_offset + n + 1u + j) * modulation[s * batch + b] + param(mod_offset + 2u * n + 1u + j);
     }
-    return params[eta_offset];
+    return param(eta_offset);
 }
 
 // eta_j: the rate of the eligibility trace's update.
 fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
     if (ETA_PER_NEURON) {
-        return params[eta_offset + j];
+        return param(eta_offset + j);
     }
-    return params[eta_offset];
+    return param(eta_offset);
 }
 
 fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
@@ -112,11 +120,11 @@ fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
         return 0.0;
     }
     if (ALPHA_SHAPE == 1u) {
-        return params[alpha_offset + j];
+        return param(alpha_offset + j);
     } else if (ALPHA_SHAPE == 2u) {
-        return params[alpha_offset];
+        return param(alpha_offset);
     }
-    return params[alpha_offset + i * n + j];
+    return param(alpha_offset + i * n + j);
 }
 // ---- end of shared functions ----
 
@@ -187,9 +195,14 @@ fn div_ceil_u32(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
 
-// Four parameters from `params` at k .. k + 3 (offsets that need not be multiples of 4).
+// Four parameters at k .. k + 3, k a multiple of 4 (w and alpha rows; see uses_vec4).
 fn param_quad(k: u32) -> vec4<f32> {
-    return vec4(params[k], params[k + 1u], params[k + 2u], params[k + 3u]);
+    return params[k / 4u];
+}
+
+// Four parameters at any k .. k + 3 (eta follows alpha, whose length need not be a multiple of 4).
+fn param_quad_unaligned(k: u32) -> vec4<f32> {
+    return vec4(param(k), param(k + 1u), param(k + 2u), param(k + 3u));
 }
 
 // alpha_eff for the quad of columns j0 .. j0 + 3 of row i.
@@ -198,7 +211,7 @@ fn alpha_quad(i: u32, j0: u32, n: u32, alpha_offset: u32) -> vec4<f32> {
     if (ALPHA_SHAPE == 1u) {
         a = param_quad(alpha_offset + j0);
     } else if (ALPHA_SHAPE == 2u) {
-        a = vec4(params[alpha_offset]);
+        a = vec4(param(alpha_offset));
     } else {
         a = param_quad(alpha_offset + i * n + j0);
     }
@@ -217,17 +230,18 @@ fn modulated_rate_quad(b: u32, j0: u32, s: u32, n: u32, batch: u32, eta_offset: 
     return r;
 }
 
-// Adds a quad to four consecutive floats of `grads` or `partials`.
+// Adds a quad to the four floats of `grads` or `partials` at k, a multiple of 4.
 fn add_to_grads(k: u32, v: vec4<f32>) {
-    for (var c = 0u; c < 4u; c++) {
-        grads[k + c] += v[c];
-    }
+    grads[k / 4u] += v;
 }
 
 fn add_to_partials(k: u32, v: vec4<f32>) {
-    for (var c = 0u; c < 4u; c++) {
-        partials[k + c] += v[c];
-    }
+    partials[k / 4u] += v;
+}
+
+// One float of `partials` at any k.
+fn set_partial(k: u32, v: f32) {
+    partials[k / 4u][k % 4u] = v;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -271,7 +285,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let dalpha_base = p.group_grad_offset + (groups + z) * nn;
     // (Z, n_tiles, N): this group's eta sums.
     let eta_base = p.eta_partials_offset + z * p.n_tiles * n;
-    let eta0 = vec4(params[eta_offset]);
+    let eta0 = vec4(param(eta_offset));
     // The eta gradient is per post neuron (eta per neuron, directly or as E's rate), else one sum.
     let eta_per_neuron = RATE == 1u || (RETROACTIVE && ETA_PER_NEURON);
 
@@ -295,11 +309,11 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     let alpha_ij = alpha_quad(i, j0, n, alpha_offset);
                     var rate_e = eta0;
                     if (RETROACTIVE && ETA_PER_NEURON) {
-                        rate_e = param_quad(eta_offset + j0);
+                        rate_e = param_quad_unaligned(eta_offset + j0);
                     }
                     var rate_fixed = eta0;
                     if (RATE == 1u) {
-                        rate_fixed = param_quad(eta_offset + j0);
+                        rate_fixed = param_quad_unaligned(eta_offset + j0);
                     }
                     var d_w = vec4(0.0);
                     var d_alpha = vec4(0.0);
@@ -309,8 +323,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                             let idx = (b * n + i) * quads + q;
                             let pre = activations[x_prev + b * quads + i / 4u][i % 4u];
                             let post = activations[x_now + b * quads + q];
-                            let ga_j = vec4(partials[preact + b * n + j0], partials[preact + b * n + j0 + 1u],
-                                            partials[preact + b * n + j0 + 2u], partials[preact + b * n + j0 + 3u]);
+                            let ga_j = partials[(preact + b * n + j0) / 4u];
                             let h = trace[cur + idx];
                             let g_next = trace_grad[idx];
                             var r = rate_fixed;
@@ -399,7 +412,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             for (var k = 0u; k < CHUNK; k++) {
                 if (k < chunk) {
                     let s = row_sums[k];
-                    partials[((b0 + k * groups) * n + i) * p.n_tiles + tile_j] = (s.x + s.y) + (s.z + s.w);
+                    set_partial(((b0 + k * groups) * n + i) * p.n_tiles + tile_j, (s.x + s.y) + (s.z + s.w));
                 }
             }
         }
@@ -410,12 +423,9 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     let b = b0 + k * groups;
                     let sums = col_sums[k * TILE_QUADS + mq];
                     let rates = rate_sums[k * TILE_QUADS + mq];
-                    for (var c = 0u; c < 4u; c++) {
-                        let j = 4u * q + c;
-                        partials[col_base + (b * p.n_tiles + tile_i) * n + j] = sums[c];
-                        if (RATE >= 2u) {
-                            partials[p.rate_partials_offset + (b * n + j) * p.n_tiles + tile_i] = rates[c];
-                        }
+                    partials[(col_base + (b * p.n_tiles + tile_i) * n + 4u * q) / 4u] = sums;
+                    for (var c = 0u; c < 4u && RATE >= 2u; c++) {
+                        set_partial(p.rate_partials_offset + (b * n + 4u * q + c) * p.n_tiles + tile_i, rates[c]);
                     }
                 }
             }
@@ -430,6 +440,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     } else {
-        partials[eta_base + tile_i * n + 4u * q0] += (eta_total.x + eta_total.y) + (eta_total.z + eta_total.w);
+        let k = eta_base + tile_i * n + 4u * q0;
+        partials[k / 4u][k % 4u] += (eta_total.x + eta_total.y) + (eta_total.z + eta_total.w);
     }
 }

@@ -42,6 +42,11 @@ struct TraceUpdateParams {
 @group(0) @binding(3) var<storage, read> modulation: array<f32>;    // (T + 1, B): M_b(t) at row t
 @group(0) @binding(4) var<storage, read_write> traces: array<f32>;  // (K + 1 slots) of [H (B, N, N), E (B, N, N)]
 
+// One parameter of the flat buffer, as the shared functions below read it.
+fn param(k: u32) -> f32 {
+    return params[k];
+}
+
 // ---- shared by every rule kernel (a test keeps the copies identical) ----
 fn rule_update(h: f32, pre: f32, post: f32, r: f32) -> f32 {
     if (RULE == 1u) {
@@ -62,21 +67,21 @@ fn clip_trace(v: f32) -> f32 {
 // rate_bj(s) of the plastic trace's update at step s.
 fn plastic_rate(b: u32, j: u32, s: u32, n: u32, batch: u32, eta_offset: u32, mod_offset: u32) -> f32 {
     if (RATE == 1u) {
-        return params[eta_offset + j];
+        return param(eta_offset + j);
     } else if (RATE == 2u) {
         return modulation[s * batch + b];
     } else if (RATE == 3u) {
-        return params[mod_offset + n + 1u + j] * modulation[s * batch + b] + params[mod_offset + 2u * n + 1u + j];
+        return param(mod_offset + n + 1u + j) * modulation[s * batch + b] + param(mod_offset + 2u * n + 1u + j);
     }
-    return params[eta_offset];
+    return param(eta_offset);
 }
 
 // eta_j: the rate of the eligibility trace's update.
 fn eligibility_rate(j: u32, eta_offset: u32) -> f32 {
     if (ETA_PER_NEURON) {
-        return params[eta_offset + j];
+        return param(eta_offset + j);
     }
-    return params[eta_offset];
+    return param(eta_offset);
 }
 
 fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
@@ -84,11 +89,11 @@ fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
         return 0.0;
     }
     if (ALPHA_SHAPE == 1u) {
-        return params[alpha_offset + j];
+        return param(alpha_offset + j);
     } else if (ALPHA_SHAPE == 2u) {
-        return params[alpha_offset];
+        return param(alpha_offset);
     }
-    return params[alpha_offset + i * n + j];
+    return param(alpha_offset + i * n + j);
 }
 // ---- end of shared functions ----
 

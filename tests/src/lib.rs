@@ -65,10 +65,12 @@ pub fn upload(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
     upload_bytes(ctx, bytemuck::cast_slice(data))
 }
 
+/// Sized in whole 16-byte quads, as the runtime allocates (see `buffers::create`): a vec4 kernel sees
+/// the last float of `bytes` in bounds.
 pub fn upload_bytes(ctx: &GpuContext, bytes: &[u8]) -> wgpu::Buffer {
     let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("test data"),
-        size: (bytes.len().max(4) as u64).next_multiple_of(4),
+        size: (bytes.len().max(4) as u64).next_multiple_of(16),
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });

@@ -426,7 +426,7 @@ fn backward_trace_matches_cpu_twin() {
             // three; as many as the batch.
             for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3), (6, 6)] {
                 for (step, vec4) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false), (s, true)]) {
-                    if vec4 && !backward_trace::uses_vec4(n) {
+                    if vec4 && !backward_trace::uses_vec4(n, 0, n * n) {
                         continue;
                     }
                     vec4_cases += vec4 as u32;
@@ -537,7 +537,7 @@ fn modulation_backward_matches_cpu_twin() {
                 let modulation = uniform(&mut r, 4 * batch as usize, 0.9);
                 // Rate partials are inputs, the accumulators are added to, dz_b must be written.
                 let mut partials = uniform(&mut r, pl.len as usize, 1.0);
-                partials[pl.mod_grad as usize..pl.preact as usize].fill(f32::NAN);
+                partials[pl.mod_grad as usize..(pl.mod_grad + batch) as usize].fill(f32::NAN);
                 let p = ModulationBackwardParams {
                     n,
                     batch,

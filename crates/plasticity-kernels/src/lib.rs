@@ -198,7 +198,8 @@ impl PartialsLayout {
         let group_grads = alpha + if spec.alpha == AlphaShape::PerConnection || groups > 1 { 0 } else { n * n };
         let modulator = group_grads + if groups > 1 { 2 * groups * n * n } else { 0 };
         let mod_grad = modulator + batch * spec.modulator_len(n);
-        let preact = mod_grad + if modulated { batch } else { 0 };
+        // ga(t) starts on a multiple of 4 floats, for backward_trace_vec4's vec4 reads.
+        let preact = (mod_grad + if modulated { batch } else { 0 }).next_multiple_of(4);
         let loss_grad = preact + batch * n;
         Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, preact, loss_grad, len: loss_grad }
     }
@@ -470,10 +471,11 @@ pub mod backward_trace {
     pub const KERNEL_VEC4: KernelDescriptor =
         KernelDescriptor { name: "backward_trace_vec4", source: include_str!("../../../shaders/backward_trace_vec4.wgsl"), ..KERNEL };
 
-    /// Whether a backward step of N neurons runs as `backward_trace_vec4`: every row of the traces
-    /// and the history is then a whole number of vec4 (and so is every trace slot's offset).
-    pub fn uses_vec4(n: u32) -> bool {
-        n % 4 == 0
+    /// Whether a backward step of N neurons with w and alpha at these offsets runs as
+    /// `backward_trace_vec4`: every row of the traces, the history, w, alpha and their gradients is
+    /// then a whole number of vec4 (and so is every trace slot's offset).
+    pub fn uses_vec4(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
+        n % 4 == 0 && w_offset % 4 == 0 && alpha_offset % 4 == 0
     }
 
     /// The kernel that runs a backward step of N neurons (see `uses_vec4`).

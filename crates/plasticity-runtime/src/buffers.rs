@@ -7,7 +7,7 @@ use crate::error::{PlasticityError, Result};
 pub struct GpuBuffer {
     pub buffer: wgpu::Buffer,
     pub label: &'static str,
-    /// The contents' size (the allocation is at least 16 bytes, see `create`).
+    /// The contents' size (the allocation is rounded up to 16 bytes, see `create`).
     pub bytes: u64,
 }
 
@@ -34,13 +34,15 @@ pub(crate) fn check_storage(ctx: &GpuContext, what: &str, bytes: u64, fix: impl 
     Ok(())
 }
 
-/// Creates a zero-filled buffer; `bytes` is rounded up to 4 and to at least 4. The allocation is at
-/// least 16 bytes, the smallest buffer a vec4 array binding accepts (placeholders such as unsplit
-/// partial sums are bound so); `GpuBuffer::bytes` stays the contents' size.
+/// Creates a zero-filled buffer; `bytes` is rounded up to 4 and to at least 4. The allocation is
+/// rounded up to whole 16-byte quads (at least one): the vec4 kernels bind buffers as arrays of
+/// vec4, which must cover the last float (the flat parameters' length, for one, need not be a
+/// multiple of 4) and hold at least one element. `GpuBuffer::bytes` stays the contents' size.
 pub(crate) fn create(ctx: &GpuContext, label: &'static str, bytes: u64, usage: wgpu::BufferUsages) -> Result<GpuBuffer> {
     let bytes = bytes.max(4).next_multiple_of(4);
-    let buffer = ctx.scoped(&format!("allocating {label} ({bytes} bytes)"), || {
-        ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes.max(16), usage, mapped_at_creation: false })
+    let allocated = bytes.next_multiple_of(16);
+    let buffer = ctx.scoped(&format!("allocating {label} ({allocated} bytes)"), || {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: allocated, usage, mapped_at_creation: false })
     })?;
     Ok(GpuBuffer { buffer, label, bytes })
 }

@@ -710,7 +710,7 @@ fn record_backward(
         &bwd.activation_params_slots,
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
-    let trace_kernel = backward_trace::kernel_name(backward_trace::uses_vec4(shape.neurons));
+    let trace_kernel = backward_trace::kernel_name(backward_trace::uses_vec4(shape.neurons, net.layout.w_offset, net.layout.alpha_offset));
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &[(backward_trace::REVERSE, reverse as u32 as f64)]);
     let trace_group = bind_group(
         ctx,
