@@ -1,5 +1,5 @@
-// backward_trace_vec4: backward_trace.wgsl for N a multiple of 4, every trace and trace-gradient
-// access a vec4.
+// backward_trace_vec4: backward_trace.wgsl for N a multiple of 4, every buffer seen as vec4 and
+// every trace, trace-gradient, w, alpha and dw/dalpha access a whole quad.
 //
 // The same backward step, parameters and CPU twin (cpu::backward_trace with quad columns) as
 // backward_trace.wgsl, which gives the math: with ga(t), G(t+1) and H(t) resident,
