@@ -87,10 +87,7 @@ fn a_wait_past_the_timeout_is_an_error_that_says_so() {
     // Usually the episode's own wait times out; a fast adapter may finish the episode inside the
     // first poll and time out on the next wait, mapping the metrics. Either way the error names it.
     let message = err.to_string();
-    assert!(
-        message.contains("did not finish the forward episode") || message.contains("did not finish mapping metrics"),
-        "{message}"
-    );
+    assert!(message.contains("did not finish the forward episode") || message.contains("did not finish mapping metrics"), "{message}");
     // With the ordinary timeout the same device finishes the next episode.
     assert!(runner.run(ctx, &net, &data).unwrap().loss.is_finite());
 }

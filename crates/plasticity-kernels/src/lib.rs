@@ -283,7 +283,7 @@ pub mod forward_step {
     /// Whether a step of N neurons with w and alpha at these offsets runs as `forward_step_vec4`:
     /// every row of the trace and the history is then a whole number of vec4.
     pub fn uses_vec4(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
-        n % 4 == 0 && w_offset % 4 == 0 && alpha_offset % 4 == 0
+        n.is_multiple_of(4) && w_offset.is_multiple_of(4) && alpha_offset.is_multiple_of(4)
     }
 
     /// The kernel that runs a step of N neurons (see `uses_vec4`).
@@ -475,7 +475,7 @@ pub mod backward_trace {
     /// `backward_trace_vec4`: every row of the traces, the history, w, alpha and their gradients is
     /// then a whole number of vec4 (and so is every trace slot's offset).
     pub fn uses_vec4(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
-        n % 4 == 0 && w_offset % 4 == 0 && alpha_offset % 4 == 0
+        n.is_multiple_of(4) && w_offset.is_multiple_of(4) && alpha_offset.is_multiple_of(4)
     }
 
     /// The kernel that runs a backward step of N neurons (see `uses_vec4`).
@@ -764,7 +764,7 @@ pub mod trace_update {
     /// Whether an update of N neurons runs as `trace_update_vec4` (every trace row, and so every slot
     /// offset, a whole number of vec4).
     pub fn uses_vec4(n: u32) -> bool {
-        n % 4 == 0
+        n.is_multiple_of(4)
     }
 
     /// The kernel that updates a trace of N neurons (see `uses_vec4`).
