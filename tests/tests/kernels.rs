@@ -165,8 +165,8 @@ fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: 
     ForwardStepInputs { p, params, trace, activations, clamp, modulation }
 }
 
-/// forward_step at every size, and forward_step_vec4 too where N is a multiple of 4: 4, 8 and 68
-/// (fewer quads than a workgroup), 64 and 260 (one quad more than a workgroup).
+/// forward_step at every size, and forward_step_vec4 too where N is a multiple of 4: 4, 8, 64 and 68
+/// (fewer quads than a workgroup of 64 invocations) and 260 (65 quads, one more than a workgroup).
 #[test]
 fn forward_step_matches_cpu_twin() {
     let mut vec4_cases = 0;
@@ -413,7 +413,7 @@ fn backward_activation_matches_cpu_twin() {
 }
 
 /// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4: 4 and 8 (one
-/// and two quads), 64, 68 and 260 (17 lanes, the last one quad wide), 532 (a second column group of
+/// and two quads), 64, 68 and 260 (65 quads over 17 lanes, the last three with three quads), 532 (a second column group of
 /// 512 columns, two lanes wide).
 #[test]
 fn backward_trace_matches_cpu_twin() {
