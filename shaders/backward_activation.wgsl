@@ -39,7 +39,7 @@ struct BackwardActivationParams {
 @group(0) @binding(2) var<storage, read> targets: array<f32>;          // (L, B, N): y for each loss step
 @group(0) @binding(3) var<storage, read> clamp_mask: array<u32>;       // (T, B, clamp_words) bit masks, row t - 1 for step t
 @group(0) @binding(4) var<storage, read> params: array<f32>;           // flat [w, alpha, eta, modulator]
-// (B, N, n_tiles) row sums, then (B, n_tiles, N) column sums, read; ga(t) (B, N) written at preact_offset
+// (B, n_tiles, N) row sums, then (B, n_tiles, N) column sums, read; ga(t) (B, N) written at preact_offset
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -59,10 +59,10 @@ fn backward_activation(@builtin(global_invocation_id) gid: vec3<u32>) {
             gx = 2.0 * p.loss_scale * (x - targets[p.loss_slot * p.batch * n + b * n + j]);
         }
     }
-    let rows = (b * n + j) * p.n_tiles;
-    let cols = p.batch * n * p.n_tiles + b * p.n_tiles * n + j;
+    let rows = b * p.n_tiles * n + j;
+    let cols = p.batch * n * p.n_tiles + rows;
     for (var k = 0u; k < p.n_tiles; k++) {
-        gx += partials[rows + k] + partials[cols + k * n];
+        gx += partials[rows + k * n] + partials[cols + k * n];
     }
     if (p.mod_grad_offset != MOD_NONE) {
         gx += partials[p.mod_grad_offset + b] * params[p.mod_offset + j];

@@ -79,7 +79,7 @@ struct BackwardTraceParams {
     prev_offset: u32,         // of H(t-1); equal to cur_offset when REVERSE
     elig_offset: u32,         // offset of E in a trace slot, and of GE in `trace_grad`
     alpha_grad_offset: u32,   // (N, N) dalpha accumulator in `partials` when alpha is not per connection
-    rate_partials_offset: u32,// (B, N, n_tiles) drate(t-1) per tile of i, overwritten each step (modulated rates)
+    rate_partials_offset: u32,// (B, n_tiles, N) drate(t-1) per tile of i, overwritten each step (modulated rates)
     eta_partials_offset: u32, // (Z, n_tiles, N) eta sums per group, tile of i and post neuron j, accumulated over the sweep
     preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
     groups: u32,              // Z batch groups (0 or 1: one)
@@ -96,9 +96,10 @@ struct BackwardTraceParams {
 @group(0) @binding(4) var<storage, read_write> trace: array<f32>;       // slots of [H (B, N, N), E (B, N, N)]: H(t) on entry, H(t-1) on exit when REVERSE
 @group(0) @binding(5) var<storage, read_write> trace_grad: array<f32>;  // [G (B, N, N), GE (B, N, N)]: G(t+1) on entry, G(t) on exit
 @group(0) @binding(6) var<storage, read_write> grads: array<f32>;       // flat, mirrors `params`; accumulated
-// (B, N, n_tiles) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step (both
-// layouts make backward_trace's writes coalesced); then the rate,
-// eta and alpha partials and ga(t) at the offsets above.
+// (B, n_tiles, N) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step
+// (one layout for every per-tile partial, whose readers then sum with coalesced loads, and in which
+// backward_trace_vec4 writes whole quads); then the rate, eta and alpha partials and ga(t) at the
+// offsets above.
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 
 // One parameter of the flat buffer, as the shared functions below read it.
@@ -364,7 +365,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                 }
             }
             for (var k = 0u; k < chunk; k++) {
-                partials[((b0 + k * groups) * n + i) * p.n_tiles + tile_j] = row_sums[k];
+                partials[((b0 + k * groups) * p.n_tiles + tile_j) * n + i] = row_sums[k];
             }
         }
         for (var k = 0u; k < chunk; k++) {
@@ -372,7 +373,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let j = j0 + jj * lanes;
                 partials[col_base + ((b0 + k * groups) * p.n_tiles + tile_i) * n + j] = col_sums[k * TILE + jj];
                 if (RATE >= 2u) {
-                    partials[p.rate_partials_offset + ((b0 + k * groups) * n + j) * p.n_tiles + tile_i] = rate_sums[k * TILE + jj];
+                    partials[p.rate_partials_offset + ((b0 + k * groups) * p.n_tiles + tile_i) * n + j] = rate_sums[k * TILE + jj];
                 }
             }
         }

@@ -52,7 +52,7 @@ struct BackwardTraceParams {
     prev_offset: u32,         // of H(t-1); equal to cur_offset when REVERSE
     elig_offset: u32,         // offset of E in a trace slot, and of GE in `trace_grad`
     alpha_grad_offset: u32,   // (N, N) dalpha accumulator in `partials` when alpha is not per connection
-    rate_partials_offset: u32,// (B, N, n_tiles) drate(t-1) per tile of i, overwritten each step (modulated rates)
+    rate_partials_offset: u32,// (B, n_tiles, N) drate(t-1) per tile of i, overwritten each step (modulated rates)
     eta_partials_offset: u32, // (Z, n_tiles, N) eta sums per group, tile of i and post neuron j, accumulated over the sweep
     preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
     groups: u32,              // Z batch groups (0 or 1: one)
@@ -69,8 +69,10 @@ struct BackwardTraceParams {
 @group(0) @binding(4) var<storage, read_write> trace: array<vec4<f32>>;     // slots of [H (B, N, N/4), E (B, N, N/4)]: H(t) on entry, H(t-1) on exit when REVERSE
 @group(0) @binding(5) var<storage, read_write> trace_grad: array<vec4<f32>>; // [G (B, N, N/4), GE (B, N, N/4)]: G(t+1) on entry, G(t) on exit
 @group(0) @binding(6) var<storage, read_write> grads: array<vec4<f32>>;     // flat, mirrors `params`, as quads; accumulated
-// (B, N, n_tiles) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step;
-// then the rate, eta and alpha partials and ga(t) at the offsets above.
+// (B, n_tiles, N) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step;
+// then the rate, eta and alpha partials and ga(t) at the offsets above. Every write that another
+// invocation's write could share a quad with is a whole quad of this invocation's own (a component
+// store may be a read-modify-write of the whole vec4 on some backends, a race across invocations).
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;  // as quads; offsets below are in floats
 
 // One parameter of the flat buffer, as the shared functions below read it.
@@ -239,10 +241,7 @@ fn add_to_partials(k: u32, v: vec4<f32>) {
     partials[k / 4u] += v;
 }
 
-// One float of `partials` at any k.
-fn set_partial(k: u32, v: f32) {
-    partials[k / 4u][k % 4u] = v;
-}
+
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -297,6 +296,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var m0 = 0u; m0 < group_batch; m0 += CHUNK) {
         let chunk = min(CHUNK, group_batch - m0);
         let b0 = z + m0 * groups;
+        var row_quads: array<vec4<f32>, CHUNK>; // rows i - i % 4 .. i of the row partials, per batch element
         var col_sums: array<vec4<f32>, 16>;    // (CHUNK, TILE_QUADS)
         var rate_sums: array<vec4<f32>, 16>;   // (CHUNK, TILE_QUADS)
         for (var i = i0; i < i_end; i++) {
@@ -411,8 +411,13 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
             for (var k = 0u; k < CHUNK; k++) {
                 if (k < chunk) {
+                    // Four rows' sums make one quad of the (B, n_tiles, N) row partials: i0 and the
+                    // block's end are multiples of 4, so every quad is completed and written here.
                     let s = row_sums[k];
-                    set_partial(((b0 + k * groups) * n + i) * p.n_tiles + tile_j, (s.x + s.y) + (s.z + s.w));
+                    row_quads[k][i % 4u] = (s.x + s.y) + (s.z + s.w);
+                    if (i % 4u == 3u) {
+                        partials[(((b0 + k * groups) * p.n_tiles + tile_j) * n + i - 3u) / 4u] = row_quads[k];
+                    }
                 }
             }
         }
@@ -424,8 +429,8 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     let sums = col_sums[k * TILE_QUADS + mq];
                     let rates = rate_sums[k * TILE_QUADS + mq];
                     partials[(col_base + (b * p.n_tiles + tile_i) * n + 4u * q) / 4u] = sums;
-                    for (var c = 0u; c < 4u && RATE >= 2u; c++) {
-                        set_partial(p.rate_partials_offset + (b * n + 4u * q + c) * p.n_tiles + tile_i, rates[c]);
+                    if (RATE >= 2u) {
+                        partials[(p.rate_partials_offset + (b * p.n_tiles + tile_i) * n + 4u * q) / 4u] = rates;
                     }
                 }
             }

@@ -18,7 +18,7 @@ struct ModulationBackwardParams {
     step: u32,                 // t, 1-based
     n_tiles: u32,              // partial sums per (b, j)
     mod_offset: u32,           // offset of the modulator in `params`
-    rate_partials_offset: u32, // (B, N, n_tiles) in `partials`
+    rate_partials_offset: u32, // (B, n_tiles, N) in `partials`
     acc_offset: u32,           // (B, mod_len) gradient accumulators in `partials`
     mod_grad_offset: u32,      // (B) dz_b in `partials`
     fan_out: u32,              // 1: rate = u_j M + c_j, else M
@@ -44,9 +44,9 @@ fn modulation_backward(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_i
     var d_m = 0.0;
     for (var j = lane; j < n; j += WORKGROUP_SIZE) {
         var d_rate = 0.0;
-        let base = p.rate_partials_offset + (b * n + j) * p.n_tiles;
+        let base = p.rate_partials_offset + b * p.n_tiles * n + j;
         for (var k = 0u; k < p.n_tiles; k++) {
-            d_rate += partials[base + k];
+            d_rate += partials[base + k * n];
         }
         if (p.fan_out != 0u) {
             d_m += params[p.mod_offset + n + 1u + j] * d_rate;

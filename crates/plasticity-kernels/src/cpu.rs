@@ -227,10 +227,10 @@ pub fn backward_activation(
                     gx = 2.0 * p.loss_scale as f64 * (x as f64 - y as f64);
                 }
             }
-            let rows = (b * n + j) * tiles;
-            let cols = batch * n * tiles + b * tiles * n + j;
+            let rows = b * tiles * n + j;
+            let cols = batch * n * tiles + rows;
             for k in 0..tiles {
-                gx += partials[rows + k] as f64 + partials[cols + k * n] as f64;
+                gx += partials[rows + k * n] as f64 + partials[cols + k * n] as f64;
             }
             if p.mod_grad_offset != MOD_NONE {
                 gx += partials[p.mod_grad_offset as usize + b] as f64 * params[p.mod_offset as usize + j] as f64;
@@ -341,17 +341,16 @@ pub fn backward_trace(
                     ge = 0.0;
                     row_term = m as f64 * g_next as f64 * r as f64 * post as f64;
                 }
-                row_sums[(b * n + i) * tiles + owner(j).0 as usize] += (w_ij as f64 + alpha_ij as f64 * h as f64) * ga_j as f64 + row_term;
+                row_sums[(b * tiles + owner(j).0 as usize) * n + i] += (w_ij as f64 + alpha_ij as f64 * h as f64) * ga_j as f64 + row_term;
                 trace_grad[idx] = g;
                 if t >= 2 {
                     let (pre2, post2) = (x(t - 2, b, i), x(t - 1, b, j));
                     let r2 = off.plastic_rate(spec, params, modulation, b, j, t - 1);
-                    let c = (b * n + j) * tiles + i / tile; // rate partials: (B, N, tiles)
-                    let cc = (b * tiles + i / tile) * n + j; // column sums: (B, tiles, N)
+                    let c = (b * tiles + i / tile) * n + j; // column and rate sums: (B, tiles, N)
                     if spec.retroactive {
                         let (h_prev, e_prev) = (trace[prev + idx], trace[prev + eo + idx]);
                         let m2 = clip_pass(spec, h_prev + r2 * e_prev);
-                        col_sums[cc] += ge as f64 * rule_d_post(rule, e_prev, pre2, post2, rate_e) as f64;
+                        col_sums[c] += ge as f64 * rule_d_post(rule, e_prev, pre2, post2, rate_e) as f64;
                         rate_sums[c] += m2 as f64 * g as f64 * e_prev as f64;
                         eta_sums[eta_index(z, i, j)] += ge as f64 * rule_d_rate(rule, e_prev, pre2, post2) as f64;
                     } else {
@@ -363,7 +362,7 @@ pub fn backward_trace(
                             trace[prev + idx]
                         };
                         let m2 = clip_pass(spec, rule_update(rule, h_prev, pre2, post2, r2));
-                        col_sums[cc] += m2 as f64 * g as f64 * rule_d_post(rule, h_prev, pre2, post2, r2) as f64;
+                        col_sums[c] += m2 as f64 * g as f64 * rule_d_post(rule, h_prev, pre2, post2, r2) as f64;
                         let d_rate = m2 as f64 * g as f64 * rule_d_rate(rule, h_prev, pre2, post2) as f64;
                         if modulated {
                             rate_sums[c] += d_rate;
@@ -418,8 +417,8 @@ pub fn modulation_backward(p: &ModulationBackwardParams, params: &[f32], activat
         let acc = p.acc_offset as usize + b * len;
         let mut d_m = 0.0f64;
         for j in 0..n {
-            let base = p.rate_partials_offset as usize + (b * n + j) * tiles;
-            let d_rate: f64 = partials[base..][..tiles].iter().map(|&v| v as f64).sum();
+            let base = p.rate_partials_offset as usize + b * tiles * n + j;
+            let d_rate: f64 = (0..tiles).map(|k| partials[base + k * n] as f64).sum();
             if p.fan_out != 0 {
                 d_m += params[mo + n + 1 + j] as f64 * d_rate;
                 partials[acc + n + 1 + j] += (m as f64 * d_rate) as f32;

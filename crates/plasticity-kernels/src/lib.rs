@@ -158,9 +158,9 @@ pub fn trace_column_owner(n: u32, j: u32, width: u32) -> (u32, u32) {
 /// Where each kind of partial sum sits in the backward sweep's `partials` buffer (f32 elements).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartialsLayout {
-    /// (B, N, tiles) row sums for gx(t-1), at 0; then (B, tiles, N) column sums, overwritten each step.
+    /// (B, tiles, N) row sums for gx(t-1), at 0; then (B, tiles, N) column sums, overwritten each step.
     pub cols: u32,
-    /// (B, N, tiles) drate(t-1) per tile of i, overwritten each step; empty unless the rate is modulated.
+    /// (B, tiles, N) drate(t-1) per tile of i, overwritten each step; empty unless the rate is modulated.
     pub rate: u32,
     /// (Z, tiles, N) eta sums per batch group, tile of i and post neuron, accumulated over the sweep
     /// (one eta: each tile's whole sum at its first column, the rest zero).
