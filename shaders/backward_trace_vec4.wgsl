@@ -445,7 +445,8 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     } else {
-        let k = eta_base + tile_i * n + 4u * q0;
-        partials[k / 4u][k % 4u] += (eta_total.x + eta_total.y) + (eta_total.z + eta_total.w);
+        // The quad at the first column is this invocation's alone; the sum goes to its first float.
+        let total = (eta_total.x + eta_total.y) + (eta_total.z + eta_total.w);
+        add_to_partials(eta_base + tile_i * n + 4u * q0, vec4(total, 0.0, 0.0, 0.0));
     }
 }
