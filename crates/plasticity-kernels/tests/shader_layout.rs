@@ -234,3 +234,59 @@ fn rule_kernels_validate_for_every_rule() {
         }
     }
 }
+
+/// No kernel stores to a single component of a vector in storage memory. WGSL lets such a store
+/// touch the whole vector, and some compilers do (HLSL: llvm/llvm-project#160208, a read-modify-write
+/// of a uint4 racing across threads), so where invocations share a vec4 their sums could erase each
+/// other; lavapipe does not, so only this check can catch one. Vec4 kernels write whole quads.
+#[test]
+fn no_kernel_stores_one_component_of_a_vector_in_storage() {
+    fn stores(block: &naga::Block, out: &mut Vec<naga::Handle<naga::Expression>>) {
+        for statement in block.iter() {
+            match statement {
+                naga::Statement::Store { pointer, .. } => out.push(*pointer),
+                naga::Statement::Block(b) => stores(b, out),
+                naga::Statement::If { accept, reject, .. } => {
+                    stores(accept, out);
+                    stores(reject, out);
+                }
+                naga::Statement::Switch { cases, .. } => cases.iter().for_each(|c| stores(&c.body, out)),
+                naga::Statement::Loop { body, continuing, .. } => {
+                    stores(body, out);
+                    stores(continuing, out);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut checked = 0;
+    for kernel in ALL_KERNELS {
+        let module = parse_and_validate(kernel);
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+            .validate(&module)
+            .unwrap();
+        let functions = module.functions.iter().map(|(h, f)| (f, &info[h]));
+        let entries = module.entry_points.iter().enumerate().map(|(k, e)| (&e.function, info.get_entry_point(k)));
+        for (function, function_info) in functions.chain(entries) {
+            let mut pointers = Vec::new();
+            stores(&function.body, &mut pointers);
+            for pointer in pointers {
+                let base = match function.expressions[pointer] {
+                    naga::Expression::Access { base, .. } | naga::Expression::AccessIndex { base, .. } => base,
+                    _ => continue,
+                };
+                let component_of_storage_vector = match *function_info[base].ty.inner_with(&module.types) {
+                    naga::TypeInner::Pointer { base, space } => {
+                        matches!(module.types[base].inner, naga::TypeInner::Vector { .. })
+                            && matches!(space, naga::AddressSpace::Storage { .. })
+                    }
+                    naga::TypeInner::ValuePointer { size: Some(_), space, .. } => matches!(space, naga::AddressSpace::Storage { .. }),
+                    _ => false,
+                };
+                assert!(!component_of_storage_vector, "{}: a store to one component of a vector in storage", kernel.name);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 50, "the walk found the kernels' stores ({checked})");
+}
