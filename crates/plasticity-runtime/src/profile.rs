@@ -64,19 +64,25 @@ impl std::fmt::Debug for KernelProfiler {
 }
 
 impl KernelProfiler {
+    /// Whether `ctx`'s device can be profiled: an error naming the missing features otherwise.
+    pub fn check_supported(ctx: &GpuContext) -> Result<()> {
+        let missing = PROFILE_FEATURES - ctx.device.features();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(PlasticityError::InvalidConfig {
+            what: "kernel profile",
+            message: format!(
+                "timing each kernel needs the device features {missing:?}, which {} does not offer; \
+                 leave out --profile (the whole-episode figures do not need them)",
+                ctx.adapter.name
+            ),
+        })
+    }
+
     /// A profiler for `ctx`'s device, or an error naming the missing feature.
     pub fn new(ctx: &GpuContext) -> Result<Self> {
-        let missing = PROFILE_FEATURES - ctx.device.features();
-        if !missing.is_empty() {
-            return Err(PlasticityError::InvalidConfig {
-                what: "kernel profile",
-                message: format!(
-                    "timing each kernel needs the device features {missing:?}, which {} does not offer; \
-                     leave out --profile (the whole-episode figures do not need them)",
-                    ctx.adapter.name
-                ),
-            });
-        }
+        Self::check_supported(ctx)?;
         let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("kernel profile"),
             ty: wgpu::QueryType::Timestamp,

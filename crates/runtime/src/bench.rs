@@ -65,6 +65,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let mut ctx = GpuContext::new()?;
     ctx.tuning = plasticity_runtime::KernelTuning { forward_splits: args.forward_splits, backward_groups: args.backward_groups };
+    if args.profile {
+        // Refused before anything is measured rather than after the table.
+        plasticity_runtime::profile::KernelProfiler::check_supported(&ctx)?;
+    }
     let cpu = ctx.adapter.is_cpu();
     println!("adapter: {}", ctx.adapter);
     if cpu {
@@ -206,7 +210,7 @@ fn print_case(r: &CaseResult) {
 fn print_profile(r: &CaseResult, p: &KernelProfile) {
     let total = p.total_seconds();
     println!(
-        "  N = {}, B = {}: {:.1} ms in {} dispatches (the episode took {:.1} ms)",
+        "  N = {}, B = {}: {:.1} ms in {} dispatches (the table's median episode: {:.1} ms)",
         r.case.neurons,
         r.case.batch,
         total * 1e3,
