@@ -197,7 +197,7 @@ fn div_ceil_u32(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
 
-// Four parameters at k .. k + 3, k a multiple of 4 (w and alpha rows; see uses_vec4).
+// Four parameters at k .. k + 3, k a multiple of 4 (w and alpha rows; see uses_vec4_kernels).
 fn param_quad(k: u32) -> vec4<f32> {
     return params[k / 4u];
 }

@@ -87,6 +87,12 @@ fn random_rule_params(seed: u64, n: u32, spec: &Plasticity) -> (ParamLayout, Vec
     (layout, p)
 }
 
+/// Whether the runtime runs the vec4 rule kernels for N neurons with `spec`'s parameter layout.
+fn runs_vec4_kernels(n: u32, spec: &Plasticity) -> bool {
+    let layout = ParamLayout::new(n, spec);
+    plasticity_kernels::uses_vec4_kernels(n, layout.w_offset, layout.alpha_offset)
+}
+
 /// (T, B, ceil(N/32)) masks with about half the bits set, or a single zero word when `on` is false.
 fn random_clamp(r: &mut rand_chacha::ChaCha8Rng, on: bool, steps: usize, batch: u32, n: u32) -> (Vec<u32>, u32) {
     use rand::Rng;
@@ -112,7 +118,7 @@ impl ForwardStepInputs {
     /// The step kernels that can run these inputs: forward_step always, forward_step_vec4 too
     /// where the runtime would pick it.
     fn kernels(&self) -> Vec<bool> {
-        let vec4 = forward_step::uses_vec4(self.p.n, self.p.w_offset, self.p.alpha_offset);
+        let vec4 = plasticity_kernels::uses_vec4_kernels(self.p.n, self.p.w_offset, self.p.alpha_offset);
         if vec4 { vec![false, true] } else { vec![false] }
     }
 
@@ -315,7 +321,7 @@ fn trace_update_matches_cpu_twin() {
     for (name, spec) in rule_specs() {
         for n in [1u32, 4, 17, 64, 65, 68] {
             for (batch, vec4) in [1u32, 3].into_iter().flat_map(|b| [(b, false), (b, true)]) {
-                if vec4 && !trace_update::uses_vec4(n) {
+                if vec4 && !runs_vec4_kernels(n, &spec) {
                     continue;
                 }
                 vec4_cases += vec4 as u32;
@@ -426,7 +432,7 @@ fn backward_trace_matches_cpu_twin() {
             // three; as many as the batch.
             for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3), (6, 6)] {
                 for (step, vec4) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false), (s, true)]) {
-                    if vec4 && !backward_trace::uses_vec4(n, 0, n * n) {
+                    if vec4 && !runs_vec4_kernels(n, &spec) {
                         continue;
                     }
                     vec4_cases += vec4 as u32;

@@ -128,6 +128,14 @@ pub fn is_clamped(row: &[u32], j: usize) -> bool {
     (row[j / 32] >> (j % 32)) & 1 != 0
 }
 
+/// Whether a network of N neurons whose w and alpha sit at these offsets of the flat parameters runs
+/// the vec4 rule kernels (`forward_step_vec4`, `backward_trace_vec4`, `trace_update_vec4`): every
+/// row of the traces, the history, w, alpha and their gradients is then a whole number of vec4, and
+/// so is every trace slot's offset. One decision for all three, so the step kernels never mix.
+pub fn uses_vec4_kernels(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
+    n.is_multiple_of(4) && w_offset.is_multiple_of(4) && alpha_offset.is_multiple_of(4)
+}
+
 /// Side of the square (i, j) block that one `backward_trace` invocation walks.
 pub const TRACE_TILE: u32 = 16;
 
@@ -271,7 +279,7 @@ pub mod forward_step {
         rule_constants: true,
     };
 
-    /// The same step with vec4 access for N a multiple of 4 (see `uses_vec4`): forward_step's
+    /// The same step with vec4 access for N a multiple of 4 (see `uses_vec4_kernels`): forward_step's
     /// bindings plus the parameters again, as vec4, for w and alpha. Its twin is `cpu::forward_step`.
     pub const KERNEL_VEC4: KernelDescriptor = KernelDescriptor {
         name: "forward_step_vec4",
@@ -280,13 +288,7 @@ pub mod forward_step {
         ..KERNEL
     };
 
-    /// Whether a step of N neurons with w and alpha at these offsets runs as `forward_step_vec4`:
-    /// every row of the trace and the history is then a whole number of vec4.
-    pub fn uses_vec4(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
-        n.is_multiple_of(4) && w_offset.is_multiple_of(4) && alpha_offset.is_multiple_of(4)
-    }
-
-    /// The kernel that runs a step of N neurons (see `uses_vec4`).
+    /// The kernel that runs a step (see `uses_vec4_kernels`).
     pub fn kernel_name(vec4: bool) -> &'static str {
         if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
     }
@@ -466,19 +468,12 @@ pub mod backward_trace {
         rule_constants: true,
     };
 
-    /// The same step with vec4 access to the traces for N a multiple of 4 (see `uses_vec4`), and the
+    /// The same step with vec4 access to the traces for N a multiple of 4 (see `uses_vec4_kernels`), and the
     /// same bindings. Its twin is `cpu::backward_trace` with quad columns.
     pub const KERNEL_VEC4: KernelDescriptor =
         KernelDescriptor { name: "backward_trace_vec4", source: include_str!("../../../shaders/backward_trace_vec4.wgsl"), ..KERNEL };
 
-    /// Whether a backward step of N neurons with w and alpha at these offsets runs as
-    /// `backward_trace_vec4`: every row of the traces, the history, w, alpha and their gradients is
-    /// then a whole number of vec4 (and so is every trace slot's offset).
-    pub fn uses_vec4(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
-        n.is_multiple_of(4) && w_offset.is_multiple_of(4) && alpha_offset.is_multiple_of(4)
-    }
-
-    /// The kernel that runs a backward step of N neurons (see `uses_vec4`).
+    /// The kernel that runs a backward step (see `uses_vec4_kernels`).
     pub fn kernel_name(vec4: bool) -> &'static str {
         if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
     }
@@ -756,18 +751,12 @@ pub mod trace_update {
         rule_constants: true,
     };
 
-    /// The same update with vec4 access for N a multiple of 4 (see `uses_vec4`): one invocation per
+    /// The same update with vec4 access for N a multiple of 4 (see `uses_vec4_kernels`): one invocation per
     /// quad of four neighbouring post-synaptic neurons. Same bindings and twin (`cpu::trace_update`).
     pub const KERNEL_VEC4: KernelDescriptor =
         KernelDescriptor { name: "trace_update_vec4", source: include_str!("../../../shaders/trace_update_vec4.wgsl"), ..KERNEL };
 
-    /// Whether an update of N neurons runs as `trace_update_vec4` (every trace row, and so every slot
-    /// offset, a whole number of vec4).
-    pub fn uses_vec4(n: u32) -> bool {
-        n.is_multiple_of(4)
-    }
-
-    /// The kernel that updates a trace of N neurons (see `uses_vec4`).
+    /// The kernel that updates a trace (see `uses_vec4_kernels`).
     pub fn kernel_name(vec4: bool) -> &'static str {
         if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
     }

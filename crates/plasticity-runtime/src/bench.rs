@@ -255,6 +255,8 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
     let trace_copies = if case.plasticity.retroactive { 2 * case.batch } else { case.batch };
     let forward_gbps = forward_step_min_bytes(case.neurons, trace_copies) as f64 * steps / forward / 1e9;
     let backward_gbps = backward_step_min_bytes(case.neurons, trace_copies) as f64 * steps / backward / 1e9;
+    // What the trainer ran with, not a second evaluation of the tuning rule.
+    let (forward_splits, backward_groups) = trainer.work_split().expect("the timed episodes ran");
     Ok(CaseResult {
         case,
         forward_ms_per_step: forward * 1e3 / steps,
@@ -267,8 +269,8 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         backward_of_ceiling: backward_gbps / ceiling_gbps,
         peak_bytes: trainer.allocated_bytes(),
         checkpoint_segment: trainer.last_segment(),
-        forward_splits: ctx.tuning.forward_split(&ctx.adapter, case.neurons, case.batch).0,
-        backward_groups: ctx.tuning.backward_groups(&ctx.adapter, case.neurons, case.batch),
+        forward_splits,
+        backward_groups,
     })
 }
 

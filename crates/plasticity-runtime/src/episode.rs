@@ -225,6 +225,11 @@ pub(crate) struct EpisodeShape {
 }
 
 impl EpisodeShape {
+    /// Whether this shape runs the vec4 rule kernels (see `plasticity_kernels::uses_vec4_kernels`).
+    pub fn vec4_kernels(&self) -> bool {
+        plasticity_kernels::uses_vec4_kernels(self.neurons, self.layout.w_offset, self.layout.alpha_offset)
+    }
+
     fn new(config: &NetworkConfig, batch: u32, steps: u32, loss_steps: &[u32], clamped: bool) -> Self {
         Self {
             neurons: config.neurons,
@@ -390,8 +395,6 @@ pub(crate) struct ForwardState {
     pub forward_splits: u32,
     /// The context's work division when this state was built (it fixes S).
     pub tuning: KernelTuning,
-    /// Whether the step runs as forward_step_vec4 (N a multiple of 4).
-    pub forward_vec4: bool,
     step_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
@@ -494,7 +497,6 @@ impl ForwardState {
             partial_sums: buffers::storage(ctx, "forward partial sums", partial_bytes)?,
             forward_splits: splits,
             tuning: ctx.tuning,
-            forward_vec4: forward_step::uses_vec4(neurons, layout.w_offset, layout.alpha_offset),
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
             finish_params_slots: ParamSlots::new(ctx, "forward_finish params", &finish_params)?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
@@ -574,13 +576,14 @@ impl ForwardState {
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
         let spec = self.shape.plasticity();
-        let step_kernel = forward_step::kernel_name(self.forward_vec4);
+        let vec4 = self.shape.vec4_kernels();
+        let step_kernel = forward_step::kernel_name(vec4);
         let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &[]);
         let step_buffers: [&wgpu::Buffer; 7] =
             [&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums, &net.params];
         // forward_step_vec4 binds the parameters a second time, as vec4.
-        let group = bind_group(ctx, step_kernel, &self.step_params_slots, &step_buffers[..if self.forward_vec4 { 7 } else { 6 }]);
-        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits, self.forward_vec4);
+        let group = bind_group(ctx, step_kernel, &self.step_params_slots, &step_buffers[..if vec4 { 7 } else { 6 }]);
+        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits, vec4);
         let finish_group = (self.forward_splits > 1)
             .then(|| bind_group(ctx, "forward_finish", &self.finish_params_slots, &[&self.partial_sums, &self.activations, &self.clamp]));
         let finish_grid = forward_finish::workgroups(self.shape.neurons, self.shape.batch);

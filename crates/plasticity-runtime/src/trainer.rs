@@ -352,7 +352,7 @@ impl BackwardState {
         self.activation_params_slots.write(ctx, &activation)?;
         self.trace_params_slots.write(ctx, &trace)?;
         if let Recovery::Recompute { segment } = recovery {
-            let (_, row_stride) = trace_update::grid(n, batch, trace_update::uses_vec4(n));
+            let (_, row_stride) = trace_update::grid(n, batch, shape.vec4_kernels());
             let update: Vec<TraceUpdateParams> = (1..=steps)
                 .map(|step| TraceUpdateParams {
                     n,
@@ -549,6 +549,12 @@ impl Trainer {
         self.last_segment
     }
 
+    /// `(S, Z)` the last episode ran with: chunks of the forward step's sum and batch groups of the
+    /// backward trace kernel (see [`crate::KernelTuning`]); `None` before the first episode.
+    pub fn work_split(&self) -> Option<(u32, u32)> {
+        Some((self.forward.as_ref()?.forward_splits, self.backward.as_ref()?.partials_layout.groups))
+    }
+
     /// Adam steps taken so far.
     pub fn steps_taken(&self) -> u32 {
         self.adam_step
@@ -710,7 +716,7 @@ fn record_backward(
         &bwd.activation_params_slots,
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
-    let trace_kernel = backward_trace::kernel_name(backward_trace::uses_vec4(shape.neurons, net.layout.w_offset, net.layout.alpha_offset));
+    let trace_kernel = backward_trace::kernel_name(shape.vec4_kernels());
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &[(backward_trace::REVERSE, reverse as u32 as f64)]);
     let trace_group = bind_group(
         ctx,
@@ -775,7 +781,7 @@ fn record_backward(
         }
         Recovery::Recompute { segment } => {
             let slot_bytes = shape.trace_slot_len() * 4;
-            let vec4 = trace_update::uses_vec4(shape.neurons);
+            let vec4 = shape.vec4_kernels();
             let update_kernel = trace_update::kernel_name(vec4);
             let update_pipeline = ctx.kernels.specialised(&ctx.device, update_kernel, spec, &[]);
             let update_group =
