@@ -3,13 +3,14 @@
 // The same step, parameters and CPU twin (cpu::forward_step) as forward_step.wgsl, which gives the
 // math:  H(t) = clip(U_r(H(t-1)))  (formed on the fly),  x_j(t) = tanh(sum_i (w_ij + alpha_eff_ij H_ij(t)) x_i(t-1) + u_j(t)).
 // One invocation owns the four post-synaptic neurons j = 4q .. 4q + 3 (a quad) for BATCH_TILE batch
-// elements and loops over i; each trace access moves 16 bytes, and neighbouring invocations still
+// elements and loops over i, four at a time (x_i(t-1) and x_i(t-2) of four i are one history load
+// per batch element); each trace access moves 16 bytes, and neighbouring invocations still
 // read neighbouring memory. A memory system that pays per access rather than per byte (lavapipe's
 // per-lane loads, a GPU short of loads in flight) moves several times more bytes per second so. The
 // update is the shared vec4 block (the scalar rule's f32 operations per component); rates come from
 // the shared scalar functions, one component at a time.
 //
-// Bindings are forward_step's, with the trace and the partial sums seen as vec4 (every row of N
+// Bindings are forward_step's, with the trace, the history and the partial sums seen as vec4 (every row of N
 // floats is a whole number of quads), plus `params_vec4`, the same flat parameters again as
 // vec4 for w and alpha (whose offsets the runtime keeps multiples of 4). The runtime uses this kernel
 // whenever N % 4 == 0 and forward_step.wgsl otherwise.
@@ -45,7 +46,7 @@ struct ForwardStepParams {
 @group(0) @binding(0) var<storage, read> p: ForwardStepParams;
 @group(0) @binding(1) var<storage, read> params: array<f32>;                  // flat parameters [w, alpha, eta, modulator]
 @group(0) @binding(2) var<storage, read_write> trace: array<vec4<f32>>;       // (B, N, N/4) H: H(t-1) on entry, H(t) on exit; then E likewise
-@group(0) @binding(3) var<storage, read_write> activations: array<f32>;       // (T + 1, B, N): x(s) at row s < t, u(s) at row s >= t
+@group(0) @binding(3) var<storage, read_write> activations: array<vec4<f32>>; // (T + 1, B, N/4): x(s) at row s < t, u(s) at row s >= t
 @group(0) @binding(4) var<storage, read> clamp_mask: array<u32>;              // (T, B, clamp_words) bit masks: u(t) in row t - 1
 @group(0) @binding(5) var<storage, read> modulation: array<f32>;              // (T + 1, B): M_b(s) at row s (RATE 2, 3)
 @group(0) @binding(6) var<storage, read_write> partial_sums: array<vec4<f32>>; // (S, B, N/4) when S > 1
@@ -126,10 +127,13 @@ fn clip_trace_vec4(v: vec4<f32>) -> vec4<f32> {
 }
 // ---- end of shared vec4 functions ----
 
-// The quad of the history starting at element `at`. The history stays scalar: the loop over i reads
-// x_i one at a time, the same for every invocation, and only these per-step accesses touch quads.
+// The quad of the history starting at element `at`, a multiple of 4 (rows of B N floats, N % 4 == 0).
 fn history_quad(at: u32) -> vec4<f32> {
-    return vec4(activations[at], activations[at + 1u], activations[at + 2u], activations[at + 3u]);
+    return activations[at / 4u];
+}
+
+fn div_ceil_u32(a: u32, b: u32) -> u32 {
+    return (a + b - 1u) / b;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -184,34 +188,54 @@ fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
-    for (var i = i_begin; i < i_end; i++) {
-        let w_ij = params_vec4[w_quad + i * quads + q];
-        var alpha_ij = alpha_fixed;
-        if (ALPHA_SHAPE == 0u) {
-            alpha_ij = params_vec4[alpha_offset / 4u + i * quads + q];
-        }
-        if (!PLASTIC_SELF && i / 4u == q) {
-            alpha_ij[i % 4u] = 0.0;
-        }
+    // The sum over i runs a quad of pre-synaptic neurons at a time: x_i(t-1) and x_i(t-2) for four i
+    // come in one load per batch element. A split's chunk need not start or end on a quad; the
+    // skipped i of an edge quad are another chunk's.
+    for (var i4 = i_begin / 4u; i4 < div_ceil_u32(i_end, 4u); i4++) {
+        var x_quads: array<vec4<f32>, BATCH_TILE>;    // x_i(t-1), i = 4 i4 .. 4 i4 + 3
+        var pre_quads: array<vec4<f32>, BATCH_TILE>;  // x_i(t-2)
         for (var k = 0u; k < BATCH_TILE; k++) {
             if (k < tile) {
                 let b = b0 + k;
-                let h_index = (b * n + i) * quads + q;
-                var h = trace[h_index];
+                x_quads[k] = activations[(x_prev + b * n) / 4u + i4];
                 if (update) {
-                    let r = select(rate[k], eta0, RATE == 0u);
-                    // x_i(t-2) lives one row below x(t-1).
-                    let pre = activations[x_prev - row + b * n + i];
-                    if (RETROACTIVE) {
-                        let e = trace[elig_quad + h_index];
-                        h = clip_trace_vec4(h + r * e);
-                        trace[elig_quad + h_index] = rule_update_vec4(e, pre, post[k], rate_e);
-                    } else {
-                        h = clip_trace_vec4(rule_update_vec4(h, pre, post[k], r));
-                    }
-                    trace[h_index] = h;
+                    // x(t-2) lives one row below x(t-1).
+                    pre_quads[k] = activations[(x_prev - row + b * n) / 4u + i4];
                 }
-                acc[k] += (w_ij + alpha_ij * h) * activations[x_prev + b * n + i];
+            }
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let i = 4u * i4 + c;
+            if (i < i_begin || i >= i_end) {
+                continue;
+            }
+            let w_ij = params_vec4[w_quad + i * quads + q];
+            var alpha_ij = alpha_fixed;
+            if (ALPHA_SHAPE == 0u) {
+                alpha_ij = params_vec4[alpha_offset / 4u + i * quads + q];
+            }
+            if (!PLASTIC_SELF && i4 == q) {
+                alpha_ij[c] = 0.0;
+            }
+            for (var k = 0u; k < BATCH_TILE; k++) {
+                if (k < tile) {
+                    let b = b0 + k;
+                    let h_index = (b * n + i) * quads + q;
+                    var h = trace[h_index];
+                    if (update) {
+                        let r = select(rate[k], eta0, RATE == 0u);
+                        let pre = pre_quads[k][c];
+                        if (RETROACTIVE) {
+                            let e = trace[elig_quad + h_index];
+                            h = clip_trace_vec4(h + r * e);
+                            trace[elig_quad + h_index] = rule_update_vec4(e, pre, post[k], rate_e);
+                        } else {
+                            h = clip_trace_vec4(rule_update_vec4(h, pre, post[k], r));
+                        }
+                        trace[h_index] = h;
+                    }
+                    acc[k] += (w_ij + alpha_ij * h) * x_quads[k][c];
+                }
             }
         }
     }
@@ -229,9 +253,7 @@ fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let bits = (vec4(word) >> (vec4(j0 % 32u) + vec4(0u, 1u, 2u, 3u))) & vec4(1u);
                 x = select(x, history_quad(out), bits != vec4(0u));
             }
-            for (var c = 0u; c < 4u; c++) {
-                activations[out + c] = x[c];
-            }
+            activations[out / 4u] = x;
         }
     }
 }
