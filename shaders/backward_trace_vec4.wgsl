@@ -9,10 +9,12 @@
 // One invocation owns TILE rows and TILE columns of (i, j), as there, but its columns are four quads
 // of four neighbouring j: lane l of a column group of L lanes takes quads l, l + L, l + 2L, l + 3L
 // (see plasticity_kernels::trace_column_owner with a width of 4), so each access to H, E, G and GE
-// moves 16 bytes and neighbouring invocations still touch neighbouring memory. The rule's
-// derivatives are written on quads (the *_vec4 functions below, the same f32 operations per
-// component as the scalar ones); the tile loops run to constants so that they unroll and the
-// running sums stay in registers.
+// moves 16 bytes and neighbouring invocations still touch neighbouring memory. Rows come four at a
+// time, so x_i(t-1) and x_i(t-2) of four rows are one load each and x_j, ga_j and the rates of a
+// column quad, loaded once, serve four rows (about 6 loads and stores per element instead of 8.5;
+// see the note on the loop). The rule's derivatives are written on quads (the *_vec4 functions
+// below, the same f32 operations per component as the scalar ones); the tile loops run to
+// constants so that they unroll and the running sums stay in registers.
 //
 // Bindings are backward_trace's, every one seen as vec4: the history, the trace slots and their
 // gradient (every row of N floats is a whole number of quads, and the slot offsets are multiples of
@@ -296,17 +298,37 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var m0 = 0u; m0 < group_batch; m0 += CHUNK) {
         let chunk = min(CHUNK, group_batch - m0);
         let b0 = z + m0 * groups;
-        var row_quads: array<vec4<f32>, CHUNK>; // rows i - i % 4 .. i of the row partials, per batch element
         var col_sums: array<vec4<f32>, 16>;    // (CHUNK, TILE_QUADS)
         var rate_sums: array<vec4<f32>, 16>;   // (CHUNK, TILE_QUADS)
-        for (var i = i0; i < i_end; i++) {
-            var row_sums: array<vec4<f32>, CHUNK>;  // summed over components when written
+        // Rows come four at a time (i0 and the block's end are multiples of 4): x_i(t-1) and x_i(t-2)
+        // of four rows are one load each, and every column quad's x_j, ga_j and rates, loaded once,
+        // serve four rows. Per element that leaves H, G in and out (4) plus w, alpha, dw and dalpha
+        // (6 per CHUNK elements) and x_j, ga_j, x_j(t-1) (3 per four rows).
+        for (var i4 = i0 / 4u; i4 < i_end / 4u; i4++) {
+            var pre_quads: array<vec4<f32>, CHUNK>;   // x_i(t-1), i = 4 i4 .. 4 i4 + 3
+            var pre2_quads: array<vec4<f32>, CHUNK>;  // x_i(t-2)
+            // Component c: the row sum of row 4 i4 + c, one quad of the (B, n_tiles, N) row partials.
+            var row_quads: array<vec4<f32>, CHUNK>;
+            for (var k = 0u; k < CHUNK; k++) {
+                if (k < chunk) {
+                    let b = b0 + k * groups;
+                    pre_quads[k] = activations[x_prev + b * quads + i4];
+                    if (has_prev2) {
+                        pre2_quads[k] = activations[x_prev - row + b * quads + i4];
+                    }
+                }
+            }
             for (var mq = 0u; mq < TILE_QUADS; mq++) {
                 let q = q0 + mq * lanes;
                 if (q < q_end) {
                     let j0 = 4u * q;
-                    let w_ij = param_quad(w_offset + i * n + j0);
-                    let alpha_ij = alpha_quad(i, j0, n, alpha_offset);
+                    var w_rows: array<vec4<f32>, 4>;
+                    var alpha_rows: array<vec4<f32>, 4>;
+                    for (var c = 0u; c < 4u; c++) {
+                        let i = 4u * i4 + c;
+                        w_rows[c] = param_quad(w_offset + i * n + j0);
+                        alpha_rows[c] = alpha_quad(i, j0, n, alpha_offset);
+                    }
                     var rate_e = eta0;
                     if (RETROACTIVE && ETA_PER_NEURON) {
                         rate_e = param_quad_unaligned(eta_offset + j0);
@@ -315,109 +337,117 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     if (RATE == 1u) {
                         rate_fixed = param_quad_unaligned(eta_offset + j0);
                     }
-                    var d_w = vec4(0.0);
-                    var d_alpha = vec4(0.0);
+                    var d_w: array<vec4<f32>, 4>;
+                    var d_alpha: array<vec4<f32>, 4>;
                     for (var k = 0u; k < CHUNK; k++) {
                         if (k < chunk) {
                             let b = b0 + k * groups;
-                            let idx = (b * n + i) * quads + q;
-                            let pre = activations[x_prev + b * quads + i / 4u][i % 4u];
                             let post = activations[x_now + b * quads + q];
                             let ga_j = partials[(preact + b * n + j0) / 4u];
-                            let h = trace[cur + idx];
-                            let g_next = trace_grad[idx];
                             var r = rate_fixed;
                             if (RATE >= 2u) {
                                 r = modulated_rate_quad(b, j0, step, n, p.batch, eta_offset, mod_offset);
                             }
-                            d_w += ga_j * pre;
-                            d_alpha += ga_j * h * pre;
-                            var g: vec4<f32>;
-                            var ge = vec4(0.0);
-                            if (RETROACTIVE) {
-                                let e = trace[cur + eo + idx];
-                                let ge_next = trace_grad[eo + idx];
-                                let m = clip_pass_vec4(h + r * e);
-                                g = m * g_next + alpha_ij * pre * ga_j;
-                                ge = m * r * g_next + rule_d_trace_vec4(post, rate_e) * ge_next;
-                                row_sums[k] += (w_ij + alpha_ij * h) * ga_j + ge_next * rate_e * post;
-                                trace_grad[eo + idx] = ge;
-                            } else {
-                                let m = clip_pass_vec4(rule_update_vec4(h, pre, post, r));
-                                g = m * rule_d_trace_vec4(post, r) * g_next + alpha_ij * pre * ga_j;
-                                row_sums[k] += (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
-                            }
-                            trace_grad[idx] = g;
+                            var post2 = vec4(0.0);
+                            var r2 = rate_fixed;
                             if (has_prev2) {
-                                let pre2 = activations[x_prev - row + b * quads + i / 4u][i % 4u];
-                                let post2 = activations[x_prev + b * quads + q];
-                                var r2 = rate_fixed;
+                                post2 = activations[x_prev + b * quads + q];
                                 if (RATE >= 2u) {
                                     r2 = modulated_rate_quad(b, j0, step - 1u, n, p.batch, eta_offset, mod_offset);
                                 }
-                                let c = k * TILE_QUADS + mq;
+                            }
+                            let c_sum = k * TILE_QUADS + mq;
+                            for (var c = 0u; c < 4u; c++) {
+                                let i = 4u * i4 + c;
+                                let idx = (b * n + i) * quads + q;
+                                let pre = pre_quads[k][c];
+                                let w_ij = w_rows[c];
+                                let alpha_ij = alpha_rows[c];
+                                let h = trace[cur + idx];
+                                let g_next = trace_grad[idx];
+                                d_w[c] += ga_j * pre;
+                                d_alpha[c] += ga_j * h * pre;
+                                var g: vec4<f32>;
+                                var ge = vec4(0.0);
+                                var row_terms: vec4<f32>;
                                 if (RETROACTIVE) {
-                                    let h_prev = trace[prev + idx];
-                                    let e_prev = trace[prev + eo + idx];
-                                    let m2 = clip_pass_vec4(h_prev + r2 * e_prev);
-                                    col_sums[c] += ge * rule_d_post_vec4(e_prev, pre2, post2, rate_e);
-                                    rate_sums[c] += m2 * g * e_prev;
-                                    let d_eta = ge * rule_d_rate_vec4(e_prev, pre2, post2);
-                                    if (eta_per_neuron) {
-                                        eta_sums[mq] += d_eta;
-                                    } else {
-                                        eta_total += d_eta;
-                                    }
+                                    let e = trace[cur + eo + idx];
+                                    let ge_next = trace_grad[eo + idx];
+                                    let m = clip_pass_vec4(h + r * e);
+                                    g = m * g_next + alpha_ij * pre * ga_j;
+                                    ge = m * r * g_next + rule_d_trace_vec4(post, rate_e) * ge_next;
+                                    row_terms = (w_ij + alpha_ij * h) * ga_j + ge_next * rate_e * post;
+                                    trace_grad[eo + idx] = ge;
                                 } else {
-                                    var h_prev: vec4<f32>;
-                                    if (REVERSE) {
-                                        h_prev = rule_inverse_vec4(h, pre2, post2, r2);
-                                        trace[cur + idx] = h_prev;
+                                    let m = clip_pass_vec4(rule_update_vec4(h, pre, post, r));
+                                    g = m * rule_d_trace_vec4(post, r) * g_next + alpha_ij * pre * ga_j;
+                                    row_terms = (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
+                                }
+                                row_quads[k][c] += (row_terms.x + row_terms.y) + (row_terms.z + row_terms.w);
+                                trace_grad[idx] = g;
+                                if (has_prev2) {
+                                    let pre2 = pre2_quads[k][c];
+                                    if (RETROACTIVE) {
+                                        let h_prev = trace[prev + idx];
+                                        let e_prev = trace[prev + eo + idx];
+                                        let m2 = clip_pass_vec4(h_prev + r2 * e_prev);
+                                        col_sums[c_sum] += ge * rule_d_post_vec4(e_prev, pre2, post2, rate_e);
+                                        rate_sums[c_sum] += m2 * g * e_prev;
+                                        let d_eta = ge * rule_d_rate_vec4(e_prev, pre2, post2);
+                                        if (eta_per_neuron) {
+                                            eta_sums[mq] += d_eta;
+                                        } else {
+                                            eta_total += d_eta;
+                                        }
                                     } else {
-                                        h_prev = trace[prev + idx];
-                                    }
-                                    let m2 = clip_pass_vec4(rule_update_vec4(h_prev, pre2, post2, r2));
-                                    col_sums[c] += m2 * g * rule_d_post_vec4(h_prev, pre2, post2, r2);
-                                    let d_rate = m2 * g * rule_d_rate_vec4(h_prev, pre2, post2);
-                                    if (RATE >= 2u) {
-                                        rate_sums[c] += d_rate;
-                                    } else if (eta_per_neuron) {
-                                        eta_sums[mq] += d_rate;
-                                    } else {
-                                        eta_total += d_rate;
+                                        var h_prev: vec4<f32>;
+                                        if (REVERSE) {
+                                            h_prev = rule_inverse_vec4(h, pre2, post2, r2);
+                                            trace[cur + idx] = h_prev;
+                                        } else {
+                                            h_prev = trace[prev + idx];
+                                        }
+                                        let m2 = clip_pass_vec4(rule_update_vec4(h_prev, pre2, post2, r2));
+                                        col_sums[c_sum] += m2 * g * rule_d_post_vec4(h_prev, pre2, post2, r2);
+                                        let d_rate = m2 * g * rule_d_rate_vec4(h_prev, pre2, post2);
+                                        if (RATE >= 2u) {
+                                            rate_sums[c_sum] += d_rate;
+                                        } else if (eta_per_neuron) {
+                                            eta_sums[mq] += d_rate;
+                                        } else {
+                                            eta_total += d_rate;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-                    if (grouped) {
-                        add_to_partials(dw_base + i * n + j0, d_w);
-                    } else {
-                        add_to_grads(dw_base + i * n + j0, d_w);
-                    }
-                    // alpha_ij is 0 where a self-connection is not plastic, and so is its gradient.
-                    var d_alpha_eff = d_alpha;
-                    if (!PLASTIC_SELF && i >= j0 && i < j0 + 4u) {
-                        d_alpha_eff[i - j0] = 0.0;
-                    }
-                    if (grouped) {
-                        add_to_partials(dalpha_base + i * n + j0, d_alpha_eff);
-                    } else if (ALPHA_SHAPE == 0u) {
-                        add_to_grads(alpha_offset + i * n + j0, d_alpha_eff);
-                    } else {
-                        add_to_partials(p.alpha_grad_offset + i * n + j0, d_alpha_eff);
+                    for (var c = 0u; c < 4u; c++) {
+                        let i = 4u * i4 + c;
+                        if (grouped) {
+                            add_to_partials(dw_base + i * n + j0, d_w[c]);
+                        } else {
+                            add_to_grads(dw_base + i * n + j0, d_w[c]);
+                        }
+                        // alpha_ij is 0 where a self-connection is not plastic, and so is its gradient.
+                        var d_alpha_eff = d_alpha[c];
+                        if (!PLASTIC_SELF && i >= j0 && i < j0 + 4u) {
+                            d_alpha_eff[i - j0] = 0.0;
+                        }
+                        if (grouped) {
+                            add_to_partials(dalpha_base + i * n + j0, d_alpha_eff);
+                        } else if (ALPHA_SHAPE == 0u) {
+                            add_to_grads(alpha_offset + i * n + j0, d_alpha_eff);
+                        } else {
+                            add_to_partials(p.alpha_grad_offset + i * n + j0, d_alpha_eff);
+                        }
                     }
                 }
             }
             for (var k = 0u; k < CHUNK; k++) {
                 if (k < chunk) {
-                    // Four rows' sums make one quad of the (B, n_tiles, N) row partials: i0 and the
-                    // block's end are multiples of 4, so every quad is completed and written here.
-                    let s = row_sums[k];
-                    row_quads[k][i % 4u] = (s.x + s.y) + (s.z + s.w);
-                    if (i % 4u == 3u) {
-                        partials[(((b0 + k * groups) * p.n_tiles + tile_j) * n + i - 3u) / 4u] = row_quads[k];
-                    }
+                    // This invocation's quad of the (B, n_tiles, N) row partials: rows 4 i4 .. 4 i4 + 3.
+                    partials[(((b0 + k * groups) * p.n_tiles + tile_j) * n) / 4u + i4] = row_quads[k];
                 }
             }
         }
