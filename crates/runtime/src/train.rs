@@ -565,21 +565,31 @@ pub struct ExportArgs {
     /// Directory for params.safetensors, episode.safetensors and gradients.safetensors.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    rule: crate::rule_args::RuleArgs,
 }
 
-/// Writes a random network, a random episode and this engine's loss and gradients for it, so that
-/// an independent implementation (tools/pytorch_baseline.py check) can recompute them.
+/// Writes a random network of the chosen rule, a random episode and this engine's loss and
+/// gradients for it, so that an independent implementation (tools/pytorch_baseline.py check) can
+/// recompute them. The rule is in params.safetensors' `network` metadata; gradients.safetensors holds
+/// one gradient per parameter tensor of params.safetensors, under the same name, and the loss.
 pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
     ensure!(args.neurons >= 1 && args.batch >= 1 && args.steps >= 1, "--neurons, --batch and --steps must be at least 1");
+    let plasticity = args.rule.plasticity()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let ctx = GpuContext::new()?;
     let scale = 1.0 / (args.neurons as f32).sqrt();
-    let config =
-        NetworkConfig { neurons: args.neurons, eta: 0.1, seed: args.seed, w_init_std: scale, alpha_init_std: scale, ..Default::default() };
-    let data = bench::random_episode(
-        bench::BenchCase { neurons: args.neurons, batch: args.batch, steps: args.steps, plasticity: Default::default() },
-        args.seed,
-    );
+    let config = NetworkConfig {
+        neurons: args.neurons,
+        plasticity,
+        eta: 0.1,
+        seed: args.seed,
+        w_init_std: scale,
+        alpha_init_std: scale,
+        ..Default::default()
+    };
+    let data =
+        bench::random_episode(bench::BenchCase { neurons: args.neurons, batch: args.batch, steps: args.steps, plasticity }, args.seed);
     let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config)?, TrainerConfig::default())?;
     let metrics = trainer.compute_gradients(&ctx, &data)?;
     let grads = trainer.read_gradients(&ctx)?;
@@ -598,16 +608,18 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
         ],
         Default::default(),
     )?;
-    save_tensors(
-        &args.out.join("gradients.safetensors"),
-        &[
-            ("w", vec![n, n], TensorData::F32(grads.w())),
-            ("alpha", vec![n, n], TensorData::F32(grads.alpha())),
-            ("eta", vec![1], TensorData::F32(&[grads.eta()])),
-            ("loss", vec![1], TensorData::F32(&[metrics.loss])),
-        ],
-        Default::default(),
-    )?;
+    let loss = [metrics.loss];
+    let mut gradients: Vec<(&str, Vec<usize>, TensorData<'_>)> = grads
+        .layout
+        .tensors()
+        .into_iter()
+        .map(|(name, offset, shape)| {
+            let len = shape.iter().product();
+            (name, shape, TensorData::F32(&grads.values[offset as usize..][..len]))
+        })
+        .collect();
+    gradients.push(("loss", vec![1], TensorData::F32(&loss)));
+    save_tensors(&args.out.join("gradients.safetensors"), &gradients, Default::default())?;
     println!("wrote {}/{{params,episode,gradients}}.safetensors (loss {})", args.out.display(), metrics.loss);
     Ok(())
 }

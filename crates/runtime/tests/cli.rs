@@ -245,3 +245,54 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     assert_eq!(losses(&dir).len() as u64, done + 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The tensors of a safetensors file as name -> (shape, f32 values), read by hand from its
+/// documented layout (an 8-byte header length, a JSON header, then the data), independently of the
+/// engine's own reader.
+fn read_f32_tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let data = &bytes[8 + len..];
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, entry) in header.as_object().unwrap() {
+        if name == "__metadata__" || entry["dtype"] != "F32" {
+            continue;
+        }
+        let shape = entry["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let [begin, end] = [0, 1].map(|k| entry["data_offsets"][k].as_u64().unwrap() as usize);
+        let values = data[begin..end].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        tensors.insert(name.clone(), (shape, values));
+    }
+    tensors
+}
+
+/// `export-episode` with a rule: gradients.safetensors holds one gradient per parameter tensor of
+/// params.safetensors, same name and shape, and every one the rule uses is finite and not all zero
+/// (tools/pytorch_baseline.py check compares them with PyTorch's autograd).
+#[test]
+fn export_episode_writes_a_gradient_for_every_parameter_of_the_rule() {
+    let dir = std::env::temp_dir().join(format!("plasticity-cli-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rule = ["--modulation", "per-neuron", "--retroactive", "--trace-clip", "1", "--alpha", "per-neuron", "--eta-shape", "per-neuron"];
+    let mut args = vec!["export-episode", "--neurons", "12", "--batch", "2", "--steps", "6", "--out", dir.to_str().unwrap()];
+    args.extend_from_slice(&rule);
+    let o = plasticity(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let params = read_f32_tensors(&dir.join("params.safetensors"));
+    let grads = read_f32_tensors(&dir.join("gradients.safetensors"));
+    let names: Vec<&str> = params.keys().map(String::as_str).collect();
+    assert_eq!(names, ["alpha", "eta", "mod_b", "mod_c", "mod_u", "mod_w", "w"], "parameter tensors of the rule");
+    for (name, (shape, _)) in &params {
+        let (grad_shape, grad) = grads.get(name).unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(grad_shape, shape, "{name}: gradient shape");
+        assert!(grad.iter().all(|g| g.is_finite()) && grad.iter().any(|&g| g != 0.0), "{name}: gradient {grad:?}");
+    }
+    assert_eq!(grads.len(), params.len() + 1, "the parameters' gradients and the loss");
+    assert!(grads["loss"].1[0] > 0.0, "loss {:?}", grads["loss"]);
+    assert_clean_failure(
+        &plasticity(&["export-episode", "--out", dir.to_str().unwrap(), "--retroactive"]),
+        "retroactive neuromodulation needs a modulation",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
