@@ -2,7 +2,7 @@
 # Head-to-head on this machine: our engine's bench, then the PyTorch baseline (tools/pytorch_baseline.py)
 # on the same sizes, one after the other; prints episodes per second and peak memory side by side with
 # their ratios. Then, where the engine can export an episode, checks its loss and gradients against
-# PyTorch's autograd in float64.
+# PyTorch's autograd in float64, for the paper's rule and five other rule configurations.
 #
 # Usage: tools/compare_pytorch.sh [--neurons N] [--batch B1,B2] [--torch-batch B1,B2] [--steps T]
 #                                 [--reps R] [--device cpu|cuda] [--torch-threads K] [--out DIR]
@@ -123,11 +123,26 @@ for (n, b), t in sorted(torch.items()):
 EOF
 echo "figures: $out"
 
+# The paper's rule first, then rule options that between them cover every rule, clip, alpha and eta
+# shape, both modulations, direct and retroactive, and no plastic self-connections.
+rules=(
+  ""
+  "--rule oja --trace-clip 1 --eta-shape per-neuron --no-plastic-self"
+  "--rule additive --trace-clip 2 --modulation simple --alpha per-neuron"
+  "--modulation per-neuron --eta-shape per-neuron"
+  "--modulation per-neuron --retroactive --trace-clip 1 --alpha scalar --eta-shape per-neuron"
+  "--rule oja --modulation simple --retroactive"
+)
 if "$binary" export-episode --help > /dev/null 2>&1; then
   echo
-  echo "== gradient check: our engine against PyTorch autograd (float64)"
-  "$binary" export-episode --neurons 64 --batch 3 --steps 20 --seed 1 --out "$out/episode"
-  python3 tools/pytorch_baseline.py check "$out/episode"
+  echo "== gradient check: our engine against PyTorch autograd (float64), one episode per rule"
+  check_status=0
+  for k in "${!rules[@]}"; do
+    # shellcheck disable=SC2086 # each entry is a list of options
+    "$binary" export-episode --neurons 64 --batch 3 --steps 20 --seed 1 --out "$out/episode$k" ${rules[$k]}
+    python3 tools/pytorch_baseline.py check "$out/episode$k" || check_status=1
+  done
+  [ "$check_status" = 0 ] && echo "gradient check: every rule passed" || { echo "gradient check: FAILED (above)"; exit 1; }
 else
   echo "($binary has no export-episode command yet: gradient check skipped)"
 fi

@@ -98,6 +98,91 @@ def episode_loss(net, inputs, targets, loss_steps):
     return sum(((activations[int(s)] - targets[k]) ** 2).sum() for k, s in enumerate(loss_steps))
 
 
+PAPER_RULE = {"rule": "decay", "clip": None, "alpha": "per-connection", "eta": "scalar", "modulation": "none",
+              "retroactive": False, "plastic_self": True}
+
+
+def rule_update(rule, r, h, pre, post):
+    """U_r(H) of the engine's rules (crates/plasticity-kernels/src/plasticity.rs), elementwise with
+    broadcasting: h (B, N, N), pre = x_i(t-1) as (B, N, 1), post = x_j(t) as (B, 1, N), r (B or 1, 1, N)."""
+    if rule == "decay":
+        return (1 - r) * h + r * pre * post
+    if rule == "oja":
+        return h + r * post * (pre - post * h)
+    if rule == "additive":
+        return h + r * pre * post
+    raise ValueError(f"unknown rule {rule!r}")
+
+
+class RuleNet(torch.nn.Module):
+    """Every rule the engine has, written from its documented equations (not from its code), for
+    `check`: the decay, Oja and additive rules, a trace clip, alpha per connection, per
+    post-synaptic neuron or one, eta scalar or per neuron, no plastic self-connections, and
+    Backpropamine's neuromodulation M_b(t) = tanh(mod_w . x_b(t) + mod_b) as the rate (simple) or
+    fanned out to u_j M_b(t) + c_j (per neuron), directly or through an eligibility trace:
+
+        E(t+1) = U_eta(E(t)),   H(t+1) = clip(H(t) + rate_bj(t) E(t))      (retroactive)
+        H(t+1) = clip(U_rate(H(t)))                                          (otherwise)
+
+    with pre = x_i(t-1) and post = x_j(t). Parameters are named as in the engine's checkpoints.
+    """
+
+    def __init__(self, spec, tensors):
+        super().__init__()
+        self.spec = {**PAPER_RULE, **spec}
+        self.params = torch.nn.ParameterDict({name: torch.nn.Parameter(t) for name, t in tensors.items()})
+
+    def alpha_eff(self, neurons):
+        alpha = self.params["alpha"]
+        shape = self.spec["alpha"]
+        if shape == "per-connection":
+            a = alpha
+        elif shape == "per-neuron":
+            a = alpha.reshape(1, neurons).expand(neurons, neurons)
+        else:
+            a = alpha.reshape(1, 1).expand(neurons, neurons)
+        if not self.spec["plastic_self"]:
+            a = a * (1 - torch.eye(neurons, dtype=a.dtype, device=a.device))
+        return a
+
+    def step(self, x_prev, hebb, elig, u):
+        """x_prev (B, N) = x(t-1), hebb (B, N, N) = H(t), elig = E(t) or None, u (B, N) = u(t);
+        returns x(t), H(t+1), E(t+1)."""
+        neurons = x_prev.shape[1]
+        p, spec = self.params, self.spec
+        a = torch.bmm(x_prev.unsqueeze(1), p["w"] + self.alpha_eff(neurons) * hebb).squeeze(1) + u
+        x = torch.tanh(a)
+        eta = p["eta"].reshape(1, 1, -1)  # (1, 1, 1) or (1, 1, N)
+        if spec["modulation"] == "none":
+            rate = eta
+        else:
+            m = torch.tanh(x @ p["mod_w"] + p["mod_b"]).reshape(-1, 1, 1)  # M_b(t), (B, 1, 1)
+            rate = m if spec["modulation"] == "simple" else p["mod_u"].reshape(1, 1, -1) * m + p["mod_c"].reshape(1, 1, -1)
+        pre, post = x_prev.unsqueeze(2), x.unsqueeze(1)
+        if spec["retroactive"]:
+            hebb_next = hebb + rate * elig
+            elig = rule_update(spec["rule"], eta, elig, pre, post)
+        else:
+            hebb_next = rule_update(spec["rule"], rate, hebb, pre, post)
+        if spec["clip"] is not None:
+            hebb_next = torch.clamp(hebb_next, -spec["clip"], spec["clip"])
+        return x, hebb_next, elig
+
+    def episode_loss(self, inputs, targets, loss_steps):
+        """The summed squared error over the loss steps, as episode_loss; inputs (T, B, N)."""
+        steps, batch, neurons = inputs.shape
+        x = inputs.new_zeros(batch, neurons)
+        hebb = inputs.new_zeros(batch, neurons, neurons)
+        elig = inputs.new_zeros(batch, neurons, neurons) if self.spec["retroactive"] else None
+        wanted = {int(s): k for k, s in enumerate(loss_steps)}
+        loss = inputs.new_zeros(())
+        for t in range(1, steps + 1):
+            x, hebb, elig = self.step(x, hebb, elig, inputs[t - 1])
+            if t in wanted:
+                loss = loss + ((x - targets[wanted[t]]) ** 2).sum()
+        return loss
+
+
 def pattern_episode(neurons, batch, steps, generator, device, patterns=5, presentations=2, show_steps=6,
                     gap_steps=4, test_steps=6, input_gain=20.0, degrade_prob=0.5):
     """A batch of the paper's pattern-memorisation episodes, each with its own random +-1 patterns.
@@ -293,14 +378,21 @@ def bench(args):
 
 def check(args):
     try:
+        from safetensors import safe_open
         from safetensors.torch import load_file
     except ImportError:
         sys.exit("error: the safetensors package is not installed; install it with `pip install safetensors`")
     directory = Path(args.dir)
     params = load_file(directory / "params.safetensors")
+    with safe_open(directory / "params.safetensors", "pt") as f:
+        network = json.loads((f.metadata() or {}).get("network", "{}"))
     episode = load_file(directory / "episode.safetensors")
     ours = load_file(directory / "gradients.safetensors")
 
+    spec = network.get("plasticity", PAPER_RULE)
+    if not network.get("plastic", True) or network.get("input_width") or network.get("heads"):
+        sys.exit("error: params.safetensors: `check` models the plastic recurrent network alone "
+                 "(export a plastic network without an input layer or output heads)")
     f64 = torch.float64
     inputs, targets = episode["inputs"].to(f64), episode["targets"].to(f64)
     loss_steps = episode["loss_steps"].tolist()
@@ -309,22 +401,31 @@ def check(args):
         sys.exit(f"error: targets have shape {tuple(targets.shape)}, expected {(len(loss_steps), batch, neurons)}")
     if not all(1 <= s <= steps for s in loss_steps):
         sys.exit(f"error: loss steps {loss_steps} are not all within 1..{steps}")
-    expected = {"w": (neurons, neurons), "alpha": (neurons, neurons), "eta": (1,)}
+    n = neurons
+    expected = {"w": (n, n),
+                "alpha": {"per-connection": (n, n), "per-neuron": (n,), "scalar": (1,)}[spec["alpha"]],
+                "eta": {"scalar": (1,), "per-neuron": (n,)}[spec["eta"]]}
+    if spec["modulation"] != "none":
+        expected.update({"mod_w": (n,), "mod_b": (1,)})
+    if spec["modulation"] == "per-neuron":
+        expected.update({"mod_u": (n,), "mod_c": (n,)})
     for tensors, what, names in [(params, "params", expected), (ours, "gradients", {**expected, "loss": (1,)})]:
         for name, shape in names.items():
             if name not in tensors or tuple(tensors[name].shape) != shape:
                 found = tuple(tensors[name].shape) if name in tensors else "missing"
                 sys.exit(f"error: {what}.safetensors: `{name}` should have shape {shape} (found {found})")
-    net = PlasticNet(params["w"].to(f64), params["alpha"].to(f64), params["eta"].to(f64))
-    loss = episode_loss(net, inputs, targets, loss_steps)
+    net = RuleNet(spec, {name: params[name].to(f64) for name in expected})
+    loss = net.episode_loss(inputs, targets, loss_steps)
     loss.backward()
-    print(f"episode: N = {neurons}, B = {batch}, T = {steps}, loss steps {loss_steps}")
+    rule = ", ".join(f"{k} {v}" for k, v in spec.items() if PAPER_RULE.get(k) != v) or "the paper's"
+    print(f"episode: N = {neurons}, B = {batch}, T = {steps}, loss steps {loss_steps}; rule: {rule}")
 
     # Relative difference: |ours - torch| / max |torch| over the tensor.
     failed = False
     print(f"{'':>6} {'max |torch|':>12} {'max |diff|':>12} {'relative':>10}")
-    for name, reference in [("loss", loss.detach().reshape(1)), ("w", net.w.grad), ("alpha", net.alpha.grad),
-                            ("eta", net.eta.grad)]:
+    # A parameter the rule leaves unused (eta under direct modulation) has no autograd gradient: 0.
+    grads = [(name, p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in net.params.items()]
+    for name, reference in [("loss", loss.detach().reshape(1))] + grads:
         theirs = ours[name].to(f64)
         scale = reference.abs().max().item()
         diff = (theirs - reference).abs().max().item()
