@@ -79,7 +79,8 @@ timeout 90 "$bin/plasticity" bench --neurons 1000 --batch 16,64 --reps 1 --memor
   2>&1 | tee "$out/profile.txt"
 
 want compare && section "against PyTorch CUDA, N = 1000" && {
-PLASTICITY=$bin/plasticity timeout 150 tools/compare_pytorch.sh --device cuda --neurons 1000 \
+# 180 s: the bench pair, then six float64 gradient checks (one per rule configuration, ~20 s in all).
+PLASTICITY=$bin/plasticity timeout 180 tools/compare_pytorch.sh --device cuda --neurons 1000 \
   --batch 1,16,64 --torch-batch 1,16,64 --reps 3 --out /tmp/compare 2>&1 | tee "$out/compare.txt"
 cp /tmp/compare/ours.json "$out/compare_ours.json"
 }
