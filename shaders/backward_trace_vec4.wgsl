@@ -30,6 +30,9 @@ const TILE_QUADS: u32 = 4u;
 const LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
 const CHUNK: u32 = 4u;
+// Batch elements per pass, min(CHUNK, ceil(B / Z)), set by the runtime (backward_trace::batch_slots):
+// unrolled iterations that skip every element still cost lavapipe its per-lane loops.
+override BATCH_SLOTS: u32 = 4u;
 
 override WORKGROUP_SIZE: u32 = 64u;
 override RULE: u32 = 0u;
@@ -292,11 +295,12 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 
     var eta_sums: array<vec4<f32>, TILE_QUADS>;
     var eta_total = vec4(0.0);
-    // Group z takes batch elements b = z, z + Z, z + 2Z, ..., CHUNK of them per pass: element k of
+    // Group z takes batch elements b = z, z + Z, z + 2Z, ..., `slots` of them per pass: element k of
     // the pass starting at m0 is b = z + (m0 + k) Z.
     let group_batch = (p.batch - z + groups - 1u) / groups;
-    for (var m0 = 0u; m0 < group_batch; m0 += CHUNK) {
-        let chunk = min(CHUNK, group_batch - m0);
+    let slots = min(BATCH_SLOTS, CHUNK);
+    for (var m0 = 0u; m0 < group_batch; m0 += slots) {
+        let chunk = min(slots, group_batch - m0);
         let b0 = z + m0 * groups;
         var col_sums: array<vec4<f32>, 16>;    // (CHUNK, TILE_QUADS)
         var rate_sums: array<vec4<f32>, 16>;   // (CHUNK, TILE_QUADS)
@@ -311,7 +315,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             var pre2_quads: array<vec4<f32>, CHUNK>;  // x_i(t-2)
             // Component c: the row sum of row 4 i4 + c, one quad of the (B, n_tiles, N) row partials.
             var row_quads: array<vec4<f32>, CHUNK>;
-            for (var k = 0u; k < CHUNK; k++) {
+            for (var k = 0u; k < slots; k++) {
                 if (k < chunk) {
                     let b = b0 + k * groups;
                     pre_quads[k] = activations[x_prev + b * quads + i4];
@@ -338,7 +342,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     var posts2: array<vec4<f32>, CHUNK>;  // x_j(t-1)
                     var rates: array<vec4<f32>, CHUNK>;   // rate_bj(t) when modulated
                     var rates2: array<vec4<f32>, CHUNK>;  // rate_bj(t-1) when modulated
-                    for (var k = 0u; k < CHUNK; k++) {
+                    for (var k = 0u; k < slots; k++) {
                         if (k < chunk) {
                             let b = b0 + k * groups;
                             posts[k] = activations[x_now + b * quads + q];
@@ -360,7 +364,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                         let alpha_ij = alpha_quad(i, j0, n, alpha_offset);
                         var d_w = vec4(0.0);
                         var d_alpha = vec4(0.0);
-                        for (var k = 0u; k < CHUNK; k++) {
+                        for (var k = 0u; k < slots; k++) {
                             if (k < chunk) {
                                 let b = b0 + k * groups;
                                 let idx = (b * n + i) * quads + q;
@@ -453,14 +457,14 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     }
                 }
             }
-            for (var k = 0u; k < CHUNK; k++) {
+            for (var k = 0u; k < slots; k++) {
                 if (k < chunk) {
                     // This invocation's quad of the (B, n_tiles, N) row partials: rows 4 i4 .. 4 i4 + 3.
                     partials[(((b0 + k * groups) * p.n_tiles + tile_j) * n) / 4u + i4] = row_quads[k];
                 }
             }
         }
-        for (var k = 0u; k < CHUNK; k++) {
+        for (var k = 0u; k < slots; k++) {
             for (var mq = 0u; mq < TILE_QUADS; mq++) {
                 let q = q0 + mq * lanes;
                 if (k < chunk && q < q_end) {

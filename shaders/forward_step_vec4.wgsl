@@ -16,6 +16,9 @@
 // whenever N % 4 == 0 and forward_step.wgsl otherwise.
 
 const BATCH_TILE: u32 = 4u;
+// Batch elements the tile loops take, min(B, BATCH_TILE), set by the runtime (forward_step::batch_slots):
+// unrolled iterations that skip every element still cost lavapipe its per-lane loops.
+override BATCH_SLOTS: u32 = 4u;
 // tanh(15) == 1 in f32; clamping keeps exp-based tanh implementations from overflowing to inf/inf.
 const TANH_CLAMP: f32 = 15.0;
 
@@ -148,6 +151,7 @@ fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let tile = min(BATCH_TILE, p.batch - b0);
+    let slots = min(BATCH_SLOTS, BATCH_TILE);
     let row = p.batch * n;               // one (B, N) row of the history
     let x_prev = (p.step - 1u) * row;    // x(t-1)
     let update = p.step >= 2u;
@@ -173,10 +177,10 @@ fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var c = 0u; c < 4u; c++) {
         rate_e[c] = eligibility_rate(j0 + c, p.eta_offset);
     }
-    // Loops over the tile run to the constant BATCH_TILE and skip k >= tile, so that they unroll
+    // Loops over the tile run to the constant `slots` and skip k >= tile, so that they unroll
     // and the arrays stay in registers (with an early `break` instead, lavapipe ran the step about
     // 1.3x slower).
-    for (var k = 0u; k < BATCH_TILE; k++) {
+    for (var k = 0u; k < slots; k++) {
         let b = b0 + k;
         if (k < tile && !split) {
             acc[k] = history_quad(p.step * row + b * n + j0); // u(t)
@@ -194,7 +198,7 @@ fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i4 = i_begin / 4u; i4 < div_ceil_u32(i_end, 4u); i4++) {
         var x_quads: array<vec4<f32>, BATCH_TILE>;    // x_i(t-1), i = 4 i4 .. 4 i4 + 3
         var pre_quads: array<vec4<f32>, BATCH_TILE>;  // x_i(t-2)
-        for (var k = 0u; k < BATCH_TILE; k++) {
+        for (var k = 0u; k < slots; k++) {
             if (k < tile) {
                 let b = b0 + k;
                 x_quads[k] = activations[(x_prev + b * n) / 4u + i4];
@@ -217,7 +221,7 @@ fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (!PLASTIC_SELF && i4 == q) {
                 alpha_ij[c] = 0.0;
             }
-            for (var k = 0u; k < BATCH_TILE; k++) {
+            for (var k = 0u; k < slots; k++) {
                 if (k < tile) {
                     let b = b0 + k;
                     let h_index = (b * n + i) * quads + q;
@@ -239,7 +243,7 @@ fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
-    for (var k = 0u; k < BATCH_TILE; k++) {
+    for (var k = 0u; k < slots; k++) {
         let b = b0 + k;
         if (k < tile && split) {
             partial_sums[(gid.z * p.batch + b) * quads + q] = acc[k];

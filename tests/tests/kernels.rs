@@ -137,7 +137,8 @@ impl ForwardStepInputs {
             buffers.push(bytes(&self.params));
         }
         let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4);
-        let mut out = run_rule_kernel(forward_step::kernel_name(vec4), spec, &[], &self.p, &buffers, grid);
+        let constants = forward_step::constants(vec4, self.p.batch);
+        let mut out = run_rule_kernel(forward_step::kernel_name(vec4), spec, &constants, &self.p, &buffers, grid);
         out.truncate(6);
         out
     }
@@ -478,7 +479,7 @@ fn backward_trace_matches_cpu_twin() {
                     let out = run_rule_kernel(
                         backward_trace::kernel_name(vec4),
                         &spec,
-                        &[(backward_trace::REVERSE, reverse as u32 as f64)],
+                        &backward_trace::constants(vec4, reverse, batch, groups),
                         &p,
                         &[
                             bytes(&params),

@@ -300,6 +300,21 @@ pub mod forward_step {
         [div_ceil(columns, WORKGROUP_SIZE), div_ceil(batch, BATCH_TILE), splits.max(1)]
     }
 
+    /// Override constant of forward_step_vec4: how many batch elements its unrolled tile loops take,
+    /// [`batch_slots`]. Its default, BATCH_TILE, is right for any batch.
+    pub const BATCH_SLOTS: &str = "BATCH_SLOTS";
+
+    /// min(B, BATCH_TILE): a batch smaller than the tile needs no more unrolled iterations, each of
+    /// which lavapipe runs even when it skips every element (at B = 1 the step took about 1.6x longer).
+    pub fn batch_slots(batch: u32) -> u32 {
+        batch.clamp(1, BATCH_TILE)
+    }
+
+    /// The override constants, beyond the rule's, of the kernel that runs a step of batch B.
+    pub fn constants(vec4: bool, batch: u32) -> Vec<(&'static str, f64)> {
+        if vec4 { vec![(BATCH_SLOTS, batch_slots(batch) as f64)] } else { Vec::new() }
+    }
+
     /// `(splits, split_len)` for at most `splits` chunks of the sum over N pre-synaptic neurons:
     /// chunks of equal length, none empty.
     pub fn split(n: u32, splits: u32) -> (u32, u32) {
@@ -490,6 +505,25 @@ pub mod backward_trace {
 
     /// Batch elements one invocation handles per pass over its block (the shader's CHUNK).
     pub const CHUNK: u32 = 4;
+
+    /// Override constant of backward_trace_vec4: batch elements per pass, [`batch_slots`]. Its
+    /// default, CHUNK, is right for any batch.
+    pub const BATCH_SLOTS: &str = "BATCH_SLOTS";
+
+    /// min(CHUNK, ceil(B / Z)), the most batch elements one of Z groups has: fewer than CHUNK need
+    /// fewer unrolled iterations, which lavapipe runs even when they skip every element.
+    pub fn batch_slots(batch: u32, groups: u32) -> u32 {
+        div_ceil(batch.max(1), groups.max(1)).clamp(1, CHUNK)
+    }
+
+    /// The override constants, beyond the rule's, of the kernel that runs a backward step.
+    pub fn constants(vec4: bool, reverse: bool, batch: u32, groups: u32) -> Vec<(&'static str, f64)> {
+        let mut c = vec![(REVERSE, reverse as u32 as f64)];
+        if vec4 {
+            c.push((BATCH_SLOTS, batch_slots(batch, groups) as f64));
+        }
+        c
+    }
 
     /// One invocation per TRACE_TILE x TRACE_TILE block and batch group.
     pub fn workgroups(n: u32, groups: u32) -> [u32; 3] {

@@ -229,8 +229,16 @@ fn rule_kernels_validate_for_every_rule() {
             if kernel.name.starts_with("backward_trace") {
                 constants.insert("REVERSE".into(), spec.reversible() as u32 as f64);
             }
-            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                .unwrap_or_else(|e| panic!("{} with {spec:?}: {e:?}", kernel.name));
+            // The vec4 step kernels take the batch elements per pass as a constant too.
+            let slots: &[f64] =
+                if kernel.name.ends_with("_vec4") && kernel.name != "trace_update_vec4" { &[1.0, 2.0, 4.0] } else { &[0.0] };
+            for &s in slots {
+                if s > 0.0 {
+                    constants.insert("BATCH_SLOTS".into(), s);
+                }
+                naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                    .unwrap_or_else(|e| panic!("{} with {spec:?}, BATCH_SLOTS {s}: {e:?}", kernel.name));
+            }
         }
     }
 }

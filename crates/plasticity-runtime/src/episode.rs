@@ -578,7 +578,7 @@ impl ForwardState {
         let spec = self.shape.plasticity();
         let vec4 = self.shape.vec4_kernels();
         let step_kernel = forward_step::kernel_name(vec4);
-        let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &[]);
+        let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &forward_step::constants(vec4, self.shape.batch));
         let step_buffers: [&wgpu::Buffer; 7] =
             [&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums, &net.params];
         // forward_step_vec4 binds the parameters a second time, as vec4.

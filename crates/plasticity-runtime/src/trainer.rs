@@ -717,7 +717,8 @@ fn record_backward(
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
     let trace_kernel = backward_trace::kernel_name(shape.vec4_kernels());
-    let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &[(backward_trace::REVERSE, reverse as u32 as f64)]);
+    let trace_constants = backward_trace::constants(shape.vec4_kernels(), reverse, shape.batch, bwd.partials_layout.groups);
+    let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,
         trace_kernel,
