@@ -46,14 +46,8 @@ impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let layout = self.parameters.layout;
         let as_bytes = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = layout
-            .tensors()
-            .into_iter()
-            .map(|(name, offset, shape)| {
-                let len: usize = shape.iter().product();
-                (name.to_string(), shape, as_bytes(&self.parameters.values[offset as usize..][..len]))
-            })
-            .collect();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+            self.parameters.tensors().into_iter().map(|(name, shape, values)| (name.to_string(), shape, as_bytes(values))).collect();
         let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
         metadata.insert("format".into(), FORMAT.into());
         metadata.insert("network".into(), serde_json::to_string(&self.network).expect("config serialises"));

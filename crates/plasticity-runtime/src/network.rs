@@ -290,6 +290,18 @@ impl HostParameters {
         Ok(Self { layout, values })
     }
 
+    /// Every tensor of the layout as `(name, shape, values)`, named as in checkpoints.
+    pub fn tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
+        self.layout
+            .tensors()
+            .into_iter()
+            .map(|(name, offset, shape)| {
+                let len = shape.iter().product();
+                (name, shape, &self.values[offset as usize..][..len])
+            })
+            .collect()
+    }
+
     pub fn w(&self) -> &[f32] {
         &self.values[self.layout.w_offset as usize..self.layout.alpha_offset as usize]
     }

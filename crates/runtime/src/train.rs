@@ -609,15 +609,8 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
         Default::default(),
     )?;
     let loss = [metrics.loss];
-    let mut gradients: Vec<(&str, Vec<usize>, TensorData<'_>)> = grads
-        .layout
-        .tensors()
-        .into_iter()
-        .map(|(name, offset, shape)| {
-            let len = shape.iter().product();
-            (name, shape, TensorData::F32(&grads.values[offset as usize..][..len]))
-        })
-        .collect();
+    let mut gradients: Vec<(&str, Vec<usize>, TensorData<'_>)> =
+        grads.tensors().into_iter().map(|(name, shape, values)| (name, shape, TensorData::F32(values))).collect();
     gradients.push(("loss", vec![1], TensorData::F32(&loss)));
     save_tensors(&args.out.join("gradients.safetensors"), &gradients, Default::default())?;
     println!("wrote {}/{{params,episode,gradients}}.safetensors (loss {})", args.out.display(), metrics.loss);
