@@ -246,25 +246,19 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The tensors of a safetensors file as name -> (shape, f32 values), read by hand from its
-/// documented layout (an 8-byte header length, a JSON header, then the data), independently of the
-/// engine's own reader.
+/// The f32 tensors of a safetensors file as name -> (shape, values), read with the safetensors
+/// crate rather than through the engine's checkpoint code.
 fn read_f32_tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    let data = &bytes[8 + len..];
-    let mut tensors = std::collections::BTreeMap::new();
-    for (name, entry) in header.as_object().unwrap() {
-        if name == "__metadata__" || entry["dtype"] != "F32" {
-            continue;
-        }
-        let shape = entry["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let [begin, end] = [0, 1].map(|k| entry["data_offsets"][k].as_u64().unwrap() as usize);
-        let values = data[begin..end].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        tensors.insert(name.clone(), (shape, values));
-    }
-    tensors
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.tensors()
+        .into_iter()
+        .filter(|(_, view)| view.dtype() == safetensors::Dtype::F32)
+        .map(|(name, view)| {
+            let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            (name, (view.shape().to_vec(), values))
+        })
+        .collect()
 }
 
 /// `export-episode` with a rule: gradients.safetensors holds one gradient per parameter tensor of
