@@ -229,15 +229,15 @@ fn rule_kernels_validate_for_every_rule() {
             if kernel.name.starts_with("backward_trace") {
                 constants.insert("REVERSE".into(), spec.reversible() as u32 as f64);
             }
-            // The vec4 step kernels take the batch elements per pass as a constant too.
-            let slots: &[f64] =
-                if kernel.name.ends_with("_vec4") && kernel.name != "trace_update_vec4" { &[1.0, 2.0, 4.0] } else { &[0.0] };
+            // Kernels that take the batch elements per pass as a constant too, at each value it takes.
+            let takes_slots = module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some("BATCH_SLOTS"));
+            let slots: &[Option<f64>] = if takes_slots { &[Some(1.0), Some(2.0), Some(4.0)] } else { &[None] };
             for &s in slots {
-                if s > 0.0 {
+                if let Some(s) = s {
                     constants.insert("BATCH_SLOTS".into(), s);
                 }
                 naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                    .unwrap_or_else(|e| panic!("{} with {spec:?}, BATCH_SLOTS {s}: {e:?}", kernel.name));
+                    .unwrap_or_else(|e| panic!("{} with {spec:?}, BATCH_SLOTS {s:?}: {e:?}", kernel.name));
             }
         }
     }
