@@ -72,6 +72,8 @@ for s in 8 32 64; do sweep 1000 64 $s auto; done   # S was tuned before the vec4
 for z in 8 32 64; do sweep 1000 64 auto $z; done
 for z in 4 8; do sweep 1000 16 auto $z; done
 for z in 16 32; do sweep 256 64 auto $z; done
+# The vec4 rule kernels against the scalar ones (W column), never compared on a GPU yet.
+for nb in "1000 64" "1000 16" "256 64"; do sweep $nb auto auto; sweep $nb auto auto --scalar-kernels; done
 } 2>&1 | tee "$out/sweep.txt"
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&

@@ -69,7 +69,7 @@ fn gradients_with_clamped_neurons_match_reference() {
         let fwd = reference::forward(&net64, &ep64);
         let reference = reference::backward(&net64, &ep64, &fwd);
         // As the kernels run on a CPU adapter, and split as on a GPU (the clamp applied by forward_finish).
-        for tuning in [KernelTuning::default(), KernelTuning { forward_splits: Some(4), backward_groups: Some(1) }] {
+        for tuning in [KernelTuning::default(), KernelTuning { forward_splits: Some(4), backward_groups: Some(1), ..Default::default() }] {
             let ctx = &gpu_with(tuning);
             let what = format!("N={n} B={batch} T={steps} clamped {tuning:?}");
             let net = Network::from_parameters(ctx, &p.config, &p.host).unwrap();

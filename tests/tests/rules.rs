@@ -138,8 +138,8 @@ fn split_and_grouped_kernels_match_reference() {
         specs().into_iter().chain([("paper", Plasticity::PAPER)]).flat_map(|(name, spec)| [(name, spec, 21), (name, spec, 20)])
     {
         for tuning in [
-            KernelTuning { forward_splits: Some(3), backward_groups: Some(2) },
-            KernelTuning { forward_splits: Some(n), backward_groups: Some(3) },
+            KernelTuning { forward_splits: Some(3), backward_groups: Some(2), ..Default::default() },
+            KernelTuning { forward_splits: Some(n), backward_groups: Some(3), ..Default::default() },
         ] {
             let ctx = &gpu_with(tuning);
             let p = problem(5 * n as u64 + steps as u64, spec, n, batch, steps);
@@ -169,13 +169,13 @@ fn changing_the_tuning_rebuilds_the_work_division() {
     let p = problem(99, Plasticity::PAPER, n, batch, steps);
     let (net64, ep64) = to_reference(&p);
     let reference = reference::backward(&net64, &ep64, &reference::forward(&net64, &ep64)).to_flat();
-    let mut ctx = gpu_with(KernelTuning { forward_splits: Some(1), backward_groups: Some(1) });
+    let mut ctx = gpu_with(KernelTuning { forward_splits: Some(1), backward_groups: Some(1), ..Default::default() });
     let net = Network::from_parameters(&ctx, &p.config, &p.host).unwrap();
     let mut trainer = Trainer::new(&ctx, net, TrainerConfig::default()).unwrap();
     trainer.compute_gradients(&ctx, &p.data).unwrap();
     assert_gradients_match("S = 1, Z = 1", &trainer.read_gradients(&ctx).unwrap(), &reference);
     let whole = trainer.allocated_bytes();
-    ctx.tuning = KernelTuning { forward_splits: Some(4), backward_groups: Some(3) };
+    ctx.tuning = KernelTuning { forward_splits: Some(4), backward_groups: Some(3), ..Default::default() };
     trainer.compute_gradients(&ctx, &p.data).unwrap();
     // The split step's (S, B, N) partial sums and the groups' (2, Z, N, N) dw and dalpha now exist.
     let extra = (4 * batch * n + 2 * 3 * n * n) as u64 * 4;
@@ -357,4 +357,61 @@ fn output_heads_match_reference() {
         let (grads, _) = gpu_gradients(&p, TrainerConfig::default());
         assert_gradients_match(&what, &grads, &reference);
     }
+}
+
+/// `KernelTuning::scalar_kernels` runs the scalar rule kernels where N allows the vec4 ones (for
+/// comparing the two on a device): every rule's gradients stay the reference's, the trainer reports
+/// the width that ran, and switching the choice on a live trainer rebuilds it.
+#[test]
+fn scalar_kernels_at_a_multiple_of_four_match_the_reference() {
+    let (n, batch, steps) = (20u32, 5u32, 6u32);
+    for (name, spec) in specs().into_iter().chain([("paper", Plasticity::PAPER)]) {
+        let p = problem(31 + steps as u64, spec, n, batch, steps);
+        let (net64, ep64) = to_reference(&p);
+        let mut reference = reference::backward(&net64, &ep64, &reference::forward(&net64, &ep64)).to_flat();
+        if spec.modulated() && !spec.retroactive {
+            let l = p.host.layout;
+            reference[l.eta_offset as usize..l.mod_offset as usize].fill(0.0);
+        }
+        let mut ctx = gpu_with(KernelTuning::default());
+        let net = Network::from_parameters(&ctx, &p.config, &p.host).unwrap();
+        let mut trainer = Trainer::new(&ctx, net, TrainerConfig::default()).unwrap();
+        for (scalar, width) in [(false, 4), (true, 1), (false, 4)] {
+            ctx.tuning.scalar_kernels = scalar;
+            trainer.compute_gradients(&ctx, &p.data).unwrap();
+            let what = format!("{name} N={n} B={batch} T={steps} scalar_kernels={scalar}");
+            assert_eq!(trainer.kernel_width(), Some(width), "{what}: the kernels that ran");
+            assert_gradients_match(&what, &trainer.read_gradients(&ctx).unwrap(), &reference);
+        }
+    }
+    // The kernels that ran, by name, for a reversing and a recomputing rule (trace_update).
+    for spec in [Plasticity::PAPER, Plasticity { clip: Some(0.05), ..Plasticity::PAPER }] {
+        for scalar in [false, true] {
+            let ctx = gpu_with(KernelTuning { scalar_kernels: scalar, ..Default::default() });
+            let case = plasticity_runtime::bench::BenchCase { neurons: n, batch, steps, plasticity: spec };
+            let profile = plasticity_runtime::bench::profile_case(&ctx, case).unwrap();
+            let ran: Vec<&str> = profile.kernels.iter().map(|k| k.kernel).collect();
+            let mut expected = vec!["forward_step", "backward_trace"];
+            if spec.clip.is_some() {
+                expected.push("trace_update");
+            }
+            for kernel in expected {
+                let (wanted, unwanted) = (
+                    if scalar { kernel.to_string() } else { format!("{kernel}_vec4") },
+                    if scalar { format!("{kernel}_vec4") } else { kernel.to_string() },
+                );
+                assert!(
+                    ran.contains(&wanted.as_str()) && !ran.contains(&unwanted.as_str()),
+                    "scalar_kernels={scalar} {spec:?}: ran {ran:?}"
+                );
+            }
+        }
+    }
+    // Where N is not a multiple of 4 only the scalar kernels exist, whatever the tuning says.
+    let p = problem(3, Plasticity::PAPER, 21, 2, 4);
+    let ctx = gpu_with(KernelTuning::default());
+    let net = Network::from_parameters(&ctx, &p.config, &p.host).unwrap();
+    let mut trainer = Trainer::new(&ctx, net, TrainerConfig::default()).unwrap();
+    trainer.compute_gradients(&ctx, &p.data).unwrap();
+    assert_eq!(trainer.kernel_width(), Some(1));
 }

@@ -63,6 +63,8 @@ pub struct CaseResult {
     pub forward_splits: u32,
     /// Z, backward_trace's batch groups.
     pub backward_groups: u32,
+    /// 4 when the rule kernels ran as vec4, 1 when scalar (`KernelTuning::scalar_kernels`).
+    pub kernel_width: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -271,6 +273,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         checkpoint_segment: trainer.last_segment(),
         forward_splits,
         backward_groups,
+        kernel_width: trainer.kernel_width().expect("the timed episodes ran"),
     })
 }
 

@@ -225,8 +225,9 @@ pub(crate) struct EpisodeShape {
 }
 
 impl EpisodeShape {
-    /// Whether this shape runs the vec4 rule kernels (see `plasticity_kernels::uses_vec4_kernels`).
-    pub fn vec4_kernels(&self) -> bool {
+    /// Whether this shape allows the vec4 rule kernels (see `plasticity_kernels::uses_vec4_kernels`);
+    /// `KernelTuning::vec4_kernels` decides whether they run.
+    pub fn allows_vec4_kernels(&self) -> bool {
         plasticity_kernels::uses_vec4_kernels(self.neurons, self.layout.w_offset, self.layout.alpha_offset)
     }
 
@@ -395,6 +396,8 @@ pub(crate) struct ForwardState {
     pub forward_splits: u32,
     /// The context's work division when this state was built (it fixes S).
     pub tuning: KernelTuning,
+    /// Whether the rule kernels run as vec4 (the shape and the tuning's choice).
+    pub vec4: bool,
     step_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
@@ -497,6 +500,7 @@ impl ForwardState {
             partial_sums: buffers::storage(ctx, "forward partial sums", partial_bytes)?,
             forward_splits: splits,
             tuning: ctx.tuning,
+            vec4: ctx.tuning.vec4_kernels(shape.allows_vec4_kernels()),
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
             finish_params_slots: ParamSlots::new(ctx, "forward_finish params", &finish_params)?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
@@ -576,7 +580,7 @@ impl ForwardState {
         encoder.clear_buffer(&self.trace, 0, None); // H(1) = 0
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
         let spec = self.shape.plasticity();
-        let vec4 = self.shape.vec4_kernels();
+        let vec4 = self.vec4;
         let step_kernel = forward_step::kernel_name(vec4);
         let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &forward_step::constants(vec4, self.shape.batch));
         let step_buffers: [&wgpu::Buffer; 7] =

@@ -149,6 +149,8 @@ struct BackwardState {
     shape: EpisodeShape,
     /// The context's work division when this state was built (it fixes Z).
     tuning: KernelTuning,
+    /// The forward state's kernel choice, which the backward kernels follow.
+    vec4: bool,
     partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
     partials: GpuBuffer,
@@ -281,6 +283,7 @@ impl BackwardState {
         Ok(Self {
             shape: fwd.shape.clone(),
             tuning: ctx.tuning,
+            vec4: fwd.vec4,
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -352,7 +355,7 @@ impl BackwardState {
         self.activation_params_slots.write(ctx, &activation)?;
         self.trace_params_slots.write(ctx, &trace)?;
         if let Recovery::Recompute { segment } = recovery {
-            let (_, row_stride) = trace_update::grid(n, batch, shape.vec4_kernels());
+            let (_, row_stride) = trace_update::grid(n, batch, self.vec4);
             let update: Vec<TraceUpdateParams> = (1..=steps)
                 .map(|step| TraceUpdateParams {
                     n,
@@ -555,6 +558,12 @@ impl Trainer {
         Some((self.forward.as_ref()?.forward_splits, self.backward.as_ref()?.partials_layout.groups))
     }
 
+    /// 4 when the last episode ran the vec4 rule kernels, 1 when it ran the scalar ones (see
+    /// [`crate::KernelTuning::scalar_kernels`]); `None` before the first episode.
+    pub fn kernel_width(&self) -> Option<u32> {
+        Some(if self.backward.as_ref()?.vec4 { 4 } else { 1 })
+    }
+
     /// Adam steps taken so far.
     pub fn steps_taken(&self) -> u32 {
         self.adam_step
@@ -716,8 +725,8 @@ fn record_backward(
         &bwd.activation_params_slots,
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
-    let trace_kernel = backward_trace::kernel_name(shape.vec4_kernels());
-    let trace_constants = backward_trace::constants(shape.vec4_kernels(), reverse, shape.batch, bwd.partials_layout.groups);
+    let trace_kernel = backward_trace::kernel_name(bwd.vec4);
+    let trace_constants = backward_trace::constants(bwd.vec4, reverse, shape.batch, bwd.partials_layout.groups);
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,
@@ -782,7 +791,7 @@ fn record_backward(
         }
         Recovery::Recompute { segment } => {
             let slot_bytes = shape.trace_slot_len() * 4;
-            let vec4 = shape.vec4_kernels();
+            let vec4 = bwd.vec4;
             let update_kernel = trace_update::kernel_name(vec4);
             let update_pipeline = ctx.kernels.specialised(&ctx.device, update_kernel, spec, &[]);
             let update_group =

@@ -29,9 +29,20 @@ pub struct KernelTuning {
     pub forward_splits: Option<u32>,
     /// Batch groups of backward_trace (1: one group walks the whole batch).
     pub backward_groups: Option<u32>,
+    /// Run the scalar rule kernels (`forward_step`, `backward_trace`, `trace_update`) even where N
+    /// allows their vec4 forms. Which is faster depends on the device: the vec4 kernels move 16 bytes
+    /// per access and were 1.5-2.5x faster on lavapipe, but hold more registers per invocation, and
+    /// on a GPU they have not been measured against the scalar ones yet.
+    pub scalar_kernels: bool,
 }
 
 impl KernelTuning {
+    /// Whether the rule kernels run as vec4 for a shape that allows it
+    /// (`plasticity_kernels::uses_vec4_kernels`). One decision for the forward and backward kernels.
+    pub fn vec4_kernels(&self, shape_allows: bool) -> bool {
+        shape_allows && !self.scalar_kernels
+    }
+
     /// `(splits, split_len)` of the forward step at N neurons and batch B.
     pub fn forward_split(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> (u32, u32) {
         let wanted = self.forward_splits.unwrap_or_else(|| {

@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// CPU adapter).
     #[arg(long)]
     backward_groups: Option<u32>,
+    /// Run the scalar rule kernels even where N is a multiple of 4 and the vec4 ones could run (the
+    /// table's W column says which ran), to compare the two on a device.
+    #[arg(long)]
+    scalar_kernels: bool,
     /// Also time every kernel of one training episode per size (GPU timestamps around each
     /// dispatch; needs the adapter's TIMESTAMP_QUERY_INSIDE_PASSES).
     #[arg(long)]
@@ -64,7 +68,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "--forward-splits and --backward-groups must be at least 1"
     );
     let mut ctx = GpuContext::new()?;
-    ctx.tuning = plasticity_runtime::KernelTuning { forward_splits: args.forward_splits, backward_groups: args.backward_groups };
+    ctx.tuning = plasticity_runtime::KernelTuning {
+        forward_splits: args.forward_splits,
+        backward_groups: args.backward_groups,
+        scalar_kernels: args.scalar_kernels,
+    };
     if args.profile {
         // Refused before anything is measured rather than after the table.
         plasticity_runtime::profile::KernelProfiler::check_supported(&ctx)?;
@@ -104,13 +112,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
-        "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({})\n",
-        if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" }
+        "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
+         W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}\n",
+        if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
+        if args.scalar_kernels { " (--scalar-kernels)" } else { "" }
     );
 
     println!(
-        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3}",
-        "N", "B", "T", "fwd ms/step", "train ms/ep", "train/f", "ep/s", "fwd GB/s", "%ceil", "bwd GB/s", "%ceil", "peak MiB", "K", "S", "Z"
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2}",
+        "N",
+        "B",
+        "T",
+        "fwd ms/step",
+        "train ms/ep",
+        "train/f",
+        "ep/s",
+        "fwd GB/s",
+        "%ceil",
+        "bwd GB/s",
+        "%ceil",
+        "peak MiB",
+        "K",
+        "S",
+        "Z",
+        "W"
     );
     let mut results = Vec::new();
     for &n in &neurons {
@@ -187,7 +212,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_case(r: &CaseResult) {
     println!(
-        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3}",
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2}",
         r.case.neurons,
         r.case.batch,
         r.case.steps,
@@ -202,7 +227,8 @@ fn print_case(r: &CaseResult) {
         mib(r.peak_bytes),
         r.checkpoint_segment,
         r.forward_splits,
-        r.backward_groups
+        r.backward_groups,
+        r.kernel_width
     );
 }
 
@@ -277,6 +303,7 @@ fn write_json(
                 "peak_bytes": r.peak_bytes,
                 "checkpoint_segment": r.checkpoint_segment,
                 "forward_splits": r.forward_splits, "backward_groups": r.backward_groups,
+                "kernel_width": r.kernel_width,
                 "profile": profile,
             })
         })
@@ -287,7 +314,7 @@ fn write_json(
             "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
         },
         "timing": bench::timing_method(ctx),
-        "config": { "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick },
+        "config": { "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels },
         "stream_ceiling_gbps": ceiling,
         "cases": cases,
         "memory_scaling": {

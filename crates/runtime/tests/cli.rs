@@ -129,7 +129,14 @@ fn bench_quick_runs_and_names_the_adapter() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("(set by options)"), "{out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
-    assert!(row.trim_end().ends_with("3   2"), "S = 3 and Z = 2 in the row: {row}");
+    assert!(row.trim_end().ends_with("3   2  4"), "S = 3, Z = 2 and the vec4 kernels (W = 4) in the row: {row}");
+    // --scalar-kernels: W = 1 at the same N (a multiple of 4).
+    let o = plasticity(&["bench", "--quick", "--scalar-kernels"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("(--scalar-kernels)"), "{out}");
+    let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
+    assert!(row.trim_end().ends_with(" 1"), "W = 1 in the row: {row}");
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
 }
 
