@@ -53,9 +53,11 @@ pub struct CaseResult {
     pub episodes_per_s: f64,
     pub forward_gbps: f64,
     pub backward_gbps: f64,
-    /// The two figures above as a share of the measured streaming bandwidth.
+    /// The two figures above as a share of `ceiling_gbps`.
     pub forward_of_ceiling: f64,
     pub backward_of_ceiling: f64,
+    /// The streaming bandwidth this case was compared with (GB/s), as passed to [`bench_case`].
+    pub ceiling_gbps: f64,
     pub peak_bytes: u64,
     /// The trace-checkpoint interval K the training episode used.
     pub checkpoint_segment: u32,
@@ -269,6 +271,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         backward_gbps,
         forward_of_ceiling: forward_gbps / ceiling_gbps,
         backward_of_ceiling: backward_gbps / ceiling_gbps,
+        ceiling_gbps,
         peak_bytes: trainer.allocated_bytes(),
         checkpoint_segment: trainer.last_segment(),
         forward_splits,

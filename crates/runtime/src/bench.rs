@@ -108,8 +108,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "--memory-size takes two positive numbers, N,B (got {memory_size:?})"
     );
     let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
-    let ceiling = bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
-    println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s");
+    let stream = || bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark");
+    let ceiling = stream()?;
+    println!(
+        "streaming ceiling (c = a + s*b): {ceiling:.2} GB/s, measured again before each size (the ceil column, against which \
+         that row's %ceil is taken: the machine's own speed can drift between sizes)"
+    );
     println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
@@ -120,7 +124,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     println!(
-        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2}",
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2}",
         "N",
         "B",
         "T",
@@ -128,6 +132,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "train ms/ep",
         "train/f",
         "ep/s",
+        "ceil GB/s",
         "fwd GB/s",
         "%ceil",
         "bwd GB/s",
@@ -142,7 +147,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for &n in &neurons {
         for &b in &batches {
             let case = BenchCase { neurons: n, batch: b, steps: args.steps, plasticity };
-            let r = bench::bench_case(&ctx, case, warmup, reps, ceiling).with_context(|| format!("N = {n}, B = {b}"))?;
+            // The first size uses the measurement just printed; each later one its own.
+            let adjacent = if results.is_empty() { ceiling } else { stream()? };
+            let r = bench::bench_case(&ctx, case, warmup, reps, adjacent).with_context(|| format!("N = {n}, B = {b}"))?;
             print_case(&r);
             results.push(r);
         }
@@ -213,7 +220,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_case(r: &CaseResult) {
     println!(
-        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2}",
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2}",
         r.case.neurons,
         r.case.batch,
         r.case.steps,
@@ -221,6 +228,7 @@ fn print_case(r: &CaseResult) {
         r.train_ms_per_episode,
         r.train_over_forward,
         r.episodes_per_s,
+        r.ceiling_gbps,
         r.forward_gbps,
         100.0 * r.forward_of_ceiling,
         r.backward_gbps,
@@ -299,6 +307,7 @@ fn write_json(
                 "train_ms_per_episode": r.train_ms_per_episode,
                 "train_over_forward": r.train_over_forward,
                 "episodes_per_s": r.episodes_per_s,
+                "stream_ceiling_gbps": r.ceiling_gbps,
                 "forward_gbps": r.forward_gbps, "forward_of_ceiling": r.forward_of_ceiling,
                 "backward_gbps": r.backward_gbps, "backward_of_ceiling": r.backward_of_ceiling,
                 "peak_bytes": r.peak_bytes,

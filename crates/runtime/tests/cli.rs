@@ -154,6 +154,13 @@ fn bench_profile_times_every_kernel_of_a_training_episode() {
     let cases = doc["cases"].as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
+        // Each size's %ceil is against the streaming bandwidth measured just before it.
+        let ceiling = case["stream_ceiling_gbps"].as_f64().unwrap();
+        let forward = case["forward_gbps"].as_f64().unwrap();
+        assert!(
+            ceiling > 0.0 && (case["forward_of_ceiling"].as_f64().unwrap() - forward / ceiling).abs() <= 1e-9 * forward / ceiling,
+            "{case}"
+        );
         let profile = &case["profile"];
         assert_eq!(profile["untimed_dispatches"], 0, "{case}");
         let kernels = profile["kernels"].as_array().unwrap();
