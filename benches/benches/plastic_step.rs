@@ -14,11 +14,12 @@ fn main() {
     };
     println!("adapter: {}", ctx.adapter);
     let sizes: &[(u32, u32)] = if ctx.adapter.is_cpu() { &[(64, 4), (256, 4)] } else { &[(256, 16), (1000, 16)] };
+    // Measured in every repetition, just before its episodes, as `runtime bench` does.
+    let triad = bench::StreamTriad::new(&ctx, 1 << 24).expect("streaming benchmark");
     for &(neurons, batch) in sizes {
-        // Measured before each size, as `runtime bench` does: the machine's speed can drift.
-        let ceiling = bench::stream_bandwidth(&ctx, 1 << 24, 3).expect("streaming benchmark");
         let case = BenchCase { neurons, batch, steps: 106, plasticity: Default::default() };
-        let r = bench::bench_case(&ctx, case, 1, 3, ceiling).expect("bench case");
+        let r = bench::bench_case(&ctx, case, 1, 3, Some(&triad)).expect("bench case");
+        let ceiling = r.ceiling_gbps;
         println!(
             "plastic_step N={neurons} B={batch} T=106: streaming ceiling {ceiling:.2} GB/s, forward {:.3} ms/step ({:.0}% of ceiling), training {:.1} ms/episode ({:.2}x forward, backward {:.0}% of ceiling)",
             r.forward_ms_per_step,

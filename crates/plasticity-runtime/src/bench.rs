@@ -53,10 +53,11 @@ pub struct CaseResult {
     pub episodes_per_s: f64,
     pub forward_gbps: f64,
     pub backward_gbps: f64,
-    /// The two figures above as a share of `ceiling_gbps`.
+    /// The two figures above as a share of the streaming ceiling: medians of each round's own share
+    /// (see [`bench_case`]); NaN when no ceiling was measured.
     pub forward_of_ceiling: f64,
     pub backward_of_ceiling: f64,
-    /// The streaming bandwidth this case was compared with (GB/s), as passed to [`bench_case`].
+    /// The median streaming bandwidth of the case's rounds (GB/s); NaN when none was measured.
     pub ceiling_gbps: f64,
     pub peak_bytes: u64,
     /// The trace-checkpoint interval K the training episode used.
@@ -202,36 +203,64 @@ fn time_median(warmup: u32, repetitions: u32, mut f: impl FnMut() -> Result<Opti
     Ok(median(times))
 }
 
-/// Streaming bandwidth in GB/s (1e9 bytes per second) of `c = a + s * b` over `elements` floats
-/// per array (moved as vec4), capped so that one array fits one storage binding.
-pub fn stream_bandwidth(ctx: &GpuContext, elements: u64, repetitions: u32) -> Result<f64> {
-    let limits = ctx.limits();
-    let quads = (elements / 4).min(limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 16).min(u32::MAX as u64) as u32;
-    let bytes = quads as u64 * 16;
-    let a = buffers::storage(ctx, "stream a", bytes)?;
-    let b = buffers::storage(ctx, "stream b", bytes)?;
-    let c = buffers::storage(ctx, "stream c", bytes)?;
-    let (grid, row_stride) = plasticity_kernels::elementwise_grid(quads, stream_triad::WORKGROUP_SIZE);
-    let params = StreamTriadParams { quads, row_stride, scale: 0.5, ..Default::default() };
-    let timer = GpuTimer::new(ctx);
-    let seconds = time_median(1, repetitions, || {
+/// The streaming kernel `c = a + s * b` over arrays of `elements` floats (moved as vec4, capped so
+/// that one array fits one storage binding), ready to be timed as often as wanted.
+pub struct StreamTriad {
+    buffers: [buffers::GpuBuffer; 3],
+    bytes: u64,
+    grid: [u32; 3],
+    params: StreamTriadParams,
+    timer: Option<GpuTimer>,
+}
+
+impl StreamTriad {
+    pub fn new(ctx: &GpuContext, elements: u64) -> Result<Self> {
+        let limits = ctx.limits();
+        let quads = (elements / 4).min(limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 16).min(u32::MAX as u64) as u32;
+        let bytes = quads as u64 * 16;
+        let buffers = [
+            buffers::storage(ctx, "stream a", bytes)?,
+            buffers::storage(ctx, "stream b", bytes)?,
+            buffers::storage(ctx, "stream c", bytes)?,
+        ];
+        let (grid, row_stride) = plasticity_kernels::elementwise_grid(quads, stream_triad::WORKGROUP_SIZE);
+        let params = StreamTriadParams { quads, row_stride, scale: 0.5, ..Default::default() };
+        Ok(Self { buffers, bytes, grid, params, timer: GpuTimer::new(ctx) })
+    }
+
+    /// GB/s (1e9 bytes per second) of one pass: three arrays moved.
+    pub fn measure(&self, ctx: &GpuContext) -> Result<f64> {
+        let [a, b, c] = &self.buffers;
         let record = |encoder: &mut wgpu::CommandEncoder| {
-            ctx.record_kernel(encoder, "stream_triad", bytemuck::bytes_of(&params), &[&a, &b, &c], grid)
+            ctx.record_kernel(encoder, "stream_triad", bytemuck::bytes_of(&self.params), &[a, b, c], self.grid)
         };
-        match &timer {
-            Some(t) => t.time(ctx, record).map(Some),
+        let start = Instant::now();
+        let seconds = match &self.timer {
+            Some(t) => t.time(ctx, record)?,
             None => {
                 let mut encoder = ctx.device.create_command_encoder(&Default::default());
                 record(&mut encoder)?;
-                ctx.submit_and_wait("the streaming benchmark", encoder.finish()).map(|_| None)
+                ctx.submit_and_wait("the streaming benchmark", encoder.finish())?;
+                start.elapsed().as_secs_f64()
             }
-        }
-    })?;
-    Ok(3.0 * bytes as f64 / seconds / 1e9)
+        };
+        Ok(3.0 * self.bytes as f64 / seconds / 1e9)
+    }
+
+    /// The median GB/s of `passes` passes after one warm-up pass.
+    pub fn median_of(&self, ctx: &GpuContext, passes: u32) -> Result<f64> {
+        self.measure(ctx)?;
+        Ok(median((0..passes.max(1)).map(|_| self.measure(ctx)).collect::<Result<Vec<_>>>()?))
+    }
 }
 
-/// Forward and training episodes of one configuration.
-pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u32, ceiling_gbps: f64) -> Result<CaseResult> {
+/// Forward and training episodes of one configuration: `warmup` of each, then `repetitions` rounds of
+/// one streaming pass of `ceiling` (when given), one forward episode and one training episode, so
+/// that each round's share of the ceiling compares figures taken within seconds of each other. The
+/// times are medians over the rounds, and so are the shares (of each round's own ratio): on a
+/// machine whose speed drifts, a ceiling taken at another time can be off by 2x (lavapipe here read
+/// 2.8 to 6.8 GB/s between runs, sometimes within one).
+pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u32, ceiling: Option<&StreamTriad>) -> Result<CaseResult> {
     let data = random_episode(case, 1);
     let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
     let network = Network::new(ctx, &config)?;
@@ -239,26 +268,55 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
     let resident = ResidentEpisode::new(ctx, &data)?;
     let episode = resident.episode(&data);
     let mut runner = EpisodeRunner::new();
-    let forward = time_median(warmup, repetitions, || match &timer {
-        Some(t) => t.time(ctx, |encoder| runner.record(ctx, &network, encoder, &episode)).map(Some),
-        None => runner.run(ctx, &network, &data).map(|_| None),
-    })?;
-    drop(runner);
     let mut trainer = Trainer::new(ctx, network, TrainerConfig::default())?;
-    let train = time_median(warmup, repetitions, || match &timer {
-        Some(t) => {
-            let seconds = t.time(ctx, |encoder| trainer.record_train_step(ctx, encoder, &episode))?;
-            trainer.read_metrics(ctx)?; // tells the trainer the new eta
-            Ok(Some(seconds))
+    // GPU seconds where the device has timestamps, else wall clock around the finished submission.
+    let forward_once = |runner: &mut EpisodeRunner, network: &Network| -> Result<f64> {
+        let start = Instant::now();
+        match &timer {
+            Some(t) => t.time(ctx, |encoder| runner.record(ctx, network, encoder, &episode)),
+            None => runner.run(ctx, network, &data).map(|_| start.elapsed().as_secs_f64()),
         }
-        None => trainer.train_step(ctx, &data).map(|_| None),
-    })?;
+    };
+    let train_once = |trainer: &mut Trainer| -> Result<f64> {
+        let start = Instant::now();
+        match &timer {
+            Some(t) => {
+                let seconds = t.time(ctx, |encoder| trainer.record_train_step(ctx, encoder, &episode))?;
+                trainer.read_metrics(ctx)?; // tells the trainer the new eta
+                Ok(seconds)
+            }
+            None => trainer.train_step(ctx, &data).map(|_| start.elapsed().as_secs_f64()),
+        }
+    };
+    for _ in 0..warmup {
+        forward_once(&mut runner, &trainer.network)?;
+        train_once(&mut trainer)?;
+    }
+    let (mut ceilings, mut forwards, mut trains) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repetitions.max(1) {
+        if let Some(triad) = ceiling {
+            ceilings.push(triad.measure(ctx)?);
+        }
+        forwards.push(forward_once(&mut runner, &trainer.network)?);
+        trains.push(train_once(&mut trainer)?);
+    }
+    drop(runner);
     let steps = case.steps as f64;
-    let backward = (train - forward).max(f64::MIN_POSITIVE);
     // An eligibility trace doubles the per-batch-element traffic, as if the batch were twice as large.
     let trace_copies = if case.plasticity.retroactive { 2 * case.batch } else { case.batch };
-    let forward_gbps = forward_step_min_bytes(case.neurons, trace_copies) as f64 * steps / forward / 1e9;
-    let backward_gbps = backward_step_min_bytes(case.neurons, trace_copies) as f64 * steps / backward / 1e9;
+    let forward_bytes = forward_step_min_bytes(case.neurons, trace_copies) as f64 * steps;
+    let backward_bytes = backward_step_min_bytes(case.neurons, trace_copies) as f64 * steps;
+    let gbps = |bytes: f64, seconds: f64| bytes / seconds.max(f64::MIN_POSITIVE) / 1e9;
+    // Each round's own shares of its own ceiling, then their medians.
+    let shares = |of: &dyn Fn(usize) -> f64| {
+        if ceilings.is_empty() { f64::NAN } else { median((0..ceilings.len()).map(|r| of(r) / ceilings[r]).collect()) }
+    };
+    let forward_of_ceiling = shares(&|r| gbps(forward_bytes, forwards[r]));
+    let backward_of_ceiling = shares(&|r| gbps(backward_bytes, trains[r] - forwards[r]));
+    let ceiling_gbps = if ceilings.is_empty() { f64::NAN } else { median(ceilings.clone()) };
+    let (forward, train) = (median(forwards), median(trains));
+    let forward_gbps = gbps(forward_bytes, forward);
+    let backward_gbps = gbps(backward_bytes, train - forward);
     // What the trainer ran with, not a second evaluation of the tuning rule.
     let (forward_splits, backward_groups) = trainer.work_split().expect("the timed episodes ran");
     Ok(CaseResult {
@@ -269,8 +327,8 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         episodes_per_s: case.batch as f64 / train,
         forward_gbps,
         backward_gbps,
-        forward_of_ceiling: forward_gbps / ceiling_gbps,
-        backward_of_ceiling: backward_gbps / ceiling_gbps,
+        forward_of_ceiling,
+        backward_of_ceiling,
         ceiling_gbps,
         peak_bytes: trainer.allocated_bytes(),
         checkpoint_segment: trainer.last_segment(),

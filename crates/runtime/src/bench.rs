@@ -108,11 +108,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "--memory-size takes two positive numbers, N,B (got {memory_size:?})"
     );
     let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
-    let stream = || bench::stream_bandwidth(&ctx, stream_elements, if args.quick { 2 } else { 5 }).context("streaming benchmark");
-    let ceiling = stream()?;
+    let triad = bench::StreamTriad::new(&ctx, stream_elements).context("streaming benchmark")?;
+    let ceiling = triad.median_of(&ctx, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
     println!(
-        "streaming ceiling (c = a + s*b): {ceiling:.2} GB/s, measured again before each size (the ceil column, against which \
-         that row's %ceil is taken: the machine's own speed can drift between sizes)"
+        "streaming ceiling (c = a + s*b): {ceiling:.2} GB/s; measured again in every repetition of each size, just before its \
+         episodes (ceil: their median; %ceil: the median of each repetition's share of its own ceiling, as this machine's \
+         speed can drift)"
     );
     println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
     println!("rule: {}", crate::rule_args::describe(&plasticity));
@@ -147,9 +148,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for &n in &neurons {
         for &b in &batches {
             let case = BenchCase { neurons: n, batch: b, steps: args.steps, plasticity };
-            // The first size uses the measurement just printed; each later one its own.
-            let adjacent = if results.is_empty() { ceiling } else { stream()? };
-            let r = bench::bench_case(&ctx, case, warmup, reps, adjacent).with_context(|| format!("N = {n}, B = {b}"))?;
+            let r = bench::bench_case(&ctx, case, warmup, reps, Some(&triad)).with_context(|| format!("N = {n}, B = {b}"))?;
             print_case(&r);
             results.push(r);
         }
@@ -196,7 +195,7 @@ fn compare_rules(ctx: &GpuContext, args: &BenchArgs, n: u32, b: u32, reps: u32, 
     let mut base: Option<(f64, f64)> = None;
     for spec in rules {
         let case = BenchCase { neurons: n, batch: b, steps: args.steps, plasticity: spec };
-        let r = bench::bench_case(ctx, case, warmup, reps, 1.0).with_context(|| crate::rule_args::describe(&spec))?;
+        let r = bench::bench_case(ctx, case, warmup, reps, None).with_context(|| crate::rule_args::describe(&spec))?;
         let train_per_step = r.train_ms_per_episode / args.steps as f64;
         let (f0, t0) = *base.get_or_insert((r.forward_ms_per_step, train_per_step));
         println!(

@@ -154,7 +154,8 @@ fn bench_profile_times_every_kernel_of_a_training_episode() {
     let cases = doc["cases"].as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
-        // Each size's %ceil is against the streaming bandwidth measured just before it.
+        // Each size's %ceil is against the streaming bandwidth measured just before its episodes; with
+        // --quick's single repetition the median of the repetitions' shares is that one share.
         let ceiling = case["stream_ceiling_gbps"].as_f64().unwrap();
         let forward = case["forward_gbps"].as_f64().unwrap();
         assert!(
