@@ -110,11 +110,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
     let triad = bench::StreamTriad::new(&ctx, stream_elements).context("streaming benchmark")?;
     let ceiling = triad.median_of(&ctx, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
-    println!(
-        "streaming ceiling (c = a + s*b): {ceiling:.2} GB/s; measured again in every repetition of each size, just before its \
-         episodes (ceil: their median; %ceil: the median of each repetition's share of its own ceiling, as this machine's \
-         speed can drift)"
-    );
+    println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s");
+    println!("  and again in every repetition, just before its episodes: ceil is their median, %ceil the median of each one's share");
     println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
