@@ -246,8 +246,6 @@ fn add_to_partials(k: u32, v: vec4<f32>) {
     partials[k / 4u] += v;
 }
 
-
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = p.n;
