@@ -108,6 +108,24 @@ impl NetworkConfig {
                 return Err(invalid("network config", format!("{name} = {v} must be finite and >= 0")));
             }
         }
+        // The layout and every kernel index the flat parameters with u32: w and alpha alone are
+        // 2 N^2 floats. Counted in u64 so that a size past that is refused, not wrapped.
+        let n = self.neurons as u64;
+        let count = 2 * n * n
+            + 3 * n
+            + 2
+            + self.input_width.map_or(0, |d| (d as u64 + 1) * n)
+            + self.heads.iter().map(|h| (n + 1) * h.width as u64).sum::<u64>();
+        if count > u32::MAX as u64 {
+            return Err(invalid(
+                "network config",
+                format!(
+                    "{count} parameters ({} neurons) do not fit the kernels' 32-bit indices; use at most {} neurons",
+                    self.neurons,
+                    ((u32::MAX as u64 / 2) as f64).sqrt() as u64 - 1
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -330,6 +348,13 @@ impl HostParameters {
     }
 }
 
+/// The flat parameters must fit one storage binding: w and alpha are N * N floats each.
+fn check_parameter_size(ctx: &GpuContext, layout: &ParamLayout) -> Result<()> {
+    buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", layout.count as u64 * 4, |limit| {
+        format!("use at most {} neurons", ((limit / 8) as f64).sqrt() as u64)
+    })
+}
+
 /// A network whose parameters live in one GPU buffer.
 pub struct Network {
     pub config: NetworkConfig,
@@ -339,6 +364,9 @@ pub struct Network {
 
 impl Network {
     pub fn new(ctx: &GpuContext, config: &NetworkConfig) -> Result<Self> {
+        // Refused before the host draws N * N initial weights it could not upload (or even allocate).
+        config.validate()?;
+        check_parameter_size(ctx, &ParamLayout::of(config))?;
         let host = HostParameters::init(config)?;
         Self::from_parameters(ctx, config, &host)
     }
@@ -355,10 +383,7 @@ impl Network {
         if !config.plastic && host.alpha().iter().any(|&a| a != 0.0) {
             return Err(invalid("parameters", "the non-plastic baseline needs alpha = 0 everywhere"));
         }
-        let bytes = layout.count as u64 * 4;
-        buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", bytes, |limit| {
-            format!("use at most {} neurons", ((limit / 8) as f64).sqrt() as u64)
-        })?;
+        check_parameter_size(ctx, &layout)?;
         let params = buffers::storage_from(ctx, "parameters", &host.values)?;
         Ok(Self { config: config.clone(), layout, params })
     }

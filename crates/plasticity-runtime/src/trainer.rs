@@ -464,6 +464,15 @@ impl Trainer {
         self.run(ctx, data, false)
     }
 
+    /// Allocates what an episode of `data`'s shape needs, without running it, so that a size past
+    /// the device's limits is refused before the caller commits to anything (a run directory, say).
+    /// The trace checkpoints can still grow later: their number follows the learned eta.
+    pub fn reserve(&mut self, ctx: &GpuContext, data: &EpisodeData) -> Result<()> {
+        let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("reserve") });
+        // Recorded only for its allocations; the encoder is dropped unsubmitted.
+        self.record(ctx, &mut encoder, &EpisodeSource::Host(data), false)
+    }
+
     /// Forward only, for evaluation on fresh episodes.
     pub fn evaluate(&mut self, ctx: &GpuContext, data: &EpisodeData) -> Result<EpisodeMetrics> {
         let net = &self.network;

@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// Episode lengths for the memory-growth figure, at --memory-size.
     #[arg(long, value_delimiter = ',', default_values_t = [100u32, 1000])]
     memory_steps: Vec<u32>,
+    /// Skip the memory-growth figure (to time a few sizes quickly).
+    #[arg(long)]
+    no_memory: bool,
     /// Neurons and batch of the memory-growth figure, as N,B (default: the paper's 1000,1 on a GPU,
     /// 512,1 on a CPU adapter).
     #[arg(long, value_delimiter = ',')]
@@ -68,6 +71,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.forward_splits != Some(0) && args.backward_groups != Some(0),
         "--forward-splits and --backward-groups must be at least 1"
     );
+    // Refused before the adapter is opened and anything is timed, not after the table.
+    for (option, values) in
+        [("--neurons", args.neurons.as_deref()), ("--batch", args.batch.as_deref()), ("--memory-steps", Some(&args.memory_steps[..]))]
+    {
+        anyhow::ensure!(
+            values.is_none_or(|v| v.iter().all(|&x| x >= 1)),
+            "{option} values must be at least 1 (got {:?}){}",
+            values.unwrap_or_default(),
+            if option == "--memory-steps" { "; --no-memory skips the memory-growth figure" } else { "" }
+        );
+    }
+    anyhow::ensure!(args.steps >= 1 && args.reps >= 1, "--steps and --reps must be at least 1");
     let mut ctx = GpuContext::new()?;
     ctx.tuning = plasticity_runtime::KernelTuning {
         forward_splits: args.forward_splits,
@@ -90,7 +105,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let batches = args.batch.clone().unwrap_or(if cpu { vec![1, 16] } else { vec![1, 16, 64] });
         (neurons, batches, args.reps, args.warmup, args.memory_steps.clone())
     };
-    anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
     let plasticity = args.rule.plasticity()?;
     if args.compare_rules {
         return compare_rules(
@@ -161,10 +175,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     let (mn, mb) = if args.quick { (32, 2) } else { (memory_size[0], memory_size[1]) };
-    let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1, plasticity).context("memory scaling")?;
-    print_memory(&memory);
+    let memory = if args.no_memory {
+        None
+    } else {
+        let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1, plasticity).context("memory scaling")?;
+        print_memory(&memory);
+        Some(memory)
+    };
     if let Some(path) = &args.json {
-        write_json(path, &ctx, ceiling, &results, &profiles, &memory, args)?;
+        write_json(path, &ctx, ceiling, &results, &profiles, memory.as_ref(), args)?;
         println!("\nwrote {}", path.display());
     }
     Ok(())
@@ -282,7 +301,7 @@ fn write_json(
     ceiling: f64,
     results: &[CaseResult],
     profiles: &[KernelProfile],
-    memory: &MemoryScaling,
+    memory: Option<&MemoryScaling>,
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
     let cases: Vec<serde_json::Value> = results
@@ -323,14 +342,15 @@ fn write_json(
         "config": { "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels },
         "stream_ceiling_gbps": ceiling,
         "cases": cases,
-        "memory_scaling": {
+        // null under --no-memory.
+        "memory_scaling": memory.map(|memory| serde_json::json!({
             "neurons": memory.neurons, "batch": memory.batch,
             "points": memory.points.iter().map(|p| serde_json::json!({
                 "steps": p.steps, "peak_bytes": p.peak_bytes, "train_ms_per_step": p.train_ms_per_step,
                 "history_bytes": p.breakdown.history, "checkpoint_bytes": p.breakdown.checkpoints,
                 "recompute_scratch_bytes": p.breakdown.recompute_scratch,
             })).collect::<Vec<_>>(),
-        },
+        })),
     });
     plasticity_runtime::checkpoint::write_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))

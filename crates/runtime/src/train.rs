@@ -355,11 +355,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             (config, dir, 0, None)
         }
     };
-    // Load the data before touching the run directory, so a bad image directory leaves nothing behind.
+    // Load the data and build the trainer before touching the run directory, so a bad image
+    // directory, or a size past the device's limits, leaves nothing behind.
     let task = Task::load(&config.task)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    plasticity_runtime::checkpoint::write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-
     let ctx = GpuContext::new()?;
     let trainer_config = TrainerConfig { adam: config.adam, ..Default::default() };
     let mut trainer = match &resumed {
@@ -373,6 +371,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         }
         None => Trainer::new(&ctx, Network::new(&ctx, &config.network)?, trainer_config)?,
     };
+    trainer.reserve(&ctx, &task.episode(config.batch, config.seed, start)?.0)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    plasticity_runtime::checkpoint::write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     let metrics_path = dir.join(METRICS);
     let mut csv = std::fs::OpenOptions::new()
         .create(true)

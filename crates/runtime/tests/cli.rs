@@ -92,6 +92,12 @@ fn bad_options_get_one_sentence_and_a_nonzero_exit() {
     assert_clean_failure(&plasticity(&["train", "--resume", "/nonexistent-run"]), "not a run directory");
     assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--retroactive"]), "retroactive neuromodulation needs a modulation");
     assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--trace-clip", "0"]), "clip = 0 must be a positive number");
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--neurons", "50000"]), "do not fit the kernels' 32-bit indices");
+    // Past the device's binding limit (lavapipe's 128 MiB; any device's at this size): refused before the host allocates.
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--neurons", "46000"]), "use at most");
+    // A trace (B, N, N) of 4.5 GB, past any device's storage binding (Vulkan's range is 32-bit):
+    // refused when the trainer reserves its first episode, before the run directory is made.
+    assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--neurons", "4000", "--batch", "70"]), "use a batch of at most");
     assert!(!dir.join("config.json").exists(), "a refused config must not start a run");
 }
 
@@ -138,6 +144,18 @@ fn bench_quick_runs_and_names_the_adapter() {
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
     assert!(row.trim_end().ends_with(" 1"), "W = 1 in the row: {row}");
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
+    // Refused before anything is timed; a size past the 32-bit indices is an error, not an allocation abort.
+    assert_clean_failure(&plasticity(&["bench", "--memory-steps", "0"]), "--no-memory skips");
+    assert_clean_failure(&plasticity(&["bench", "--batch", "4,0"]), "--batch values must be at least 1");
+    assert_clean_failure(&plasticity(&["bench", "--neurons", "100000", "--batch", "1"]), "use at most 46339 neurons");
+    // --no-memory: no memory-growth figure, and null for it in the JSON.
+    let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
+    let o = plasticity(&["bench", "--quick", "--no-memory", "--json", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("memory against episode length"));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(doc["memory_scaling"].is_null() && doc["cases"].as_array().is_some_and(|c| c.len() == 2), "{doc}");
+    std::fs::remove_file(&json).ok();
 }
 
 /// `bench --profile` times every kernel of a training episode: each step kernel once per step, the
