@@ -356,6 +356,11 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                             }
                         }
                     }
+                    // This quad's column, rate and eta sums over the four rows, folded into the
+                    // invocation's sums below with constant indices only.
+                    var col_quad: array<vec4<f32>, CHUNK>;
+                    var rate_quad: array<vec4<f32>, CHUNK>;
+                    var eta_quad = vec4(0.0);
                     for (var c = 0u; c < 4u; c++) {
                         let i = 4u * i4 + c;
                         let w_ij = param_quad(w_offset + i * n + j0);
@@ -375,7 +380,6 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                     r = rates[k];
                                     r2 = rates2[k];
                                 }
-                                let c_sum = k * TILE_QUADS + mq;
                                 let h = trace[cur + idx];
                                 let g_next = trace_grad[idx];
                                 d_w += ga_j * pre;
@@ -405,11 +409,11 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                         let h_prev = trace[prev + idx];
                                         let e_prev = trace[prev + eo + idx];
                                         let m2 = clip_pass_vec4(h_prev + r2 * e_prev);
-                                        col_sums[c_sum] += ge * rule_d_post_vec4(e_prev, pre2, post2, rate_e);
-                                        rate_sums[c_sum] += m2 * g * e_prev;
+                                        col_quad[k] += ge * rule_d_post_vec4(e_prev, pre2, post2, rate_e);
+                                        rate_quad[k] += m2 * g * e_prev;
                                         let d_eta = ge * rule_d_rate_vec4(e_prev, pre2, post2);
                                         if (eta_per_neuron) {
-                                            eta_sums[mq] += d_eta;
+                                            eta_quad += d_eta;
                                         } else {
                                             eta_total += d_eta;
                                         }
@@ -422,12 +426,12 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                             h_prev = trace[prev + idx];
                                         }
                                         let m2 = clip_pass_vec4(rule_update_vec4(h_prev, pre2, post2, r2));
-                                        col_sums[c_sum] += m2 * g * rule_d_post_vec4(h_prev, pre2, post2, r2);
+                                        col_quad[k] += m2 * g * rule_d_post_vec4(h_prev, pre2, post2, r2);
                                         let d_rate = m2 * g * rule_d_rate_vec4(h_prev, pre2, post2);
                                         if (RATE >= 2u) {
-                                            rate_sums[c_sum] += d_rate;
+                                            rate_quad[k] += d_rate;
                                         } else if (eta_per_neuron) {
-                                            eta_sums[mq] += d_rate;
+                                            eta_quad += d_rate;
                                         } else {
                                             eta_total += d_rate;
                                         }
@@ -451,6 +455,22 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                             add_to_grads(alpha_offset + i * n + j0, d_alpha_eff);
                         } else {
                             add_to_partials(p.alpha_grad_offset + i * n + j0, d_alpha_eff);
+                        }
+                    }
+                    // NIR keeps this loop over mq rolled (its body is 16 copies of the rule's), so
+                    // indexing the sums by mq would put them in scratch memory, which lavapipe
+                    // reaches by a loop over the SIMD lanes on every access (about 1.4x slower at
+                    // N = 256, B = 16). Selecting into every slot keeps every index constant.
+                    for (var m = 0u; m < TILE_QUADS; m++) {
+                        let here = m == mq;
+                        for (var k = 0u; k < slots; k++) {
+                            col_sums[k * TILE_QUADS + m] += select(vec4(0.0), col_quad[k], here);
+                            if (RATE >= 2u) {
+                                rate_sums[k * TILE_QUADS + m] += select(vec4(0.0), rate_quad[k], here);
+                            }
+                        }
+                        if (eta_per_neuron) {
+                            eta_sums[m] += select(vec4(0.0), eta_quad, here);
                         }
                     }
                 }
