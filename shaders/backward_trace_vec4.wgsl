@@ -459,8 +459,8 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     }
                     // NIR keeps this loop over mq rolled (its body is 16 copies of the rule's), so
                     // indexing the sums by mq would put them in scratch memory, which lavapipe
-                    // reaches by a loop over the SIMD lanes on every access (about 1.4x slower at
-                    // N = 256, B = 16). Selecting into every slot keeps every index constant.
+                    // reaches by a loop over the SIMD lanes on every access (this kernel ran 1.1-1.7x
+                    // slower so at N = 256, B = 16). Selecting into every slot keeps every index constant.
                     for (var m = 0u; m < TILE_QUADS; m++) {
                         let here = m == mq;
                         for (var k = 0u; k < slots; k++) {
