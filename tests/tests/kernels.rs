@@ -124,7 +124,7 @@ impl ForwardStepInputs {
 
     /// forward_step (or forward_step_vec4) on the GPU over these inputs and `partial_sums`; the
     /// buffers as it left them, without the vec4 kernel's second view of the parameters.
-    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], vec4: bool) -> Vec<Vec<f32>> {
+    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], vec4: bool, workgroup_size: u32) -> Vec<Vec<f32>> {
         let mut buffers = vec![
             bytes(&self.params),
             bytes(&self.trace),
@@ -136,8 +136,8 @@ impl ForwardStepInputs {
         if vec4 {
             buffers.push(bytes(&self.params));
         }
-        let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4);
-        let constants = forward_step::constants(vec4, self.p.batch);
+        let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4, workgroup_size);
+        let constants = forward_step::constants(vec4, self.p.batch, workgroup_size);
         let mut out = run_rule_kernel(forward_step::kernel_name(vec4), spec, &constants, &self.p, &buffers, grid);
         out.truncate(6);
         out
@@ -173,20 +173,25 @@ fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: 
 }
 
 /// forward_step at every size, and forward_step_vec4 too where N is a multiple of 4: 4, 8, 64 and 68
-/// (fewer quads than a workgroup of 64 invocations) and 260 (65 quads, one more than a workgroup).
+/// (fewer quads than a workgroup of 64 invocations) and 260 (65 quads, one more than a workgroup);
+/// the paper's rule also in workgroups of 8 (a CPU adapter's choice), where 63, 65, 257 and 260
+/// columns or quads end inside a workgroup.
 #[test]
 fn forward_step_matches_cpu_twin() {
     let mut vec4_cases = 0;
     for (name, spec) in rule_specs() {
         // The paper's rule at every size; the others at sizes around the workgroup.
         let sizes: &[u32] = if name == "paper" { &[1, 4, 63, 64, 65, 257, 260] } else { &[1, 8, 65, 68] };
+        let workgroup_sizes: &[u32] = if name == "paper" { &[64, 8] } else { &[64] };
         for &n in sizes {
             for batch in BATCHES {
                 for step in [1u32, 2, 4] {
                     let seed = 1000 * n as u64 + 10 * batch as u64 + step as u64;
                     for vec4 in forward_step_inputs(&spec, n, batch, step, 4, seed).kernels() {
-                        check_forward_step(name, &spec, forward_step_inputs(&spec, n, batch, step, 4, seed), vec4);
-                        vec4_cases += vec4 as u32;
+                        for &size in workgroup_sizes {
+                            check_forward_step(name, &spec, forward_step_inputs(&spec, n, batch, step, 4, seed), vec4, size);
+                            vec4_cases += (vec4 && size == 64) as u32;
+                        }
                     }
                 }
             }
@@ -195,15 +200,15 @@ fn forward_step_matches_cpu_twin() {
     assert_eq!(vec4_cases, 3 * 3 * (3 + 2 * 5), "forward_step_vec4 ran at every size that is a multiple of 4");
 }
 
-/// One unsplit step on the GPU against cpu::forward_step.
-fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, vec4: bool) {
-    let out = inputs.run_on_gpu(spec, &[0.0; 4], vec4);
+/// One unsplit step on the GPU, in workgroups of `workgroup_size`, against cpu::forward_step.
+fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, vec4: bool, workgroup_size: u32) {
+    let out = inputs.run_on_gpu(spec, &[0.0; 4], vec4, workgroup_size);
     let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
     let (n, batch, step) = (p.n, p.batch, p.step);
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
     let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
     cpu::forward_step(spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut []);
-    let ctx = format!("{} {name} N={n} B={batch} t={step}", forward_step::kernel_name(vec4));
+    let ctx = format!("{} {name} N={n} B={batch} t={step} workgroup {workgroup_size}", forward_step::kernel_name(vec4));
     // The trace update is the same few f32 operations on both sides (up to FMA contraction).
     assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
     // x(t): an f32 sum of N <= 260 terms of magnitude <= ~3 against an f64 sum; rounding
@@ -248,7 +253,7 @@ fn split_forward_step_and_finish_match_cpu_twins() {
                         (inputs.p.splits, inputs.p.split_len) = (splits, split_len);
                         let partial_sums = nan_filled(splits as usize * row);
                         assert_eq!(inputs.kernels().contains(&true), n % 4 == 0);
-                        let out = inputs.run_on_gpu(&spec, &partial_sums, vec4);
+                        let out = inputs.run_on_gpu(&spec, &partial_sums, vec4, forward_step::WORKGROUP_SIZE);
                         let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
                         let clamp_words = p.clamp_words;
                         let (mut trace_ref, mut act_ref, mut sums_ref) = (trace.clone(), activations.clone(), partial_sums.clone());

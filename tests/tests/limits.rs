@@ -91,3 +91,19 @@ fn a_wait_past_the_timeout_is_an_error_that_says_so() {
     // With the ordinary timeout the same device finishes the next episode.
     assert!(runner.run(ctx, &net, &data).unwrap().loss.is_finite());
 }
+
+#[test]
+fn a_forward_workgroup_past_the_device_limit_is_refused_with_the_range() {
+    use plasticity_runtime::KernelTuning;
+    let most = gpu().limits().max_compute_invocations_per_workgroup.min(gpu().limits().max_compute_workgroup_size_x);
+    let net = Network::new(gpu(), &NetworkConfig { neurons: 8, ..Default::default() }).unwrap();
+    for size in [0, most + 1] {
+        let ctx = gpu_with(KernelTuning { forward_workgroup_size: Some(size), ..Default::default() });
+        let err = EpisodeRunner::new().run(&ctx, &net, &episode(8, 1)).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(&format!("forward_workgroup_size = {size}")) && message.contains(&format!("1 to {most}")), "{message}");
+    }
+    // The largest the device takes runs.
+    let ctx = gpu_with(KernelTuning { forward_workgroup_size: Some(most), ..Default::default() });
+    assert!(EpisodeRunner::new().run(&ctx, &net, &episode(8, 1)).unwrap().loss.is_finite());
+}

@@ -293,11 +293,15 @@ pub mod forward_step {
         if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
     }
 
-    /// The grid of a step split into `splits` chunks (1: not split); with `vec4`, an invocation
-    /// per four neurons.
-    pub fn workgroups(n: u32, batch: u32, splits: u32, vec4: bool) -> [u32; 3] {
+    /// Override constant of both widths: invocations per workgroup, WORKGROUP_SIZE unless the
+    /// runtime's tuning chooses otherwise (see `KernelTuning::forward_workgroup`).
+    pub const WORKGROUP_SIZE_OVERRIDE: &str = "WORKGROUP_SIZE";
+
+    /// The grid of a step split into `splits` chunks (1: not split) in workgroups of
+    /// `workgroup_size`; with `vec4`, an invocation per four neurons.
+    pub fn workgroups(n: u32, batch: u32, splits: u32, vec4: bool, workgroup_size: u32) -> [u32; 3] {
         let columns = if vec4 { div_ceil(n, 4) } else { n };
-        [div_ceil(columns, WORKGROUP_SIZE), div_ceil(batch, BATCH_TILE), splits.max(1)]
+        [div_ceil(columns, workgroup_size.max(1)), div_ceil(batch, BATCH_TILE), splits.max(1)]
     }
 
     /// Override constant of forward_step_vec4: how many batch elements its unrolled tile loops take,
@@ -310,9 +314,14 @@ pub mod forward_step {
         batch.clamp(1, BATCH_TILE)
     }
 
-    /// The override constants, beyond the rule's, of the kernel that runs a step of batch B.
-    pub fn constants(vec4: bool, batch: u32) -> Vec<(&'static str, f64)> {
-        if vec4 { vec![(BATCH_SLOTS, batch_slots(batch) as f64)] } else { Vec::new() }
+    /// The override constants, beyond the rule's, of the kernel that runs a step of batch B in
+    /// workgroups of `workgroup_size`.
+    pub fn constants(vec4: bool, batch: u32, workgroup_size: u32) -> Vec<(&'static str, f64)> {
+        let mut c = vec![(WORKGROUP_SIZE_OVERRIDE, workgroup_size as f64)];
+        if vec4 {
+            c.push((BATCH_SLOTS, batch_slots(batch) as f64));
+        }
+        c
     }
 
     /// `(splits, split_len)` for at most `splits` chunks of the sum over N pre-synaptic neurons:

@@ -394,6 +394,8 @@ pub(crate) struct ForwardState {
     partial_sums: GpuBuffer,
     /// S: chunks of the forward step's sum over i.
     pub forward_splits: u32,
+    /// Invocations per forward_step workgroup.
+    pub forward_workgroup: u32,
     /// The context's work division when this state was built (it fixes S).
     pub tuning: KernelTuning,
     /// Whether the rule kernels run as vec4 (the shape and the tuning's choice).
@@ -430,6 +432,15 @@ impl ForwardState {
 
         let layout = shape.layout;
         let (splits, split_len) = ctx.tuning.forward_split(&ctx.adapter, neurons, shape.batch);
+        let forward_workgroup = ctx.tuning.forward_workgroup(&ctx.adapter);
+        let limits = ctx.limits();
+        let most = limits.max_compute_invocations_per_workgroup.min(limits.max_compute_workgroup_size_x);
+        if forward_workgroup == 0 || forward_workgroup > most {
+            return Err(invalid(
+                "kernel tuning",
+                format!("forward_workgroup_size = {forward_workgroup}; this device takes 1 to {most} invocations per workgroup"),
+            ));
+        }
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -499,6 +510,7 @@ impl ForwardState {
             )?,
             partial_sums: buffers::storage(ctx, "forward partial sums", partial_bytes)?,
             forward_splits: splits,
+            forward_workgroup,
             tuning: ctx.tuning,
             vec4: ctx.tuning.vec4_kernels(shape.allows_vec4_kernels()),
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
@@ -582,12 +594,13 @@ impl ForwardState {
         let spec = self.shape.plasticity();
         let vec4 = self.vec4;
         let step_kernel = forward_step::kernel_name(vec4);
-        let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &forward_step::constants(vec4, self.shape.batch));
+        let constants = forward_step::constants(vec4, self.shape.batch, self.forward_workgroup);
+        let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &constants);
         let step_buffers: [&wgpu::Buffer; 7] =
             [&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums, &net.params];
         // forward_step_vec4 binds the parameters a second time, as vec4.
         let group = bind_group(ctx, step_kernel, &self.step_params_slots, &step_buffers[..if vec4 { 7 } else { 6 }]);
-        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits, vec4);
+        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits, vec4, self.forward_workgroup);
         let finish_group = (self.forward_splits > 1)
             .then(|| bind_group(ctx, "forward_finish", &self.finish_params_slots, &[&self.partial_sums, &self.activations, &self.clamp]));
         let finish_grid = forward_finish::workgroups(self.shape.neurons, self.shape.batch);

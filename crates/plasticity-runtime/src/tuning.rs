@@ -20,6 +20,11 @@ pub const GPU_BACKWARD_INVOCATIONS: u32 = 1 << 16;
 /// The shortest chunk of the forward sum worth its own invocation: shorter ones spend more on
 /// their partial sum's write and read than they save.
 pub const MIN_SPLIT_LEN: u32 = 8;
+/// Invocations per forward_step workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes.
+/// Lavapipe runs each workgroup on one thread, so at B = 1 a step of 64-invocation workgroups
+/// (64 vec4 invocations cover 256 neurons) ran on one core; with 8, a training episode at N = 256,
+/// B = 1 took 1.3-1.6x less time on 2 cores, and N = 256, B = 16 was unchanged (README).
+pub const CPU_FORWARD_WORKGROUP: u32 = 8;
 
 /// Work division of the step kernels; `None` chooses from the adapter and the size (see the module
 /// docs). The choice never changes results beyond f32 rounding of the split sums.
@@ -29,6 +34,10 @@ pub struct KernelTuning {
     pub forward_splits: Option<u32>,
     /// Batch groups of backward_trace (1: one group walks the whole batch).
     pub backward_groups: Option<u32>,
+    /// Invocations per workgroup of the forward step (64 on a GPU, CPU_FORWARD_WORKGROUP on a CPU
+    /// adapter); at most the device's `max_compute_invocations_per_workgroup` and
+    /// `max_compute_workgroup_size_x`.
+    pub forward_workgroup_size: Option<u32>,
     /// Run the scalar rule kernels (`forward_step`, `backward_trace`, `trace_update`) even where N
     /// allows their vec4 forms. Which is faster depends on the device: the vec4 kernels move 16 bytes
     /// per access and train 1.3-2.1x faster on lavapipe (README), but hold more registers per
@@ -43,6 +52,11 @@ impl KernelTuning {
         shape_allows && !self.scalar_kernels
     }
 
+    /// Invocations per forward_step workgroup.
+    pub fn forward_workgroup(&self, adapter: &AdapterSummary) -> u32 {
+        self.forward_workgroup_size.unwrap_or(if adapter.is_cpu() { CPU_FORWARD_WORKGROUP } else { forward_step::WORKGROUP_SIZE })
+    }
+
     /// `(splits, split_len)` of the forward step at N neurons and batch B.
     pub fn forward_split(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> (u32, u32) {
         let wanted = self.forward_splits.unwrap_or_else(|| {
@@ -52,7 +66,8 @@ impl KernelTuning {
             // Counted per neuron column whichever kernel runs: forward_step_vec4 has a quarter of the
             // invocations, each moving four times the bytes, so the same S keeps the same bytes in
             // flight. (Chosen on an H200 before the vec4 kernel existed; not re-measured since.)
-            let natural = forward_step::workgroups(n, batch, 1, false).iter().product::<u32>() * forward_step::WORKGROUP_SIZE;
+            let size = forward_step::WORKGROUP_SIZE;
+            let natural = forward_step::workgroups(n, batch, 1, false, size).iter().product::<u32>() * size;
             div_ceil(GPU_FORWARD_INVOCATIONS, natural).min(div_ceil(n, MIN_SPLIT_LEN))
         });
         forward_step::split(n, wanted)

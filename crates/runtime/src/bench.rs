@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// CPU adapter).
     #[arg(long)]
     backward_groups: Option<u32>,
+    /// Invocations per forward_step workgroup (default: 64 on a GPU, 8 on a CPU adapter, where each
+    /// workgroup runs on one thread).
+    #[arg(long)]
+    forward_workgroup_size: Option<u32>,
     /// Run the scalar rule kernels even where N is a multiple of 4 and the vec4 ones could run (the
     /// table's W column says which ran), to compare the two on a device.
     #[arg(long)]
@@ -87,6 +91,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ctx.tuning = plasticity_runtime::KernelTuning {
         forward_splits: args.forward_splits,
         backward_groups: args.backward_groups,
+        forward_workgroup_size: args.forward_workgroup_size,
         scalar_kernels: args.scalar_kernels,
     };
     if args.profile {
@@ -130,9 +135,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
-         W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}\n",
+         W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; forward workgroups of {} invocations\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
-        if args.scalar_kernels { " (--scalar-kernels)" } else { "" }
+        if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
+        ctx.tuning.forward_workgroup(&ctx.adapter)
     );
 
     println!(
@@ -339,7 +345,10 @@ fn write_json(
             "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
         },
         "timing": bench::timing_method(ctx),
-        "config": { "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels },
+        "config": {
+            "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
+            "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
+        },
         "stream_ceiling_gbps": ceiling,
         "cases": cases,
         // null under --no-memory.

@@ -144,6 +144,11 @@ fn bench_quick_runs_and_names_the_adapter() {
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
     assert!(row.trim_end().ends_with(" 1"), "W = 1 in the row: {row}");
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
+    // The forward workgroup: the adapter's choice in the header, a size past the device refused.
+    assert!(out.contains("forward workgroups of 8 invocations") || !out.contains("(Vulkan, Cpu,"), "a CPU adapter's 8: {out}");
+    let o = plasticity(&["bench", "--quick", "--no-memory", "--forward-workgroup-size", "16"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("forward workgroups of 16 invocations"), "{}", stderr(&o));
+    assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-workgroup-size", "100000"]), "forward_workgroup_size = 100000");
     // Refused before anything is timed; a size past the 32-bit indices is an error, not an allocation abort.
     assert_clean_failure(&plasticity(&["bench", "--memory-steps", "0"]), "--no-memory skips");
     assert_clean_failure(&plasticity(&["bench", "--batch", "4,0"]), "--batch values must be at least 1");
