@@ -74,6 +74,9 @@ for z in 4 8; do sweep 1000 16 auto $z; done
 for z in 16 32; do sweep 256 64 auto $z; done
 # The vec4 rule kernels against the scalar ones (W column), never compared on a GPU yet.
 for nb in "1000 64" "1000 16" "256 64"; do sweep $nb auto auto; sweep $nb auto auto --scalar-kernels; done
+# The forward step's workgroup size (64 on a GPU was never swept; 8 won on lavapipe).
+for g in 32 128 256; do sweep 1000 64 auto auto --forward-workgroup-size $g; sweep 1000 1 auto auto --forward-workgroup-size $g; done
+sweep 1000 1 auto auto
 } 2>&1 | tee "$out/sweep.txt"
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&

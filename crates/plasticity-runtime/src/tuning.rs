@@ -23,7 +23,7 @@ pub const MIN_SPLIT_LEN: u32 = 8;
 /// Invocations per forward_step workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes.
 /// Lavapipe runs each workgroup on one thread, so at B = 1 a step of 64-invocation workgroups
 /// (64 vec4 invocations cover 256 neurons) ran on one core; with 8, a training episode at N = 256,
-/// B = 1 took 1.3-1.6x less time on 2 cores, and N = 256, B = 16 was unchanged (README).
+/// B = 1 took 1.8-2.0x less time on 2 cores, and N = 256, B = 16 was unchanged (README).
 pub const CPU_FORWARD_WORKGROUP: u32 = 8;
 
 /// Work division of the step kernels; `None` chooses from the adapter and the size (see the module
