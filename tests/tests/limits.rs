@@ -107,3 +107,22 @@ fn a_forward_workgroup_past_the_device_limit_is_refused_with_the_range() {
     let ctx = gpu_with(KernelTuning { forward_workgroup_size: Some(most), ..Default::default() });
     assert!(EpisodeRunner::new().run(&ctx, &net, &episode(8, 1)).unwrap().loss.is_finite());
 }
+
+#[test]
+fn parameters_past_the_binding_limit_are_refused_with_the_largest_size_that_fits() {
+    use plasticity_runtime::network::ParamLayout;
+    let limit = gpu().limits().max_storage_buffer_binding_size.min(gpu().limits().max_buffer_size);
+    let bytes = |neurons: u32| ParamLayout::of(&NetworkConfig { neurons, ..Default::default() }).count as u64 * 4;
+    // The first N whose w and alpha (2 N^2 floats) pass the limit, within the 32-bit indices.
+    let neurons = (((limit / 8) as f64).sqrt() as u32 + 1).min(46339);
+    if bytes(neurons) <= limit {
+        // A binding over 16 GiB holds every network the 32-bit indices allow: nothing to refuse.
+        eprintln!("skipped: a {limit}-byte binding holds N = {neurons}");
+        return;
+    }
+    let err = Network::new(gpu(), &NetworkConfig { neurons, ..Default::default() }).err().expect("refused");
+    let message = err.to_string();
+    assert!(matches!(err, PlasticityError::LimitExceeded { .. }), "{err:?}");
+    let most: u32 = message.rsplit("use at most ").next().and_then(|t| t.split(' ').next()?.parse().ok()).expect(&message);
+    assert!(bytes(most) <= limit && bytes(most + 1) > limit, "{most} is not the largest N that fits: {message}");
+}

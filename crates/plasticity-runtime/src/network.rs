@@ -349,9 +349,15 @@ impl HostParameters {
 }
 
 /// The flat parameters must fit one storage binding: w and alpha are N * N floats each.
-fn check_parameter_size(ctx: &GpuContext, layout: &ParamLayout) -> Result<()> {
-    buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", layout.count as u64 * 4, |limit| {
-        format!("use at most {} neurons", ((limit / 8) as f64).sqrt() as u64)
+fn check_parameter_size(ctx: &GpuContext, config: &NetworkConfig) -> Result<()> {
+    let bytes_at = |neurons: u32| ParamLayout::of(&NetworkConfig { neurons, ..config.clone() }).count as u64 * 4;
+    buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", bytes_at(config.neurons), |limit| {
+        // The largest N whose whole layout (eta, modulator, input layer and heads too) fits.
+        let mut most = (((limit / 8) as f64).sqrt() as u32).min(config.neurons);
+        while most > 1 && bytes_at(most) > limit {
+            most -= 1;
+        }
+        format!("use at most {most} neurons")
     })
 }
 
@@ -366,7 +372,7 @@ impl Network {
     pub fn new(ctx: &GpuContext, config: &NetworkConfig) -> Result<Self> {
         // Refused before the host draws N * N initial weights it could not upload (or even allocate).
         config.validate()?;
-        check_parameter_size(ctx, &ParamLayout::of(config))?;
+        check_parameter_size(ctx, config)?;
         let host = HostParameters::init(config)?;
         Self::from_parameters(ctx, config, &host)
     }
@@ -383,7 +389,7 @@ impl Network {
         if !config.plastic && host.alpha().iter().any(|&a| a != 0.0) {
             return Err(invalid("parameters", "the non-plastic baseline needs alpha = 0 everywhere"));
         }
-        check_parameter_size(ctx, &layout)?;
+        check_parameter_size(ctx, config)?;
         let params = buffers::storage_from(ctx, "parameters", &host.values)?;
         Ok(Self { config: config.clone(), layout, params })
     }

@@ -62,10 +62,23 @@ fn info() -> anyhow::Result<()> {
     println!("max_buffer_size: {} bytes", limits.max_buffer_size);
     println!("max_storage_buffers_per_shader_stage: {}", limits.max_storage_buffers_per_shader_stage);
     let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-    // The trace (B, N, N) is the largest binding; the activation history (T + 1, B, N) is next.
-    println!("largest network at batch 1: N = {} (its trace fills one binding)", ((binding / 4) as f64).sqrt() as u64);
+    // The flat parameters (w and alpha: 2 N^2 floats, and their gradient and Adam's moments beside
+    // them) bound N; the trace (B, N, N) bounds the batch; the activation history (T + 1, B, N) is next.
+    let params_fit = |n: u64| {
+        let config = plasticity_runtime::NetworkConfig { neurons: n as u32, ..Default::default() };
+        config.validate().is_ok() && plasticity_runtime::network::ParamLayout::of(&config).count as u64 * 4 <= binding
+    };
+    let mut largest = ((binding / 8) as f64).sqrt() as u64 + 1;
+    while largest > 1 && !params_fit(largest) {
+        largest -= 1;
+    }
+    println!("largest network: N = {largest} (the paper's: w and alpha, 2 N^2 floats, fill one binding)");
     println!("largest batch for the trace (B, N, N) to fit one binding:");
     for n in [256u64, 1000, 2048, 4096] {
+        if n > largest {
+            println!("  N = {n:>5}: too large (its parameters exceed one binding)");
+            continue;
+        }
         let max_batch = binding / (n * n * 4);
         println!(
             "  N = {n:>5}: batch up to {max_batch} (then at most {} steps for the history)",
