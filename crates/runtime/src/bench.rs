@@ -87,6 +87,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(args.steps >= 1 && args.reps >= 1, "--steps and --reps must be at least 1");
+    if let Some(path) = &args.json {
+        // Checked now: the file is written after every measurement, and a bad path must not lose them.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        anyhow::ensure!(!path.is_dir(), "--json {} is a directory; give a file name", path.display());
+        anyhow::ensure!(dir.is_dir(), "--json {}: the directory {} does not exist; create it first", path.display(), dir.display());
+    }
     let mut ctx = GpuContext::new()?;
     ctx.tuning = plasticity_runtime::KernelTuning {
         forward_splits: args.forward_splits,

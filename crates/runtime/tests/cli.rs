@@ -152,6 +152,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     // Refused before anything is timed; a size past the 32-bit indices is an error, not an allocation abort.
     assert_clean_failure(&plasticity(&["bench", "--memory-steps", "0"]), "--no-memory skips");
     assert_clean_failure(&plasticity(&["bench", "--batch", "4,0"]), "--batch values must be at least 1");
+    assert_clean_failure(&plasticity(&["bench", "--json", "/nonexistent-dir/bench.json"]), "does not exist; create it first");
     assert_clean_failure(&plasticity(&["bench", "--neurons", "100000", "--batch", "1"]), "use at most 46339 neurons");
     // --no-memory: no memory-growth figure, and null for it in the JSON.
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
