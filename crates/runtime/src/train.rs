@@ -349,6 +349,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 let kind = if matches!(config.task, TaskConfig::Pattern(_)) { "pattern" } else { "image" };
                 PathBuf::from(format!("runs/{kind}-seed{}-{now}", config.seed))
             });
+            ensure!(!dir.exists() || dir.is_dir(), "--run-dir {} is a file; give a directory (it is created if missing)", dir.display());
             if dir.join("config.json").exists() {
                 bail!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", dir.display());
             }

@@ -93,6 +93,11 @@ fn bad_options_get_one_sentence_and_a_nonzero_exit() {
     assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--retroactive"]), "retroactive neuromodulation needs a modulation");
     assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--trace-clip", "0"]), "clip = 0 must be a positive number");
     assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--neurons", "50000"]), "do not fit the kernels' 32-bit indices");
+    let file = std::env::temp_dir().join(format!("plasticity-cli-file-{}", std::process::id()));
+    std::fs::write(&file, "not a directory").unwrap();
+    assert_clean_failure(&plasticity(&["train", "--run-dir", file.to_str().unwrap()]), "is a file; give a directory");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory", "the file is left alone");
+    std::fs::remove_file(&file).ok();
     // Past the device's binding limit (lavapipe's 128 MiB; any device's at this size): refused before the host allocates.
     assert_clean_failure(&plasticity(&["train", "--run-dir", d, "--neurons", "46000"]), "use at most");
     // A trace (B, N, N) of 4.5 GB, past any device's storage binding (Vulkan's range is 32-bit):
