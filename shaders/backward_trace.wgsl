@@ -55,6 +55,9 @@ const TILE: u32 = 16u;
 const LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
 const CHUNK: u32 = 4u;
+// Batch elements per pass, min(CHUNK, ceil(B / Z)), set by the runtime (backward_trace::batch_slots):
+// the loops over a pass run to it, so that they unroll and the arrays indexed by k are registers.
+override BATCH_SLOTS: u32 = 4u;
 
 override WORKGROUP_SIZE: u32 = 64u;
 override RULE: u32 = 0u;
@@ -254,13 +257,26 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     // Group z takes batch elements b = z, z + Z, z + 2Z, ..., CHUNK of them per pass: element k of
     // the pass starting at m0 is b = z + (m0 + k) Z.
     let group_batch = (p.batch - z + groups - 1u) / groups;
-    for (var m0 = 0u; m0 < group_batch; m0 += CHUNK) {
-        let chunk = min(CHUNK, group_batch - m0);
+    let slots = min(BATCH_SLOTS, CHUNK);
+    for (var m0 = 0u; m0 < group_batch; m0 += slots) {
+        let chunk = min(slots, group_batch - m0);
         let b0 = z + m0 * groups;
         var col_sums: array<f32, 64>;    // (CHUNK, TILE)
         var rate_sums: array<f32, 64>;   // (CHUNK, TILE)
         for (var i = i0; i < i_end; i++) {
             var row_sums: array<f32, CHUNK>;
+            // x_i(t-1) and x_i(t-2) per batch element, loaded once for the row's columns.
+            var pres: array<f32, CHUNK>;
+            var pres2: array<f32, CHUNK>;
+            for (var k = 0u; k < slots; k++) {
+                if (k < chunk) {
+                    let b = b0 + k * groups;
+                    pres[k] = activations[x_prev + b * n + i];
+                    if (has_prev2) {
+                        pres2[k] = activations[x_prev - row + b * n + i];
+                    }
+                }
+            }
             for (var jj = 0u; jj < TILE; jj++) {
                 let j = j0 + jj * lanes;
                 if (j >= j_end) {
@@ -278,73 +294,75 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                 }
                 var d_w = 0.0;
                 var d_alpha = 0.0;
-                for (var k = 0u; k < chunk; k++) {
-                    let b = b0 + k * groups;
-                    let idx = (b * n + i) * n + j;
-                    let pre = activations[x_prev + b * n + i];
-                    let post = activations[x_now + b * n + j];
-                    let ga_j = partials[preact + b * n + j];
-                    let h = trace[cur + idx];
-                    let g_next = trace_grad[idx];
-                    var r = rate_fixed;
-                    if (RATE >= 2u) {
-                        r = plastic_rate(b, j, step, n, p.batch, eta_offset, mod_offset);
-                    }
-                    d_w += ga_j * pre;
-                    d_alpha += ga_j * h * pre;
-                    var g = 0.0;
-                    var ge = 0.0;
-                    if (RETROACTIVE) {
-                        let e = trace[cur + eo + idx];
-                        let ge_next = trace_grad[eo + idx];
-                        let m = clip_pass(h + r * e);
-                        g = m * g_next + alpha_ij * pre * ga_j;
-                        ge = m * r * g_next + rule_d_trace(e, post, rate_e) * ge_next;
-                        row_sums[k] += (w_ij + alpha_ij * h) * ga_j + ge_next * rate_e * post;
-                        trace_grad[eo + idx] = ge;
-                    } else {
-                        let m = clip_pass(rule_update(h, pre, post, r));
-                        g = m * rule_d_trace(h, post, r) * g_next + alpha_ij * pre * ga_j;
-                        row_sums[k] += (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
-                    }
-                    trace_grad[idx] = g;
-                    if (has_prev2) {
-                        let pre2 = activations[x_prev - row + b * n + i];
-                        let post2 = activations[x_prev + b * n + j];
-                        var r2 = rate_fixed;
+                for (var k = 0u; k < slots; k++) {
+                    if (k < chunk) {
+                        let b = b0 + k * groups;
+                        let idx = (b * n + i) * n + j;
+                        let pre = pres[k];
+                        let post = activations[x_now + b * n + j];
+                        let ga_j = partials[preact + b * n + j];
+                        let h = trace[cur + idx];
+                        let g_next = trace_grad[idx];
+                        var r = rate_fixed;
                         if (RATE >= 2u) {
-                            r2 = plastic_rate(b, j, step - 1u, n, p.batch, eta_offset, mod_offset);
+                            r = plastic_rate(b, j, step, n, p.batch, eta_offset, mod_offset);
                         }
-                        let c = k * TILE + jj;
+                        d_w += ga_j * pre;
+                        d_alpha += ga_j * h * pre;
+                        var g = 0.0;
+                        var ge = 0.0;
                         if (RETROACTIVE) {
-                            let h_prev = trace[prev + idx];
-                            let e_prev = trace[prev + eo + idx];
-                            let m2 = clip_pass(h_prev + r2 * e_prev);
-                            col_sums[c] += ge * rule_d_post(e_prev, pre2, post2, rate_e);
-                            rate_sums[c] += m2 * g * e_prev;
-                            let d_eta = ge * rule_d_rate(e_prev, pre2, post2);
-                            if (eta_per_neuron) {
-                                eta_sums[jj] += d_eta;
-                            } else {
-                                eta_total += d_eta;
-                            }
+                            let e = trace[cur + eo + idx];
+                            let ge_next = trace_grad[eo + idx];
+                            let m = clip_pass(h + r * e);
+                            g = m * g_next + alpha_ij * pre * ga_j;
+                            ge = m * r * g_next + rule_d_trace(e, post, rate_e) * ge_next;
+                            row_sums[k] += (w_ij + alpha_ij * h) * ga_j + ge_next * rate_e * post;
+                            trace_grad[eo + idx] = ge;
                         } else {
-                            var h_prev: f32;
-                            if (REVERSE) {
-                                h_prev = rule_inverse(h, pre2, post2, r2);
-                                trace[cur + idx] = h_prev;
-                            } else {
-                                h_prev = trace[prev + idx];
-                            }
-                            let m2 = clip_pass(rule_update(h_prev, pre2, post2, r2));
-                            col_sums[c] += m2 * g * rule_d_post(h_prev, pre2, post2, r2);
-                            let d_rate = m2 * g * rule_d_rate(h_prev, pre2, post2);
+                            let m = clip_pass(rule_update(h, pre, post, r));
+                            g = m * rule_d_trace(h, post, r) * g_next + alpha_ij * pre * ga_j;
+                            row_sums[k] += (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
+                        }
+                        trace_grad[idx] = g;
+                        if (has_prev2) {
+                            let pre2 = pres2[k];
+                            let post2 = activations[x_prev + b * n + j];
+                            var r2 = rate_fixed;
                             if (RATE >= 2u) {
-                                rate_sums[c] += d_rate;
-                            } else if (eta_per_neuron) {
-                                eta_sums[jj] += d_rate;
+                                r2 = plastic_rate(b, j, step - 1u, n, p.batch, eta_offset, mod_offset);
+                            }
+                            let c = k * TILE + jj;
+                            if (RETROACTIVE) {
+                                let h_prev = trace[prev + idx];
+                                let e_prev = trace[prev + eo + idx];
+                                let m2 = clip_pass(h_prev + r2 * e_prev);
+                                col_sums[c] += ge * rule_d_post(e_prev, pre2, post2, rate_e);
+                                rate_sums[c] += m2 * g * e_prev;
+                                let d_eta = ge * rule_d_rate(e_prev, pre2, post2);
+                                if (eta_per_neuron) {
+                                    eta_sums[jj] += d_eta;
+                                } else {
+                                    eta_total += d_eta;
+                                }
                             } else {
-                                eta_total += d_rate;
+                                var h_prev: f32;
+                                if (REVERSE) {
+                                    h_prev = rule_inverse(h, pre2, post2, r2);
+                                    trace[cur + idx] = h_prev;
+                                } else {
+                                    h_prev = trace[prev + idx];
+                                }
+                                let m2 = clip_pass(rule_update(h_prev, pre2, post2, r2));
+                                col_sums[c] += m2 * g * rule_d_post(h_prev, pre2, post2, r2);
+                                let d_rate = m2 * g * rule_d_rate(h_prev, pre2, post2);
+                                if (RATE >= 2u) {
+                                    rate_sums[c] += d_rate;
+                                } else if (eta_per_neuron) {
+                                    eta_sums[jj] += d_rate;
+                                } else {
+                                    eta_total += d_rate;
+                                }
                             }
                         }
                     }
@@ -364,8 +382,10 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                     }
                 }
             }
-            for (var k = 0u; k < chunk; k++) {
-                partials[((b0 + k * groups) * p.n_tiles + tile_j) * n + i] = row_sums[k];
+            for (var k = 0u; k < slots; k++) {
+                if (k < chunk) {
+                    partials[((b0 + k * groups) * p.n_tiles + tile_j) * n + i] = row_sums[k];
+                }
             }
         }
         for (var k = 0u; k < chunk; k++) {

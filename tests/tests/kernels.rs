@@ -484,7 +484,7 @@ fn backward_trace_matches_cpu_twin() {
                     let out = run_rule_kernel(
                         backward_trace::kernel_name(vec4),
                         &spec,
-                        &backward_trace::constants(vec4, reverse, batch, groups),
+                        &backward_trace::constants(reverse, batch, groups),
                         &p,
                         &[
                             bytes(&params),

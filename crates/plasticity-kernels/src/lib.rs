@@ -515,7 +515,7 @@ pub mod backward_trace {
     /// Batch elements one invocation handles per pass over its block (the shader's CHUNK).
     pub const CHUNK: u32 = 4;
 
-    /// Override constant of backward_trace_vec4: batch elements per pass, [`batch_slots`]. Its
+    /// Override constant of both widths: batch elements per pass, [`batch_slots`]. Its
     /// default, CHUNK, is right for any batch.
     pub const BATCH_SLOTS: &str = "BATCH_SLOTS";
 
@@ -526,12 +526,8 @@ pub mod backward_trace {
     }
 
     /// The override constants, beyond the rule's, of the kernel that runs a backward step.
-    pub fn constants(vec4: bool, reverse: bool, batch: u32, groups: u32) -> Vec<(&'static str, f64)> {
-        let mut c = vec![(REVERSE, reverse as u32 as f64)];
-        if vec4 {
-            c.push((BATCH_SLOTS, batch_slots(batch, groups) as f64));
-        }
-        c
+    pub fn constants(reverse: bool, batch: u32, groups: u32) -> Vec<(&'static str, f64)> {
+        vec![(REVERSE, reverse as u32 as f64), (BATCH_SLOTS, batch_slots(batch, groups) as f64)]
     }
 
     /// One invocation per TRACE_TILE x TRACE_TILE block and batch group.

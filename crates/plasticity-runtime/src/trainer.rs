@@ -735,7 +735,7 @@ fn record_backward(
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
-    let trace_constants = backward_trace::constants(bwd.vec4, reverse, shape.batch, bwd.partials_layout.groups);
+    let trace_constants = backward_trace::constants(reverse, shape.batch, bwd.partials_layout.groups);
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,
