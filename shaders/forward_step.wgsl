@@ -39,6 +39,10 @@
 // partial_sums (S, B, N); forward_finish.wgsl then forms x(t). Each trace element still has one owner.
 
 const BATCH_TILE: u32 = 4u;
+// Batch elements the tile loops run to, min(B, BATCH_TILE), set by the runtime
+// (forward_step::batch_slots): loops to a constant unroll, and the arrays indexed by k stay registers
+// (bounded by the tile's own size, they were scratch memory on lavapipe).
+override BATCH_SLOTS: u32 = 4u;
 // tanh(15) == 1 in f32; clamping keeps exp-based tanh implementations from overflowing to inf/inf.
 const TANH_CLAMP: f32 = 15.0;
 
@@ -139,6 +143,7 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let tile = min(BATCH_TILE, p.batch - b0);
+    let slots = min(BATCH_SLOTS, BATCH_TILE);
     let row = p.batch * n;               // one (B, N) row of activations or inputs
     let x_prev = (p.step - 1u) * row;    // x(t-1)
     let update = p.step >= 2u;
@@ -154,12 +159,12 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     var post: array<f32, BATCH_TILE>;    // x_j(t-1)
     var rate: array<f32, BATCH_TILE>;    // rate_bj(t-1)
     let rate_e = eligibility_rate(j, p.eta_offset);
-    for (var k = 0u; k < tile; k++) {
+    for (var k = 0u; k < slots; k++) {
         let b = b0 + k;
-        if (!split) {
+        if (k < tile && !split) {
             acc[k] = activations[p.step * row + b * n + j]; // u_j(t)
         }
-        if (update) {
+        if (k < tile && update) {
             post[k] = activations[x_prev + b * n + j];
             rate[k] = plastic_rate(b, j, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
         }
@@ -167,38 +172,40 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = i_begin; i < i_end; i++) {
         let w_ij = params[w_offset + i * n + j];
         let alpha_ij = alpha_eff(i, j, n, alpha_offset);
-        for (var k = 0u; k < tile; k++) {
-            let b = b0 + k;
-            let h_index = (b * n + i) * n + j;
-            var h = trace[h_index];
-            if (update) {
-                // x_i(t-2) lives one row below x(t-1).
-                let pre = activations[x_prev - row + b * n + i];
-                if (RETROACTIVE) {
-                    let e = trace[elig_offset + h_index];
-                    h = clip_trace(h + rate[k] * e);
-                    trace[elig_offset + h_index] = rule_update(e, pre, post[k], rate_e);
-                } else {
-                    h = clip_trace(rule_update(h, pre, post[k], rate[k]));
+        for (var k = 0u; k < slots; k++) {
+            if (k < tile) {
+                let b = b0 + k;
+                let h_index = (b * n + i) * n + j;
+                var h = trace[h_index];
+                if (update) {
+                    // x_i(t-2) lives one row below x(t-1).
+                    let pre = activations[x_prev - row + b * n + i];
+                    if (RETROACTIVE) {
+                        let e = trace[elig_offset + h_index];
+                        h = clip_trace(h + rate[k] * e);
+                        trace[elig_offset + h_index] = rule_update(e, pre, post[k], rate_e);
+                    } else {
+                        h = clip_trace(rule_update(h, pre, post[k], rate[k]));
+                    }
+                    trace[h_index] = h;
                 }
-                trace[h_index] = h;
+                acc[k] += (w_ij + alpha_ij * h) * activations[x_prev + b * n + i];
             }
-            acc[k] += (w_ij + alpha_ij * h) * activations[x_prev + b * n + i];
         }
     }
-    for (var k = 0u; k < tile; k++) {
+    for (var k = 0u; k < slots; k++) {
         let b = b0 + k;
-        if (split) {
+        if (k < tile && split) {
             partial_sums[(gid.z * p.batch + b) * n + j] = acc[k];
-            continue;
-        }
-        let out = p.step * row + b * n + j;
-        var held = false;
-        if (p.clamp_words != 0u) {
-            held = ((clamp_mask[((p.step - 1u) * p.batch + b) * p.clamp_words + j / 32u] >> (j % 32u)) & 1u) != 0u;
-        }
-        if (!held) {
-            activations[out] = tanh(clamp(acc[k], -TANH_CLAMP, TANH_CLAMP));
+        } else if (k < tile) {
+            let out = p.step * row + b * n + j;
+            var held = false;
+            if (p.clamp_words != 0u) {
+                held = ((clamp_mask[((p.step - 1u) * p.batch + b) * p.clamp_words + j / 32u] >> (j % 32u)) & 1u) != 0u;
+            }
+            if (!held) {
+                activations[out] = tanh(clamp(acc[k], -TANH_CLAMP, TANH_CLAMP));
+            }
         }
     }
 }

@@ -137,7 +137,7 @@ impl ForwardStepInputs {
             buffers.push(bytes(&self.params));
         }
         let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4, workgroup_size);
-        let constants = forward_step::constants(vec4, self.p.batch, workgroup_size);
+        let constants = forward_step::constants(self.p.batch, workgroup_size);
         let mut out = run_rule_kernel(forward_step::kernel_name(vec4), spec, &constants, &self.p, &buffers, grid);
         out.truncate(6);
         out

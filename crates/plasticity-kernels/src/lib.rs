@@ -304,7 +304,7 @@ pub mod forward_step {
         [div_ceil(columns, workgroup_size.max(1)), div_ceil(batch, BATCH_TILE), splits.max(1)]
     }
 
-    /// Override constant of forward_step_vec4: how many batch elements its unrolled tile loops take,
+    /// Override constant of both widths: how many batch elements their unrolled tile loops take,
     /// [`batch_slots`]. Its default, BATCH_TILE, is right for any batch.
     pub const BATCH_SLOTS: &str = "BATCH_SLOTS";
 
@@ -316,12 +316,8 @@ pub mod forward_step {
 
     /// The override constants, beyond the rule's, of the kernel that runs a step of batch B in
     /// workgroups of `workgroup_size`.
-    pub fn constants(vec4: bool, batch: u32, workgroup_size: u32) -> Vec<(&'static str, f64)> {
-        let mut c = vec![(WORKGROUP_SIZE_OVERRIDE, workgroup_size as f64)];
-        if vec4 {
-            c.push((BATCH_SLOTS, batch_slots(batch) as f64));
-        }
-        c
+    pub fn constants(batch: u32, workgroup_size: u32) -> Vec<(&'static str, f64)> {
+        vec![(WORKGROUP_SIZE_OVERRIDE, workgroup_size as f64), (BATCH_SLOTS, batch_slots(batch) as f64)]
     }
 
     /// `(splits, split_len)` for at most `splits` chunks of the sum over N pre-synaptic neurons:

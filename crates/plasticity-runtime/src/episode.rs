@@ -594,7 +594,7 @@ impl ForwardState {
         let spec = self.shape.plasticity();
         let vec4 = self.vec4;
         let step_kernel = forward_step::kernel_name(vec4);
-        let constants = forward_step::constants(vec4, self.shape.batch, self.forward_workgroup);
+        let constants = forward_step::constants(self.shape.batch, self.forward_workgroup);
         let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &constants);
         let step_buffers: [&wgpu::Buffer; 7] =
             [&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums, &net.params];
