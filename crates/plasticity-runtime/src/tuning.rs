@@ -40,7 +40,7 @@ pub struct KernelTuning {
     pub forward_workgroup_size: Option<u32>,
     /// Run the scalar rule kernels (`forward_step`, `backward_trace`, `trace_update`) even where N
     /// allows their vec4 forms. Which is faster depends on the device: the vec4 kernels move 16 bytes
-    /// per access and train 1.3-2.1x faster on lavapipe (README), but hold more registers per
+    /// per access and train about 2.1x faster on lavapipe (README), but hold more registers per
     /// invocation, and on a GPU they have not been measured against the scalar ones yet.
     pub scalar_kernels: bool,
 }
