@@ -128,6 +128,21 @@ impl NetworkConfig {
         }
         Ok(())
     }
+
+    /// The largest N at which this network (its rule, input layer and heads as configured) is valid
+    /// and its flat parameters take at most `bytes`: what one storage binding of that size allows.
+    pub fn largest_neurons_within(&self, bytes: u64) -> u32 {
+        let fits = |neurons: u32| {
+            let config = NetworkConfig { neurons, ..self.clone() };
+            // validate first: it refuses, in u64, the sizes whose layout would wrap u32.
+            config.validate().is_ok() && ParamLayout::of(&config).count as u64 * 4 <= bytes
+        };
+        let mut neurons = ((bytes / 8) as f64).sqrt().min(u32::MAX as f64 - 1.0) as u32 + 1;
+        while neurons > 1 && !fits(neurons) {
+            neurons -= 1;
+        }
+        neurons
+    }
 }
 
 /// Where each tensor sits in the flat parameter (and gradient) buffer, in f32 elements.
@@ -350,14 +365,9 @@ impl HostParameters {
 
 /// The flat parameters must fit one storage binding: w and alpha are N * N floats each.
 fn check_parameter_size(ctx: &GpuContext, config: &NetworkConfig) -> Result<()> {
-    let bytes_at = |neurons: u32| ParamLayout::of(&NetworkConfig { neurons, ..config.clone() }).count as u64 * 4;
-    buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", bytes_at(config.neurons), |limit| {
-        // The largest N whose whole layout (eta, modulator, input layer and heads too) fits.
-        let mut most = (((limit / 8) as f64).sqrt() as u32).min(config.neurons);
-        while most > 1 && bytes_at(most) > limit {
-            most -= 1;
-        }
-        format!("use at most {most} neurons")
+    let bytes = ParamLayout::of(config).count as u64 * 4;
+    buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", bytes, |limit| {
+        format!("use at most {} neurons", config.largest_neurons_within(limit))
     })
 }
 
@@ -373,8 +383,7 @@ impl Network {
         // Refused before the host draws N * N initial weights it could not upload (or even allocate).
         config.validate()?;
         check_parameter_size(ctx, config)?;
-        let host = HostParameters::init(config)?;
-        Self::from_parameters(ctx, config, &host)
+        Self::upload(ctx, config, &HostParameters::init(config)?)
     }
 
     pub fn from_parameters(ctx: &GpuContext, config: &NetworkConfig, host: &HostParameters) -> Result<Self> {
@@ -390,8 +399,13 @@ impl Network {
             return Err(invalid("parameters", "the non-plastic baseline needs alpha = 0 everywhere"));
         }
         check_parameter_size(ctx, config)?;
+        Self::upload(ctx, config, host)
+    }
+
+    /// `host`, already checked against `config` and the device, into a new parameter buffer.
+    fn upload(ctx: &GpuContext, config: &NetworkConfig, host: &HostParameters) -> Result<Self> {
         let params = buffers::storage_from(ctx, "parameters", &host.values)?;
-        Ok(Self { config: config.clone(), layout, params })
+        Ok(Self { config: config.clone(), layout: host.layout, params })
     }
 
     pub fn read_parameters(&self, ctx: &GpuContext) -> Result<HostParameters> {

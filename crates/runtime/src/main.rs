@@ -64,14 +64,7 @@ fn info() -> anyhow::Result<()> {
     let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     // The flat parameters (w and alpha: 2 N^2 floats, and their gradient and Adam's moments beside
     // them) bound N; the trace (B, N, N) bounds the batch; the activation history (T + 1, B, N) is next.
-    let params_fit = |n: u64| {
-        let config = plasticity_runtime::NetworkConfig { neurons: n as u32, ..Default::default() };
-        config.validate().is_ok() && plasticity_runtime::network::ParamLayout::of(&config).count as u64 * 4 <= binding
-    };
-    let mut largest = ((binding / 8) as f64).sqrt() as u64 + 1;
-    while largest > 1 && !params_fit(largest) {
-        largest -= 1;
-    }
+    let largest = plasticity_runtime::NetworkConfig::default().largest_neurons_within(binding) as u64;
     println!("largest network: N = {largest} (the paper's: w and alpha, 2 N^2 floats, fill one binding)");
     println!("largest batch for the trace (B, N, N) to fit one binding:");
     for n in [256u64, 1000, 2048, 4096] {
