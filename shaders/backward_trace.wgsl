@@ -3,8 +3,8 @@
 // forward_step.wgsl (pre = x_i(t-1), post = x_j(t), r = rate_bj(t), m = clip'(U_r(H(t))): 1 inside
 // (-CLIP, CLIP), else 0):
 //
-//   dw_ij     += sum_b ga_j(t) x_i(t-1)
 //   dalpha_ij += sum_b ga_j(t) H_ij(t) x_i(t-1)                  (summed per alpha element later)
+//   (dw_ij += sum_b ga_j(t) x_i(t-1) needs no trace: weight_gradient.wgsl forms it per window of steps)
 //   G_ij(t)    = m dU/dH G_ij(t+1) + alpha_eff_ij x_i(t-1) ga_j(t)
 //   rows, for gx_i(t-1):  sum_j (w_ij + alpha_eff_ij H_ij(t)) ga_j(t) + m G_ij(t+1) r x_j(t)   (dU/dpre = r post)
 //   then, with step t-1's update (pre' = x_i(t-2), post' = x_j(t-1), r' = rate_bj(t-1), m' its clip mask):
@@ -37,23 +37,22 @@
 // LANES * TILE columns, invocation l taking columns l, l + L, l + 2L, ... (L = LANES, or fewer in the
 // last, narrower group), so at each step of the walk neighbouring invocations touch neighbouring
 // elements and every access is coalesced. There are still exactly ceil(N / TILE) invocations per row
-// of blocks, and the row partial an invocation writes is slot tile_j = its index along x. w, alpha,
-// dw and dalpha are touched once per CHUNK batch elements, the trace and its gradient once per batch
+// of blocks, and the row partial an invocation writes is slot tile_j = its index along x. w, alpha
+// and dalpha are touched once per CHUNK batch elements, the trace and its gradient once per batch
 // element.
-// Traffic per step (f32): (2 + 4 + 4*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed), plus
+// Traffic per step (f32): (2 + 2 + 4*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed), plus
 // O(B*N*N/TILE) for partials.
 //
 // Batch groups (groups = Z > 1, for GPUs, where ceil(N / TILE)^2 invocations are far too few): the
 // grid's third dimension z takes the batch elements z, z + Z, z + 2Z, ..., so Z invocations share a
-// block. Each group then accumulates its own dw and dalpha, over the whole sweep, in
-// partials at group_grad_offset, (2, Z, N, N): dw of every group, then dalpha of every group, and
-// its own eta sums; finish_gradients adds the groups up. With Z = 1, dw and dalpha go straight to
-// `grads` (dalpha to the alpha accumulator when alpha is not per connection).
+// block. Each group then accumulates its own dalpha, over the whole sweep, in partials at
+// group_grad_offset, (Z, N, N), and its own eta sums; finish_gradients adds the groups up. With
+// Z = 1, dalpha goes straight to `grads` (to the alpha accumulator when alpha is not per connection).
 
 const TILE: u32 = 16u;
 // Invocations of one column group (a warp on most GPUs).
 const LANES: u32 = 32u;
-// Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
+// Batch elements handled per pass over the block: dalpha is read and written once per chunk.
 const CHUNK: u32 = 4u;
 // Batch elements per pass, min(CHUNK, ceil(B / Z)), set by the runtime (backward_trace::batch_slots):
 // the loops over a pass run to it, so that they unroll and the arrays indexed by k are registers.
@@ -86,7 +85,7 @@ struct BackwardTraceParams {
     eta_partials_offset: u32, // (Z, n_tiles, N) eta sums per group, tile of i and post neuron j, accumulated over the sweep
     preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
     groups: u32,              // Z batch groups (0 or 1: one)
-    group_grad_offset: u32,   // (2, Z, N, N) dw then dalpha per group in `partials` when Z > 1
+    group_grad_offset: u32,   // (Z, N, N) dalpha per group in `partials` when Z > 1
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -242,8 +241,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let step = p.step;
     let grouped = groups > 1u;
     let nn = n * n;
-    let dw_base = select(w_offset, p.group_grad_offset + z * nn, grouped);
-    let dalpha_base = p.group_grad_offset + (groups + z) * nn;
+    let dalpha_base = p.group_grad_offset + z * nn;
     // (Z, n_tiles, N): this group's eta sums.
     let eta_base = p.eta_partials_offset + z * p.n_tiles * n;
     // A fixed rate (RATE 0: one eta) is read once; per-neuron rates once per column; modulated
@@ -292,7 +290,6 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                 if (RATE == 1u) {
                     rate_fixed = params[eta_offset + j];
                 }
-                var d_w = 0.0;
                 var d_alpha = 0.0;
                 for (var k = 0u; k < slots; k++) {
                     if (k < chunk) {
@@ -307,7 +304,6 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                         if (RATE >= 2u) {
                             r = plastic_rate(b, j, step, n, p.batch, eta_offset, mod_offset);
                         }
-                        d_w += ga_j * pre;
                         d_alpha += ga_j * h * pre;
                         var g = 0.0;
                         var ge = 0.0;
@@ -366,11 +362,6 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                             }
                         }
                     }
-                }
-                if (grouped) {
-                    partials[dw_base + i * n + j] += d_w;
-                } else {
-                    grads[dw_base + i * n + j] += d_w;
                 }
                 if (PLASTIC_SELF || i != j) {
                     if (grouped) {

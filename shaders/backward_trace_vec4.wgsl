@@ -1,9 +1,9 @@
 // backward_trace_vec4: backward_trace.wgsl for N a multiple of 4, every buffer seen as vec4 and
-// every trace, trace-gradient, w, alpha and dw/dalpha access a whole quad.
+// every trace, trace-gradient, w, alpha and dalpha access a whole quad.
 //
 // The same backward step, parameters and CPU twin (cpu::backward_trace with quad columns) as
 // backward_trace.wgsl, which gives the math: with ga(t), G(t+1) and H(t) resident,
-//   dw_ij += sum_b ga_j x_i(t-1),  dalpha_ij += sum_b ga_j H_ij(t) x_i(t-1),
+//   dalpha_ij += sum_b ga_j H_ij(t) x_i(t-1)  (dw: weight_gradient_vec4.wgsl, per window of steps),
 //   G_ij(t) = m dU/dH G_ij(t+1) + alpha_eff_ij x_i(t-1) ga_j,  and the row, column and rate sums
 //   for gx(t-1) and drate(t-1), H(t-1) recovered by inversion (REVERSE) or read from its slot.
 // One invocation owns TILE rows and TILE columns of (i, j), as there, but its columns are four quads
@@ -19,7 +19,7 @@
 // Bindings are backward_trace's, every one seen as vec4: the history, the trace slots and their
 // gradient (every row of N floats is a whole number of quads, and the slot offsets are multiples of
 // 4), and the parameters, their gradient and the partial sums, whose quads this kernel reads and
-// accumulates (w, alpha, dw, dalpha, ga, the column and per-neuron eta sums: offsets that are
+// accumulates (w, alpha, dalpha, ga, the column and per-neuron eta sums: offsets that are
 // multiples of 4, see PartialsLayout) or touches one float at a time (row and rate sums, one eta).
 // The runtime uses this kernel whenever N % 4 == 0 and backward_trace.wgsl otherwise.
 
@@ -28,7 +28,7 @@ const TILE: u32 = 16u;
 const TILE_QUADS: u32 = 4u;
 // Invocations of one column group (a warp on most GPUs).
 const LANES: u32 = 32u;
-// Batch elements handled per pass over the block: dw and dalpha are read and written once per chunk.
+// Batch elements handled per pass over the block: dalpha is read and written once per chunk.
 const CHUNK: u32 = 4u;
 // Batch elements per pass, min(CHUNK, ceil(B / Z)), set by the runtime (backward_trace::batch_slots):
 // unrolled iterations that skip every element still cost lavapipe its per-lane loops.
@@ -61,7 +61,7 @@ struct BackwardTraceParams {
     eta_partials_offset: u32, // (Z, n_tiles, N) eta sums per group, tile of i and post neuron j, accumulated over the sweep
     preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
     groups: u32,              // Z batch groups (0 or 1: one)
-    group_grad_offset: u32,   // (2, Z, N, N) dw then dalpha per group in `partials` when Z > 1
+    group_grad_offset: u32,   // (Z, N, N) dalpha per group in `partials` when Z > 1
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -283,8 +283,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let step = p.step;
     let grouped = groups > 1u;
     let nn = n * n;
-    let dw_base = select(w_offset, p.group_grad_offset + z * nn, grouped);
-    let dalpha_base = p.group_grad_offset + (groups + z) * nn;
+    let dalpha_base = p.group_grad_offset + z * nn;
     // (Z, n_tiles, N): this group's eta sums.
     let eta_base = p.eta_partials_offset + z * p.n_tiles * n;
     let eta0 = vec4(param(eta_offset));
@@ -304,9 +303,9 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         var rate_sums: array<vec4<f32>, 16>;   // (CHUNK, TILE_QUADS)
         // Rows come four at a time (i0 and the block's end are multiples of 4): x_i(t-1) and x_i(t-2)
         // of four rows are one load each, and every column quad's x_j, ga_j and rates, loaded once,
-        // serve four rows. Per element that leaves H, G in and out (4) plus w, alpha, dw and dalpha
-        // (6 per CHUNK elements) and x_j, ga_j, x_j(t-1) (3 per four rows). The rows themselves are
-        // then taken one at a time, each row's w, alpha, dw and dalpha read and written before the
+        // serve four rows. Per element that leaves H, G in and out (4) plus w, alpha and dalpha
+        // (4 per CHUNK elements) and x_j, ga_j, x_j(t-1) (3 per four rows). The rows themselves are
+        // then taken one at a time, each row's w, alpha and dalpha read and written before the
         // next: holding four rows' of them at once made N = 1000, B = 1 about 1.4x slower on lavapipe.
         for (var i4 = i0 / 4u; i4 < i_end / 4u; i4++) {
             var pre_quads: array<vec4<f32>, CHUNK>;   // x_i(t-1), i = 4 i4 .. 4 i4 + 3
@@ -365,7 +364,6 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                         let i = 4u * i4 + c;
                         let w_ij = param_quad(w_offset + i * n + j0);
                         let alpha_ij = alpha_quad(i, j0, n, alpha_offset);
-                        var d_w = vec4(0.0);
                         var d_alpha = vec4(0.0);
                         for (var k = 0u; k < slots; k++) {
                             if (k < chunk) {
@@ -382,7 +380,6 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                 }
                                 let h = trace[cur + idx];
                                 let g_next = trace_grad[idx];
-                                d_w += ga_j * pre;
                                 d_alpha += ga_j * h * pre;
                                 var g: vec4<f32>;
                                 var ge = vec4(0.0);
@@ -438,11 +435,6 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                     }
                                 }
                             }
-                        }
-                        if (grouped) {
-                            add_to_partials(dw_base + i * n + j0, d_w);
-                        } else {
-                            add_to_grads(dw_base + i * n + j0, d_w);
                         }
                         // alpha_ij is 0 where a self-connection is not plastic, and so is its gradient.
                         var d_alpha_eff = d_alpha;

@@ -1,14 +1,13 @@
 // finish_gradients: closes the backward sweep.
 //
-// Four reductions of partial sums into the flat gradient, one per job (dst, len, rows, src):
+// Three reductions of partial sums into the flat gradient, one per job (dst, len, rows, src):
 //
 //   grads[dst + k] += sum_{r < rows} partials[src + r * len + k]        for k < len
 //
 //   eta:       backward_trace's (n_tiles, N) eta sums: len N (eta per neuron) or 1 (one eta, rows = n_tiles * N)
-//   alpha:     the (N, N) dalpha accumulator when alpha is per neuron (len N, rows N) or one scalar (len 1)
+//   alpha:     the (N, N) dalpha accumulator when alpha is per neuron (len N, rows N) or one scalar (len 1);
+//              with Z > 1 batch groups in backward_trace, their (Z, N, N) dalpha, whatever alpha's shape
 //   modulator: modulation_backward's (B, mod_len) rows (len mod_len, rows B)
-//   w:         with Z > 1 batch groups in backward_trace, their (Z, N, N) dw (len N * N, rows Z);
-//              dalpha's (Z, N, N) is then the alpha job's source, whatever alpha's shape
 //
 // then zeroes the gradient of parameters held fixed (alpha for the non-plastic baseline, a fixed eta),
 // and writes metrics[METRIC_GRAD_NORM_SQ] = sum_k grads[k]^2, which adam_update reads for clipping.
@@ -38,10 +37,6 @@ struct FinishGradientsParams {
     mod_len: u32,
     mod_rows: u32,
     mod_src: u32,
-    w_dst: u32,
-    w_len: u32,
-    w_rows: u32,
-    w_src: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -96,7 +91,6 @@ fn finish_gradients(@builtin(local_invocation_index) lane: u32) {
     reduce_job(lane, p.eta_dst, p.eta_len, p.eta_rows, p.eta_src);
     reduce_job(lane, p.alpha_dst, p.alpha_len, p.alpha_rows, p.alpha_src);
     reduce_job(lane, p.mod_dst, p.mod_len, p.mod_rows, p.mod_src);
-    reduce_job(lane, p.w_dst, p.w_len, p.w_rows, p.w_src);
     storageBarrier();
     workgroupBarrier();
 

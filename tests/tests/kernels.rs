@@ -18,6 +18,7 @@ use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
 use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
 use plasticity_kernels::stream_triad::{self, StreamTriadParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
+use plasticity_kernels::weight_gradient::{self, WeightGradientParams};
 use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, cpu, metrics, trace_tiles};
 use plasticity_runtime::ParamLayout;
 use plasticity_tests::*;
@@ -385,7 +386,7 @@ fn backward_activation_matches_cpu_twin() {
                 let mut r = rng(7 + 100 * n as u64 + batch as u64);
                 let spec = if modulated { Plasticity { modulation: Modulation::Simple, ..Plasticity::PAPER } } else { Plasticity::PAPER };
                 let (layout, params) = random_rule_params(n as u64, n, &spec);
-                let pl = PartialsLayout::new(n, batch, &spec, 1).with_heads(n, batch, 2);
+                let pl = PartialsLayout::new(n, batch, &spec, 1, 1).with_heads(n, batch, 2);
                 let activations = uniform(&mut r, (steps as usize + 1) * row, 1.0);
                 let targets = uniform(&mut r, 2 * row, 1.0);
                 // Row and column sums, dz_b and the heads' loss gradient are inputs; ga(t) must be
@@ -446,7 +447,8 @@ fn backward_trace_matches_cpu_twin() {
                     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
                     let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 7 * groups as u64);
                     let (layout, params) = random_rule_params(n as u64 + 5, n, &spec);
-                    let pl = PartialsLayout::new(n, batch, &spec, groups);
+                    // A ring of three ga rows: step t reads the one in slot t - 1.
+                    let pl = PartialsLayout::new(n, batch, &spec, groups, 3);
                     let activations = uniform(&mut r, (steps + 1) * row, 1.0);
                     let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
                     let reverse = spec.reversible();
@@ -476,7 +478,7 @@ fn backward_trace_matches_cpu_twin() {
                         alpha_grad_offset: pl.alpha,
                         rate_partials_offset: pl.rate,
                         eta_partials_offset: pl.eta,
-                        preact_offset: pl.preact,
+                        preact_offset: pl.ga_of_step(n, batch, step),
                         groups,
                         group_grad_offset: pl.group_grads,
                         ..Default::default()
@@ -535,6 +537,48 @@ fn backward_trace_matches_cpu_twin() {
     assert_eq!(vec4_cases, 3 * 5 * (4 + 5 * 2), "backward_trace_vec4 ran at every size that is a multiple of 4");
 }
 
+/// weight_gradient at every size, and weight_gradient_vec4 where N is a multiple of 4 (12: one
+/// block with one column quad in its second half; 68: a last block of one row quad and one column
+/// quad): windows of one step, of five from step 1, and of three further in.
+#[test]
+fn weight_gradient_matches_cpu_twin() {
+    let mut vec4_cases = 0;
+    for n in [1u32, 4, 12, 63, 64, 65, 68, 257] {
+        for batch in [1u32, 3] {
+            for (first_step, steps) in [(1u32, 1u32), (1, 5), (4, 3)] {
+                for vec4 in [false, true] {
+                    if vec4 && n % 4 != 0 {
+                        continue;
+                    }
+                    vec4_cases += vec4 as u32;
+                    let row = (batch * n) as usize;
+                    let mut r = rng(53 + 1000 * n as u64 + 10 * batch as u64 + first_step as u64);
+                    // The history up to x(first_step + steps - 1), one row more than the window reads.
+                    let activations = uniform(&mut r, (first_step + steps) as usize * row, 1.0);
+                    // The window's ga rows behind 12 unrelated floats (PartialsLayout keeps the ring on a
+                    // multiple of 4), and dw behind 8 other parameters with 3 after it.
+                    let (ga_offset, w_offset) = (12u32, 8u32);
+                    let partials = uniform(&mut r, ga_offset as usize + steps as usize * row + 5, 1.0);
+                    let grads = uniform(&mut r, (w_offset + n * n + 3) as usize, 1.0); // accumulated into
+                    let p = WeightGradientParams { n, batch, first_step, steps, ga_offset, w_offset, ..Default::default() };
+                    let kernel = weight_gradient::kernel_name(vec4);
+                    let out =
+                        run_kernel(kernel, &p, &[bytes(&activations), bytes(&partials), bytes(&grads)], weight_gradient::workgroups(n));
+                    let mut g_ref = grads.clone();
+                    cpu::weight_gradient(&p, &activations, &partials, &mut g_ref);
+                    let ctx = format!("{kernel} N={n} B={batch} steps {first_step}..{}", first_step + steps - 1);
+                    // Sums of <= 15 products of magnitude <= 1 in f32 against f64, added to O(1) values.
+                    assert_close(&ctx, &out[2], &to_f64(&g_ref), 1e-5, 1e-5);
+                    let w_end = (w_offset + n * n) as usize;
+                    assert_eq!(out[2][..w_offset as usize], grads[..w_offset as usize], "{ctx}: parameters before w untouched");
+                    assert_eq!(out[2][w_end..], grads[w_end..], "{ctx}: parameters after w untouched");
+                }
+            }
+        }
+    }
+    assert_eq!(vec4_cases, 4 * 2 * 3, "weight_gradient_vec4 ran at every size that is a multiple of 4");
+}
+
 #[test]
 fn modulation_backward_matches_cpu_twin() {
     for n in SIZES {
@@ -542,7 +586,7 @@ fn modulation_backward_matches_cpu_twin() {
             for fan_out in [false, true] {
                 let spec = Plasticity { modulation: if fan_out { Modulation::PerNeuron } else { Modulation::Simple }, ..Plasticity::PAPER };
                 let (layout, params) = random_rule_params(n as u64 + 9, n, &spec);
-                let pl = PartialsLayout::new(n, batch, &spec, 1);
+                let pl = PartialsLayout::new(n, batch, &spec, 1, 1);
                 let mut r = rng(41 + n as u64 + batch as u64);
                 let row = (batch * n) as usize;
                 let activations = uniform(&mut r, 4 * row, 1.0);
@@ -767,7 +811,7 @@ fn loss_mse_matches_cpu_twin() {
 #[test]
 fn finish_gradients_matches_cpu_twin() {
     for n in SIZES {
-        for (case, frozen) in [("eta per neuron, alpha per neuron", false), ("one eta, one alpha, frozen ranges", true)] {
+        for (case, frozen) in [("eta per neuron, three batch groups' dalpha", false), ("one eta, one alpha, frozen ranges", true)] {
             let count = n * n + 2 * n + 1 + 3 * n + 1;
             let mut r = rng(77 + n as u64);
             let (tiles, batch) = (trace_tiles(n), 3u32);
@@ -775,30 +819,29 @@ fn finish_gradients_matches_cpu_twin() {
             let eta_src = 40;
             let alpha_src = eta_src + tiles * n;
             let mod_src = alpha_src + n * n;
-            // Three batch groups' dw (Z, N, N).
-            let (w_src, groups) = (mod_src + batch * (3 * n + 1), 3);
-            let partials = uniform(&mut r, (w_src + groups * n * n) as usize, 1.0);
+            // Three batch groups' dalpha (Z, N, N), for an alpha per connection.
+            let (groups_src, groups) = (mod_src + batch * (3 * n + 1), 3);
+            let partials = uniform(&mut r, (groups_src + groups * n * n) as usize, 1.0);
             let grads = uniform(&mut r, count as usize, 1.0);
             let metrics_buf = nan_filled(metrics::COUNT);
-            // Layout [w (N*N), alpha (N), eta (N), modulator (3N + 1)] or, frozen, scalar alpha and eta.
-            let (alpha_dst, eta_dst, mod_dst) = (n * n, n * n + n, n * n + 2 * n);
+            // Layout [alpha (N*N), w (N), eta (N), modulator (3N + 1)] or, frozen, [w (N*N), alpha, eta, ...]
+            // with one alpha and one eta: the kernel sees only offsets.
+            let (eta_dst, mod_dst) = (n * n + n, n * n + 2 * n);
             let mut p = FinishGradientsParams { param_count: count, ..Default::default() };
             let modulator = Reduction { dst: mod_dst, len: 3 * n + 1, rows: batch, src: mod_src };
             if frozen {
                 p.set_reductions([
                     Reduction { dst: eta_dst, len: 1, rows: tiles * n, src: eta_src },
-                    Reduction { dst: alpha_dst, len: 1, rows: n * n, src: alpha_src },
+                    Reduction { dst: n * n, len: 1, rows: n * n, src: alpha_src },
                     modulator,
-                    Reduction::default(),
                 ]);
                 (p.frozen0_begin, p.frozen0_end) = (0, (n * n / 2).max(1));
                 (p.frozen1_begin, p.frozen1_end) = (eta_dst, eta_dst + 1);
             } else {
                 p.set_reductions([
                     Reduction { dst: eta_dst, len: n, rows: tiles, src: eta_src },
-                    Reduction { dst: alpha_dst, len: n, rows: n, src: alpha_src },
+                    Reduction { dst: 0, len: n * n, rows: groups, src: groups_src },
                     modulator,
-                    Reduction { dst: 0, len: n * n, rows: groups, src: w_src },
                 ]);
             }
             let out = run_kernel("finish_gradients", &p, &[bytes(&partials), bytes(&grads), bytes(&metrics_buf)], [1, 1, 1]);

@@ -39,22 +39,32 @@ fn a_trace_past_the_binding_limit_is_refused_with_the_numbers() {
 fn backward_batch_groups_past_the_binding_limit_are_refused_with_the_fix() {
     use plasticity_runtime::{KernelTuning, Trainer, TrainerConfig};
     let limit = gpu().limits().max_storage_buffer_binding_size.min(gpu().limits().max_buffer_size);
-    // The largest batch whose trace fits, with a batch group per element: their dw and dalpha,
-    // 2 B N^2 floats, are twice that trace and cannot fit.
+    // The largest batch whose trace fits, with a batch group per element: their dalpha, B N^2
+    // floats, is as large as that trace, and with the sweep's other partial sums (2 B N ceil(N/16)
+    // row and column sums alone, far more than the N^2 floats of slack) cannot fit.
     let neurons = 512u32;
     let batch = (limit / (neurons as u64 * neurons as u64 * 4)) as u32;
-    let per_group = 2 * neurons as u64 * neurons as u64 * 4;
     let config = NetworkConfig { neurons, ..Default::default() };
     let wide = gpu_with(KernelTuning { backward_groups: Some(batch), ..Default::default() });
     let mut trainer = Trainer::new(&wide, Network::new(&wide, &config).unwrap(), TrainerConfig::default()).unwrap();
     let err = trainer.train_step(&wide, &constant_episode(neurons, batch, 2)).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, PlasticityError::LimitExceeded { .. }), "{err:?}");
-    assert!(message.contains(&format!("{batch} backward batch groups")), "{message}");
-    assert!(
-        message.contains(&format!("at most {} backward batch groups", limit / per_group)),
-        "the fix names the most that fit: {message}"
-    );
+    assert!(message.contains("backward partial sums"), "{message}");
+    // The fix names a number of groups; that many fit beside the other partial sums, one more does not.
+    let named: u32 = message
+        .split("use at most ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("the fix names the most groups that fit: {message}"));
+    assert!(named >= 1 && named < batch, "{named} of {batch} groups: {message}");
+    let data = constant_episode(neurons, batch, 2);
+    for (groups, fits) in [(named, true), (named + 1, false)] {
+        let ctx = gpu_with(KernelTuning { backward_groups: Some(groups), ..Default::default() });
+        let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+        assert_eq!(trainer.reserve(&ctx, &data).is_ok(), fits, "{groups} backward batch groups at B = {batch}");
+    }
 
     // The device still trains.
     let mut trainer = Trainer::new(gpu(), Network::new(gpu(), &config).unwrap(), TrainerConfig::default()).unwrap();

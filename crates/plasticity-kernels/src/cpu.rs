@@ -19,6 +19,7 @@ use crate::modulation_backward::ModulationBackwardParams;
 use crate::modulation_forward::ModulationForwardParams;
 use crate::stream_triad::StreamTriadParams;
 use crate::trace_update::TraceUpdateParams;
+use crate::weight_gradient::WeightGradientParams;
 use crate::{AlphaShape, EtaShape, Modulation, Plasticity, Rule, TRACE_TILE, is_clamped, metrics};
 
 /// Matches the kernel's clamp before tanh (tanh(15) == 1 in f32).
@@ -277,8 +278,8 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
 /// interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out.
 /// `reverse` is the kernel's REVERSE override constant; `column_width` is 1 for backward_trace and 4
 /// for backward_trace_vec4, whose lanes own quads of columns (the only difference the partial sums
-/// show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dw, dalpha and eta
-/// sums go to its own accumulators in `partials`.
+/// show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dalpha and eta
+/// sums go to its own accumulators in `partials`. dw is not formed here: see [`weight_gradient`].
 #[allow(clippy::too_many_arguments)]
 pub fn backward_trace(
     spec: &Plasticity,
@@ -317,14 +318,13 @@ pub fn backward_trace(
         for j in 0..n {
             let (w_ij, alpha_ij) = (params[w_off + i * n + j], off.alpha_eff(spec, params, i, j));
             let rate_e = off.eligibility_rate(spec, params, j);
-            let (mut d_w, mut d_alpha) = (vec![0.0f64; groups], vec![0.0f64; groups]);
+            let mut d_alpha = vec![0.0f64; groups];
             for b in 0..batch {
                 let z = group_of(b);
                 let idx = (b * n + i) * n + j;
                 let (pre, post, ga_j) = (x(t - 1, b, i), x(t, b, j), partials[p.preact_offset as usize + b * n + j]);
                 let (h, g_next) = (trace[cur + idx], trace_grad[idx]);
                 let r = off.plastic_rate(spec, params, modulation, b, j, t);
-                d_w[z] += ga_j as f64 * pre as f64;
                 d_alpha[z] += ga_j as f64 * h as f64 * pre as f64;
                 let (g, ge);
                 let row_term;
@@ -372,22 +372,19 @@ pub fn backward_trace(
                     }
                 }
             }
-            let alpha_plastic = spec.plastic_self || i != j;
+            // alpha_ij is 0 where a self-connection is not plastic, and so is its gradient.
+            if !(spec.plastic_self || i != j) {
+                continue;
+            }
             if groups > 1 {
                 let (base, nn) = (p.group_grad_offset as usize, n * n);
-                for z in 0..groups {
-                    partials[base + z * nn + i * n + j] += d_w[z] as f32;
-                    if alpha_plastic {
-                        partials[base + (groups + z) * nn + i * n + j] += d_alpha[z] as f32;
-                    }
+                for (z, d) in d_alpha.iter().enumerate() {
+                    partials[base + z * nn + i * n + j] += *d as f32;
                 }
             } else {
-                grads[w_off + i * n + j] += d_w[0] as f32;
-                if alpha_plastic {
-                    match spec.alpha {
-                        AlphaShape::PerConnection => grads[a_off + i * n + j] += d_alpha[0] as f32,
-                        _ => partials[p.alpha_grad_offset as usize + i * n + j] += d_alpha[0] as f32,
-                    }
+                match spec.alpha {
+                    AlphaShape::PerConnection => grads[a_off + i * n + j] += d_alpha[0] as f32,
+                    _ => partials[p.alpha_grad_offset as usize + i * n + j] += d_alpha[0] as f32,
                 }
             }
         }
@@ -460,6 +457,24 @@ pub fn input_projection_backward(p: &InputProjectionBackwardParams, inputs: &[f3
                 })
                 .sum();
             grads[p.w_in_offset as usize + d * n + j] += g as f32;
+        }
+    }
+}
+
+/// Twin of `shaders/weight_gradient.wgsl` and `shaders/weight_gradient_vec4.wgsl`:
+/// dw_ij += sum over the window's steps s and the batch of x_bi(s - 1) ga_bj(s).
+pub fn weight_gradient(p: &WeightGradientParams, activations: &[f32], partials: &[f32], grads: &mut [f32]) {
+    let (n, batch) = (p.n as usize, p.batch as usize);
+    let row = batch * n;
+    for i in 0..n {
+        for j in 0..n {
+            let mut d_w = 0.0f64;
+            for s in 0..p.steps as usize {
+                let x = &activations[(p.first_step as usize + s - 1) * row..][..row];
+                let ga = &partials[p.ga_offset as usize + s * row..][..row];
+                d_w += (0..batch).map(|b| x[b * n + i] as f64 * ga[b * n + j] as f64).sum::<f64>();
+            }
+            grads[p.w_offset as usize + i * n + j] += d_w as f32;
         }
     }
 }

@@ -27,6 +27,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn weight_gradient_windows_cover_every_step_once_in_ring_order() {
+        assert_eq!(weight_gradient::windows(50, 16), vec![(1, 16), (17, 16), (33, 16), (49, 2)]);
+        assert_eq!(weight_gradient::windows(32, 16), vec![(1, 16), (17, 16)]);
+        assert_eq!(weight_gradient::windows(5, 16), vec![(1, 5)]);
+        assert_eq!(weight_gradient::windows(1, 1), vec![(1, 1)]);
+        // A window's steps sit in ring slots 0 .. S - 1.
+        let pl = PartialsLayout::new(8, 3, &Plasticity::PAPER, 1, 16);
+        for (first, steps) in weight_gradient::windows(50, 16) {
+            for k in 0..steps {
+                assert_eq!(pl.ga_of_step(8, 3, first + k), pl.preact + k * 3 * 8, "step {}", first + k);
+            }
+        }
+    }
+
+    #[test]
     fn elementwise_grid_covers_every_element_once_within_limits() {
         for count in [1u32, 255, 256, 257, 65_535 * 256, 65_535 * 256 + 1, 300_000_000] {
             let (grid, stride) = elementwise_grid(count, 256);
@@ -176,8 +191,8 @@ pub struct PartialsLayout {
     /// (N, N) dalpha accumulator; empty when alpha is per connection (it goes straight to the
     /// gradient) or when there are batch groups (they use `group_grads`).
     pub alpha: u32,
-    /// (2, Z, N, N) dw, then dalpha, of each of Z > 1 batch groups of backward_trace, accumulated
-    /// over the sweep; empty for one group.
+    /// (Z, N, N) dalpha of each of Z > 1 batch groups of backward_trace, accumulated over the sweep;
+    /// empty for one group. (dw is not per group: weight_gradient forms it from the ga ring.)
     pub group_grads: u32,
     /// Z, the batch groups of backward_trace.
     pub groups: u32,
@@ -185,17 +200,22 @@ pub struct PartialsLayout {
     pub modulator: u32,
     /// (B) dM (1 - M^2) of the current step; empty unless modulated.
     pub mod_grad: u32,
-    /// (B, N) ga(t), the pre-activation gradient of the current step.
+    /// (K, B, N) ga(s), the pre-activation gradients of the last K steps of the sweep: step s in
+    /// slot (s - 1) mod K, K = `ga_window` (see [`weight_gradient`]). Starts on a multiple of 4.
     pub preact: u32,
+    /// K, the steps of one weight_gradient window.
+    pub ga_window: u32,
     /// (L, B, N) dl/dx at the loss steps through the output heads; empty without heads.
     pub loss_grad: u32,
     pub len: u32,
 }
 
 impl PartialsLayout {
-    /// The layout for `groups` batch groups of backward_trace (1: none).
-    pub fn new(n: u32, batch: u32, spec: &Plasticity, groups: u32) -> Self {
+    /// The layout for `groups` batch groups of backward_trace (1: none) and a ga ring of `ga_window`
+    /// steps (at least 1).
+    pub fn new(n: u32, batch: u32, spec: &Plasticity, groups: u32, ga_window: u32) -> Self {
         let groups = groups.max(1);
+        let ga_window = ga_window.max(1);
         let tiles = trace_tiles(n);
         let per_step = batch * n * tiles;
         let modulated = spec.modulated();
@@ -204,12 +224,17 @@ impl PartialsLayout {
         let eta = rate + if modulated { per_step } else { 0 };
         let alpha = eta + groups * tiles * n;
         let group_grads = alpha + if spec.alpha == AlphaShape::PerConnection || groups > 1 { 0 } else { n * n };
-        let modulator = group_grads + if groups > 1 { 2 * groups * n * n } else { 0 };
+        let modulator = group_grads + if groups > 1 { groups * n * n } else { 0 };
         let mod_grad = modulator + batch * spec.modulator_len(n);
-        // ga(t) starts on a multiple of 4 floats, for backward_trace_vec4's vec4 reads.
+        // ga starts on a multiple of 4 floats, for the vec4 kernels' reads.
         let preact = (mod_grad + if modulated { batch } else { 0 }).next_multiple_of(4);
-        let loss_grad = preact + batch * n;
-        Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, preact, loss_grad, len: loss_grad }
+        let loss_grad = preact + ga_window * batch * n;
+        Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, preact, ga_window, loss_grad, len: loss_grad }
+    }
+
+    /// Offset of ga(s) (B, N), step s (1-based) of the sweep, in the ring.
+    pub fn ga_of_step(&self, n: u32, batch: u32, step: u32) -> u32 {
+        self.preact + (step - 1) % self.ga_window * batch * n
     }
 
     /// Adds the (L, B, N) loss gradient of output heads read at `loss_steps` steps.
@@ -440,7 +465,7 @@ pub mod backward_trace {
         pub preact_offset: u32,
         /// Z batch groups (0 or 1: one group walks the whole batch).
         pub groups: u32,
-        /// Offset of the groups' (2, Z, N, N) dw and dalpha accumulators in `partials` when Z > 1.
+        /// Offset of the groups' (Z, N, N) dalpha accumulators in `partials` when Z > 1.
         pub group_grad_offset: u32,
         pub _pad0: u32,
         pub _pad1: u32,
@@ -533,6 +558,69 @@ pub mod backward_trace {
     }
 }
 
+pub mod weight_gradient {
+    use super::*;
+
+    pub const WORKGROUP_SIZE: u32 = 64;
+
+    /// K: backward steps per window. dw is read and written once per window instead of once per
+    /// backward_trace pass; the ring of ga holds K (B, N) rows whatever the episode's length.
+    pub const WINDOW: u32 = 16;
+
+    /// Rows and columns of the block one invocation owns (both shaders' ROWS and COLS).
+    pub const BLOCK: u32 = 8;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+    pub struct WeightGradientParams {
+        pub n: u32,
+        pub batch: u32,
+        /// s0, 1-based: the window's first step.
+        pub first_step: u32,
+        /// S: the window's steps, s0 .. s0 + S - 1.
+        pub steps: u32,
+        /// Offset of ga(s0) (B, N) in `partials`; ga(s0 + k) follows at + k B N.
+        pub ga_offset: u32,
+        /// Offset of dw (N, N) in `grads`.
+        pub w_offset: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+
+    pub const KERNEL: KernelDescriptor = KernelDescriptor {
+        name: "weight_gradient",
+        source: include_str!("../../../shaders/weight_gradient.wgsl"),
+        bindings: &[params("p"), read("activations"), read("partials"), read_write("grads")],
+        params_struct: "WeightGradientParams",
+        params_layout: layout_of!(WeightGradientParams { n, batch, first_step, steps, ga_offset, w_offset, _pad0, _pad1 }),
+        params_size: core::mem::size_of::<WeightGradientParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+    };
+
+    /// The same kernel with vec4 loads and stores for N a multiple of 4 (see `uses_vec4_kernels`);
+    /// the same bindings, grid and twin (`cpu::weight_gradient`).
+    pub const KERNEL_VEC4: KernelDescriptor =
+        KernelDescriptor { name: "weight_gradient_vec4", source: include_str!("../../../shaders/weight_gradient_vec4.wgsl"), ..KERNEL };
+
+    pub fn kernel_name(vec4: bool) -> &'static str {
+        if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
+    }
+
+    /// The windows of a sweep over `steps` steps, as `(first_step, steps)`: [1, K], [K + 1, 2K], ...,
+    /// the last one ending at `steps`. Step s is in ring slot (s - 1) mod K, so a window's slots are
+    /// 0 .. S - 1 in order.
+    pub fn windows(steps: u32, window: u32) -> Vec<(u32, u32)> {
+        let window = window.max(1);
+        (0..steps.div_ceil(window)).map(|w| (1 + w * window, window.min(steps - w * window))).collect()
+    }
+
+    /// One invocation per BLOCK x BLOCK block of (i, j), neighbouring invocations along j.
+    pub fn workgroups(n: u32) -> [u32; 3] {
+        [div_ceil(div_ceil(n, BLOCK), WORKGROUP_SIZE), div_ceil(n, BLOCK), 1]
+    }
+}
+
 pub mod loss_mse {
     use super::*;
 
@@ -593,28 +681,22 @@ pub mod finish_gradients {
         pub mod_len: u32,
         pub mod_rows: u32,
         pub mod_src: u32,
-        pub w_dst: u32,
-        pub w_len: u32,
-        pub w_rows: u32,
-        pub w_src: u32,
         pub _pad0: u32,
         pub _pad1: u32,
         pub _pad2: u32,
     }
 
     impl FinishGradientsParams {
-        /// The four reductions in the kernel's order: eta, alpha, modulator, w.
-        pub fn reductions(&self) -> [Reduction; 4] {
+        /// The three reductions in the kernel's order: eta, alpha, modulator.
+        pub fn reductions(&self) -> [Reduction; 3] {
             [
                 Reduction { dst: self.eta_dst, len: self.eta_len, rows: self.eta_rows, src: self.eta_src },
                 Reduction { dst: self.alpha_dst, len: self.alpha_len, rows: self.alpha_rows, src: self.alpha_src },
                 Reduction { dst: self.mod_dst, len: self.mod_len, rows: self.mod_rows, src: self.mod_src },
-                Reduction { dst: self.w_dst, len: self.w_len, rows: self.w_rows, src: self.w_src },
             ]
         }
 
-        pub fn set_reductions(&mut self, [eta, alpha, modulator, w]: [Reduction; 4]) {
-            (self.w_dst, self.w_len, self.w_rows, self.w_src) = (w.dst, w.len, w.rows, w.src);
+        pub fn set_reductions(&mut self, [eta, alpha, modulator]: [Reduction; 3]) {
             (self.eta_dst, self.eta_len, self.eta_rows, self.eta_src) = (eta.dst, eta.len, eta.rows, eta.src);
             (self.alpha_dst, self.alpha_len, self.alpha_rows, self.alpha_src) = (alpha.dst, alpha.len, alpha.rows, alpha.src);
             (self.mod_dst, self.mod_len, self.mod_rows, self.mod_src) = (modulator.dst, modulator.len, modulator.rows, modulator.src);
@@ -644,10 +726,6 @@ pub mod finish_gradients {
             mod_len,
             mod_rows,
             mod_src,
-            w_dst,
-            w_len,
-            w_rows,
-            w_src,
             _pad0,
             _pad1,
             _pad2
@@ -1102,6 +1180,8 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     backward_activation::KERNEL,
     backward_trace::KERNEL,
     backward_trace::KERNEL_VEC4,
+    weight_gradient::KERNEL,
+    weight_gradient::KERNEL_VEC4,
     loss_mse::KERNEL,
     finish_gradients::KERNEL,
     modulation_forward::KERNEL,

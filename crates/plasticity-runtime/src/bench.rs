@@ -37,11 +37,14 @@ pub fn forward_step_min_bytes(neurons: u32, batch: u32) -> u64 {
     (2 * nn + 2 * batch as u64 * nn) * 4
 }
 
-/// Bytes one backward step must move at least: w and alpha read, dw and dalpha read and written,
-/// the trace and its gradient each read and written per batch element.
-pub fn backward_step_min_bytes(neurons: u32, batch: u32) -> u64 {
+/// Bytes a backward sweep of `steps` steps must move at least: per step w and alpha read, dalpha
+/// read and written, the trace and its gradient each read and written per batch element; dw read
+/// and written once per window of `weight_gradient::WINDOW` steps (its inputs, x and ga, are
+/// O(B N) per step and not counted).
+pub fn backward_min_bytes(neurons: u32, batch: u32, steps: u32) -> u64 {
     let nn = neurons as u64 * neurons as u64;
-    (6 * nn + 4 * batch as u64 * nn) * 4
+    let windows = steps.div_ceil(plasticity_kernels::weight_gradient::WINDOW) as u64;
+    (steps as u64 * (4 * nn + 4 * batch as u64 * nn) + windows * 2 * nn) * 4
 }
 
 #[derive(Clone, Debug)]
@@ -305,7 +308,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
     // An eligibility trace doubles the per-batch-element traffic, as if the batch were twice as large.
     let trace_copies = if case.plasticity.retroactive { 2 * case.batch } else { case.batch };
     let forward_bytes = forward_step_min_bytes(case.neurons, trace_copies) as f64 * steps;
-    let backward_bytes = backward_step_min_bytes(case.neurons, trace_copies) as f64 * steps;
+    let backward_bytes = backward_min_bytes(case.neurons, trace_copies, case.steps) as f64;
     let gbps = |bytes: f64, seconds: f64| bytes / seconds.max(f64::MIN_POSITIVE) / 1e9;
     // Each round's own shares of its own ceiling, then their medians.
     let shares = |of: &dyn Fn(usize) -> f64| {

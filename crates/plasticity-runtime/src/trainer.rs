@@ -22,6 +22,7 @@ use plasticity_kernels::head_backward::{self, HeadBackwardParams};
 use plasticity_kernels::input_projection_backward::{self, InputProjectionBackwardParams};
 use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
+use plasticity_kernels::weight_gradient::{self, WeightGradientParams};
 use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, trace_tiles};
 
 use crate::buffers::{self, GpuBuffer};
@@ -162,6 +163,8 @@ struct BackwardState {
     modulation_params_slots: ParamSlots,
     input_params_slots: ParamSlots,
     head_params_slots: ParamSlots,
+    /// One weight_gradient window per slot, in the order of `weight_gradient::windows`.
+    weight_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     adam_params_slots: ParamSlots,
 }
@@ -174,12 +177,13 @@ impl BackwardState {
         let tiles = trace_tiles(n);
         let layout = net.layout;
         let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch);
-        // Checked before the u32 layout below is formed: each group holds its own dw and dalpha.
-        let per_group = 2 * n as u64 * n as u64 * 4;
+        // Checked before the u32 layout below is formed: each group holds its own dalpha. (Z <= B, so
+        // a trace that fits mostly means this fits too; the whole partials buffer is checked below.)
+        let per_group = n as u64 * n as u64 * 4;
         if groups > 1 {
             buffers::check_storage(
                 ctx,
-                &format!("the dw and dalpha of {groups} backward batch groups (2, Z, N, N)"),
+                &format!("the dalpha of {groups} backward batch groups (Z, N, N)"),
                 groups as u64 * per_group,
                 |limit| {
                     format!(
@@ -189,7 +193,7 @@ impl BackwardState {
                 },
             )?;
         }
-        let mut pl = PartialsLayout::new(n, batch, spec, groups);
+        let mut pl = PartialsLayout::new(n, batch, spec, groups, weight_gradient::WINDOW.min(shape.steps));
         if !shape.heads.is_empty() {
             pl = pl.with_heads(n, batch, shape.loss_steps.len() as u32);
         }
@@ -230,30 +234,25 @@ impl BackwardState {
             .collect();
         let mut finish = FinishGradientsParams { param_count: layout.count, ..Default::default() };
         let eta_used = !spec.modulated() || spec.retroactive;
-        // Eta sums are (Z, tiles, N); with Z > 1 batch groups, dw and dalpha are (Z, N, N) each.
+        // Eta sums are (Z, tiles, N); with Z > 1 batch groups, dalpha is (Z, N, N).
         let eta_job = match (eta_used, spec.eta) {
             (false, _) => Reduction::default(),
             (true, EtaShape::Scalar) => Reduction { dst: layout.eta_offset, len: 1, rows: groups * tiles * n, src: pl.eta },
             (true, EtaShape::PerNeuron) => Reduction { dst: layout.eta_offset, len: n, rows: groups * tiles, src: pl.eta },
         };
-        let (alpha_src, alpha_rows) = if groups > 1 { (pl.group_grads + groups * n * n, groups) } else { (pl.alpha, 1) };
+        let (alpha_src, alpha_rows) = if groups > 1 { (pl.group_grads, groups) } else { (pl.alpha, 1) };
         let alpha_job = match (spec.alpha, groups > 1) {
             (AlphaShape::PerConnection, false) => Reduction::default(),
             (AlphaShape::PerConnection, true) => Reduction { dst: layout.alpha_offset, len: n * n, rows: alpha_rows, src: alpha_src },
             (AlphaShape::PerNeuron, _) => Reduction { dst: layout.alpha_offset, len: n, rows: alpha_rows * n, src: alpha_src },
             (AlphaShape::Scalar, _) => Reduction { dst: layout.alpha_offset, len: 1, rows: alpha_rows * n * n, src: alpha_src },
         };
-        let w_job = if groups > 1 {
-            Reduction { dst: layout.w_offset, len: n * n, rows: groups, src: pl.group_grads }
-        } else {
-            Reduction::default()
-        };
         let mod_job = if spec.modulated() {
             Reduction { dst: layout.mod_offset, len: spec.modulator_len(n), rows: batch, src: pl.modulator }
         } else {
             Reduction::default()
         };
-        finish.set_reductions([eta_job, alpha_job, mod_job, w_job]);
+        finish.set_reductions([eta_job, alpha_job, mod_job]);
         if !net.config.plastic {
             (finish.frozen0_begin, finish.frozen0_end) = (layout.alpha_offset, layout.eta_offset);
         }
@@ -261,9 +260,14 @@ impl BackwardState {
             (finish.frozen1_begin, finish.frozen1_end) = (layout.eta_offset, layout.mod_offset);
         }
         let partial_bytes = pl.len as u64 * 4;
-        buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |_| {
+        buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |limit| {
             if groups > 1 {
-                "use fewer backward batch groups (KernelTuning::backward_groups, bench --backward-groups) or a smaller batch".into()
+                // Each group has its dalpha (N, N) and eta sums (tiles, N); the rest does not depend on Z.
+                let group_bytes = per_group + tiles as u64 * n as u64 * 4;
+                let fitting = (limit.saturating_sub(partial_bytes - groups as u64 * group_bytes) / group_bytes).max(1);
+                format!(
+                    "use at most {fitting} backward batch groups (KernelTuning::backward_groups, bench --backward-groups) or a smaller batch"
+                )
             } else {
                 "use a smaller batch".into()
             }
@@ -276,7 +280,19 @@ impl BackwardState {
                 step,
                 width: shape.input_width(),
                 w_in_offset: layout.in_offset,
-                preact_offset: pl.preact,
+                preact_offset: pl.ga_of_step(n, batch, step),
+                ..Default::default()
+            })
+            .collect();
+        let weight_params: Vec<WeightGradientParams> = weight_gradient::windows(shape.steps, pl.ga_window)
+            .into_iter()
+            .map(|(first_step, steps)| WeightGradientParams {
+                n,
+                batch,
+                first_step,
+                steps,
+                ga_offset: pl.ga_of_step(n, batch, first_step),
+                w_offset: layout.w_offset,
                 ..Default::default()
             })
             .collect();
@@ -294,6 +310,7 @@ impl BackwardState {
             modulation_params_slots: ParamSlots::new(ctx, "modulation_backward params", &modulation_params)?,
             input_params_slots: ParamSlots::new(ctx, "input_projection_backward params", &input_params)?,
             head_params_slots: ParamSlots::new(ctx, "head_backward params", &head_params)?,
+            weight_params_slots: ParamSlots::new(ctx, "weight_gradient params", &weight_params)?,
             finish_params_slots: ParamSlots::new(ctx, "finish_gradients params", &[finish])?,
             adam_params_slots: ParamSlots::new(ctx, "adam params", &[AdamParams::default()])?,
         })
@@ -316,7 +333,7 @@ impl BackwardState {
                 clamp_words: shape.clamp_words(),
                 mod_offset: layout.mod_offset,
                 mod_grad_offset: if modulated { pl.mod_grad } else { MOD_NONE },
-                preact_offset: pl.preact,
+                preact_offset: pl.ga_of_step(n, batch, step),
                 loss_grad_offset: if shape.heads.is_empty() { LOSS_NONE } else { pl.loss_grad },
                 ..Default::default()
             })
@@ -345,7 +362,7 @@ impl BackwardState {
                     alpha_grad_offset: pl.alpha,
                     rate_partials_offset: pl.rate,
                     eta_partials_offset: pl.eta,
-                    preact_offset: pl.preact,
+                    preact_offset: pl.ga_of_step(n, batch, step),
                     groups: pl.groups,
                     group_grad_offset: pl.group_grads,
                     ..Default::default()
@@ -403,6 +420,7 @@ impl BackwardState {
                 &self.modulation_params_slots,
                 &self.input_params_slots,
                 &self.head_params_slots,
+                &self.weight_params_slots,
                 &self.finish_params_slots,
                 &self.adam_params_slots,
             ]
@@ -753,12 +771,16 @@ fn record_backward(
     });
     let input_group = (shape.input_width() > 0)
         .then(|| bind_group(ctx, "input_projection_backward", &bwd.input_params_slots, &[&fwd.projected_inputs, &bwd.partials, grads]));
+    let weight_kernel = weight_gradient::kernel_name(bwd.vec4);
+    let weight_group = bind_group(ctx, weight_kernel, &bwd.weight_params_slots, &[&fwd.activations, &bwd.partials, grads]);
+    let window = bwd.partials_layout.ga_window;
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
     let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
     let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width());
     // One backward step: the modulator's share of gx(t), then ga(t), the input layer's gradient,
-    // then the trace part.
+    // then the trace part; at the first step of a window of K (steps 1, K + 1, ...; the sweep runs
+    // down, so the window's other steps are done and their ga is in the ring), dw of the window.
     let step = |pass: &mut wgpu::ComputePass<'_>, t: u32| {
         let slot = t as usize - 1;
         if let Some(group) = &modulation_group {
@@ -769,6 +791,17 @@ fn record_backward(
             dispatch(pass, ctx, "input_projection_backward", group, bwd.input_params_slots.offset(slot), input_grid);
         }
         dispatch_pipeline(pass, ctx, trace_kernel, &trace_pipeline, &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
+        if (t - 1).is_multiple_of(window) {
+            let window_slot = ((t - 1) / window) as usize;
+            dispatch(
+                pass,
+                ctx,
+                weight_kernel,
+                &weight_group,
+                bwd.weight_params_slots.offset(window_slot),
+                weight_gradient::workgroups(shape.neurons),
+            );
+        }
     };
     match recovery {
         Recovery::Reverse { .. } => {

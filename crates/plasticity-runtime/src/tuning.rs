@@ -6,7 +6,7 @@
 //! more invocations in flight than that at the paper's sizes (an H200 holds about 270,000 threads,
 //! against 16,000 natural forward invocations at N = 1000, B = 64), so there the forward step's sum
 //! over i is split into chunks (`forward_finish` adds them) and backward_trace runs batch groups side
-//! by side, each with its own dw, dalpha and eta accumulators (`finish_gradients` adds them).
+//! by side, each with its own dalpha and eta accumulators (`finish_gradients` adds them).
 
 use crate::context::AdapterSummary;
 use plasticity_kernels::{div_ceil, forward_step, trace_tiles};
@@ -74,12 +74,13 @@ impl KernelTuning {
     }
 
     /// Batch groups of backward_trace at N neurons and batch B (at most B). On a GPU, enough groups
-    /// for about GPU_BACKWARD_INVOCATIONS invocations: each group re-reads and re-writes its own dw
-    /// and dalpha every step, so past that point more groups add traffic faster than they hide
-    /// latency. Measured on an H200 (benches/results/h200-2026-11-28.md): at N = 1000, B = 64 a
-    /// training episode takes 251, 257, 306 and 389 ms at Z = 17 (this choice), 32, 8 and 64; at
-    /// N = 256, B = 64, 59, 66 and 90 ms at Z = 64 (this choice), 32 and 16. The accumulators,
-    /// 2 Z N^2 floats, stay under about 2^16 * 2 * TILE^2 * 4 bytes = 128 MiB at any N.
+    /// for about GPU_BACKWARD_INVOCATIONS invocations: each group re-reads and re-writes its own
+    /// dalpha every step, so past that point more groups add traffic faster than they hide
+    /// latency. Measured on an H200 (benches/results/h200-2026-11-28.md), when each group also had
+    /// its own dw (not re-measured since): at N = 1000, B = 64 a training episode takes 251, 257, 306
+    /// and 389 ms at Z = 17 (this choice), 32, 8 and 64; at N = 256, B = 64, 59, 66 and 90 ms at
+    /// Z = 64 (this choice), 32 and 16. The accumulators, Z N^2 floats, stay under about
+    /// 2^16 * TILE^2 * 4 bytes = 64 MiB at any N.
     pub fn backward_groups(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> u32 {
         let wanted = self.backward_groups.unwrap_or_else(|| {
             if adapter.is_cpu() {
