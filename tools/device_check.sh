@@ -77,6 +77,8 @@ for nb in "1000 64" "1000 16" "256 64"; do sweep $nb auto auto; sweep $nb auto a
 # The forward step's workgroup size (64 on a GPU was never swept; 8 won on lavapipe).
 for g in 32 128 256; do sweep 1000 64 auto auto --forward-workgroup-size $g; sweep 1000 1 auto auto --forward-workgroup-size $g; done
 sweep 1000 1 auto auto
+# Backward passes of fewer batch elements (fewer registers per invocation, more passes; 4 is the default).
+for k in 1 2; do sweep 1000 64 auto auto --backward-batch-slots $k; done
 } 2>&1 | tee "$out/sweep.txt"
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&

@@ -425,6 +425,91 @@ fn backward_activation_matches_cpu_twin() {
     }
 }
 
+/// One backward_trace step (the vec4 kernel with `vec4`) at `batch_slots` batch elements per pass, against
+/// the twin.
+#[allow(clippy::too_many_arguments)]
+fn check_backward_trace(name: &str, spec: &Plasticity, n: u32, batch: u32, groups: u32, step: u32, vec4: bool, batch_slots: u32) {
+    let spec = *spec;
+    let (steps, tiles) = (3usize, trace_tiles(n) as usize);
+    let (nn, row) = ((n * n) as usize, (batch * n) as usize);
+    let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 7 * groups as u64);
+    let (layout, params) = random_rule_params(n as u64 + 5, n, &spec);
+    // A ring of three ga rows: step t reads the one in slot t - 1.
+    let pl = PartialsLayout::new(n, batch, &spec, groups, 3);
+    let activations = uniform(&mut r, (steps + 1) * row, 1.0);
+    let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
+    let reverse = spec.reversible();
+    // Reversal works in place on one slot; otherwise H(t-1) is in slot 0 and H(t) in slot 1.
+    let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
+    let slots = if reverse { 1 } else { 2 };
+    let trace = uniform(&mut r, slots * slot, 1.0);
+    let trace_grad = uniform(&mut r, slot, 1.0);
+    let grads = uniform(&mut r, layout.count as usize, 1.0); // accumulated into
+    // Row, column (and rate) sums: every element must be written; eta and alpha sums:
+    // accumulated into; ga(t) is an input.
+    let mut partials = uniform(&mut r, pl.len as usize, 1.0);
+    partials[..pl.rate as usize].fill(f32::NAN);
+    partials[pl.rate as usize..pl.eta as usize].fill(f32::NAN);
+    let p = BackwardTraceParams {
+        n,
+        batch,
+        step,
+        n_tiles: tiles as u32,
+        w_offset: layout.w_offset,
+        alpha_offset: layout.alpha_offset,
+        eta_offset: layout.eta_offset,
+        mod_offset: layout.mod_offset,
+        cur_offset: ((slots - 1) * slot) as u32,
+        prev_offset: 0,
+        elig_offset: if spec.retroactive { batch * n * n } else { 0 },
+        alpha_grad_offset: pl.alpha,
+        rate_partials_offset: pl.rate,
+        eta_partials_offset: pl.eta,
+        preact_offset: pl.ga_of_step(n, batch, step),
+        groups,
+        group_grad_offset: pl.group_grads,
+        ..Default::default()
+    };
+    let out = run_rule_kernel(
+        backward_trace::kernel_name(vec4),
+        &spec,
+        &backward_trace::constants(reverse, batch_slots),
+        &p,
+        &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace), bytes(&trace_grad), bytes(&grads), bytes(&partials)],
+        backward_trace::workgroups(n, groups),
+    );
+    let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) = (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
+    cpu::backward_trace(
+        &spec,
+        reverse,
+        backward_trace::column_width(vec4),
+        &p,
+        &params,
+        &activations,
+        &modulation,
+        &mut t_ref,
+        &mut g_ref,
+        &mut gr_ref,
+        &mut p_ref,
+    );
+    let ctx = format!("{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}", backward_trace::kernel_name(vec4));
+    // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
+    // 1 - r >= 0.6, so allow a few ulps.
+    assert_close(&format!("{ctx} trace"), &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
+    assert_close(&format!("{ctx} trace_grad"), &out[4], &to_f64(&g_ref), 1e-6, 1e-6);
+    // Batch sums of <= 5 products, accumulated onto O(1) values.
+    assert_close(&format!("{ctx} grads"), &out[5], &to_f64(&gr_ref), 2e-5, 1e-5);
+    // Tile sums of 16 terms of magnitude <= ~4 in a tree vs f64 (rows, columns, rates);
+    // the eta sums gather 16 * B terms per element, the rest is untouched input.
+    assert_close(&format!("{ctx} partials"), &out[6], &to_f64(&p_ref), 1e-4, 1e-5);
+    if !reverse && step >= 2 {
+        assert_eq!(out[3], trace, "{ctx}: the trace slots are read-only when recomputing");
+    }
+    if groups > 1 {
+        assert_eq!(out[5], grads, "{ctx}: batch groups accumulate in partials, not in grads");
+    }
+}
+
 /// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4: 4 and 8 (one
 /// and two quads), 64, 68 and 260 (65 quads over 17 lanes, the last three with three quads), 532 (a second column group of
 /// 512 columns, two lanes wide).
@@ -443,98 +528,33 @@ fn backward_trace_matches_cpu_twin() {
                         continue;
                     }
                     vec4_cases += vec4 as u32;
-                    let (steps, tiles) = (3usize, trace_tiles(n) as usize);
-                    let (nn, row) = ((n * n) as usize, (batch * n) as usize);
-                    let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 7 * groups as u64);
-                    let (layout, params) = random_rule_params(n as u64 + 5, n, &spec);
-                    // A ring of three ga rows: step t reads the one in slot t - 1.
-                    let pl = PartialsLayout::new(n, batch, &spec, groups, 3);
-                    let activations = uniform(&mut r, (steps + 1) * row, 1.0);
-                    let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
-                    let reverse = spec.reversible();
-                    // Reversal works in place on one slot; otherwise H(t-1) is in slot 0 and H(t) in slot 1.
-                    let slot = if spec.retroactive { 2 * batch as usize * nn } else { batch as usize * nn };
-                    let slots = if reverse { 1 } else { 2 };
-                    let trace = uniform(&mut r, slots * slot, 1.0);
-                    let trace_grad = uniform(&mut r, slot, 1.0);
-                    let grads = uniform(&mut r, layout.count as usize, 1.0); // accumulated into
-                    // Row, column (and rate) sums: every element must be written; eta and alpha sums:
-                    // accumulated into; ga(t) is an input.
-                    let mut partials = uniform(&mut r, pl.len as usize, 1.0);
-                    partials[..pl.rate as usize].fill(f32::NAN);
-                    partials[pl.rate as usize..pl.eta as usize].fill(f32::NAN);
-                    let p = BackwardTraceParams {
-                        n,
-                        batch,
-                        step,
-                        n_tiles: tiles as u32,
-                        w_offset: layout.w_offset,
-                        alpha_offset: layout.alpha_offset,
-                        eta_offset: layout.eta_offset,
-                        mod_offset: layout.mod_offset,
-                        cur_offset: ((slots - 1) * slot) as u32,
-                        prev_offset: 0,
-                        elig_offset: if spec.retroactive { batch * n * n } else { 0 },
-                        alpha_grad_offset: pl.alpha,
-                        rate_partials_offset: pl.rate,
-                        eta_partials_offset: pl.eta,
-                        preact_offset: pl.ga_of_step(n, batch, step),
-                        groups,
-                        group_grad_offset: pl.group_grads,
-                        ..Default::default()
-                    };
-                    let out = run_rule_kernel(
-                        backward_trace::kernel_name(vec4),
-                        &spec,
-                        &backward_trace::constants(reverse, batch, groups),
-                        &p,
-                        &[
-                            bytes(&params),
-                            bytes(&activations),
-                            bytes(&modulation),
-                            bytes(&trace),
-                            bytes(&trace_grad),
-                            bytes(&grads),
-                            bytes(&partials),
-                        ],
-                        backward_trace::workgroups(n, groups),
-                    );
-                    let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) =
-                        (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
-                    cpu::backward_trace(
-                        &spec,
-                        reverse,
-                        backward_trace::column_width(vec4),
-                        &p,
-                        &params,
-                        &activations,
-                        &modulation,
-                        &mut t_ref,
-                        &mut g_ref,
-                        &mut gr_ref,
-                        &mut p_ref,
-                    );
-                    let ctx = format!("{} {name} N={n} B={batch} Z={groups} t={step}", backward_trace::kernel_name(vec4));
-                    // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
-                    // 1 - r >= 0.6, so allow a few ulps.
-                    assert_close(&format!("{ctx} trace"), &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
-                    assert_close(&format!("{ctx} trace_grad"), &out[4], &to_f64(&g_ref), 1e-6, 1e-6);
-                    // Batch sums of <= 5 products, accumulated onto O(1) values.
-                    assert_close(&format!("{ctx} grads"), &out[5], &to_f64(&gr_ref), 2e-5, 1e-5);
-                    // Tile sums of 16 terms of magnitude <= ~4 in a tree vs f64 (rows, columns, rates);
-                    // the eta sums gather 16 * B terms per element, the rest is untouched input.
-                    assert_close(&format!("{ctx} partials"), &out[6], &to_f64(&p_ref), 1e-4, 1e-5);
-                    if !reverse && step >= 2 {
-                        assert_eq!(out[3], trace, "{ctx}: the trace slots are read-only when recomputing");
-                    }
-                    if groups > 1 {
-                        assert_eq!(out[5], grads, "{ctx}: batch groups accumulate in partials, not in grads");
-                    }
+                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, backward_trace::batch_slots(batch, groups));
                 }
             }
         }
     }
     assert_eq!(vec4_cases, 3 * 5 * (4 + 5 * 2), "backward_trace_vec4 ran at every size that is a multiple of 4");
+}
+
+/// Fewer batch elements per pass than the default (KernelTuning::backward_batch_slots): more passes
+/// over each block, the same results.
+#[test]
+fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
+    let specs = rule_specs();
+    // The paper's rule, per-element modulated rates, and the eligibility trace (two traces per element).
+    for (name, spec) in
+        specs.iter().filter(|(name, _)| ["paper", "decay simple modulation"].contains(name) || name.starts_with("retroactive"))
+    {
+        for (n, vec4) in [(64, false), (64, true), (65, false)] {
+            for (batch, groups) in [(5u32, 1u32), (9, 2)] {
+                for slots in 1..backward_trace::CHUNK {
+                    if !vec4 || runs_vec4_kernels(n, spec) {
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// weight_gradient at every size, and weight_gradient_vec4 where N is a multiple of 4 (12: one

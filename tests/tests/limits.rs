@@ -119,6 +119,25 @@ fn a_forward_workgroup_past_the_device_limit_is_refused_with_the_range() {
 }
 
 #[test]
+fn backward_batch_slots_outside_the_range_are_refused_with_it() {
+    use plasticity_runtime::{KernelTuning, Trainer, TrainerConfig};
+    let config = NetworkConfig { neurons: 8, ..Default::default() };
+    let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
+    for slots in [0, chunk + 1] {
+        let ctx = gpu_with(KernelTuning { backward_batch_slots: Some(slots), ..Default::default() });
+        let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+        let err = trainer.train_step(&ctx, &constant_episode(8, 2, 3)).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, PlasticityError::InvalidConfig { .. }), "{err:?}");
+        assert!(message.contains(&format!("backward_batch_slots = {slots}")) && message.contains(&format!("1 to {chunk}")), "{message}");
+    }
+    // The largest runs.
+    let ctx = gpu_with(KernelTuning { backward_batch_slots: Some(chunk), ..Default::default() });
+    let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+    assert!(trainer.train_step(&ctx, &constant_episode(8, 2, 3)).unwrap().loss.is_finite());
+}
+
+#[test]
 fn parameters_past_the_binding_limit_are_refused_with_the_largest_size_that_fits() {
     use plasticity_runtime::network::ParamLayout;
     let limit = gpu().limits().max_storage_buffer_binding_size.min(gpu().limits().max_buffer_size);

@@ -128,7 +128,8 @@ fn every_rule_gradients_match_reference() {
 }
 
 /// The GPU's division of the step kernels (a split forward sum, batch groups in the backward trace
-/// kernel, each with its own dw, dalpha and eta accumulators) on every rule, against the reference.
+/// kernel, each with its own dalpha and eta accumulators, fewer batch elements per backward pass) on
+/// every rule, against the reference.
 #[test]
 fn split_and_grouped_kernels_match_reference() {
     // B = 9: with Z = 2 the first group takes 5 elements, in two passes of CHUNK = 4. N = 20 runs the
@@ -141,6 +142,9 @@ fn split_and_grouped_kernels_match_reference() {
             // The GPU's workgroups of 64 (elsewhere the CPU adapter's 8 run).
             KernelTuning { forward_splits: Some(3), backward_groups: Some(2), forward_workgroup_size: Some(64), ..Default::default() },
             KernelTuning { forward_splits: Some(n), backward_groups: Some(3), forward_workgroup_size: Some(64), ..Default::default() },
+            // Passes of two and of one batch element: five passes for Z = 1, three for a group of five.
+            KernelTuning { backward_batch_slots: Some(2), ..Default::default() },
+            KernelTuning { backward_groups: Some(2), backward_batch_slots: Some(1), ..Default::default() },
         ] {
             let ctx = &gpu_with(tuning);
             let p = problem(5 * n as u64 + steps as u64, spec, n, batch, steps);

@@ -541,14 +541,17 @@ pub mod backward_trace {
     pub const BATCH_SLOTS: &str = "BATCH_SLOTS";
 
     /// min(CHUNK, ceil(B / Z)), the most batch elements one of Z groups has: fewer than CHUNK need
-    /// fewer unrolled iterations, which lavapipe runs even when they skip every element.
+    /// fewer unrolled iterations, which lavapipe runs even when they skip every element. The default;
+    /// any value from 1 to CHUNK gives the same results (fewer elements per pass, more passes, and
+    /// fewer registers per invocation).
     pub fn batch_slots(batch: u32, groups: u32) -> u32 {
         div_ceil(batch.max(1), groups.max(1)).clamp(1, CHUNK)
     }
 
-    /// The override constants, beyond the rule's, of the kernel that runs a backward step.
-    pub fn constants(reverse: bool, batch: u32, groups: u32) -> Vec<(&'static str, f64)> {
-        vec![(REVERSE, reverse as u32 as f64), (BATCH_SLOTS, batch_slots(batch, groups) as f64)]
+    /// The override constants, beyond the rule's, of the kernel that runs a backward step, with
+    /// `slots` (1 to CHUNK) batch elements per pass.
+    pub fn constants(reverse: bool, slots: u32) -> Vec<(&'static str, f64)> {
+        vec![(REVERSE, reverse as u32 as f64), (BATCH_SLOTS, slots as f64)]
     }
 
     /// One invocation per TRACE_TILE x TRACE_TILE block and batch group.

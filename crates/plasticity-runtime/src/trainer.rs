@@ -152,6 +152,8 @@ struct BackwardState {
     tuning: KernelTuning,
     /// The forward state's kernel choice, which the backward kernels follow.
     vec4: bool,
+    /// Batch elements per backward_trace pass (its BATCH_SLOTS).
+    batch_slots: u32,
     partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
     partials: GpuBuffer,
@@ -177,6 +179,7 @@ impl BackwardState {
         let tiles = trace_tiles(n);
         let layout = net.layout;
         let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch);
+        let batch_slots = ctx.tuning.backward_slots(batch, groups)?;
         // Checked before the u32 layout below is formed: each group holds its own dalpha. (Z <= B, so
         // a trace that fits mostly means this fits too; the whole partials buffer is checked below.)
         let per_group = n as u64 * n as u64 * 4;
@@ -300,6 +303,7 @@ impl BackwardState {
             shape: fwd.shape.clone(),
             tuning: ctx.tuning,
             vec4: fwd.vec4,
+            batch_slots,
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -753,7 +757,7 @@ fn record_backward(
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
-    let trace_constants = backward_trace::constants(reverse, shape.batch, bwd.partials_layout.groups);
+    let trace_constants = backward_trace::constants(reverse, bwd.batch_slots);
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,

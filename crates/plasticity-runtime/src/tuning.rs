@@ -9,7 +9,7 @@
 //! by side, each with its own dalpha and eta accumulators (`finish_gradients` adds them).
 
 use crate::context::AdapterSummary;
-use plasticity_kernels::{div_ceil, forward_step, trace_tiles};
+use plasticity_kernels::{backward_trace, div_ceil, forward_step, trace_tiles};
 
 /// Invocations a split forward step aims for on a GPU: about one full H200 (132 SMs x 2048). On an
 /// H200 at N = 1000, B = 64 a forward step takes 2.03, 0.65, 0.47, 0.35, 0.37 and 0.38 ms at S = 1, 4,
@@ -38,6 +38,11 @@ pub struct KernelTuning {
     /// adapter); at most the device's `max_compute_invocations_per_workgroup` and
     /// `max_compute_workgroup_size_x`.
     pub forward_workgroup_size: Option<u32>,
+    /// Batch elements per pass of backward_trace, 1 to `backward_trace::CHUNK` (default: that, or
+    /// ceil(B / Z) when smaller). Fewer mean more passes, each reading w and alpha and updating dalpha
+    /// again, but fewer registers per invocation (more of them resident on a GPU); results are the
+    /// same up to f32 rounding. Not measured on a GPU yet (`tools/device_check.sh` sweeps it).
+    pub backward_batch_slots: Option<u32>,
     /// Run the scalar rule kernels (`forward_step`, `backward_trace`, `trace_update`) even where N
     /// allows their vec4 forms. Which is faster depends on the device: the vec4 kernels move 16 bytes
     /// per access and train about 2.1x faster on lavapipe (README), but hold more registers per
@@ -90,5 +95,18 @@ impl KernelTuning {
             div_ceil(GPU_BACKWARD_INVOCATIONS, natural)
         });
         wanted.clamp(1, batch.max(1))
+    }
+
+    /// Batch elements per pass of backward_trace for a batch of B in Z groups, or an error naming
+    /// the range when `backward_batch_slots` is outside it.
+    pub fn backward_slots(&self, batch: u32, groups: u32) -> crate::Result<u32> {
+        match self.backward_batch_slots {
+            None => Ok(backward_trace::batch_slots(batch, groups)),
+            Some(k) if (1..=backward_trace::CHUNK).contains(&k) => Ok(k),
+            Some(k) => Err(crate::error::invalid(
+                "kernel tuning",
+                format!("backward_batch_slots = {k}; backward_trace takes 1 to {} batch elements per pass", backward_trace::CHUNK),
+            )),
+        }
     }
 }

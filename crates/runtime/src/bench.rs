@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// workgroup runs on one thread).
     #[arg(long)]
     forward_workgroup_size: Option<u32>,
+    /// Batch elements per pass of the backward trace kernel, 1 to 4 (default: 4, or ceil(B / Z) when
+    /// smaller); fewer take more passes but fewer registers per invocation.
+    #[arg(long)]
+    backward_batch_slots: Option<u32>,
     /// Run the scalar rule kernels even where N is a multiple of 4 and the vec4 ones could run (the
     /// table's W column says which ran), to compare the two on a device.
     #[arg(long)]
@@ -87,6 +91,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(args.steps >= 1 && args.reps >= 1, "--steps and --reps must be at least 1");
+    let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
+    anyhow::ensure!(
+        args.backward_batch_slots.is_none_or(|k| (1..=chunk).contains(&k)),
+        "--backward-batch-slots must be 1 to {chunk} (got {})",
+        args.backward_batch_slots.unwrap_or_default()
+    );
     if let Some(path) = &args.json {
         // Checked now: the file is written after every measurement, and a bad path must not lose them.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -98,6 +108,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         forward_splits: args.forward_splits,
         backward_groups: args.backward_groups,
         forward_workgroup_size: args.forward_workgroup_size,
+        backward_batch_slots: args.backward_batch_slots,
         scalar_kernels: args.scalar_kernels,
     };
     if args.profile {
@@ -141,10 +152,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
-         W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; forward workgroups of {} invocations\n",
+         W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; forward workgroups of {} invocations; \
+         backward passes of {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
-        ctx.tuning.forward_workgroup(&ctx.adapter)
+        ctx.tuning.forward_workgroup(&ctx.adapter),
+        match args.backward_batch_slots {
+            Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
+            None => format!("up to {chunk} batch elements"),
+        }
     );
 
     println!(
@@ -354,6 +370,8 @@ fn write_json(
         "config": {
             "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
             "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
+            // null: the default, min(4, ceil(B / Z)) per case.
+            "backward_batch_slots": ctx.tuning.backward_batch_slots,
         },
         "stream_ceiling_gbps": ceiling,
         "cases": cases,

@@ -154,6 +154,11 @@ fn bench_quick_runs_and_names_the_adapter() {
     let o = plasticity(&["bench", "--quick", "--no-memory", "--forward-workgroup-size", "16"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("forward workgroups of 16 invocations"), "{}", stderr(&o));
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-workgroup-size", "100000"]), "forward_workgroup_size = 100000");
+    // Backward passes: the default in the header, a count set by hand, one outside 1..=4 refused.
+    assert!(out.contains("backward passes of up to 4 batch elements"), "{out}");
+    let o = plasticity(&["bench", "--quick", "--no-memory", "--backward-batch-slots", "2"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("backward passes of 2 batch elements"), "{}", stderr(&o));
+    assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-batch-slots", "5"]), "--backward-batch-slots must be 1 to 4");
     // Refused before anything is timed; a size past the 32-bit indices is an error, not an allocation abort.
     assert_clean_failure(&plasticity(&["bench", "--memory-steps", "0"]), "--no-memory skips");
     assert_clean_failure(&plasticity(&["bench", "--batch", "4,0"]), "--batch values must be at least 1");
@@ -198,6 +203,8 @@ fn bench_profile_times_every_kernel_of_a_training_episode() {
         // N = 64 runs the vec4 step kernels: one forward and one backward trace step per time step.
         assert_eq!(dispatches("forward_step_vec4"), Some(20), "{case}");
         assert_eq!(dispatches("backward_trace_vec4"), Some(20), "{case}");
+        // dw once per window of 16 steps: steps 1-16 and 17-20.
+        assert_eq!(dispatches("weight_gradient_vec4"), Some(2), "{case}");
         assert_eq!(dispatches("adam_update"), Some(1), "{case}");
         assert!(kernels.iter().all(|k| k["ms_per_episode"].as_f64().unwrap() >= 0.0), "{case}");
         let total: f64 = kernels.iter().map(|k| k["ms_per_episode"].as_f64().unwrap()).sum();
