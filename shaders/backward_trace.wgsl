@@ -54,8 +54,9 @@ const TILE: u32 = 16u;
 const LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dalpha is read and written once per chunk.
 const CHUNK: u32 = 4u;
-// Batch elements per pass, min(CHUNK, ceil(B / Z)), set by the runtime (backward_trace::batch_slots):
-// the loops over a pass run to it, so that they unroll and the arrays indexed by k are registers.
+// Batch elements per pass, 1 to CHUNK, set by the runtime: min(CHUNK, ceil(B / Z)) unless
+// KernelTuning::backward_batch_slots sets fewer (fewer registers, more passes). The loops over a pass
+// run to it, so that they unroll and the arrays indexed by k are registers.
 override BATCH_SLOTS: u32 = 4u;
 
 override WORKGROUP_SIZE: u32 = 64u;

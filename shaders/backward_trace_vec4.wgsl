@@ -30,8 +30,9 @@ const TILE_QUADS: u32 = 4u;
 const LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dalpha is read and written once per chunk.
 const CHUNK: u32 = 4u;
-// Batch elements per pass, min(CHUNK, ceil(B / Z)), set by the runtime (backward_trace::batch_slots):
-// unrolled iterations that skip every element still cost lavapipe its per-lane loops.
+// Batch elements per pass, 1 to CHUNK, set by the runtime: min(CHUNK, ceil(B / Z)) unless
+// KernelTuning::backward_batch_slots sets fewer (fewer registers, more passes). Unrolled iterations
+// that skip every element would still cost lavapipe its per-lane loops.
 override BATCH_SLOTS: u32 = 4u;
 
 override WORKGROUP_SIZE: u32 = 64u;
