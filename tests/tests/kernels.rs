@@ -671,21 +671,36 @@ fn input_projection_matches_cpu_twin() {
 fn input_projection_backward_matches_cpu_twin() {
     for n in SIZES {
         for (batch, width) in [(1u32, 1u32), (3, 7), (5, 65)] {
-            let mut r = rng(93 + n as u64 + width as u64);
-            let inputs = uniform(&mut r, (3 * batch * width) as usize, 1.0);
-            let partials = uniform(&mut r, 11 + (batch * n) as usize, 1.0);
-            let grads = uniform(&mut r, 3 + ((width + 1) * n) as usize, 1.0); // accumulated into
-            let p = InputProjectionBackwardParams { n, batch, step: 2, width, w_in_offset: 3, preact_offset: 11, ..Default::default() };
-            let out = run_kernel(
-                "input_projection_backward",
-                &p,
-                &[bytes(&inputs), bytes(&partials), bytes(&grads)],
-                input_projection_backward::workgroups(n, width),
-            );
-            let mut g_ref = grads.clone();
-            cpu::input_projection_backward(&p, &inputs, &partials, &mut g_ref);
-            // Batch sums of <= 5 products, added to O(1) values.
-            assert_close(&format!("input_projection_backward N={n} B={batch} D={width}"), &out[2], &to_f64(&g_ref), 1e-5, 1e-5);
+            // A window of one step, and one of three steps from step 2 (inputs of four steps).
+            for (first_step, steps) in [(1u32, 1u32), (2, 3)] {
+                let mut r = rng(93 + n as u64 + width as u64 + first_step as u64);
+                let inputs = uniform(&mut r, (4 * batch * width) as usize, 1.0);
+                // The window's ga rows behind 11 unrelated floats.
+                let partials = uniform(&mut r, 11 + (steps * batch * n) as usize, 1.0);
+                let grads = uniform(&mut r, 3 + ((width + 1) * n) as usize, 1.0); // accumulated into
+                let p = InputProjectionBackwardParams {
+                    n,
+                    batch,
+                    first_step,
+                    steps,
+                    width,
+                    w_in_offset: 3,
+                    ga_offset: 11,
+                    ..Default::default()
+                };
+                let out = run_kernel(
+                    "input_projection_backward",
+                    &p,
+                    &[bytes(&inputs), bytes(&partials), bytes(&grads)],
+                    input_projection_backward::workgroups(n, width),
+                );
+                let mut g_ref = grads.clone();
+                cpu::input_projection_backward(&p, &inputs, &partials, &mut g_ref);
+                let what = format!("input_projection_backward N={n} B={batch} D={width} steps {first_step}..{}", first_step + steps - 1);
+                // Sums of <= 15 products of magnitude <= 1, added to O(1) values.
+                assert_close(&what, &out[2], &to_f64(&g_ref), 1e-5, 1e-5);
+                assert_eq!(out[2][..3], grads[..3], "{what}: parameters before w_in untouched");
+            }
         }
     }
 }

@@ -214,6 +214,8 @@ fn input_layer_forward_and_gradients_match_reference() {
     let ctx = gpu();
     for (name, spec, n, batch, steps, width) in [
         ("paper", Plasticity::PAPER, 17, 3, 8, 5),
+        // Three windows of the input layer's gradient (steps 1-16, 17-32, 33-37); vec4 kernels.
+        ("paper", Plasticity::PAPER, 20, 2, 37, 3),
         (
             "oja clip mod",
             Plasticity { rule: Rule::Oja, clip: Some(0.05), modulation: Modulation::Simple, ..Plasticity::PAPER },

@@ -445,17 +445,23 @@ pub fn input_projection(p: &InputProjectionParams, params: &[f32], inputs: &[f32
     }
 }
 
-/// Twin of `shaders/input_projection_backward.wgsl`.
+/// Twin of `shaders/input_projection_backward.wgsl`: the window's sum over steps and batch of
+/// v_bd(s) ga_bj(s) (v = 1 for the bias, d = D).
 pub fn input_projection_backward(p: &InputProjectionBackwardParams, inputs: &[f32], partials: &[f32], grads: &mut [f32]) {
-    let (n, batch, t, width) = (p.n as usize, p.batch as usize, p.step as usize, p.width as usize);
+    let (n, batch, width) = (p.n as usize, p.batch as usize, p.width as usize);
     for d in 0..=width {
         for j in 0..n {
-            let g: f64 = (0..batch)
-                .map(|b| {
-                    let v = if d < width { inputs[((t - 1) * batch + b) * width + d] } else { 1.0 };
-                    v as f64 * partials[p.preact_offset as usize + b * n + j] as f64
-                })
-                .sum();
+            let mut g = 0.0f64;
+            for s in 0..p.steps as usize {
+                let v_row = (p.first_step as usize + s - 1) * batch * width;
+                let ga = &partials[p.ga_offset as usize + s * batch * n..][..batch * n];
+                g += (0..batch)
+                    .map(|b| {
+                        let v = if d < width { inputs[v_row + b * width + d] } else { 1.0 };
+                        v as f64 * ga[b * n + j] as f64
+                    })
+                    .sum::<f64>();
+            }
             grads[p.w_in_offset as usize + d * n + j] += g as f32;
         }
     }

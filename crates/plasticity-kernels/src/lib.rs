@@ -1009,12 +1009,15 @@ pub mod input_projection_backward {
     pub struct InputProjectionBackwardParams {
         pub n: u32,
         pub batch: u32,
-        pub step: u32,
+        /// s0, 1-based: the first step of the window (see `weight_gradient::windows`).
+        pub first_step: u32,
+        /// S: the window's steps.
+        pub steps: u32,
         pub width: u32,
         pub w_in_offset: u32,
-        pub preact_offset: u32,
+        /// Offset of ga(s0) (B, N) in `partials`; ga(s0 + k) follows at + k B N.
+        pub ga_offset: u32,
         pub _pad0: u32,
-        pub _pad1: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
@@ -1022,7 +1025,7 @@ pub mod input_projection_backward {
         source: include_str!("../../../shaders/input_projection_backward.wgsl"),
         bindings: &[params("p"), read("inputs"), read("partials"), read_write("grads")],
         params_struct: "InputProjectionBackwardParams",
-        params_layout: layout_of!(InputProjectionBackwardParams { n, batch, step, width, w_in_offset, preact_offset, _pad0, _pad1 }),
+        params_layout: layout_of!(InputProjectionBackwardParams { n, batch, first_step, steps, width, w_in_offset, ga_offset, _pad0 }),
         params_size: core::mem::size_of::<InputProjectionBackwardParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,

@@ -165,7 +165,8 @@ struct BackwardState {
     modulation_params_slots: ParamSlots,
     input_params_slots: ParamSlots,
     head_params_slots: ParamSlots,
-    /// One weight_gradient window per slot, in the order of `weight_gradient::windows`.
+    /// One weight_gradient window per slot, in the order of `weight_gradient::windows`; likewise
+    /// `input_params_slots` for the input layer's gradient.
     weight_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     adam_params_slots: ParamSlots,
@@ -276,20 +277,23 @@ impl BackwardState {
             }
         })?;
         let steps = shape.steps as usize;
-        let input_params: Vec<InputProjectionBackwardParams> = (1..=shape.steps)
-            .map(|step| InputProjectionBackwardParams {
+        let windows = weight_gradient::windows(shape.steps, pl.ga_window);
+        let input_params: Vec<InputProjectionBackwardParams> = windows
+            .iter()
+            .map(|&(first_step, steps)| InputProjectionBackwardParams {
                 n,
                 batch,
-                step,
+                first_step,
+                steps,
                 width: shape.input_width(),
                 w_in_offset: layout.in_offset,
-                preact_offset: pl.ga_of_step(n, batch, step),
+                ga_offset: pl.ga_of_step(n, batch, first_step),
                 ..Default::default()
             })
             .collect();
-        let weight_params: Vec<WeightGradientParams> = weight_gradient::windows(shape.steps, pl.ga_window)
-            .into_iter()
-            .map(|(first_step, steps)| WeightGradientParams {
+        let weight_params: Vec<WeightGradientParams> = windows
+            .iter()
+            .map(|&(first_step, steps)| WeightGradientParams {
                 n,
                 batch,
                 first_step,
@@ -782,18 +786,15 @@ fn record_backward(
     let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
     let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width());
-    // One backward step: the modulator's share of gx(t), then ga(t), the input layer's gradient,
-    // then the trace part; at the first step of a window of K (steps 1, K + 1, ...; the sweep runs
-    // down, so the window's other steps are done and their ga is in the ring), dw of the window.
+    // One backward step: the modulator's share of gx(t), then ga(t), then the trace part; at the first
+    // step of a window of K (steps 1, K + 1, ...; the sweep runs down, so the window's other steps
+    // are done and their ga is in the ring), dw and the input layer's gradient of the window.
     let step = |pass: &mut wgpu::ComputePass<'_>, t: u32| {
         let slot = t as usize - 1;
         if let Some(group) = &modulation_group {
             dispatch(pass, ctx, "modulation_backward", group, bwd.modulation_params_slots.offset(slot), modulation_grid);
         }
         dispatch(pass, ctx, "backward_activation", &activation_group, bwd.activation_params_slots.offset(slot), activation_grid);
-        if let Some(group) = &input_group {
-            dispatch(pass, ctx, "input_projection_backward", group, bwd.input_params_slots.offset(slot), input_grid);
-        }
         dispatch_pipeline(pass, ctx, trace_kernel, &trace_pipeline, &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
         if (t - 1).is_multiple_of(window) {
             let window_slot = ((t - 1) / window) as usize;
@@ -805,6 +806,9 @@ fn record_backward(
                 bwd.weight_params_slots.offset(window_slot),
                 weight_gradient::workgroups(shape.neurons),
             );
+            if let Some(group) = &input_group {
+                dispatch(pass, ctx, "input_projection_backward", group, bwd.input_params_slots.offset(window_slot), input_grid);
+            }
         }
     };
     match recovery {
