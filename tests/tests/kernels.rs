@@ -392,7 +392,7 @@ fn backward_activation_matches_cpu_twin() {
                 // Row and column sums, dz_b and the heads' loss gradient are inputs; ga(t) must be
                 // written in full.
                 let mut partials = uniform(&mut r, pl.len as usize, 1.0);
-                partials[pl.preact as usize..pl.loss_grad as usize].fill(f32::NAN);
+                partials[pl.ga_ring as usize..pl.loss_grad as usize].fill(f32::NAN);
                 let (clamp, clamp_words) = random_clamp(&mut r, loss_slot == 1, steps as usize, batch, n);
                 let p = BackwardActivationParams {
                     n,
@@ -404,7 +404,7 @@ fn backward_activation_matches_cpu_twin() {
                     clamp_words,
                     mod_offset: layout.mod_offset,
                     mod_grad_offset: if modulated { pl.mod_grad } else { MOD_NONE },
-                    preact_offset: pl.preact,
+                    preact_offset: pl.ga_ring,
                     loss_grad_offset: if heads { pl.loss_grad } else { LOSS_NONE },
                     ..Default::default()
                 };

@@ -36,7 +36,7 @@ mod tests {
         let pl = PartialsLayout::new(8, 3, &Plasticity::PAPER, 1, 16);
         for (first, steps) in weight_gradient::windows(50, 16) {
             for k in 0..steps {
-                assert_eq!(pl.ga_of_step(8, 3, first + k), pl.preact + k * 3 * 8, "step {}", first + k);
+                assert_eq!(pl.ga_of_step(8, 3, first + k), pl.ga_ring + k * 3 * 8, "step {}", first + k);
             }
         }
     }
@@ -202,7 +202,7 @@ pub struct PartialsLayout {
     pub mod_grad: u32,
     /// (K, B, N) ga(s), the pre-activation gradients of the last K steps of the sweep: step s in
     /// slot (s - 1) mod K, K = `ga_window` (see [`weight_gradient`]). Starts on a multiple of 4.
-    pub preact: u32,
+    pub ga_ring: u32,
     /// K, the steps of one weight_gradient window.
     pub ga_window: u32,
     /// (L, B, N) dl/dx at the loss steps through the output heads; empty without heads.
@@ -227,14 +227,14 @@ impl PartialsLayout {
         let modulator = group_grads + if groups > 1 { groups * n * n } else { 0 };
         let mod_grad = modulator + batch * spec.modulator_len(n);
         // ga starts on a multiple of 4 floats, for the vec4 kernels' reads.
-        let preact = (mod_grad + if modulated { batch } else { 0 }).next_multiple_of(4);
-        let loss_grad = preact + ga_window * batch * n;
-        Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, preact, ga_window, loss_grad, len: loss_grad }
+        let ga_ring = (mod_grad + if modulated { batch } else { 0 }).next_multiple_of(4);
+        let loss_grad = ga_ring + ga_window * batch * n;
+        Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, ga_ring, ga_window, loss_grad, len: loss_grad }
     }
 
     /// Offset of ga(s) (B, N), step s (1-based) of the sweep, in the ring.
     pub fn ga_of_step(&self, n: u32, batch: u32, step: u32) -> u32 {
-        self.preact + (step - 1) % self.ga_window * batch * n
+        self.ga_ring + (step - 1) % self.ga_window * batch * n
     }
 
     /// Adds the (L, B, N) loss gradient of output heads read at `loss_steps` steps.
