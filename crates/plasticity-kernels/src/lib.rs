@@ -42,6 +42,20 @@ mod tests {
     }
 
     #[test]
+    fn each_batch_group_adds_per_group_len_to_the_partials() {
+        let modulated = Plasticity { modulation: Modulation::Simple, alpha: AlphaShape::PerNeuron, ..Plasticity::PAPER };
+        for spec in [Plasticity::PAPER, modulated] {
+            for n in [1u32, 17, 64, 65] {
+                for groups in 2..5 {
+                    let len = |z: u32| PartialsLayout::new(n, 9, &spec, z, 16).len;
+                    let added = len(groups + 1) - len(groups);
+                    assert!(added.abs_diff(PartialsLayout::per_group_len(n)) < 4, "N={n} Z={groups} {spec:?}: {added} floats");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn elementwise_grid_covers_every_element_once_within_limits() {
         for count in [1u32, 255, 256, 257, 65_535 * 256, 65_535 * 256 + 1, 300_000_000] {
             let (grid, stride) = elementwise_grid(count, 256);
@@ -230,6 +244,12 @@ impl PartialsLayout {
         let ga_ring = (mod_grad + if modulated { batch } else { 0 }).next_multiple_of(4);
         let loss_grad = ga_ring + ga_window * batch * n;
         Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, ga_ring, ga_window, loss_grad, len: loss_grad }
+    }
+
+    /// Floats each batch group adds to the layout when there are several: its (N, N) dalpha and its
+    /// (tiles, N) eta sums (give or take the up to 3 floats that keep the ga ring on a multiple of 4).
+    pub fn per_group_len(n: u32) -> u32 {
+        n * n + trace_tiles(n) * n
     }
 
     /// Offset of ga(s) (B, N), step s (1-based) of the sweep, in the ring.

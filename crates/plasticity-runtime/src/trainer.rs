@@ -266,8 +266,8 @@ impl BackwardState {
         let partial_bytes = pl.len as u64 * 4;
         buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |limit| {
             if groups > 1 {
-                // Each group has its dalpha (N, N) and eta sums (tiles, N); the rest does not depend on Z.
-                let group_bytes = per_group + tiles as u64 * n as u64 * 4;
+                // What each group adds to the layout; the rest does not depend on Z.
+                let group_bytes = PartialsLayout::per_group_len(n) as u64 * 4;
                 let fitting = (limit.saturating_sub(partial_bytes - groups as u64 * group_bytes) / group_bytes).max(1);
                 format!(
                     "use at most {fitting} backward batch groups (KernelTuning::backward_groups, bench --backward-groups) or a smaller batch"
@@ -782,6 +782,7 @@ fn record_backward(
     let weight_kernel = weight_gradient::kernel_name(bwd.vec4);
     let weight_group = bind_group(ctx, weight_kernel, &bwd.weight_params_slots, &[&fwd.activations, &bwd.partials, grads]);
     let window = bwd.partials_layout.ga_window;
+    let weight_grid = weight_gradient::workgroups(shape.neurons);
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
     let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
@@ -798,14 +799,7 @@ fn record_backward(
         dispatch_pipeline(pass, ctx, trace_kernel, &trace_pipeline, &trace_group, bwd.trace_params_slots.offset(slot), trace_grid);
         if (t - 1).is_multiple_of(window) {
             let window_slot = ((t - 1) / window) as usize;
-            dispatch(
-                pass,
-                ctx,
-                weight_kernel,
-                &weight_group,
-                bwd.weight_params_slots.offset(window_slot),
-                weight_gradient::workgroups(shape.neurons),
-            );
+            dispatch(pass, ctx, weight_kernel, &weight_group, bwd.weight_params_slots.offset(window_slot), weight_grid);
             if let Some(group) = &input_group {
                 dispatch(pass, ctx, "input_projection_backward", group, bwd.input_params_slots.offset(window_slot), input_grid);
             }

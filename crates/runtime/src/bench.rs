@@ -91,12 +91,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(args.steps >= 1 && args.reps >= 1, "--steps and --reps must be at least 1");
+    let tuning = plasticity_runtime::KernelTuning {
+        forward_splits: args.forward_splits,
+        backward_groups: args.backward_groups,
+        forward_workgroup_size: args.forward_workgroup_size,
+        backward_batch_slots: args.backward_batch_slots,
+        scalar_kernels: args.scalar_kernels,
+    };
+    // The trainer's own range check, run now rather than after the ceiling is measured.
     let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
-    anyhow::ensure!(
-        args.backward_batch_slots.is_none_or(|k| (1..=chunk).contains(&k)),
-        "--backward-batch-slots must be 1 to {chunk} (got {})",
-        args.backward_batch_slots.unwrap_or_default()
-    );
+    if tuning.backward_slots(1, 1).is_err() {
+        anyhow::bail!("--backward-batch-slots must be 1 to {chunk} (got {})", args.backward_batch_slots.unwrap_or_default());
+    }
     if let Some(path) = &args.json {
         // Checked now: the file is written after every measurement, and a bad path must not lose them.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -104,13 +110,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(dir.is_dir(), "--json {}: the directory {} does not exist; create it first", path.display(), dir.display());
     }
     let mut ctx = GpuContext::new()?;
-    ctx.tuning = plasticity_runtime::KernelTuning {
-        forward_splits: args.forward_splits,
-        backward_groups: args.backward_groups,
-        forward_workgroup_size: args.forward_workgroup_size,
-        backward_batch_slots: args.backward_batch_slots,
-        scalar_kernels: args.scalar_kernels,
-    };
+    ctx.tuning = tuning;
     if args.profile {
         // Refused before anything is measured rather than after the table.
         plasticity_runtime::profile::KernelProfiler::check_supported(&ctx)?;
