@@ -422,3 +422,91 @@ fn scalar_kernels_at_a_multiple_of_four_match_the_reference() {
     trainer.compute_gradients(&ctx, &p.data).unwrap();
     assert_eq!(trainer.kernel_width(), Some(1));
 }
+
+/// The model's part of a padded network's parameters: every tensor with its N-long dimensions cut to
+/// the first `model` neurons; and, for each padded flat index, whether it belongs to that part.
+fn model_part(padded: &HostParameters, model: u32) -> (HostParameters, Vec<bool>) {
+    let layout = ParamLayout::new(model, &padded.layout.plasticity);
+    let (n, m) = (padded.layout.neurons as usize, model as usize);
+    let mut values = vec![0.0; layout.count as usize];
+    let mut in_model = vec![false; padded.values.len()];
+    for ((name, from, shape), (small_name, to, _)) in padded.layout.tensors().into_iter().zip(layout.tensors()) {
+        assert_eq!(name, small_name);
+        // Shapes are (N, N), (N) or (1); a dimension of N keeps its first m entries.
+        let (rows, cols) = match shape[..] {
+            [r, c] => (r, c),
+            [c] => (1, c),
+            _ => unreachable!("{name} {shape:?}"),
+        };
+        let keep = |len: usize| if len == n { m } else { len };
+        for i in 0..keep(rows) {
+            for j in 0..keep(cols) {
+                let at = from as usize + i * cols + j;
+                values[to as usize + i * keep(cols) + j] = padded.values[at];
+                in_model[at] = true;
+            }
+        }
+    }
+    (HostParameters { layout, values }, in_model)
+}
+
+/// The image task's spare neurons (held at 0, target 0) change nothing, under every rule: with the
+/// model's parameters embedded in the padded network and random values on every connection of a
+/// spare, the loss and each model parameter's gradient equal those of the network without spares,
+/// and each gradient of a spare's own parameters is exactly 0 (x = 0 drives nothing, a held neuron
+/// passes no gradient back, a trace with a silent end stays 0). Side 3: the model's 10 neurons run
+/// the scalar kernels, the 12 of the padded network the vec4 ones.
+#[test]
+fn image_task_spare_neurons_are_inert_under_every_rule() {
+    use plasticity_runtime::ImageTask;
+    let ctx = gpu();
+    let padded_task = ImageTask { images_per_episode: 2, cycles: 1, show_steps: 2, gap_steps: 1, test_steps: 2, ..ImageTask::with_side(3) };
+    let bare_task = ImageTask { spare_neurons: 0, ..padded_task.clone() };
+    let (m, n, batch) = (bare_task.neurons(), padded_task.neurons(), 3);
+    assert_eq!((m, n), (10, 12));
+    let mut r = rng(41);
+    let pool: Vec<Vec<f32>> = (0..3).map(|_| uniform(&mut r, 9, 1.0)).collect();
+    let (padded_data, _) = padded_task.generate(&pool, batch, &mut rng(8)).unwrap();
+    let (bare_data, _) = bare_task.generate(&pool, batch, &mut rng(8)).unwrap();
+    let run = |config: &NetworkConfig, host: &HostParameters, data| {
+        let mut trainer = Trainer::new(ctx, Network::from_parameters(ctx, config, host).unwrap(), TrainerConfig::default()).unwrap();
+        let metrics = trainer.compute_gradients(ctx, data).unwrap();
+        (metrics, trainer.read_gradients(ctx).unwrap(), trainer.kernel_width())
+    };
+    for (name, spec) in specs() {
+        let padded = problem(5, spec, n, batch, padded_data.steps);
+        let (bare_host, in_model) = model_part(&padded.host, m);
+        let bare_config = NetworkConfig { neurons: m, ..padded.config.clone() };
+        let (p_metrics, p_grads, p_width) = run(&padded.config, &padded.host, &padded_data);
+        let (b_metrics, b_grads, b_width) = run(&bare_config, &bare_host, &bare_data);
+        assert_eq!((p_width, b_width), (Some(4), Some(1)), "{name}: the kernels each network runs");
+        // Both in f32 on the GPU, summed in other orders by the vec4 and scalar kernels.
+        let loss_gap = (p_metrics.loss - b_metrics.loss).abs();
+        assert!(loss_gap <= 1e-5 * b_metrics.loss.abs() + 1e-6, "{name}: loss {} with spares, {} without", p_metrics.loss, b_metrics.loss);
+        assert_eq!((p_metrics.sign_errors, p_metrics.sign_count), (b_metrics.sign_errors, b_metrics.sign_count), "{name}");
+        let (model_grads, _) = model_part(&p_grads, m);
+        let scale = b_grads.values.iter().fold(0.0f32, |s, g| s.max(g.abs())) as f64;
+        assert!(scale > 0.0, "{name}: no gradient at all");
+        assert_close(&format!("{name}: model gradients with spares"), &model_grads.values, &to_f64(&b_grads.values), 1e-5 * scale, 1e-4);
+        let (tensor_of, spare_grads): (Vec<_>, Vec<_>) = p_grads
+            .layout
+            .tensors()
+            .into_iter()
+            .flat_map(|(t, offset, shape)| (offset as usize..offset as usize + shape.iter().product::<usize>()).map(move |k| (t, k)))
+            .filter(|&(_, k)| !in_model[k] && p_grads.values[k] != 0.0)
+            .map(|(t, k)| (t, (k, p_grads.values[k])))
+            .unzip();
+        assert!(spare_grads.is_empty(), "{name}: nonzero gradients of spare parameters in {tensor_of:?}: {spare_grads:?}");
+        // So Adam (no weight decay) leaves them where they started, while the model's parameters move.
+        let mut trainer =
+            Trainer::new(ctx, Network::from_parameters(ctx, &padded.config, &padded.host).unwrap(), TrainerConfig::default()).unwrap();
+        for _ in 0..2 {
+            trainer.train_step(ctx, &padded_data).unwrap();
+        }
+        let trained = trainer.network.read_parameters(ctx).unwrap();
+        let moved = |k: usize| trained.values[k].to_bits() != padded.host.values[k].to_bits();
+        assert!((0..in_model.len()).any(|k| in_model[k] && moved(k)), "{name}: Adam moved nothing");
+        let spare_moved: Vec<usize> = (0..in_model.len()).filter(|&k| !in_model[k] && moved(k)).collect();
+        assert!(spare_moved.is_empty(), "{name}: Adam moved spare parameters at {spare_moved:?}");
+    }
+}

@@ -55,7 +55,7 @@ pub use network::{HeadKind, HostParameters, MAX_HEADS, Network, NetworkConfig, O
 /// The kernel descriptors, CPU twins and f64 reference (for [`GpuContext::record_kernel`]).
 pub use plasticity_kernels as kernels;
 pub use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
-pub use tasks::{ImageEpisode, ImageTask, PatternTask};
+pub use tasks::{ImageEpisode, ImageTask, PatternTask, spare_neurons_for_quads};
 pub use trainer::{AdamConfig, Trainer, TrainerConfig, checkpoint_steps, recompute_checkpoint_steps, recompute_segment, reversal_segment};
 pub use tuning::KernelTuning;
 /// The wgpu this runtime is built on, so that embedders use the same version.

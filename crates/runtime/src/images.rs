@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use image::imageops::FilterType;
 use image::{GrayImage, Luma};
-use plasticity_runtime::ImageEpisode;
+use plasticity_runtime::{ImageEpisode, ImageTask};
 
 /// Loads every PNG or JPEG in `dir` as a `side x side` grey image with pixels in [-1, 1]
 /// (converted to grey, scaled to cover and centre-cropped). Unreadable files are skipped with a
@@ -54,11 +54,11 @@ pub fn completion_figure(
     pool: &[Vec<f32>],
     episode: &ImageEpisode,
     activations: &[f32],
-    side: u32,
+    task: &ImageTask,
     batch: u32,
 ) -> anyhow::Result<()> {
     let (scale, gap) = (4u32, 6u32);
-    let neurons = (side * side + 1) as usize;
+    let (side, neurons) = (task.side, task.neurons() as usize);
     let last = activations.len() / (batch as usize * neurons) - 1;
     let rows = episode.shown.len().min(4) as u32;
     let cols = episode.shown.first().map_or(0, |s| s.0.len()) as u32 + 3;

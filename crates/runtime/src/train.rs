@@ -81,13 +81,15 @@ impl Task {
         match &self.config {
             TaskConfig::Pattern(t) => format!("pattern memorisation: {} patterns of {} bits, {} steps", t.patterns, t.neurons, t.steps()),
             TaskConfig::Image { task, images } => format!(
-                "image completion: {} images of {}x{} from {} ({} usable), {} steps",
+                "image completion: {} images of {}x{} from {} ({} usable), {} steps, {} neurons and {} spare ones held at 0",
                 task.images_per_episode,
                 task.side,
                 task.side,
                 images.display(),
                 self.pool.len(),
-                task.steps()
+                task.steps(),
+                task.model_neurons(),
+                task.spare_neurons
             ),
         }
     }
@@ -120,7 +122,8 @@ pub struct TrainArgs {
     /// The experiment.
     #[arg(long, value_enum, default_value_t = TaskKind::Pattern)]
     task: TaskKind,
-    /// Neurons N for the pattern task (the pattern size) [default: 1000]; the image task uses side^2 + 1.
+    /// Neurons N for the pattern task (the pattern size) [default: 1000]; the image task uses side^2 + 1,
+    /// and up to 3 spare neurons held at 0 that make N a multiple of 4, where the vec4 kernels run.
     #[arg(long)]
     neurons: Option<u32>,
     /// Image task: directory of PNG or JPEG images (any size or colour; converted to grey, cropped and resized).
@@ -220,19 +223,23 @@ impl TrainArgs {
             TaskKind::Image => {
                 let images = self.images.clone().context("--task image needs --images DIR, a directory of PNG or JPEG files")?;
                 let task = ImageTask {
-                    side: self.side,
                     images_per_episode: self.images_per_episode,
                     cycles: self.cycles,
                     show_steps: self.show_steps.unwrap_or(20),
                     gap_steps: self.gap_steps.unwrap_or(2),
                     test_steps: self.test_steps.unwrap_or(3),
+                    ..ImageTask::with_side(self.side)
                 };
                 task.validate()?;
                 if let Some(n) = self.neurons {
+                    // Either count names the same network: the model's neurons or those with the spares.
                     ensure!(
-                        n == task.neurons(),
-                        "--neurons {n} contradicts --side {}: the image task uses side^2 + 1 = {} neurons",
+                        n == task.model_neurons() || n == task.neurons(),
+                        "--neurons {n} contradicts --side {}: the image task uses side^2 + 1 = {} neurons (with {} spare ones held at 0 so \
+                         that N is a multiple of 4: {}); leave --neurons out",
                         self.side,
+                        task.model_neurons(),
+                        task.spare_neurons,
                         task.neurons()
                     );
                 }
@@ -273,7 +280,12 @@ fn validate(c: &RunConfig) -> anyhow::Result<()> {
         }
         TaskConfig::Image { task, .. } => {
             task.validate()?;
-            ensure!(task.neurons() == c.network.neurons, "the image task needs side^2 + 1 neurons");
+            ensure!(
+                task.neurons() == c.network.neurons,
+                "the image task needs side^2 + 1 + spare_neurons = {} neurons, but the network has {}",
+                task.neurons(),
+                c.network.neurons
+            );
         }
     }
     c.network.validate()?;
@@ -538,7 +550,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         if let (0, Some(shown), TaskConfig::Image { task: image_task, .. }) = (e, &shown, &task.config) {
             let figure = args.figure.clone().unwrap_or_else(|| path.with_file_name("completion.png"));
             let activations = trainer.read_activations(&ctx)?;
-            images::completion_figure(&figure, &task.pool, shown, &activations, image_task.side, config.batch)?;
+            images::completion_figure(&figure, &task.pool, shown, &activations, image_task, config.batch)?;
             println!("wrote {} (stored images, cue, completion, original)", figure.display());
         }
     }

@@ -232,6 +232,9 @@ fn image_task_trains_from_a_directory_and_eval_draws_the_completion() {
     let o = plasticity(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("warning: skipping") && stderr(&o).contains("broken.png"), "unreadable files are skipped with a warning");
+    // 4 x 4 pixels and the bias neuron, and 3 spare neurons held at 0: N = 20 runs the vec4 kernels.
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["task"]["spare_neurons"].as_u64(), config["network"]["neurons"].as_u64()), (Some(3), Some(20)), "{config}");
     let o = plasticity(&["eval", r, "--episodes", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(run.join("completion.png").exists());
@@ -244,6 +247,14 @@ fn image_task_trains_from_a_directory_and_eval_draws_the_completion() {
     assert_clean_failure(&plasticity(&args), "no usable images");
     assert!(!fresh.exists(), "a refused run leaves no directory behind");
     assert_clean_failure(&plasticity(&["train", "--task", "image", "--run-dir", r]), "--task image needs --images DIR");
+    // --neurons may name the model's 17 neurons or the network's 20, nothing else.
+    let mut args = vec!["train", "--task", "image", "--images", i, "--run-dir", fresh.to_str().unwrap(), "--neurons", "18"];
+    args.extend_from_slice(&common);
+    assert_clean_failure(
+        &plasticity(&args),
+        "--neurons 18 contradicts --side 4: the image task uses side^2 + 1 = 17 neurons (with 3 spare",
+    );
+    assert!(!fresh.exists());
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
