@@ -119,7 +119,7 @@ impl PatternTask {
 /// the first `side^2 + 1` neurons' parameters are those of the network without them, while the
 /// gradients of the spares' own connections are exactly 0. They exist to make N a multiple of 4,
 /// where the vec4 rule kernels run: [`ImageTask::with_side`] picks `spare_neurons_for_quads(side^2 + 1)`
-/// (the paper's 32 x 32 pixels and bias: 1025 neurons and 3 spares, which trains 1.7-2.2x faster than 1025
+/// (the paper's 32 x 32 pixels and bias: 1025 neurons and 3 spares, which trains 1.7-1.9x faster than 1025
 /// on lavapipe). A config written before spares existed reads as 0 spares.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
