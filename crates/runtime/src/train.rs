@@ -411,6 +411,14 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         config.episodes,
         if start > 0 { format!(", resuming after episode {start}") } else { String::new() }
     );
+    if trainer.kernel_width() == Some(1) {
+        let n = config.network.neurons;
+        println!(
+            "note: N = {n} is not a multiple of 4, so the scalar rule kernels run (about 2x slower than the vec4 ones on lavapipe; \
+             N = {} would run those)",
+            n + plasticity_runtime::spare_neurons_for_quads(n)
+        );
+    }
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {

@@ -66,6 +66,15 @@ fn train_writes_a_run_and_resume_matches_an_uninterrupted_run() {
 
     // A second run into the same directory is refused rather than overwriting it.
     assert_clean_failure(&train(&whole, &["--episodes", "20"]), "already holds a run");
+    // N = 12 runs the vec4 kernels without a word; N = 10 runs the scalar ones and says so.
+    for (n, note) in [("12", false), ("10", true)] {
+        let dir = tmp.join(format!("n{n}"));
+        let o = plasticity(&["train", "--run-dir", dir.to_str().unwrap(), "--neurons", n, "--episodes", "1", "--quiet"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let said = out.contains("note: N = 10 is not a multiple of 4, so the scalar rule kernels run") && out.contains("N = 12 would run");
+        assert_eq!(said, note, "N = {n}: {out}");
+    }
 
     let o = plasticity(&["eval", whole.to_str().unwrap(), "--episodes", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
