@@ -81,7 +81,7 @@ impl Task {
         match &self.config {
             TaskConfig::Pattern(t) => format!("pattern memorisation: {} patterns of {} bits, {} steps", t.patterns, t.neurons, t.steps()),
             TaskConfig::Image { task, images } => format!(
-                "image completion: {} images of {}x{} from {} ({} usable), {} steps, {} neurons and {} spare ones held at 0",
+                "image completion: {} images of {}x{} from {} ({} usable), {} steps, {} neurons{}",
                 task.images_per_episode,
                 task.side,
                 task.side,
@@ -89,7 +89,10 @@ impl Task {
                 self.pool.len(),
                 task.steps(),
                 task.model_neurons(),
-                task.spare_neurons
+                match task.spare_neurons {
+                    0 => String::new(),
+                    k => format!(" and {k} spare ones held at 0"),
+                }
             ),
         }
     }
