@@ -256,7 +256,8 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     // Group z takes batch elements b = z, z + Z, z + 2Z, ..., CHUNK of them per pass: element k of
     // the pass starting at m0 is b = z + (m0 + k) Z.
     let group_batch = (p.batch - z + groups - 1u) / groups;
-    let slots = min(BATCH_SLOTS, CHUNK);
+    // At least 1, so that the passes below (m0 += slots) always advance.
+    let slots = clamp(BATCH_SLOTS, 1u, CHUNK);
     for (var m0 = 0u; m0 < group_batch; m0 += slots) {
         let chunk = min(slots, group_batch - m0);
         let b0 = z + m0 * groups;

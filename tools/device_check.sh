@@ -79,6 +79,8 @@ for g in 32 128 256; do sweep 1000 64 auto auto --forward-workgroup-size $g; swe
 sweep 1000 1 auto auto
 # Backward passes of fewer batch elements (fewer registers per invocation, more passes; 4 is the default).
 for k in 1 2; do sweep 1000 64 auto auto --backward-batch-slots $k; done
+# wgpu's loop bounding in every kernel (the runtime leaves it out of the counted-loop kernels).
+for nb in "1000 64" "1000 1"; do sweep $nb auto auto --wgpu-loop-bounding; done
 } 2>&1 | tee "$out/sweep.txt"
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&

@@ -77,3 +77,49 @@ fn input_layer_and_softmax_head_learn_a_delayed_cue() {
     // Chance is ln 4 = 1.39 per episode and 75% errors.
     assert!(last * 5.0 <= first && error < 0.1, "cross-entropy {first} -> {last}, error rate {error}");
 }
+
+/// The runtime builds the kernels whose loops are all counted without wgpu's loop bounding
+/// (`KernelDescriptor::counted_loops`); built with it, every kernel must give the same bits: the same
+/// losses and parameters after three Adam steps, through both rule kernel widths, modulation, the
+/// eligibility trace, the input layer and a softmax head.
+#[test]
+fn wgpu_loop_bounding_changes_no_result() {
+    use plasticity_runtime::{EpisodeData, EtaShape, HeadKind, Modulation, OutputHead, Plasticity, Rule};
+    use rand::Rng;
+    let unbounded = gpu();
+    let bounded = gpu().clone().with_wgpu_loop_bounding(true).unwrap();
+    assert!(!unbounded.wgpu_loop_bounding() && bounded.wgpu_loop_bounding());
+    let retroactive =
+        Plasticity { rule: Rule::Oja, modulation: Modulation::PerNeuron, retroactive: true, eta: EtaShape::PerNeuron, ..Plasticity::PAPER };
+    let cued = Plasticity { rule: Rule::Additive, clip: Some(1.0), modulation: Modulation::Simple, ..Plasticity::PAPER };
+    let head = vec![OutputHead { width: 3, kind: HeadKind::Softmax }];
+    let configs = [
+        NetworkConfig { neurons: 24, seed: 1, ..Default::default() },
+        NetworkConfig { neurons: 13, seed: 2, ..Default::default() },
+        NetworkConfig { neurons: 20, seed: 3, plasticity: retroactive, ..Default::default() },
+        NetworkConfig { neurons: 16, seed: 4, input_width: Some(5), heads: head, plasticity: cued, ..Default::default() },
+    ];
+    for config in configs {
+        let (batch, steps) = (3u32, 9u32);
+        let mut r = rng(config.seed);
+        let data = if config.input_width.is_some() {
+            let inputs = uniform(&mut r, (steps * batch * 5) as usize, 1.0);
+            let mut targets = vec![0.0; (batch * 3) as usize];
+            for e in 0..batch as usize {
+                targets[e * 3 + r.random_range(0..3)] = 1.0; // one class per batch element
+            }
+            EpisodeData { batch, steps, inputs, loss_steps: vec![steps], targets, loss_scale: 1.0, clamp: Vec::new() }
+        } else {
+            random_episode(&mut r, config.neurons, batch, steps)
+        };
+        let run = |ctx: &plasticity_runtime::GpuContext| {
+            let mut trainer = Trainer::new(ctx, Network::new(ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+            let losses: Vec<u32> = (0..3).map(|_| trainer.train_step(ctx, &data).unwrap().loss.to_bits()).collect();
+            let params: Vec<u32> = trainer.network.read_parameters(ctx).unwrap().values.iter().map(|v| v.to_bits()).collect();
+            (losses, params)
+        };
+        let (a, b) = (run(unbounded), run(&bounded));
+        assert_eq!(a.0, b.0, "N = {}: losses with and without loop bounding", config.neurons);
+        assert!(a.1 == b.1, "N = {}: parameters after training with and without loop bounding differ", config.neurons);
+    }
+}

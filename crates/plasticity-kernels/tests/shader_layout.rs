@@ -298,3 +298,103 @@ fn no_kernel_stores_one_component_of_a_vector_in_storage() {
     }
     assert!(checked > 50, "the walk found the kernels' stores ({checked})");
 }
+
+/// Why a shader's loops are not all counted loops that must end (see `KernelDescriptor::counted_loops`),
+/// or None when they are. Every loop must be a `for` whose counter, assigned nowhere in its body, either
+/// goes up by 1 below a bound (`i < n` first in the condition: the counter stays below u32::MAX, so it
+/// cannot wrap), goes up by `slots` (declared as `clamp(BATCH_SLOTS, 1u, ...)`, and bounded by a batch)
+/// or halves while above 0; the bound's variables are assigned nowhere in the body either.
+fn loops_not_counted(source: &str) -> Option<String> {
+    let code: String = source.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(str::to_string).collect()
+    };
+    if let Some(w) = words(&code).into_iter().find(|w| w == "loop" || w == "while") {
+        return Some(format!("a `{w}` loop"));
+    }
+    // The text from `open` (an opening bracket) to its matching closing one, exclusive.
+    let inside = |from: usize, open: char, close: char| -> Option<(usize, usize)> {
+        let start = from + code[from..].find(open)? + 1;
+        let mut depth = 1;
+        for (k, c) in code[start..].char_indices() {
+            depth += (c == open) as i32 - (c == close) as i32;
+            if depth == 0 {
+                return Some((start, start + k));
+            }
+        }
+        None
+    };
+    // Whether `body` assigns `name` (`=`, a compound assignment, `++` or `--`; not `==`, `<=`, ...).
+    let assigns = |body: &str, name: &str| {
+        body.match_indices(name).any(|(at, _)| {
+            let before = body[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+            let after = body[at + name.len()..].trim_start();
+            let word_ends = !body[at + name.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_');
+            let assignment =
+                ["++", "--", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "<<=", ">>="].iter().any(|op| after.starts_with(op))
+                    || (after.starts_with('=') && !after.starts_with("=="));
+            !before && word_ends && assignment
+        })
+    };
+    let mut at = 0;
+    while let Some(found) = code[at..].find("for (") {
+        let header_at = at + found;
+        let (Some((h0, h1)), Some((b0, b1))) = (inside(header_at, '(', ')'), inside(header_at, '{', '}')) else {
+            return Some("a `for` without a header and a body in balanced brackets".into());
+        };
+        let (header, body) = (&code[h0..h1], &code[b0..b1]);
+        at = h1;
+        let parts: Vec<&str> = header.split(';').map(str::trim).collect();
+        let [init, condition, update] = parts[..] else { return Some(format!("`for ({header})`: not three clauses")) };
+        let Some(counter) = init.strip_prefix("var ").and_then(|s| s.split('=').next()).map(str::trim) else {
+            return Some(format!("`for ({header})`: the counter is not declared in the loop"));
+        };
+        let first = condition.split("&&").next().unwrap_or("").trim();
+        let bound = if update == format!("{counter}++") || update == format!("{counter} += slots") {
+            if update.ends_with("slots") && !code.contains("let slots = clamp(BATCH_SLOTS, 1u, ") {
+                return Some(format!("`for ({header})`: steps by `slots`, which is not clamped to at least 1"));
+            }
+            match first.strip_prefix(&format!("{counter} < ")) {
+                Some(bound) => bound,
+                None => return Some(format!("`for ({header})`: the condition does not start with `{counter} < bound`")),
+            }
+        } else if update == format!("{counter} = {counter} / 2u") && first == format!("{counter} > 0u") {
+            ""
+        } else {
+            return Some(format!("`for ({header})`: the counter does not go up by 1 or by slots, or halve to 0"));
+        };
+        for name in std::iter::once(counter.to_string()).chain(words(bound)) {
+            if assigns(body, &name) {
+                return Some(format!("`for ({header})`: the body assigns `{name}`"));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn counted_loops_end() {
+    for kernel in ALL_KERNELS {
+        let why = loops_not_counted(kernel.source);
+        assert_eq!(why.is_none(), kernel.counted_loops, "{}: counted_loops is {} but: {why:?}", kernel.name, kernel.counted_loops);
+    }
+    // The check itself: shapes it must refuse.
+    let refused = [
+        ("loop { }", "a `loop` loop"),
+        ("for (var i = 0u; i < n; i++) { i = 0u; }", "assigns `i`"),
+        ("for (var i = 0u; i < n; i++) { n += 1u; }", "assigns `n`"),
+        ("for (var i = 0u; i < n; i += 2u) { }", "does not go up by 1"),
+        ("for (var i = 0u; i < n; i += slots) { }", "not clamped"),
+        ("for (var i = n; i > 0u; i--) { }", "does not go up by 1"),
+        ("for (var i = 0u; n > i; i++) { }", "does not start with"),
+        ("var i = 0u; for (; i < n; i++) { }", "not declared in the loop"),
+        ("for (var i = 0u; i < n; i++) { x += 1u; ", "balanced brackets"),
+    ];
+    for (source, why) in refused {
+        let found = loops_not_counted(source);
+        assert!(found.as_deref().is_some_and(|f| f.contains(why)), "{source}: {found:?}");
+    }
+    let accepted = "for (var i = 0u; i < n && i < m; i++) { x[i] = i; let j = i; if (j == n) { y += 1u; } } \
+                    for (var s = 64u; s > 0u; s = s / 2u) { a[s] = b; }";
+    assert_eq!(loops_not_counted(accepted), None);
+}

@@ -62,6 +62,8 @@ pub struct GpuContext {
     pub tuning: KernelTuning,
     /// When set, every dispatch is timed (see [`crate::profile`]); off by default.
     pub profiler: Option<Arc<KernelProfiler>>,
+    /// Whether the kernels keep wgpu's loop bounding (see [`GpuContext::with_wgpu_loop_bounding`]).
+    wgpu_loop_bounding: bool,
 }
 
 impl GpuContext {
@@ -150,7 +152,7 @@ impl GpuContext {
                 fix: format!("request a device with at least {needed} storage buffers per shader stage"),
             });
         }
-        let kernels = scoped(&device, "compiling the plasticity kernels", || Kernels::new(&device))?;
+        let kernels = scoped(&device, "compiling the plasticity kernels", || Kernels::new(&device, false))?;
         Ok(Self {
             device,
             queue,
@@ -159,7 +161,29 @@ impl GpuContext {
             timeout: DEFAULT_GPU_TIMEOUT,
             tuning: KernelTuning::default(),
             profiler: None,
+            wgpu_loop_bounding: false,
         })
+    }
+
+    /// This context with its kernels compiled again, with (`true`) or without wgpu's loop bounding.
+    ///
+    /// wgpu puts a 64-bit counter into every shader loop by default, so that no loop can run forever
+    /// (downstream compilers may treat an endless loop as undefined behaviour). Every loop of the kernels marked
+    /// `counted_loops` (all but four small reductions) is a counted loop that must end, checked by a
+    /// test, so the runtime builds them without it: on lavapipe a training episode takes 1-15% less
+    /// time so (README). Turning it back on is for comparing the two (`bench --wgpu-loop-bounding`)
+    /// or for a host that wants wgpu's guarantee regardless; results are the same either way.
+    pub fn with_wgpu_loop_bounding(self, on: bool) -> Result<Self> {
+        if on == self.wgpu_loop_bounding {
+            return Ok(self);
+        }
+        let kernels = scoped(&self.device, "compiling the plasticity kernels", || Kernels::new(&self.device, on))?;
+        Ok(Self { kernels: Arc::new(kernels), wgpu_loop_bounding: on, ..self })
+    }
+
+    /// Whether the kernels were compiled with wgpu's loop bounding.
+    pub fn wgpu_loop_bounding(&self) -> bool {
+        self.wgpu_loop_bounding
     }
 
     pub fn limits(&self) -> wgpu::Limits {

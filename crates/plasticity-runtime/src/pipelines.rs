@@ -23,8 +23,10 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    pub fn new(device: &wgpu::Device) -> Self {
-        let by_name = plasticity_kernels::ALL_KERNELS.iter().map(|k| (k.name, build(device, k))).collect();
+    /// `loop_bounding`: keep wgpu's loop bounding in every kernel, even those whose loops are
+    /// counted (see [`KernelDescriptor::counted_loops`]).
+    pub fn new(device: &wgpu::Device, loop_bounding: bool) -> Self {
+        let by_name = plasticity_kernels::ALL_KERNELS.iter().map(|k| (k.name, build(device, k, loop_bounding))).collect();
         Self { by_name, specialised: Mutex::new(HashMap::new()) }
     }
 
@@ -56,7 +58,7 @@ impl Kernels {
     }
 }
 
-fn build(device: &wgpu::Device, k: &KernelDescriptor) -> Kernel {
+fn build(device: &wgpu::Device, k: &KernelDescriptor, loop_bounding: bool) -> Kernel {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = k
         .bindings
         .iter()
@@ -83,8 +85,18 @@ fn build(device: &wgpu::Device, k: &KernelDescriptor) -> Kernel {
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let module = device
-        .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.name), source: wgpu::ShaderSource::Wgsl(k.source.into()) });
+    let desc = wgpu::ShaderModuleDescriptor { label: Some(k.name), source: wgpu::ShaderSource::Wgsl(k.source.into()) };
+    let module = if k.counted_loops && !loop_bounding {
+        let mut checks = wgpu::ShaderRuntimeChecks::checked();
+        checks.force_loop_bounding = false;
+        // SAFETY: the one check turned off is wgpu's loop bounding, which guards against loops that
+        // never end; every loop of this kernel is a counted `for` loop that must end, which the
+        // `counted_loops_end` test checks of every kernel with `counted_loops` set. Bounds checks
+        // and every other check stay as wgpu sets them.
+        unsafe { device.create_shader_module_trusted(desc, checks) }
+    } else {
+        device.create_shader_module(desc)
+    };
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(k.name),
         layout: Some(&pipeline_layout),

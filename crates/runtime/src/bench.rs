@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// table's W column says which ran), to compare the two on a device.
     #[arg(long)]
     scalar_kernels: bool,
+    /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
+    /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
+    #[arg(long)]
+    wgpu_loop_bounding: bool,
     /// Also time every kernel of one training episode per size (GPU timestamps around each
     /// dispatch; needs the adapter's TIMESTAMP_QUERY_INSIDE_PASSES).
     #[arg(long)]
@@ -109,7 +113,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!path.is_dir(), "--json {} is a directory; give a file name", path.display());
         anyhow::ensure!(dir.is_dir(), "--json {}: the directory {} does not exist; create it first", path.display(), dir.display());
     }
-    let mut ctx = GpuContext::new()?;
+    let mut ctx = GpuContext::new()?.with_wgpu_loop_bounding(args.wgpu_loop_bounding)?;
     ctx.tuning = tuning;
     if args.profile {
         // Refused before anything is measured rather than after the table.
@@ -153,13 +157,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; forward workgroups of {} invocations; \
-         backward passes of {}\n",
+         backward passes of {}; wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
         ctx.tuning.forward_workgroup(&ctx.adapter),
         match args.backward_batch_slots {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
             None => format!("up to {chunk} batch elements"),
+        },
+        if ctx.wgpu_loop_bounding() {
+            "in every kernel (--wgpu-loop-bounding)"
+        } else {
+            "only in the kernels whose loops are not all counted"
         }
     );
 
@@ -369,6 +378,7 @@ fn write_json(
         "timing": bench::timing_method(ctx),
         "config": {
             "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
+            "wgpu_loop_bounding": ctx.wgpu_loop_bounding(),
             "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
             // null: the default, min(4, ceil(B / Z)) per case.
             "backward_batch_slots": ctx.tuning.backward_batch_slots,

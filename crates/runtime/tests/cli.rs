@@ -173,13 +173,17 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_clean_failure(&plasticity(&["bench", "--batch", "4,0"]), "--batch values must be at least 1");
     assert_clean_failure(&plasticity(&["bench", "--json", "/nonexistent-dir/bench.json"]), "does not exist; create it first");
     assert_clean_failure(&plasticity(&["bench", "--neurons", "100000", "--batch", "1"]), "use at most 46339 neurons");
-    // --no-memory: no memory-growth figure, and null for it in the JSON.
+    // --no-memory: no memory-growth figure, and null for it in the JSON. wgpu's loop bounding: left out
+    // of the counted-loop kernels by default, in every kernel with the option, in the header and JSON.
+    assert!(out.contains("wgpu's loop bounding only in the kernels whose loops are not all counted"), "{out}");
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
-    let o = plasticity(&["bench", "--quick", "--no-memory", "--json", json.to_str().unwrap()]);
+    let o = plasticity(&["bench", "--quick", "--no-memory", "--wgpu-loop-bounding", "--json", json.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!String::from_utf8_lossy(&o.stdout).contains("memory against episode length"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("memory against episode length") && out.contains("wgpu's loop bounding in every kernel"), "{out}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(doc["memory_scaling"].is_null() && doc["cases"].as_array().is_some_and(|c| c.len() == 2), "{doc}");
+    assert_eq!(doc["config"]["wgpu_loop_bounding"], serde_json::json!(true));
     std::fs::remove_file(&json).ok();
 }
 
