@@ -168,11 +168,12 @@ impl GpuContext {
     /// This context with its kernels compiled again, with (`true`) or without wgpu's loop bounding.
     ///
     /// wgpu puts a 64-bit counter into every shader loop by default, so that no loop can run forever
-    /// (downstream compilers may treat an endless loop as undefined behaviour). Every loop of the kernels marked
-    /// `counted_loops` (all but four small reductions) is a counted loop that must end, checked by a
-    /// test, so the runtime builds them without it: on lavapipe a training episode takes 1-15% less
-    /// time so (README). Turning it back on is for comparing the two (`bench --wgpu-loop-bounding`)
-    /// or for a host that wants wgpu's guarantee regardless; results are the same either way.
+    /// (downstream compilers may treat an endless loop as undefined behaviour). Every loop of the
+    /// kernels marked `counted_loops` (all but four small reductions) is a counted loop that must end,
+    /// checked by a test, so the runtime builds them without it: on lavapipe a training episode takes
+    /// 1-15% less time so (README). Turning it back on is for comparing the two (`bench
+    /// --wgpu-loop-bounding`) or for a host that wants wgpu's guarantee regardless; results are the
+    /// same either way.
     pub fn with_wgpu_loop_bounding(self, on: bool) -> Result<Self> {
         if on == self.wgpu_loop_bounding {
             return Ok(self);
