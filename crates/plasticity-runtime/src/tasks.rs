@@ -231,13 +231,9 @@ impl ImageTask {
                         for (j, &v) in pool[k].iter().enumerate() {
                             hold(t, e, j, v, &mut inputs);
                         }
-                        hold(t, e, pixels, 1.0, &mut inputs);
                         t += 1;
                     }
-                    for _ in 0..self.gap_steps {
-                        hold(t, e, pixels, 1.0, &mut inputs);
-                        t += 1;
-                    }
+                    t += self.gap_steps as usize;
                 }
             }
             let tested = picks[rng.random_range(0..picks.len())];
@@ -249,11 +245,11 @@ impl ImageTask {
                         hold(t, e, j, v, &mut inputs);
                     }
                 }
-                hold(t, e, pixels, 1.0, &mut inputs);
                 t += 1;
             }
-            // The spares after the bias neuron: held at 0 (their input is 0) with a target of 0.
+            // Held at every step: the bias neuron at 1, and the spares after it at 0 (target 0 too).
             for t in 0..steps {
+                hold(t, e, pixels, 1.0, &mut inputs);
                 for j in self.model_neurons() as usize..n {
                     hold(t, e, j, 0.0, &mut inputs);
                 }
