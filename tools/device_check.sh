@@ -81,6 +81,8 @@ sweep 1000 1 auto auto
 for k in 1 2; do sweep 1000 64 auto auto --backward-batch-slots $k; done
 # wgpu's loop bounding in every kernel (the runtime leaves it out of the counted-loop kernels).
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --wgpu-loop-bounding; done
+# The forward step's history shared by subgroup shuffles (G column; off by default on a GPU).
+for nb in "1000 64" "1000 1" "256 64"; do sweep $nb auto auto --forward-subgroups on; done
 } 2>&1 | tee "$out/sweep.txt"
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&

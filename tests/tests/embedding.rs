@@ -135,3 +135,35 @@ fn errors_on_a_host_device_are_values_and_the_device_stays_usable() {
     assert!(runner.run(ctx, &small_net, &data).unwrap().loss.is_finite());
     assert!(host.errors.lock().unwrap().is_empty(), "host error handler fired: {:?}", host.errors.lock().unwrap());
 }
+
+/// A host device created without `wgpu::Features::SUBGROUP`: the runtime builds no subgroup kernel,
+/// its default runs forward_step_vec4 and trains to the same bits as our own device (which has
+/// subgroups, and on a CPU adapter runs forward_step_vec4_subgroup); asking for the subgroup kernel
+/// there is an error that names the missing feature.
+#[test]
+fn a_host_device_without_subgroups_runs_the_kernels_that_need_none() {
+    use plasticity_runtime::KernelTuning;
+    let Host { ctx: host_ctx, errors } = host();
+    assert!(!host_ctx.has_subgroups() && gpu().has_subgroups());
+    let (config, params, data) = problem(16, 2, 6);
+    let train = |ctx: &GpuContext| {
+        let net = Network::new(ctx, &config).unwrap();
+        net.write_parameters(ctx, &params).unwrap();
+        let mut trainer = Trainer::new(ctx, net, TrainerConfig::default()).unwrap();
+        let loss = trainer.train_step(ctx, &data).unwrap().loss;
+        let values = trainer.network.read_parameters(ctx).unwrap().values;
+        (loss.to_bits(), values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), trainer.forward_subgroups())
+    };
+    let (on_host, on_ours) = (train(&host_ctx), train(gpu()));
+    assert_eq!(on_host.2, Some(false), "the host device has no subgroups");
+    assert_eq!(on_ours.2, Some(gpu().adapter.is_cpu()), "subgroup shuffles by default on a CPU adapter only");
+    assert!(on_host.0 == on_ours.0 && on_host.1 == on_ours.1, "the same training step on both devices");
+
+    let mut forced = host_ctx.clone();
+    forced.tuning = KernelTuning { forward_subgroups: Some(true), ..Default::default() };
+    let err = EpisodeRunner::new().run(&forced, &Network::new(&forced, &config).unwrap(), &data).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, PlasticityError::InvalidConfig { .. }), "{err:?}");
+    assert!(message.contains("forward_subgroups") && message.contains("wgpu::Features::SUBGROUP"), "{message}");
+    assert!(errors.lock().unwrap().is_empty(), "the host's error handler never fired: {:?}", errors.lock().unwrap());
+}

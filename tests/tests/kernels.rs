@@ -116,16 +116,23 @@ struct ForwardStepInputs {
 }
 
 impl ForwardStepInputs {
-    /// The step kernels that can run these inputs: forward_step always, forward_step_vec4 too
-    /// where the runtime would pick it.
-    fn kernels(&self) -> Vec<bool> {
+    /// The step kernels that can run these inputs: forward_step always, forward_step_vec4 and
+    /// forward_step_vec4_subgroup too where the runtime would pick a vec4 kernel. The GPU of these
+    /// tests must have subgroups (lavapipe has), so that the subgroup kernel never goes untested.
+    fn kernels(&self) -> Vec<&'static str> {
+        assert!(gpu().has_subgroups(), "the kernel tests need an adapter with subgroups (lavapipe has them): {}", gpu().adapter);
         let vec4 = plasticity_kernels::uses_vec4_kernels(self.p.n, self.p.w_offset, self.p.alpha_offset);
-        if vec4 { vec![false, true] } else { vec![false] }
+        let mut kernels = vec![forward_step::kernel_name(false, false)];
+        if vec4 {
+            kernels.extend([forward_step::kernel_name(true, false), forward_step::kernel_name(true, true)]);
+        }
+        kernels
     }
 
-    /// forward_step (or forward_step_vec4) on the GPU over these inputs and `partial_sums`; the
-    /// buffers as it left them, without the vec4 kernel's second view of the parameters.
-    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], vec4: bool, workgroup_size: u32) -> Vec<Vec<f32>> {
+    /// `kernel` (one of [`Self::kernels`]) on the GPU over these inputs and `partial_sums`; the
+    /// buffers as it left them, without the vec4 kernels' second view of the parameters.
+    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], kernel: &str, workgroup_size: u32) -> Vec<Vec<f32>> {
+        let vec4 = kernel != forward_step::KERNEL.name;
         let mut buffers = vec![
             bytes(&self.params),
             bytes(&self.trace),
@@ -139,7 +146,7 @@ impl ForwardStepInputs {
         }
         let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4, workgroup_size);
         let constants = forward_step::constants(self.p.batch, workgroup_size);
-        let mut out = run_rule_kernel(forward_step::kernel_name(vec4), spec, &constants, &self.p, &buffers, grid);
+        let mut out = run_rule_kernel(kernel, spec, &constants, &self.p, &buffers, grid);
         out.truncate(6);
         out
     }
@@ -173,13 +180,15 @@ fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: 
     ForwardStepInputs { p, params, trace, activations, clamp, modulation }
 }
 
-/// forward_step at every size, and forward_step_vec4 too where N is a multiple of 4: 4, 8, 64 and 68
-/// (fewer quads than a workgroup of 64 invocations) and 260 (65 quads, one more than a workgroup);
-/// the paper's rule also in workgroups of 8 (a CPU adapter's choice), where 63, 65, 257 and 260
-/// columns or quads end inside a workgroup.
+/// forward_step at every size, and forward_step_vec4 and forward_step_vec4_subgroup too where N is
+/// a multiple of 4: 4, 8, 64 and 68 (fewer quads than a workgroup of 64 invocations) and 260 (65
+/// quads, one more than a workgroup); the paper's rule also in workgroups of 8 (a CPU adapter's
+/// choice), where 63, 65, 257 and 260 columns or quads end inside a workgroup (for the subgroup
+/// kernel: lanes past the last quad, which must still shuffle). The two vec4 kernels do the same f32
+/// operations in the same order, so they must agree bit for bit.
 #[test]
 fn forward_step_matches_cpu_twin() {
-    let mut vec4_cases = 0;
+    let (mut vec4_cases, mut subgroup_cases) = (0, 0);
     for (name, spec) in rule_specs() {
         // The paper's rule at every size; the others at sizes around the workgroup.
         let sizes: &[u32] = if name == "paper" { &[1, 4, 63, 64, 65, 257, 260] } else { &[1, 8, 65, 68] };
@@ -188,10 +197,20 @@ fn forward_step_matches_cpu_twin() {
             for batch in BATCHES {
                 for step in [1u32, 2, 4] {
                     let seed = 1000 * n as u64 + 10 * batch as u64 + step as u64;
-                    for vec4 in forward_step_inputs(&spec, n, batch, step, 4, seed).kernels() {
-                        for &size in workgroup_sizes {
-                            check_forward_step(name, &spec, forward_step_inputs(&spec, n, batch, step, 4, seed), vec4, size);
-                            vec4_cases += (vec4 && size == 64) as u32;
+                    for &size in workgroup_sizes {
+                        let mut vec4_outputs = Vec::new();
+                        for kernel in forward_step_inputs(&spec, n, batch, step, 4, seed).kernels() {
+                            let out = check_forward_step(name, &spec, forward_step_inputs(&spec, n, batch, step, 4, seed), kernel, size);
+                            if kernel != forward_step::KERNEL.name {
+                                vec4_outputs.push(out);
+                            }
+                            vec4_cases += (kernel == forward_step::KERNEL_VEC4.name && size == 64) as u32;
+                            subgroup_cases += (kernel == forward_step::KERNEL_VEC4_SUBGROUP.name && size == 64) as u32;
+                        }
+                        if let [loads, shuffles] = &vec4_outputs[..] {
+                            let what = format!("{name} N={n} B={batch} t={step} workgroup {size}");
+                            assert!(same_bits(&loads[1], &shuffles[1]), "{what}: the vec4 kernels' traces differ");
+                            assert!(same_bits(&loads[2], &shuffles[2]), "{what}: the vec4 kernels' activations differ");
                         }
                     }
                 }
@@ -199,17 +218,24 @@ fn forward_step_matches_cpu_twin() {
         }
     }
     assert_eq!(vec4_cases, 3 * 3 * (3 + 2 * 5), "forward_step_vec4 ran at every size that is a multiple of 4");
+    assert_eq!(subgroup_cases, vec4_cases, "forward_step_vec4_subgroup ran wherever forward_step_vec4 did");
 }
 
-/// One unsplit step on the GPU, in workgroups of `workgroup_size`, against cpu::forward_step.
-fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, vec4: bool, workgroup_size: u32) {
-    let out = inputs.run_on_gpu(spec, &[0.0; 4], vec4, workgroup_size);
+/// Whether two outputs hold the same bits (NaN where both are NaN).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+}
+
+/// One unsplit step of `kernel` on the GPU, in workgroups of `workgroup_size`, against
+/// cpu::forward_step; returns the buffers as the kernel left them.
+fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, kernel: &str, workgroup_size: u32) -> Vec<Vec<f32>> {
+    let out = inputs.run_on_gpu(spec, &[0.0; 4], kernel, workgroup_size);
     let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
     let (n, batch, step) = (p.n, p.batch, p.step);
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
     let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
     cpu::forward_step(spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut []);
-    let ctx = format!("{} {name} N={n} B={batch} t={step} workgroup {workgroup_size}", forward_step::kernel_name(vec4));
+    let ctx = format!("{kernel} {name} N={n} B={batch} t={step} workgroup {workgroup_size}");
     // The trace update is the same few f32 operations on both sides (up to FMA contraction).
     assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
     // x(t): an f32 sum of N <= 260 terms of magnitude <= ~3 against an f64 sum; rounding
@@ -227,6 +253,7 @@ fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, 
         let clipped = trace_ref[..batch as usize * nn].iter().filter(|v| v.abs() == c).count();
         assert!(clipped > 0 && clipped < batch as usize * nn, "{ctx}: the clip is active for some elements only ({clipped})");
     }
+    out
 }
 
 /// A split step: forward_step writes S partial sums and leaves the history alone, forward_finish
@@ -234,13 +261,14 @@ fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, 
 #[test]
 fn split_forward_step_and_finish_match_cpu_twins() {
     for (name, spec) in rule_specs() {
-        // 8 and 260 also run forward_step_vec4.
+        // 8 and 260 also run the vec4 kernels.
         for n in [2u32, 8, 65, 257, 260] {
             for batch in [1u32, 5] {
                 // S = 2, an uneven split (65 = 7 * 10 - 5), and one neuron per chunk.
                 for wanted in [2u32, 7, n] {
-                    for (step, vec4) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false), (s, true)]) {
-                        if vec4 && n % 4 != 0 {
+                    let kernels = [forward_step::KERNEL.name, forward_step::KERNEL_VEC4.name, forward_step::KERNEL_VEC4_SUBGROUP.name];
+                    for (step, kernel) in [1u32, 2, 3].into_iter().flat_map(|s| kernels.map(|k| (s, k))) {
+                        if kernel != forward_step::KERNEL.name && n % 4 != 0 {
                             continue;
                         }
                         let steps = 3;
@@ -253,13 +281,13 @@ fn split_forward_step_and_finish_match_cpu_twins() {
                         let mut inputs = forward_step_inputs(&spec, n, batch, step, steps, seed);
                         (inputs.p.splits, inputs.p.split_len) = (splits, split_len);
                         let partial_sums = nan_filled(splits as usize * row);
-                        assert_eq!(inputs.kernels().contains(&true), n % 4 == 0);
-                        let out = inputs.run_on_gpu(&spec, &partial_sums, vec4, forward_step::WORKGROUP_SIZE);
+                        assert_eq!(inputs.kernels().contains(&kernel), kernel == forward_step::KERNEL.name || n % 4 == 0);
+                        let out = inputs.run_on_gpu(&spec, &partial_sums, kernel, forward_step::WORKGROUP_SIZE);
                         let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
                         let clamp_words = p.clamp_words;
                         let (mut trace_ref, mut act_ref, mut sums_ref) = (trace.clone(), activations.clone(), partial_sums.clone());
                         cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut sums_ref);
-                        let ctx = format!("split {} {name} N={n} B={batch} S={splits} t={step}", forward_step::kernel_name(vec4));
+                        let ctx = format!("split {kernel} {name} N={n} B={batch} S={splits} t={step}");
                         assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
                         // Chunks of <= 130 terms of magnitude <= ~3 in f32 against f64.
                         assert_close(&format!("{ctx} partial sums"), &out[5], &to_f64(&sums_ref), 5e-5, 1e-5);

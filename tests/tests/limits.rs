@@ -118,6 +118,30 @@ fn a_forward_workgroup_past_the_device_limit_is_refused_with_the_range() {
     assert!(EpisodeRunner::new().run(&ctx, &net, &episode(8, 1)).unwrap().loss.is_finite());
 }
 
+/// forward_step_vec4_subgroup needs whole subgroups: asked for in workgroups that are not a multiple
+/// of the adapter's largest subgroup size, it is refused with the sizes; by default that workgroup
+/// size runs forward_step_vec4 instead.
+#[test]
+fn forward_subgroups_in_workgroups_of_partial_subgroups_are_refused_with_the_sizes() {
+    use plasticity_runtime::{KernelTuning, Trainer, TrainerConfig};
+    let largest = gpu().adapter.subgroup_max_size;
+    assert!(gpu().has_subgroups() && largest > 1, "this test needs an adapter with subgroups (lavapipe has them): {}", gpu().adapter);
+    let config = NetworkConfig { neurons: 8, ..Default::default() };
+    let size = largest + largest / 2;
+    let forced = gpu_with(KernelTuning { forward_workgroup_size: Some(size), forward_subgroups: Some(true), ..Default::default() });
+    let err = EpisodeRunner::new().run(&forced, &Network::new(&forced, &config).unwrap(), &episode(8, 1)).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, PlasticityError::InvalidConfig { .. }), "{err:?}");
+    assert!(
+        message.contains(&format!("forward_workgroup_size = {size}")) && message.contains(&format!("subgroup size, {largest}")),
+        "{message}"
+    );
+    let chosen = gpu_with(KernelTuning { forward_workgroup_size: Some(size), ..Default::default() });
+    let mut trainer = Trainer::new(&chosen, Network::new(&chosen, &config).unwrap(), TrainerConfig::default()).unwrap();
+    assert!(trainer.train_step(&chosen, &constant_episode(8, 2, 3)).unwrap().loss.is_finite());
+    assert_eq!(trainer.forward_subgroups(), Some(false));
+}
+
 #[test]
 fn backward_batch_slots_outside_the_range_are_refused_with_it() {
     use plasticity_runtime::{KernelTuning, Trainer, TrainerConfig};

@@ -79,16 +79,31 @@ fn input_layer_and_softmax_head_learn_a_delayed_cue() {
 }
 
 /// The runtime builds the kernels whose loops are all counted without wgpu's loop bounding
-/// (`KernelDescriptor::counted_loops`); built with it, every kernel must give the same bits: the same
-/// losses and parameters after three Adam steps, through both rule kernel widths, modulation, the
-/// eligibility trace, the input layer and a softmax head.
+/// (`KernelDescriptor::counted_loops`); built with it, every kernel must give the same bits.
 #[test]
 fn wgpu_loop_bounding_changes_no_result() {
-    use plasticity_runtime::{EpisodeData, EtaShape, HeadKind, Modulation, OutputHead, Plasticity, Rule};
-    use rand::Rng;
     let unbounded = gpu();
     let bounded = gpu().clone().with_wgpu_loop_bounding(true).unwrap();
     assert!(!unbounded.wgpu_loop_bounding() && bounded.wgpu_loop_bounding());
+    assert_same_training(unbounded, &bounded, "with and without loop bounding");
+}
+
+/// forward_step_vec4_subgroup shares the history by shuffles but sums the same terms in the same
+/// order as forward_step_vec4, so training with either gives the same bits.
+#[test]
+fn forward_subgroups_change_no_result() {
+    use plasticity_runtime::KernelTuning;
+    assert!(gpu().has_subgroups(), "this test needs an adapter with subgroups (lavapipe has them): {}", gpu().adapter);
+    let loads = gpu_with(KernelTuning { forward_subgroups: Some(false), ..Default::default() });
+    let shuffles = gpu_with(KernelTuning { forward_subgroups: Some(true), ..Default::default() });
+    assert_same_training(&loads, &shuffles, "with and without subgroup shuffles");
+}
+
+/// The same losses and parameters after three Adam steps on both contexts, through both rule kernel
+/// widths, modulation, the eligibility trace, the input layer and a softmax head.
+fn assert_same_training(a: &plasticity_runtime::GpuContext, b: &plasticity_runtime::GpuContext, what: &str) {
+    use plasticity_runtime::{EpisodeData, EtaShape, HeadKind, Modulation, OutputHead, Plasticity, Rule};
+    use rand::Rng;
     let retroactive =
         Plasticity { rule: Rule::Oja, modulation: Modulation::PerNeuron, retroactive: true, eta: EtaShape::PerNeuron, ..Plasticity::PAPER };
     let cued = Plasticity { rule: Rule::Additive, clip: Some(1.0), modulation: Modulation::Simple, ..Plasticity::PAPER };
@@ -118,8 +133,8 @@ fn wgpu_loop_bounding_changes_no_result() {
             let params: Vec<u32> = trainer.network.read_parameters(ctx).unwrap().values.iter().map(|v| v.to_bits()).collect();
             (losses, params)
         };
-        let (a, b) = (run(unbounded), run(&bounded));
-        assert_eq!(a.0, b.0, "N = {}: losses with and without loop bounding", config.neurons);
-        assert!(a.1 == b.1, "N = {}: parameters after training with and without loop bounding differ", config.neurons);
+        let (on_a, on_b) = (run(a), run(b));
+        assert_eq!(on_a.0, on_b.0, "N = {}: losses {what}", config.neurons);
+        assert!(on_a.1 == on_b.1, "N = {}: parameters after training {what} differ", config.neurons);
     }
 }

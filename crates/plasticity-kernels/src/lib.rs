@@ -112,6 +112,10 @@ pub struct KernelDescriptor {
     /// on lavapipe (`cargo bench --bench loop_bounding`). False for the reductions that stride by a
     /// workgroup (`k += WORKGROUP_SIZE`), whose end rests on their bound staying clear of `u32::MAX`.
     pub counted_loops: bool,
+    /// Whether the shader uses subgroup operations (`wgpu::Features::SUBGROUP`): the runtime builds it
+    /// only on a device with that feature, and `shader_layout` validates it with naga's subgroup
+    /// capabilities.
+    pub subgroups: bool,
 }
 
 impl KernelDescriptor {
@@ -331,6 +335,7 @@ pub mod forward_step {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: true,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// The same step with vec4 access for N a multiple of 4 (see `uses_vec4_kernels`): forward_step's
@@ -342,9 +347,25 @@ pub mod forward_step {
         ..KERNEL
     };
 
-    /// The kernel that runs a step (see `uses_vec4_kernels`).
-    pub fn kernel_name(vec4: bool) -> &'static str {
-        if vec4 { KERNEL_VEC4.name } else { KERNEL.name }
+    /// forward_step_vec4 with the history's pre-synaptic quads shared through subgroup shuffles
+    /// instead of loaded by every invocation (`wgpu::Features::SUBGROUP`; full subgroups, see
+    /// `KernelTuning::forward_subgroups`). Same bindings, same results bit for bit; its twin is
+    /// `cpu::forward_step`.
+    pub const KERNEL_VEC4_SUBGROUP: KernelDescriptor = KernelDescriptor {
+        name: "forward_step_vec4_subgroup",
+        source: include_str!("../../../shaders/forward_step_vec4_subgroup.wgsl"),
+        subgroups: true,
+        ..KERNEL_VEC4
+    };
+
+    /// The kernel that runs a step (see `uses_vec4_kernels`); `subgroups` picks the subgroup form of
+    /// the vec4 kernel.
+    pub fn kernel_name(vec4: bool, subgroups: bool) -> &'static str {
+        match (vec4, subgroups) {
+            (false, _) => KERNEL.name,
+            (true, false) => KERNEL_VEC4.name,
+            (true, true) => KERNEL_VEC4_SUBGROUP.name,
+        }
     }
 
     /// Override constant of both widths: invocations per workgroup, WORKGROUP_SIZE unless the
@@ -410,6 +431,7 @@ pub mod forward_finish {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     pub fn workgroups(n: u32, batch: u32) -> [u32; 3] {
@@ -466,6 +488,7 @@ pub mod backward_activation {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     pub fn workgroups(n: u32, batch: u32) -> [u32; 3] {
@@ -543,6 +566,7 @@ pub mod backward_trace {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: true,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// The same step with vec4 access to the traces for N a multiple of 4 (see `uses_vec4_kernels`), and the
@@ -632,6 +656,7 @@ pub mod weight_gradient {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// The same kernel with vec4 loads and stores for N a multiple of 4 (see `uses_vec4_kernels`);
@@ -681,6 +706,7 @@ pub mod loss_mse {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: false,
+        subgroups: false,
     };
 }
 
@@ -771,6 +797,7 @@ pub mod finish_gradients {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: false,
+        subgroups: false,
     };
 }
 
@@ -798,6 +825,7 @@ pub mod modulation_forward {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     pub fn workgroups(batch: u32) -> [u32; 3] {
@@ -850,6 +878,7 @@ pub mod modulation_backward {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: false,
+        subgroups: false,
     };
 
     /// One workgroup per batch element.
@@ -903,6 +932,7 @@ pub mod trace_update {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: true,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// The same update with vec4 access for N a multiple of 4 (see `uses_vec4_kernels`): one invocation per
@@ -968,6 +998,7 @@ pub mod adam_update {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// The grid covering `count` parameters, and its row stride.
@@ -1001,6 +1032,7 @@ pub mod stream_triad {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 }
 
@@ -1032,6 +1064,7 @@ pub mod input_projection {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// The grid covering every (t, b, j), and its row stride.
@@ -1071,6 +1104,7 @@ pub mod input_projection_backward {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// One invocation per (j, d), d = D being the bias.
@@ -1107,6 +1141,7 @@ pub mod head_forward {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// One invocation per (k, (s, b)).
@@ -1145,6 +1180,7 @@ pub mod head_loss {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: false,
+        subgroups: false,
     };
 }
 
@@ -1201,6 +1237,7 @@ pub mod head_backward {
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
+        subgroups: false,
     };
 
     /// One invocation per neuron, and one for the bias.
@@ -1227,6 +1264,7 @@ pub fn elementwise_grid(count: u32, workgroup_size: u32) -> ([u32; 3], u32) {
 pub const ALL_KERNELS: &[KernelDescriptor] = &[
     forward_step::KERNEL,
     forward_step::KERNEL_VEC4,
+    forward_step::KERNEL_VEC4_SUBGROUP,
     forward_finish::KERNEL,
     backward_activation::KERNEL,
     backward_trace::KERNEL,

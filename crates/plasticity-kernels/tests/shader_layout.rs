@@ -4,10 +4,17 @@
 use plasticity_kernels::{ALL_KERNELS, BindingKind, KernelDescriptor, metrics};
 use wgpu::naga;
 
+/// A validator with the capabilities the runtime gives the kernel: naga's defaults, plus subgroup
+/// operations for a kernel that needs `wgpu::Features::SUBGROUP`.
+fn validator(kernel: &KernelDescriptor) -> naga::valid::Validator {
+    let capabilities = if kernel.subgroups { naga::valid::Capabilities::SUBGROUP } else { naga::valid::Capabilities::default() };
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+}
+
 fn parse_and_validate(kernel: &KernelDescriptor) -> naga::Module {
     let module = naga::front::wgsl::parse_str(kernel.source)
         .unwrap_or_else(|e| panic!("{}.wgsl does not parse:\n{}", kernel.name, e.emit_to_string(kernel.source)));
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+    validator(kernel)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}.wgsl does not validate:\n{}", kernel.name, e.emit_to_string(kernel.source)));
     module
@@ -167,8 +174,8 @@ fn shared_block(kernel: &KernelDescriptor, start: &str, end: &str) -> &'static s
 
 #[test]
 fn vec4_rule_kernels_share_one_copy_of_the_vec4_update_functions() {
-    let vec4: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants && k.name.ends_with("_vec4")).collect();
-    assert_eq!(vec4.len(), 3, "forward_step_vec4, backward_trace_vec4, trace_update_vec4");
+    let vec4: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants && k.name.contains("_vec4")).collect();
+    assert_eq!(vec4.len(), 4, "forward_step_vec4, forward_step_vec4_subgroup, backward_trace_vec4, trace_update_vec4");
     let block = |k| shared_block(k, "// ---- shared by every vec4 rule kernel", "// ---- end of shared vec4 functions ----");
     let first = block(vec4[0]);
     assert!(first.contains("fn rule_update_vec4") && first.contains("fn clip_trace_vec4"));
@@ -181,7 +188,18 @@ fn vec4_rule_kernels_share_one_copy_of_the_vec4_update_functions() {
 fn rule_kernels_share_one_copy_of_the_update_functions() {
     let rule_kernels: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants).collect();
     let names: Vec<&str> = rule_kernels.iter().map(|k| k.name).collect();
-    assert_eq!(names, ["forward_step", "forward_step_vec4", "backward_trace", "backward_trace_vec4", "trace_update", "trace_update_vec4"]);
+    assert_eq!(
+        names,
+        [
+            "forward_step",
+            "forward_step_vec4",
+            "forward_step_vec4_subgroup",
+            "backward_trace",
+            "backward_trace_vec4",
+            "trace_update",
+            "trace_update_vec4"
+        ]
+    );
     let first = shared_functions(rule_kernels[0]);
     assert!(first.contains("fn rule_update") && first.contains("fn plastic_rate") && first.contains("fn alpha_eff"));
     for k in &rule_kernels[1..] {
@@ -221,9 +239,7 @@ fn rule_kernels_validate_for_every_rule() {
     specs.push(Plasticity { alpha: AlphaShape::Scalar, eta: EtaShape::PerNeuron, plastic_self: false, ..Plasticity::PAPER });
     for kernel in ALL_KERNELS.iter().filter(|k| k.rule_constants) {
         let module = parse_and_validate(kernel);
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
-            .validate(&module)
-            .unwrap();
+        let info = validator(kernel).validate(&module).unwrap();
         for spec in &specs {
             let mut constants: naga::back::PipelineConstants = spec.constants().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             if kernel.name.starts_with("backward_trace") {
@@ -270,9 +286,7 @@ fn no_kernel_stores_one_component_of_a_vector_in_storage() {
     let mut checked = 0;
     for kernel in ALL_KERNELS {
         let module = parse_and_validate(kernel);
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
-            .validate(&module)
-            .unwrap();
+        let info = validator(kernel).validate(&module).unwrap();
         let functions = module.functions.iter().map(|(h, f)| (f, &info[h]));
         let entries = module.entry_points.iter().enumerate().map(|(k, e)| (&e.function, info.get_entry_point(k)));
         for (function, function_info) in functions.chain(entries) {
@@ -370,6 +384,25 @@ fn loops_not_counted(source: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// `subgroups` is set exactly where the shader needs naga's subgroup capability, so the runtime
+/// never builds such a kernel on a device without the feature, nor holds one back needlessly.
+#[test]
+fn subgroup_kernels_are_the_ones_that_need_subgroups() {
+    for kernel in ALL_KERNELS {
+        let module = parse_and_validate(kernel);
+        let plain =
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default()).validate(&module);
+        assert_eq!(
+            plain.is_err(),
+            kernel.subgroups,
+            "{}: subgroups is {} but validation without them: {plain:?}",
+            kernel.name,
+            kernel.subgroups
+        );
+    }
+    assert!(ALL_KERNELS.iter().any(|k| k.subgroups), "forward_step_vec4_subgroup");
 }
 
 #[test]

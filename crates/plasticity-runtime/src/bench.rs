@@ -71,6 +71,9 @@ pub struct CaseResult {
     pub backward_groups: u32,
     /// 4 when the rule kernels ran as vec4, 1 when scalar (`KernelTuning::scalar_kernels`).
     pub kernel_width: u32,
+    /// Whether the forward step shared the history by subgroup shuffles
+    /// (`KernelTuning::forward_subgroups`).
+    pub forward_subgroups: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -338,6 +341,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         forward_splits,
         backward_groups,
         kernel_width: trainer.kernel_width().expect("the timed episodes ran"),
+        forward_subgroups: trainer.forward_subgroups().expect("the timed episodes ran"),
     })
 }
 

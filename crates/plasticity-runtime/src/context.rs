@@ -16,6 +16,10 @@ pub struct AdapterSummary {
     pub backend: wgpu::Backend,
     pub device_type: wgpu::DeviceType,
     pub driver: String,
+    /// The sizes a subgroup can have on this adapter (wgpu's `AdapterInfo::subgroup_min_size` and
+    /// `subgroup_max_size`): 8 and 8 on lavapipe, 32 and 32 on NVIDIA.
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
 }
 
 impl AdapterSummary {
@@ -25,6 +29,8 @@ impl AdapterSummary {
             backend: info.backend,
             device_type: info.device_type,
             driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
         }
     }
 
@@ -120,7 +126,8 @@ impl GpuContext {
                 required_features: adapter.features()
                     & (wgpu::Features::TIMESTAMP_QUERY
                         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-                        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+                        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+                        | wgpu::Features::SUBGROUP),
                 required_limits,
                 ..Default::default()
             })
@@ -135,6 +142,8 @@ impl GpuContext {
     /// Wraps a device and queue that a host application created. Nothing global is changed on the
     /// device: no error handler is installed, and every runtime call catches its own errors with
     /// error scopes. The device must allow 8 storage buffers per shader stage (wgpu's default).
+    /// Where it was created with `wgpu::Features::SUBGROUP`, the forward step may use subgroup
+    /// shuffles (see [`KernelTuning::forward_subgroups`]); without it, the kernels that need none.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         let adapter = AdapterSummary::from_info(&device.adapter_info());
         Self::build(device, queue, adapter)
@@ -189,6 +198,11 @@ impl GpuContext {
 
     pub fn limits(&self) -> wgpu::Limits {
         self.device.limits()
+    }
+
+    /// Whether the device was created with subgroup operations (`wgpu::Features::SUBGROUP`).
+    pub fn has_subgroups(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SUBGROUP)
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into a

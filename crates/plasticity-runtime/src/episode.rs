@@ -400,6 +400,9 @@ pub(crate) struct ForwardState {
     pub tuning: KernelTuning,
     /// Whether the rule kernels run as vec4 (the shape and the tuning's choice).
     pub vec4: bool,
+    /// Whether the vec4 forward step shares the history by subgroup shuffles
+    /// (`forward_step_vec4_subgroup`; see [`KernelTuning::forward_subgroups`]).
+    pub forward_subgroups: bool,
     step_params_slots: ParamSlots,
     finish_params_slots: ParamSlots,
     modulation_params_slots: ParamSlots,
@@ -441,6 +444,8 @@ impl ForwardState {
                 format!("forward_workgroup_size = {forward_workgroup}; this device takes 1 to {most} invocations per workgroup"),
             ));
         }
+        let vec4 = ctx.tuning.vec4_kernels(shape.allows_vec4_kernels());
+        let forward_subgroups = vec4 && ctx.tuning.forward_subgroup_kernel(&ctx.adapter, ctx.has_subgroups(), forward_workgroup)?;
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -512,7 +517,8 @@ impl ForwardState {
             forward_splits: splits,
             forward_workgroup,
             tuning: ctx.tuning,
-            vec4: ctx.tuning.vec4_kernels(shape.allows_vec4_kernels()),
+            vec4,
+            forward_subgroups,
             step_params_slots: ParamSlots::new(ctx, "forward_step params", &step_params)?,
             finish_params_slots: ParamSlots::new(ctx, "forward_finish params", &finish_params)?,
             modulation_params_slots: ParamSlots::new(ctx, "modulation_forward params", &modulation_params)?,
@@ -593,7 +599,7 @@ impl ForwardState {
         encoder.clear_buffer(&self.activations, 0, Some(row_bytes)); // x(0) = 0
         let spec = self.shape.plasticity();
         let vec4 = self.vec4;
-        let step_kernel = forward_step::kernel_name(vec4);
+        let step_kernel = forward_step::kernel_name(vec4, self.forward_subgroups);
         let constants = forward_step::constants(self.shape.batch, self.forward_workgroup);
         let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &constants);
         let step_buffers: [&wgpu::Buffer; 7] =

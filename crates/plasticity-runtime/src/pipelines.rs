@@ -26,12 +26,19 @@ impl Kernels {
     /// `loop_bounding`: keep wgpu's loop bounding in every kernel, even those whose loops are
     /// counted (see [`KernelDescriptor::counted_loops`]).
     pub fn new(device: &wgpu::Device, loop_bounding: bool) -> Self {
-        let by_name = plasticity_kernels::ALL_KERNELS.iter().map(|k| (k.name, build(device, k, loop_bounding))).collect();
+        // A kernel that needs subgroups is built only where the device has them; the runtime never
+        // asks for it elsewhere (KernelTuning::forward_subgroups).
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        let by_name = plasticity_kernels::ALL_KERNELS
+            .iter()
+            .filter(|k| subgroups || !k.subgroups)
+            .map(|k| (k.name, build(device, k, loop_bounding)))
+            .collect();
         Self { by_name, specialised: Mutex::new(HashMap::new()) }
     }
 
     pub fn get(&self, name: &str) -> &Kernel {
-        &self.by_name[name]
+        self.by_name.get(name).unwrap_or_else(|| panic!("kernel {name} was not built for this device"))
     }
 
     /// The pipeline of a rule kernel with the override constants of `spec` (and `extra` ones, such

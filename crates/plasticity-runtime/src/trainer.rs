@@ -599,6 +599,12 @@ impl Trainer {
         Some(if self.backward.as_ref()?.vec4 { 4 } else { 1 })
     }
 
+    /// Whether the last episode's forward step shared the history by subgroup shuffles (see
+    /// [`crate::KernelTuning::forward_subgroups`]); `None` before the first episode.
+    pub fn forward_subgroups(&self) -> Option<bool> {
+        Some(self.forward.as_ref()?.forward_subgroups)
+    }
+
     /// Adam steps taken so far.
     pub fn steps_taken(&self) -> u32 {
         self.adam_step

@@ -48,6 +48,15 @@ pub struct KernelTuning {
     /// per access and train about 2.1x faster on lavapipe (README), but hold more registers per
     /// invocation, and on a GPU they have not been measured against the scalar ones yet.
     pub scalar_kernels: bool,
+    /// Whether the vec4 forward step shares x(t-1) and x(t-2) between the invocations of a subgroup
+    /// by shuffles (`forward_step_vec4_subgroup`) instead of having each invocation load them
+    /// (`forward_step_vec4`); the results are the same bits. `None`: on a CPU adapter wherever it can
+    /// run, where a training episode takes less time (README, "Subgroups"); not on a GPU, where loads of one
+    /// address by a whole subgroup are already one access and it has not been measured.
+    /// It can run where the device has `wgpu::Features::SUBGROUP` and the forward workgroup size is a
+    /// multiple of the adapter's largest subgroup size (so that every subgroup is full);
+    /// `Some(true)` elsewhere is an error that says which is missing.
+    pub forward_subgroups: Option<bool>,
 }
 
 impl KernelTuning {
@@ -60,6 +69,30 @@ impl KernelTuning {
     /// Invocations per forward_step workgroup.
     pub fn forward_workgroup(&self, adapter: &AdapterSummary) -> u32 {
         self.forward_workgroup_size.unwrap_or(if adapter.is_cpu() { CPU_FORWARD_WORKGROUP } else { forward_step::WORKGROUP_SIZE })
+    }
+
+    /// Whether the vec4 forward step runs as `forward_step_vec4_subgroup` on this device, in
+    /// workgroups of `workgroup` invocations (see [`KernelTuning::forward_subgroups`]).
+    pub fn forward_subgroup_kernel(&self, adapter: &AdapterSummary, device_has_subgroups: bool, workgroup: u32) -> crate::Result<bool> {
+        let largest = adapter.subgroup_max_size;
+        let missing = if !device_has_subgroups {
+            Some("the device was created without wgpu::Features::SUBGROUP".to_string())
+        } else if largest == 0 || !workgroup.is_multiple_of(largest) {
+            Some(format!(
+                "forward_workgroup_size = {workgroup} is not a multiple of this adapter's largest subgroup size, {largest}, so some subgroups would not be full"
+            ))
+        } else {
+            None
+        };
+        match (self.forward_subgroups, missing) {
+            (Some(false), _) => Ok(false),
+            (None, missing) => Ok(missing.is_none() && adapter.is_cpu()),
+            (Some(true), None) => Ok(true),
+            (Some(true), Some(why)) => Err(crate::error::invalid(
+                "kernel tuning",
+                format!("forward_subgroups is on, but {why}; turn it off, or give the forward step whole subgroups"),
+            )),
+        }
     }
 
     /// `(splits, split_len)` of the forward step at N neurons and batch B.

@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// table's W column says which ran), to compare the two on a device.
     #[arg(long)]
     scalar_kernels: bool,
+    /// Whether the vec4 forward step shares x(t-1) and x(t-2) between the invocations of a subgroup
+    /// by shuffles instead of having each load them: on or off (default: on for a CPU adapter with
+    /// subgroups, off on a GPU, where it has not been measured); the table's G column says where it ran.
+    #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+    forward_subgroups: Option<bool>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
     /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
     #[arg(long)]
@@ -101,6 +106,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         forward_workgroup_size: args.forward_workgroup_size,
         backward_batch_slots: args.backward_batch_slots,
         scalar_kernels: args.scalar_kernels,
+        forward_subgroups: args.forward_subgroups,
     };
     // The trainer's own range check, run now rather than after the ceiling is measured.
     let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
@@ -156,10 +162,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
-         W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; forward workgroups of {} invocations; \
+         W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
+         by subgroup shuffles{}; forward workgroups of {} invocations; \
          backward passes of {}; wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
+        match args.forward_subgroups {
+            Some(on) => format!(" (--forward-subgroups {})", if on { "on" } else { "off" }),
+            None => String::new(),
+        },
         ctx.tuning.forward_workgroup(&ctx.adapter),
         match args.backward_batch_slots {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
@@ -173,7 +184,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     println!(
-        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2}",
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2} {:>1}",
         "N",
         "B",
         "T",
@@ -190,7 +201,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "K",
         "S",
         "Z",
-        "W"
+        "W",
+        "G"
     );
     let mut results = Vec::new();
     for &n in &neurons {
@@ -272,7 +284,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_case(r: &CaseResult) {
     println!(
-        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2}",
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2} {:>1}",
         r.case.neurons,
         r.case.batch,
         r.case.steps,
@@ -289,7 +301,8 @@ fn print_case(r: &CaseResult) {
         r.checkpoint_segment,
         r.forward_splits,
         r.backward_groups,
-        r.kernel_width
+        r.kernel_width,
+        if r.forward_subgroups { "s" } else { "-" }
     );
 }
 
@@ -366,6 +379,7 @@ fn write_json(
                 "checkpoint_segment": r.checkpoint_segment,
                 "forward_splits": r.forward_splits, "backward_groups": r.backward_groups,
                 "kernel_width": r.kernel_width,
+                "forward_subgroups": r.forward_subgroups,
                 "profile": profile,
             })
         })
@@ -380,6 +394,8 @@ fn write_json(
             "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
             "wgpu_loop_bounding": ctx.wgpu_loop_bounding(),
             "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
+            // null: the default (on for a CPU adapter with subgroups); each case says where it ran.
+            "forward_subgroups": ctx.tuning.forward_subgroups,
             // null: the default, min(4, ceil(B / Z)) per case.
             "backward_batch_slots": ctx.tuning.backward_batch_slots,
         },

@@ -149,14 +149,19 @@ fn bench_quick_runs_and_names_the_adapter() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("(set by options)"), "{out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
-    assert!(row.trim_end().ends_with("3   2  4"), "S = 3, Z = 2 and the vec4 kernels (W = 4) in the row: {row}");
+    // G: the forward step's subgroup shuffles, by default on a CPU adapter (lavapipe has subgroups).
+    let shuffles = if out.contains("(Vulkan, Cpu,") { "s" } else { "-" };
+    assert!(
+        row.trim_end().ends_with(&format!("3   2  4 {shuffles}")),
+        "S = 3, Z = 2, the vec4 kernels (W = 4) and G = {shuffles} in the row: {row}"
+    );
     // --scalar-kernels: W = 1 at the same N (a multiple of 4).
     let o = plasticity(&["bench", "--quick", "--scalar-kernels"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("(--scalar-kernels)"), "{out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
-    assert!(row.trim_end().ends_with(" 1"), "W = 1 in the row: {row}");
+    assert!(row.trim_end().ends_with(" 1 -"), "W = 1 and no subgroup shuffles (a vec4 kernel's) in the row: {row}");
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
     // The forward workgroup: the adapter's choice in the header, a size past the device refused.
     assert!(out.contains("forward workgroups of 8 invocations") || !out.contains("(Vulkan, Cpu,"), "a CPU adapter's 8: {out}");
@@ -177,13 +182,27 @@ fn bench_quick_runs_and_names_the_adapter() {
     // of the counted-loop kernels by default, in every kernel with the option, in the header and JSON.
     assert!(out.contains("wgpu's loop bounding only in the kernels whose loops are not all counted"), "{out}");
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
-    let o = plasticity(&["bench", "--quick", "--no-memory", "--wgpu-loop-bounding", "--json", json.to_str().unwrap()]);
+    // --forward-subgroups off: in the header, the JSON config and every case.
+    let o = plasticity(&[
+        "bench",
+        "--quick",
+        "--no-memory",
+        "--wgpu-loop-bounding",
+        "--forward-subgroups",
+        "off",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.contains("memory against episode length") && out.contains("wgpu's loop bounding in every kernel"), "{out}");
+    assert!(out.contains("(--forward-subgroups off)"), "{out}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(doc["memory_scaling"].is_null() && doc["cases"].as_array().is_some_and(|c| c.len() == 2), "{doc}");
     assert_eq!(doc["config"]["wgpu_loop_bounding"], serde_json::json!(true));
+    assert_eq!(doc["config"]["forward_subgroups"], serde_json::json!(false));
+    assert!(doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false), "{doc}");
+    assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-subgroups", "maybe"]), "invalid value 'maybe'");
     std::fs::remove_file(&json).ok();
 }
 
@@ -213,8 +232,10 @@ fn bench_profile_times_every_kernel_of_a_training_episode() {
         assert_eq!(profile["untimed_dispatches"], 0, "{case}");
         let kernels = profile["kernels"].as_array().unwrap();
         let dispatches = |name: &str| kernels.iter().find(|k| k["kernel"] == name).map(|k| k["dispatches"].as_u64().unwrap());
-        // N = 64 runs the vec4 step kernels: one forward and one backward trace step per time step.
-        assert_eq!(dispatches("forward_step_vec4"), Some(20), "{case}");
+        // N = 64 runs the vec4 step kernels: one forward and one backward trace step per time step;
+        // the forward one shares the history by subgroup shuffles where the case says so.
+        let forward = if case["forward_subgroups"].as_bool().unwrap() { "forward_step_vec4_subgroup" } else { "forward_step_vec4" };
+        assert_eq!(dispatches(forward), Some(20), "{case}");
         assert_eq!(dispatches("backward_trace_vec4"), Some(20), "{case}");
         // dw once per window of 16 steps: steps 1-16 and 17-20.
         assert_eq!(dispatches("weight_gradient_vec4"), Some(2), "{case}");
