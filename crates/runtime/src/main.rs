@@ -61,6 +61,14 @@ fn info() -> anyhow::Result<()> {
     println!("max_storage_buffer_binding_size: {} bytes", limits.max_storage_buffer_binding_size);
     println!("max_buffer_size: {} bytes", limits.max_buffer_size);
     println!("max_storage_buffers_per_shader_stage: {}", limits.max_storage_buffers_per_shader_stage);
+    let shuffles = ctx.tuning.forward_subgroup_kernel(&ctx.adapter, ctx.has_subgroups(), ctx.tuning.forward_workgroup(&ctx.adapter))?;
+    let forward = if shuffles { "shares the history by subgroup shuffles" } else { "loads the history in every invocation" };
+    if ctx.has_subgroups() {
+        let (min, max) = (ctx.adapter.subgroup_min_size, ctx.adapter.subgroup_max_size);
+        println!("subgroups: {min} to {max} lanes; the vec4 forward step {forward} (bench --forward-subgroups on|off)");
+    } else {
+        println!("subgroups: none on this device; the vec4 forward step {forward}");
+    }
     let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     // The flat parameters (w and alpha: 2 N^2 floats, and their gradient and Adam's moments beside
     // them) bound N; the trace (B, N, N) bounds the batch; the activation history (T + 1, B, N) is next.

@@ -386,3 +386,20 @@ fn export_episode_writes_a_gradient_for_every_parameter_of_the_rule() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `info` names the adapter, its limits and whether the forward step uses subgroup shuffles (on a CPU
+/// adapter with subgroups, as lavapipe is, it does).
+#[test]
+fn info_names_the_adapter_and_the_forward_steps_subgroups() {
+    let o = plasticity(&["info"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("adapter: ") && out.contains("max_storage_buffer_binding_size: ") && out.contains("largest network: N = "),
+        "{out}"
+    );
+    let subgroups = out.lines().find(|l| l.starts_with("subgroups: ")).unwrap_or_else(|| panic!("no subgroups line: {out}"));
+    if out.contains("(Vulkan, Cpu,") {
+        assert!(subgroups.contains("shares the history by subgroup shuffles"), "{subgroups}");
+    }
+}
