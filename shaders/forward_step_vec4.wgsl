@@ -139,125 +139,182 @@ fn div_ceil_u32(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n = p.n;
-    let quads = n / 4u;
-    let q = gid.x;
-    let j0 = 4u * q;
-    let b0 = gid.y * BATCH_TILE;
-    let split = p.splits > 1u;
-    if (q >= quads || b0 >= p.batch || gid.z >= max(p.splits, 1u)) {
-        return;
-    }
-    let tile = min(BATCH_TILE, p.batch - b0);
-    let slots = min(BATCH_SLOTS, BATCH_TILE);
-    let row = p.batch * n;               // one (B, N) row of the history
-    let x_prev = (p.step - 1u) * row;    // x(t-1)
-    let update = p.step >= 2u;
+// ---- shared by the vec4 forward kernels (a test keeps the copies identical) ----
+// What one invocation holds for its column quad q and batch tile through the sum over i.
+struct QuadTile {
+    n: u32,
+    quads: u32,
+    q: u32,
+    j0: u32,             // the quad's first post-synaptic neuron, 4 q
+    b0: u32,             // the tile's first batch element
+    tile: u32,           // its batch elements, min(BATCH_TILE, B - b0)
+    slots: u32,          // iterations of the unrolled tile loops (BATCH_SLOTS)
+    row: u32,            // one (B, N) row of the history
+    x_prev: u32,         // where x(t-1) starts in the history
+    update: bool,        // t >= 2: H(t-1) is updated to H(t) on the fly
+    split: bool,         // S > 1: the sum is a chunk's, written to partial_sums
+    chunk: u32,          // this chunk of the sum (gid.z)
+    i_begin: u32,        // the chunk's pre-synaptic neurons [i_begin, i_end)
+    i_end: u32,
     // Loaded once: the compiler cannot hoist loads of `p` past the trace stores, which it must
     // assume may alias.
-    let w_quad = p.w_offset / 4u;
-    let alpha_offset = p.alpha_offset;
-    let elig_quad = p.elig_offset / 4u;
-    let i_begin = select(0u, gid.z * p.split_len, split);
-    let i_end = select(n, min(n, i_begin + p.split_len), split);
+    w_quad: u32,
+    alpha_quad: u32,
+    elig_quad: u32,
+    alpha_fixed: vec4<f32>,                // alpha_eff of the quad where it does not depend on i (ALPHA_SHAPE 1, 2)
+    eta0: vec4<f32>,                       // one eta (RATE 0): one value for the whole step
+    rate_e: vec4<f32>,                     // the eligibility trace's rate
+    post: array<vec4<f32>, BATCH_TILE>,    // x_j(t-1)
+    rate: array<vec4<f32>, BATCH_TILE>,    // rate_bj(t-1) when it varies (RATE > 0)
+}
 
-    // alpha_eff for the quad where it does not depend on i (ALPHA_SHAPE 1, 2).
-    var alpha_fixed = vec4(params[alpha_offset]);
+// The tile of column quad q, batch tile `batch_tile` and chunk `chunk` (q may be past the last quad
+// in the subgroup kernel, whose lanes there load values they never use; every index is clamped).
+// Loops over the tile run to the constant `slots` and skip k >= tile, so that they unroll and the
+// arrays stay in registers (with an early `break` instead, lavapipe ran the step about 1.3x slower).
+fn quad_tile(q: u32, batch_tile: u32, chunk: u32) -> QuadTile {
+    var t: QuadTile;
+    t.n = p.n;
+    t.quads = t.n / 4u;
+    t.q = q;
+    t.j0 = 4u * q;
+    t.b0 = batch_tile * BATCH_TILE;
+    t.tile = min(BATCH_TILE, p.batch - t.b0);
+    let slots = min(BATCH_SLOTS, BATCH_TILE);
+    t.slots = slots;
+    t.row = p.batch * t.n;
+    t.x_prev = (p.step - 1u) * t.row;
+    t.update = p.step >= 2u;
+    t.split = p.splits > 1u;
+    t.chunk = chunk;
+    t.i_begin = select(0u, chunk * p.split_len, t.split);
+    t.i_end = select(t.n, min(t.n, t.i_begin + p.split_len), t.split);
+    t.w_quad = p.w_offset / 4u;
+    t.alpha_quad = p.alpha_offset / 4u;
+    t.elig_quad = p.elig_offset / 4u;
+    t.alpha_fixed = vec4(params[p.alpha_offset]);
     if (ALPHA_SHAPE == 1u) {
-        alpha_fixed = params_vec4[alpha_offset / 4u + q];
+        t.alpha_fixed = params_vec4[t.alpha_quad + q];
     }
-    var acc: array<vec4<f32>, BATCH_TILE>;
-    var post: array<vec4<f32>, BATCH_TILE>;    // x_j(t-1)
-    var rate: array<vec4<f32>, BATCH_TILE>;    // rate_bj(t-1) when it varies (RATE > 0)
-    // One eta (RATE 0) is one scalar for the whole step, not an array of registers.
-    let eta0 = vec4(params[p.eta_offset]);
-    var rate_e: vec4<f32>;
+    t.eta0 = vec4(params[p.eta_offset]);
     for (var c = 0u; c < 4u; c++) {
-        rate_e[c] = eligibility_rate(j0 + c, p.eta_offset);
+        t.rate_e[c] = eligibility_rate(t.j0 + c, p.eta_offset);
     }
-    // Loops over the tile run to the constant `slots` and skip k >= tile, so that they unroll
-    // and the arrays stay in registers (with an early `break` instead, lavapipe ran the step about
-    // 1.3x slower).
     for (var k = 0u; k < slots; k++) {
-        let b = b0 + k;
-        if (k < tile && !split) {
-            acc[k] = history_quad(p.step * row + b * n + j0); // u(t)
-        }
-        if (k < tile && update) {
-            post[k] = history_quad(x_prev + b * n + j0);
+        if (k < t.tile && t.update) {
+            t.post[k] = history_quad(t.x_prev + (t.b0 + k) * t.n + t.j0);
             for (var c = 0u; c < 4u && RATE != 0u; c++) {
-                rate[k][c] = plastic_rate(b, j0 + c, p.step - 1u, n, p.batch, p.eta_offset, p.mod_offset);
+                t.rate[k][c] = plastic_rate(t.b0 + k, t.j0 + c, p.step - 1u, t.n, p.batch, p.eta_offset, p.mod_offset);
             }
         }
     }
-    // The sum over i runs a quad of pre-synaptic neurons at a time: x_i(t-1) and x_i(t-2) for four i
-    // come in one load per batch element. A split's chunk need not start or end on a quad; the
-    // skipped i of an edge quad are another chunk's.
-    for (var i4 = i_begin / 4u; i4 < div_ceil_u32(i_end, 4u); i4++) {
-        var x_quads: array<vec4<f32>, BATCH_TILE>;    // x_i(t-1), i = 4 i4 .. 4 i4 + 3
-        var pre_quads: array<vec4<f32>, BATCH_TILE>;  // x_i(t-2)
-        for (var k = 0u; k < slots; k++) {
-            if (k < tile) {
-                let b = b0 + k;
-                x_quads[k] = activations[(x_prev + b * n) / 4u + i4];
-                if (update) {
-                    // x(t-2) lives one row below x(t-1).
-                    pre_quads[k] = activations[(x_prev - row + b * n) / 4u + i4];
-                }
-            }
+    return t;
+}
+
+// The sums before any term: u(t) for an unsplit step, 0 for a chunk.
+fn initial_sums(t: QuadTile) -> array<vec4<f32>, BATCH_TILE> {
+    var acc: array<vec4<f32>, BATCH_TILE>;
+    for (var k = 0u; k < t.slots; k++) {
+        if (k < t.tile && !t.split) {
+            acc[k] = history_quad(p.step * t.row + (t.b0 + k) * t.n + t.j0); // u(t)
         }
-        for (var c = 0u; c < 4u; c++) {
-            let i = 4u * i4 + c;
-            if (i < i_begin || i >= i_end) {
-                continue;
-            }
-            let w_ij = params_vec4[w_quad + i * quads + q];
-            var alpha_ij = alpha_fixed;
-            if (ALPHA_SHAPE == 0u) {
-                alpha_ij = params_vec4[alpha_offset / 4u + i * quads + q];
-            }
-            if (!PLASTIC_SELF && i4 == q) {
-                alpha_ij[c] = 0.0;
-            }
-            for (var k = 0u; k < slots; k++) {
-                if (k < tile) {
-                    let b = b0 + k;
-                    let h_index = (b * n + i) * quads + q;
-                    var h = trace[h_index];
-                    if (update) {
-                        let r = select(rate[k], eta0, RATE == 0u);
-                        let pre = pre_quads[k][c];
-                        if (RETROACTIVE) {
-                            let e = trace[elig_quad + h_index];
-                            h = clip_trace_vec4(h + r * e);
-                            trace[elig_quad + h_index] = rule_update_vec4(e, pre, post[k], rate_e);
-                        } else {
-                            h = clip_trace_vec4(rule_update_vec4(h, pre, post[k], r));
-                        }
-                        trace[h_index] = h;
+    }
+    return acc;
+}
+
+// The terms of the four pre-synaptic neurons i = 4 i4 .. 4 i4 + 3 (x_quads: their x_i(t-1), pre_quads:
+// their x_i(t-2), per batch element), added to `acc`, with H(t) formed from H(t-1) and written back. A
+// chunk need not start or end on a quad; the skipped i of an edge quad are another chunk's.
+fn add_quad_of_rows(
+    t: QuadTile,
+    i4: u32,
+    x_quads: array<vec4<f32>, BATCH_TILE>,
+    pre_quads: array<vec4<f32>, BATCH_TILE>,
+    acc_in: array<vec4<f32>, BATCH_TILE>,
+) -> array<vec4<f32>, BATCH_TILE> {
+    var acc = acc_in;
+    for (var c = 0u; c < 4u; c++) {
+        let i = 4u * i4 + c;
+        if (i < t.i_begin || i >= t.i_end) {
+            continue;
+        }
+        let w_ij = params_vec4[t.w_quad + i * t.quads + t.q];
+        var alpha_ij = t.alpha_fixed;
+        if (ALPHA_SHAPE == 0u) {
+            alpha_ij = params_vec4[t.alpha_quad + i * t.quads + t.q];
+        }
+        if (!PLASTIC_SELF && i4 == t.q) {
+            alpha_ij[c] = 0.0;
+        }
+        for (var k = 0u; k < t.slots; k++) {
+            if (k < t.tile) {
+                let h_index = ((t.b0 + k) * t.n + i) * t.quads + t.q;
+                var h = trace[h_index];
+                if (t.update) {
+                    let r = select(t.rate[k], t.eta0, RATE == 0u);
+                    let pre = pre_quads[k][c];
+                    if (RETROACTIVE) {
+                        let e = trace[t.elig_quad + h_index];
+                        h = clip_trace_vec4(h + r * e);
+                        trace[t.elig_quad + h_index] = rule_update_vec4(e, pre, t.post[k], t.rate_e);
+                    } else {
+                        h = clip_trace_vec4(rule_update_vec4(h, pre, t.post[k], r));
                     }
-                    acc[k] += (w_ij + alpha_ij * h) * x_quads[k][c];
+                    trace[h_index] = h;
                 }
+                acc[k] += (w_ij + alpha_ij * h) * x_quads[k][c];
             }
         }
     }
-    for (var k = 0u; k < slots; k++) {
-        let b = b0 + k;
-        if (k < tile && split) {
-            partial_sums[(gid.z * p.batch + b) * quads + q] = acc[k];
-        } else if (k < tile) {
-            let out = p.step * row + b * n + j0;
+    return acc;
+}
+
+// A chunk's sums to partial_sums; an unsplit step's x(t) = tanh(sum) to the history, except where a
+// neuron is held, which keeps u(t).
+fn write_sums(t: QuadTile, acc: array<vec4<f32>, BATCH_TILE>) {
+    for (var k = 0u; k < t.slots; k++) {
+        let b = t.b0 + k;
+        if (k < t.tile && t.split) {
+            partial_sums[(t.chunk * p.batch + b) * t.quads + t.q] = acc[k];
+        } else if (k < t.tile) {
+            let out = p.step * t.row + b * t.n + t.j0;
             var x = tanh(clamp(acc[k], vec4(-TANH_CLAMP), vec4(TANH_CLAMP)));
             if (p.clamp_words != 0u) {
                 // The quad's four bits lie in one word (32 is a multiple of 4); a held neuron keeps
                 // u_j(t), which is still in row t.
-                let word = clamp_mask[((p.step - 1u) * p.batch + b) * p.clamp_words + j0 / 32u];
-                let bits = (vec4(word) >> (vec4(j0 % 32u) + vec4(0u, 1u, 2u, 3u))) & vec4(1u);
+                let word = clamp_mask[((p.step - 1u) * p.batch + b) * p.clamp_words + t.j0 / 32u];
+                let bits = (vec4(word) >> (vec4(t.j0 % 32u) + vec4(0u, 1u, 2u, 3u))) & vec4(1u);
                 x = select(x, history_quad(out), bits != vec4(0u));
             }
             activations[out / 4u] = x;
         }
     }
+}
+// ---- end of shared vec4 forward functions ----
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x >= p.n / 4u || gid.y * BATCH_TILE >= p.batch || gid.z >= max(p.splits, 1u)) {
+        return;
+    }
+    let t = quad_tile(gid.x, gid.y, gid.z);
+    var acc = initial_sums(t);
+    // The sum over i runs a quad of pre-synaptic neurons at a time: x_i(t-1) and x_i(t-2) for four i
+    // come in one load per batch element.
+    for (var i4 = t.i_begin / 4u; i4 < div_ceil_u32(t.i_end, 4u); i4++) {
+        var x_quads: array<vec4<f32>, BATCH_TILE>;    // x_i(t-1), i = 4 i4 .. 4 i4 + 3
+        var pre_quads: array<vec4<f32>, BATCH_TILE>;  // x_i(t-2)
+        for (var k = 0u; k < t.slots; k++) {
+            if (k < t.tile) {
+                let b = t.b0 + k;
+                x_quads[k] = activations[(t.x_prev + b * t.n) / 4u + i4];
+                if (t.update) {
+                    // x(t-2) lives one row below x(t-1).
+                    pre_quads[k] = activations[(t.x_prev - t.row + b * t.n) / 4u + i4];
+                }
+            }
+        }
+        acc = add_quad_of_rows(t, i4, x_quads, pre_quads, acc);
+    }
+    write_sums(t, acc);
 }

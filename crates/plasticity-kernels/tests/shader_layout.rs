@@ -184,6 +184,17 @@ fn vec4_rule_kernels_share_one_copy_of_the_vec4_update_functions() {
     }
 }
 
+/// The two vec4 forward kernels differ only in where the history comes from: the tile's setup, the
+/// sum over a quad of rows and the writes of the sums are one copy.
+#[test]
+fn vec4_forward_kernels_share_one_copy_of_their_functions() {
+    use plasticity_kernels::forward_step::{KERNEL_VEC4, KERNEL_VEC4_SUBGROUP};
+    let block = |k| shared_block(k, "// ---- shared by the vec4 forward kernels", "// ---- end of shared vec4 forward functions ----");
+    let first = block(&KERNEL_VEC4);
+    assert!(first.contains("fn quad_tile") && first.contains("fn add_quad_of_rows") && first.contains("fn write_sums"));
+    assert_eq!(block(&KERNEL_VEC4_SUBGROUP), first, "forward_step_vec4_subgroup: its copy of the forward functions differs");
+}
+
 #[test]
 fn rule_kernels_share_one_copy_of_the_update_functions() {
     let rule_kernels: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants).collect();
@@ -313,6 +324,25 @@ fn no_kernel_stores_one_component_of_a_vector_in_storage() {
     assert!(checked > 50, "the walk found the kernels' stores ({checked})");
 }
 
+/// The text after a member or index path (`.post[k].x`) at the start of `s`.
+fn past_path(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix('.') {
+            s = rest.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+        } else if s.starts_with('[') {
+            let mut depth = 0;
+            let end = s.char_indices().find(|&(_, c)| {
+                depth += (c == '[') as i32 - (c == ']') as i32;
+                depth == 0
+            });
+            s = end.map_or("", |(k, _)| &s[k + 1..]);
+        } else {
+            return s;
+        }
+    }
+}
+
 /// Why a shader's loops are not all counted loops that must end (see `KernelDescriptor::counted_loops`),
 /// or None when they are. Every loop must be a `for` whose counter, assigned nowhere in its body, either
 /// goes up by 1 below a bound (`i < n` first in the condition: the counter stays below u32::MAX, so it
@@ -338,11 +368,12 @@ fn loops_not_counted(source: &str) -> Option<String> {
         }
         None
     };
-    // Whether `body` assigns `name` (`=`, a compound assignment, `++` or `--`; not `==`, `<=`, ...).
+    // Whether `body` assigns `name` or any part of it (`name.member[k] = ...`): `=`, a compound
+    // assignment, `++` or `--`; not `==`, `<=`, ...
     let assigns = |body: &str, name: &str| {
         body.match_indices(name).any(|(at, _)| {
             let before = body[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
-            let after = body[at + name.len()..].trim_start();
+            let after = past_path(&body[at + name.len()..]);
             let word_ends = !body[at + name.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_');
             let assignment =
                 ["++", "--", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "<<=", ">>="].iter().any(|op| after.starts_with(op))
@@ -416,6 +447,8 @@ fn counted_loops_end() {
         ("loop { }", "a `loop` loop"),
         ("for (var i = 0u; i < n; i++) { i = 0u; }", "assigns `i`"),
         ("for (var i = 0u; i < n; i++) { n += 1u; }", "assigns `n`"),
+        ("for (var i = 0u; i < t.n; i++) { t.n = 0u; }", "assigns `t`"),
+        ("for (var i = 0u; i < t.n; i++) { t.a[i] += 1u; }", "assigns `t`"),
         ("for (var i = 0u; i < n; i += 2u) { }", "does not go up by 1"),
         ("for (var i = 0u; i < n; i += slots) { }", "not clamped"),
         ("for (var i = n; i > 0u; i--) { }", "does not go up by 1"),
@@ -427,7 +460,7 @@ fn counted_loops_end() {
         let found = loops_not_counted(source);
         assert!(found.as_deref().is_some_and(|f| f.contains(why)), "{source}: {found:?}");
     }
-    let accepted = "for (var i = 0u; i < n && i < m; i++) { x[i] = i; let j = i; if (j == n) { y += 1u; } } \
+    let accepted = "for (var i = 0u; i < n && i < m; i++) { x[i] = i; let j = i; if (j == n) { y += 1u; } u.n = 1u; } \
                     for (var s = 64u; s > 0u; s = s / 2u) { a[s] = b; }";
     assert_eq!(loops_not_counted(accepted), None);
 }
