@@ -13,7 +13,8 @@
 // Bindings are forward_step's, with the trace, the history and the partial sums seen as vec4 (every row of N
 // floats is a whole number of quads), plus `params_vec4`, the same flat parameters again as
 // vec4 for w and alpha (whose offsets the runtime keeps multiples of 4). The runtime uses this kernel
-// whenever N % 4 == 0 and forward_step.wgsl otherwise.
+// (or forward_step_vec4_subgroup.wgsl, which shares everything but the loop over the history) whenever
+// N % 4 == 0 and forward_step.wgsl otherwise.
 
 const BATCH_TILE: u32 = 4u;
 // Batch elements the tile loops take, min(B, BATCH_TILE), set by the runtime (forward_step::batch_slots):

@@ -51,11 +51,12 @@ pub struct KernelTuning {
     /// Whether the vec4 forward step shares x(t-1) and x(t-2) between the invocations of a subgroup
     /// by shuffles (`forward_step_vec4_subgroup`) instead of having each invocation load them
     /// (`forward_step_vec4`); the results are the same bits. `None`: on a CPU adapter wherever it can
-    /// run, where a training episode takes less time (README, "Subgroups"); not on a GPU, where loads of one
-    /// address by a whole subgroup are already one access and it has not been measured.
-    /// It can run where the device has `wgpu::Features::SUBGROUP` and the forward workgroup size is a
-    /// multiple of the adapter's largest subgroup size (so that every subgroup is full);
-    /// `Some(true)` elsewhere is an error that says which is missing.
+    /// run, where a training episode takes less time (README, "What `bench` prints", on the G
+    /// column); not on a GPU, where loads of one address by a whole subgroup are already one access
+    /// and it has not been measured. It can run where the device has `wgpu::Features::SUBGROUP` and
+    /// the forward workgroup size is a multiple of the adapter's largest subgroup size (so that every
+    /// subgroup is full); `Some(true)` elsewhere is an error that says which is missing. The scalar
+    /// kernel (N not a multiple of 4) has no subgroup form and ignores this.
     pub forward_subgroups: Option<bool>,
 }
 
