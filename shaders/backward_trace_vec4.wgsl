@@ -44,6 +44,12 @@ override ETA_PER_NEURON: bool = false;
 override RETROACTIVE: bool = false;
 override PLASTIC_SELF: bool = true;
 override REVERSE: bool = true;
+// Set by the runtime (KernelTuning::backward_hoist_columns; on for a CPU adapter): load each column
+// quad's x_j(t), ga_j(t) and x_j(t-1) once per pass over the block instead of once per four rows,
+// holding (TILE_QUADS, CHUNK) of each. On lavapipe a register (or a spill to the stack) costs far
+// less than a storage load, which is a loop over the SIMD lanes; on a GPU the 48 extra quads per
+// invocation would cost occupancy.
+override HOIST_COLUMNS: bool = false;
 
 struct BackwardTraceParams {
     n: u32,                   // neurons N
@@ -303,6 +309,27 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let b0 = z + m0 * groups;
         var col_sums: array<vec4<f32>, 16>;    // (CHUNK, TILE_QUADS)
         var rate_sums: array<vec4<f32>, 16>;   // (CHUNK, TILE_QUADS)
+        // HOIST_COLUMNS: every column quad's values for the pass, (TILE_QUADS, CHUNK), loaded here and
+        // picked below by `select` (the loop over mq stays rolled, and an index by mq would put them
+        // in scratch memory; see the note on the column sums below).
+        var posts_all: array<vec4<f32>, 16>;   // x_j(t)
+        var gas_all: array<vec4<f32>, 16>;     // ga_j(t)
+        var posts2_all: array<vec4<f32>, 16>;  // x_j(t-1)
+        if (HOIST_COLUMNS) {
+            for (var m = 0u; m < TILE_QUADS; m++) {
+                let q = q0 + m * lanes;
+                for (var k = 0u; k < slots; k++) {
+                    if (k < chunk && q < q_end) {
+                        let b = b0 + k * groups;
+                        posts_all[m * CHUNK + k] = activations[x_now + b * quads + q];
+                        gas_all[m * CHUNK + k] = partials[(preact + b * n + 4u * q) / 4u];
+                        if (has_prev2) {
+                            posts2_all[m * CHUNK + k] = activations[x_prev + b * quads + q];
+                        }
+                    }
+                }
+            }
+        }
         // Rows come four at a time (i0 and the block's end are multiples of 4): x_i(t-1) and x_i(t-2)
         // of four rows are one load each, and every column quad's x_j, ga_j and rates, loaded once,
         // serve four rows. Per element that leaves H, G in and out (4) plus w, alpha and dalpha
@@ -342,15 +369,27 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     var rates: array<vec4<f32>, CHUNK>;   // rate_bj(t) when modulated
                     var rates2: array<vec4<f32>, CHUNK>;  // rate_bj(t-1) when modulated
                     for (var k = 0u; k < slots; k++) {
+                        if (HOIST_COLUMNS) {
+                            for (var m = 0u; m < TILE_QUADS; m++) {
+                                let here = m == mq;
+                                posts[k] = select(posts[k], posts_all[m * CHUNK + k], here);
+                                gas[k] = select(gas[k], gas_all[m * CHUNK + k], here);
+                                posts2[k] = select(posts2[k], posts2_all[m * CHUNK + k], here);
+                            }
+                        }
                         if (k < chunk) {
                             let b = b0 + k * groups;
-                            posts[k] = activations[x_now + b * quads + q];
-                            gas[k] = partials[(preact + b * n + j0) / 4u];
+                            if (!HOIST_COLUMNS) {
+                                posts[k] = activations[x_now + b * quads + q];
+                                gas[k] = partials[(preact + b * n + j0) / 4u];
+                            }
                             if (RATE >= 2u) {
                                 rates[k] = modulated_rate_quad(b, j0, step, n, p.batch, eta_offset, mod_offset);
                             }
                             if (has_prev2) {
-                                posts2[k] = activations[x_prev + b * quads + q];
+                                if (!HOIST_COLUMNS) {
+                                    posts2[k] = activations[x_prev + b * quads + q];
+                                }
                                 if (RATE >= 2u) {
                                     rates2[k] = modulated_rate_quad(b, j0, step - 1u, n, p.batch, eta_offset, mod_offset);
                                 }

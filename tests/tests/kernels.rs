@@ -453,10 +453,20 @@ fn backward_activation_matches_cpu_twin() {
     }
 }
 
-/// One backward_trace step (the vec4 kernel with `vec4`) at `batch_slots` batch elements per pass, against
-/// the twin.
+/// One backward_trace step (the vec4 kernel with `vec4`, its column values hoisted with `hoist`) at
+/// `batch_slots` batch elements per pass, against the twin.
 #[allow(clippy::too_many_arguments)]
-fn check_backward_trace(name: &str, spec: &Plasticity, n: u32, batch: u32, groups: u32, step: u32, vec4: bool, batch_slots: u32) {
+fn check_backward_trace(
+    name: &str,
+    spec: &Plasticity,
+    n: u32,
+    batch: u32,
+    groups: u32,
+    step: u32,
+    vec4: bool,
+    batch_slots: u32,
+    hoist: bool,
+) {
     let spec = *spec;
     let (steps, tiles) = (3usize, trace_tiles(n) as usize);
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
@@ -501,7 +511,7 @@ fn check_backward_trace(name: &str, spec: &Plasticity, n: u32, batch: u32, group
     let out = run_rule_kernel(
         backward_trace::kernel_name(vec4),
         &spec,
-        &backward_trace::constants(reverse, batch_slots),
+        &backward_trace::constants(vec4, reverse, batch_slots, hoist),
         &p,
         &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace), bytes(&trace_grad), bytes(&grads), bytes(&partials)],
         backward_trace::workgroups(n, groups),
@@ -520,7 +530,11 @@ fn check_backward_trace(name: &str, spec: &Plasticity, n: u32, batch: u32, group
         &mut gr_ref,
         &mut p_ref,
     );
-    let ctx = format!("{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}", backward_trace::kernel_name(vec4));
+    let ctx = format!(
+        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{}",
+        backward_trace::kernel_name(vec4),
+        if hoist { " hoisted columns" } else { "" }
+    );
     // Elementwise f32 updates, identical up to FMA contraction; the reversal divides by
     // 1 - r >= 0.6, so allow a few ulps.
     assert_close(&format!("{ctx} trace"), &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
@@ -538,9 +552,10 @@ fn check_backward_trace(name: &str, spec: &Plasticity, n: u32, batch: u32, group
     }
 }
 
-/// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4: 4 and 8 (one
-/// and two quads), 64, 68 and 260 (65 quads over 17 lanes, the last three with three quads), 532 (a second column group of
-/// 512 columns, two lanes wide).
+/// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4, with its
+/// column values loaded per four rows and hoisted per pass (HOIST_COLUMNS): 4 and 8 (one and two
+/// quads), 64, 68 and 260 (65 quads over 17 lanes, the last three with three quads), 532 (a second
+/// column group of 512 columns, two lanes wide).
 #[test]
 fn backward_trace_matches_cpu_twin() {
     let mut vec4_cases = 0;
@@ -551,17 +566,17 @@ fn backward_trace_matches_cpu_twin() {
             // Batch groups: one; two, the first taking 5 elements in two passes of CHUNK = 4; three of
             // three; as many as the batch.
             for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3), (6, 6)] {
-                for (step, vec4) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false), (s, true)]) {
+                for (step, vec4, hoist) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false, false), (s, true, false), (s, true, true)]) {
                     if vec4 && !runs_vec4_kernels(n, &spec) {
                         continue;
                     }
                     vec4_cases += vec4 as u32;
-                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, backward_trace::batch_slots(batch, groups));
+                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, backward_trace::batch_slots(batch, groups), hoist);
                 }
             }
         }
     }
-    assert_eq!(vec4_cases, 3 * 5 * (4 + 5 * 2), "backward_trace_vec4 ran at every size that is a multiple of 4");
+    assert_eq!(vec4_cases, 2 * 3 * 5 * (4 + 5 * 2), "backward_trace_vec4 ran both ways at every size that is a multiple of 4");
 }
 
 /// Fewer batch elements per pass than the default (KernelTuning::backward_batch_slots): more passes
@@ -577,7 +592,10 @@ fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
             for (batch, groups) in [(5u32, 1u32), (9, 2)] {
                 for slots in 1..backward_trace::CHUNK {
                     if !vec4 || runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots);
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false);
+                    }
+                    if vec4 && runs_vec4_kernels(n, spec) {
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true);
                     }
                 }
             }

@@ -99,6 +99,16 @@ fn forward_subgroups_change_no_result() {
     assert_same_training(&loads, &shuffles, "with and without subgroup shuffles");
 }
 
+/// backward_trace_vec4 with its column values hoisted per pass (HOIST_COLUMNS) computes the same
+/// values in the same order as with them loaded per four rows, so training gives the same bits.
+#[test]
+fn backward_hoist_columns_changes_no_result() {
+    use plasticity_runtime::KernelTuning;
+    let loads = gpu_with(KernelTuning { backward_hoist_columns: Some(false), ..Default::default() });
+    let hoisted = gpu_with(KernelTuning { backward_hoist_columns: Some(true), ..Default::default() });
+    assert_same_training(&loads, &hoisted, "with the backward's column values hoisted and not");
+}
+
 /// The same losses and parameters after three Adam steps on both contexts, through both rule kernel
 /// widths, modulation, the eligibility trace, the input layer and a softmax head.
 fn assert_same_training(a: &plasticity_runtime::GpuContext, b: &plasticity_runtime::GpuContext, what: &str) {

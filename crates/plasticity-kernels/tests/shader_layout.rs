@@ -256,15 +256,22 @@ fn rule_kernels_validate_for_every_rule() {
             if kernel.name.starts_with("backward_trace") {
                 constants.insert("REVERSE".into(), spec.reversible() as u32 as f64);
             }
-            // Kernels that take the batch elements per pass as a constant too, at each value it takes.
-            let takes_slots = module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some("BATCH_SLOTS"));
-            let slots: &[Option<f64>] = if takes_slots { &[Some(1.0), Some(2.0), Some(4.0)] } else { &[None] };
+            // Kernels that take the batch elements per pass (or the backward's hoisting) as a constant
+            // too, at each value it takes.
+            let takes = |name: &str| module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some(name));
+            let slots: &[Option<f64>] = if takes("BATCH_SLOTS") { &[Some(1.0), Some(2.0), Some(4.0)] } else { &[None] };
+            let hoists: &[Option<f64>] = if takes("HOIST_COLUMNS") { &[Some(0.0), Some(1.0)] } else { &[None] };
             for &s in slots {
-                if let Some(s) = s {
-                    constants.insert("BATCH_SLOTS".into(), s);
+                for &h in hoists {
+                    if let Some(s) = s {
+                        constants.insert("BATCH_SLOTS".into(), s);
+                    }
+                    if let Some(h) = h {
+                        constants.insert("HOIST_COLUMNS".into(), h);
+                    }
+                    naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                        .unwrap_or_else(|e| panic!("{} with {spec:?}, BATCH_SLOTS {s:?}, HOIST_COLUMNS {h:?}: {e:?}", kernel.name));
                 }
-                naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                    .unwrap_or_else(|e| panic!("{} with {spec:?}, BATCH_SLOTS {s:?}: {e:?}", kernel.name));
             }
         }
     }

@@ -154,6 +154,8 @@ struct BackwardState {
     vec4: bool,
     /// Batch elements per backward_trace pass (its BATCH_SLOTS).
     batch_slots: u32,
+    /// Whether backward_trace_vec4 hoists its column values (its HOIST_COLUMNS).
+    hoist_columns: bool,
     partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
     partials: GpuBuffer,
@@ -308,6 +310,7 @@ impl BackwardState {
             tuning: ctx.tuning,
             vec4: fwd.vec4,
             batch_slots,
+            hoist_columns: ctx.tuning.backward_hoist(&ctx.adapter),
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -767,7 +770,7 @@ fn record_backward(
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
-    let trace_constants = backward_trace::constants(reverse, bwd.batch_slots);
+    let trace_constants = backward_trace::constants(bwd.vec4, reverse, bwd.batch_slots, bwd.hoist_columns);
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,

@@ -58,6 +58,13 @@ pub struct KernelTuning {
     /// subgroup is full); `Some(true)` elsewhere is an error that says which is missing. The scalar
     /// kernel (N not a multiple of 4) has no subgroup form and ignores this.
     pub forward_subgroups: Option<bool>,
+    /// Whether backward_trace_vec4 loads each column quad's x_j(t), ga_j(t) and x_j(t-1) once per
+    /// pass over its block instead of once per four rows (its `HOIST_COLUMNS`): 48 more quads held
+    /// per invocation, 0.56 fewer loads per element quad and batch element; the same results.
+    /// `None`: on a CPU adapter, where held values are cheap and storage loads dear (README, "What
+    /// `bench` prints"); not on a GPU, where the registers would cost occupancy and it has not been
+    /// measured.
+    pub backward_hoist_columns: Option<bool>,
 }
 
 impl KernelTuning {
@@ -94,6 +101,11 @@ impl KernelTuning {
                 format!("forward_subgroups is on, but {why}; turn it off, or give the forward step whole subgroups"),
             )),
         }
+    }
+
+    /// Whether backward_trace_vec4 hoists its column values (see [`KernelTuning::backward_hoist_columns`]).
+    pub fn backward_hoist(&self, adapter: &AdapterSummary) -> bool {
+        self.backward_hoist_columns.unwrap_or(adapter.is_cpu())
     }
 
     /// `(splits, split_len)` of the forward step at N neurons and batch B.

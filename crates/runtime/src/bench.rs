@@ -71,6 +71,11 @@ pub struct BenchArgs {
     /// subgroups, off on a GPU, where it has not been measured); the table's G column says where it ran.
     #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
     forward_subgroups: Option<bool>,
+    /// Whether the vec4 backward trace kernel loads each column quad's values once per pass instead
+    /// of once per four rows (more registers, fewer loads): on or off (default: on for a CPU adapter,
+    /// off on a GPU, where it has not been measured); the header says which.
+    #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+    backward_hoist_columns: Option<bool>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
     /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
     #[arg(long)]
@@ -107,6 +112,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         backward_batch_slots: args.backward_batch_slots,
         scalar_kernels: args.scalar_kernels,
         forward_subgroups: args.forward_subgroups,
+        backward_hoist_columns: args.backward_hoist_columns,
     };
     // The trainer's own range check, run now rather than after the ceiling is measured.
     let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
@@ -164,7 +170,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
          by subgroup shuffles{}; forward workgroups of {} invocations; \
-         backward passes of {}; wgpu's loop bounding {}\n",
+         backward passes of {}, column values loaded {}; wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
         match args.forward_subgroups {
@@ -175,6 +181,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         match args.backward_batch_slots {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
             None => format!("up to {chunk} batch elements"),
+        },
+        match (ctx.tuning.backward_hoist(&ctx.adapter), args.backward_hoist_columns.is_some()) {
+            (true, set) => format!("once per pass{}", if set { " (--backward-hoist-columns on)" } else { "" }),
+            (false, set) => format!("once per four rows{}", if set { " (--backward-hoist-columns off)" } else { "" }),
         },
         if ctx.wgpu_loop_bounding() {
             "in every kernel (--wgpu-loop-bounding)"
@@ -396,6 +406,7 @@ fn write_json(
             "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
             // null: the default (on for a CPU adapter with subgroups); each case says where it ran.
             "forward_subgroups": ctx.tuning.forward_subgroups,
+            "backward_hoist_columns": ctx.tuning.backward_hoist(&ctx.adapter),
             // null: the default, min(4, ceil(B / Z)) per case.
             "backward_batch_slots": ctx.tuning.backward_batch_slots,
         },

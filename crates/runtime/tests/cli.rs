@@ -170,6 +170,8 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-workgroup-size", "100000"]), "forward_workgroup_size = 100000");
     // Backward passes: the default in the header, a count set by hand, one outside 1..=4 refused.
     assert!(out.contains("backward passes of up to 4 batch elements"), "{out}");
+    // The backward's column values: once per pass by default on a CPU adapter.
+    assert!(out.contains("column values loaded once per pass") || !out.contains("(Vulkan, Cpu,"), "{out}");
     let o = plasticity(&["bench", "--quick", "--no-memory", "--backward-batch-slots", "2"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("backward passes of 2 batch elements"), "{}", stderr(&o));
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-batch-slots", "5"]), "--backward-batch-slots must be 1 to 4");
@@ -190,17 +192,23 @@ fn bench_quick_runs_and_names_the_adapter() {
         "--wgpu-loop-bounding",
         "--forward-subgroups",
         "off",
+        "--backward-hoist-columns",
+        "off",
         "--json",
         json.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.contains("memory against episode length") && out.contains("wgpu's loop bounding in every kernel"), "{out}");
-    assert!(out.contains("(--forward-subgroups off)"), "{out}");
+    assert!(
+        out.contains("(--forward-subgroups off)") && out.contains("column values loaded once per four rows (--backward-hoist-columns off)"),
+        "{out}"
+    );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(doc["memory_scaling"].is_null() && doc["cases"].as_array().is_some_and(|c| c.len() == 2), "{doc}");
     assert_eq!(doc["config"]["wgpu_loop_bounding"], serde_json::json!(true));
     assert_eq!(doc["config"]["forward_subgroups"], serde_json::json!(false));
+    assert_eq!(doc["config"]["backward_hoist_columns"], serde_json::json!(false));
     assert!(doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false), "{doc}");
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-subgroups", "maybe"]), "invalid value 'maybe'");
     std::fs::remove_file(&json).ok();
