@@ -83,6 +83,8 @@ for k in 1 2; do sweep 1000 64 auto auto --backward-batch-slots $k; done
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --wgpu-loop-bounding; done
 # The forward step's history shared by subgroup shuffles (G column; off by default on a GPU).
 for nb in "1000 64" "1000 1" "256 64"; do sweep $nb auto auto --forward-subgroups on; done
+# The backward's column values hoisted per pass (off by default on a GPU: 48 more quads per invocation).
+for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-hoist-columns on; done
 } 2>&1 | tee "$out/sweep.txt"
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&

@@ -74,6 +74,8 @@ pub struct CaseResult {
     /// Whether the forward step shared the history by subgroup shuffles
     /// (`KernelTuning::forward_subgroups`).
     pub forward_subgroups: bool,
+    /// Whether backward_trace_vec4 hoisted its column values (`KernelTuning::backward_hoist_columns`).
+    pub backward_hoist_columns: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -342,6 +344,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         backward_groups,
         kernel_width: trainer.kernel_width().expect("the timed episodes ran"),
         forward_subgroups: trainer.forward_subgroups().expect("the timed episodes ran"),
+        backward_hoist_columns: trainer.backward_hoist_columns().expect("the timed episodes ran"),
     })
 }
 

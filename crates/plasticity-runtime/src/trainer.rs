@@ -310,7 +310,7 @@ impl BackwardState {
             tuning: ctx.tuning,
             vec4: fwd.vec4,
             batch_slots,
-            hoist_columns: ctx.tuning.backward_hoist(&ctx.adapter),
+            hoist_columns: ctx.tuning.backward_hoist(&ctx.adapter, batch_slots),
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -606,6 +606,14 @@ impl Trainer {
     /// [`crate::KernelTuning::forward_subgroups`]); `None` before the first episode.
     pub fn forward_subgroups(&self) -> Option<bool> {
         Some(self.forward.as_ref()?.forward_subgroups)
+    }
+
+    /// Whether the last episode's backward_trace_vec4 hoisted its column values (see
+    /// [`crate::KernelTuning::backward_hoist_columns`]; false for the scalar kernel); `None` before
+    /// the first episode.
+    pub fn backward_hoist_columns(&self) -> Option<bool> {
+        let backward = self.backward.as_ref()?;
+        Some(backward.vec4 && backward.hoist_columns)
     }
 
     /// Adam steps taken so far.

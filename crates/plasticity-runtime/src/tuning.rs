@@ -59,9 +59,10 @@ pub struct KernelTuning {
     /// kernel (N not a multiple of 4) has no subgroup form and ignores this.
     pub forward_subgroups: Option<bool>,
     /// Whether backward_trace_vec4 loads each column quad's x_j(t), ga_j(t) and x_j(t-1) once per
-    /// pass over its block instead of once per four rows (its `HOIST_COLUMNS`): 48 more quads held
-    /// per invocation, 0.56 fewer loads per element quad and batch element; the same results.
-    /// `None`: on a CPU adapter, where held values are cheap and storage loads dear (README, "What
+    /// pass over its block instead of once per four rows (its `HOIST_COLUMNS`): up to 48 more quads
+    /// held per invocation, 0.56 fewer loads per element quad and batch element; the same results.
+    /// `None`: on a CPU adapter where a pass takes 2 or more batch elements (on lavapipe a training
+    /// episode then takes 4-13% less time, and at one element per pass about 2-4% more; README, "What
     /// `bench` prints"); not on a GPU, where the registers would cost occupancy and it has not been
     /// measured.
     pub backward_hoist_columns: Option<bool>,
@@ -103,9 +104,10 @@ impl KernelTuning {
         }
     }
 
-    /// Whether backward_trace_vec4 hoists its column values (see [`KernelTuning::backward_hoist_columns`]).
-    pub fn backward_hoist(&self, adapter: &AdapterSummary) -> bool {
-        self.backward_hoist_columns.unwrap_or(adapter.is_cpu())
+    /// Whether backward_trace_vec4 hoists its column values with `slots` batch elements per pass (see
+    /// [`KernelTuning::backward_hoist_columns`]).
+    pub fn backward_hoist(&self, adapter: &AdapterSummary, slots: u32) -> bool {
+        self.backward_hoist_columns.unwrap_or(adapter.is_cpu() && slots > 1)
     }
 
     /// `(splits, split_len)` of the forward step at N neurons and batch B.

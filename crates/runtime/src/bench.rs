@@ -182,9 +182,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
             None => format!("up to {chunk} batch elements"),
         },
-        match (ctx.tuning.backward_hoist(&ctx.adapter), args.backward_hoist_columns.is_some()) {
-            (true, set) => format!("once per pass{}", if set { " (--backward-hoist-columns on)" } else { "" }),
-            (false, set) => format!("once per four rows{}", if set { " (--backward-hoist-columns off)" } else { "" }),
+        match args.backward_hoist_columns {
+            Some(true) => "once per pass (--backward-hoist-columns on)",
+            Some(false) => "once per four rows (--backward-hoist-columns off)",
+            None if ctx.adapter.is_cpu() => "once per pass where a pass takes 2 or more batch elements",
+            None => "once per four rows",
         },
         if ctx.wgpu_loop_bounding() {
             "in every kernel (--wgpu-loop-bounding)"
@@ -390,6 +392,7 @@ fn write_json(
                 "forward_splits": r.forward_splits, "backward_groups": r.backward_groups,
                 "kernel_width": r.kernel_width,
                 "forward_subgroups": r.forward_subgroups,
+                "backward_hoist_columns": r.backward_hoist_columns,
                 "profile": profile,
             })
         })
@@ -406,7 +409,8 @@ fn write_json(
             "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
             // null: the default (on for a CPU adapter with subgroups); each case says where it ran.
             "forward_subgroups": ctx.tuning.forward_subgroups,
-            "backward_hoist_columns": ctx.tuning.backward_hoist(&ctx.adapter),
+            // null: the default (on a CPU adapter at 2 or more batch elements per pass); each case says.
+            "backward_hoist_columns": ctx.tuning.backward_hoist_columns,
             // null: the default, min(4, ceil(B / Z)) per case.
             "backward_batch_slots": ctx.tuning.backward_batch_slots,
         },

@@ -171,7 +171,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     // Backward passes: the default in the header, a count set by hand, one outside 1..=4 refused.
     assert!(out.contains("backward passes of up to 4 batch elements"), "{out}");
     // The backward's column values: once per pass by default on a CPU adapter.
-    assert!(out.contains("column values loaded once per pass") || !out.contains("(Vulkan, Cpu,"), "{out}");
+    assert!(out.contains("column values loaded once per pass where a pass takes 2 or more") || !out.contains("(Vulkan, Cpu,"), "{out}");
     let o = plasticity(&["bench", "--quick", "--no-memory", "--backward-batch-slots", "2"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("backward passes of 2 batch elements"), "{}", stderr(&o));
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-batch-slots", "5"]), "--backward-batch-slots must be 1 to 4");
@@ -209,7 +209,10 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_eq!(doc["config"]["wgpu_loop_bounding"], serde_json::json!(true));
     assert_eq!(doc["config"]["forward_subgroups"], serde_json::json!(false));
     assert_eq!(doc["config"]["backward_hoist_columns"], serde_json::json!(false));
-    assert!(doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false), "{doc}");
+    assert!(
+        doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false && c["backward_hoist_columns"] == false),
+        "{doc}"
+    );
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-subgroups", "maybe"]), "invalid value 'maybe'");
     std::fs::remove_file(&json).ok();
 }
@@ -243,6 +246,9 @@ fn bench_profile_times_every_kernel_of_a_training_episode() {
         // N = 64 runs the vec4 step kernels: one forward and one backward trace step per time step;
         // the forward one shares the history by subgroup shuffles where the case says so.
         let forward = if case["forward_subgroups"].as_bool().unwrap() { "forward_step_vec4_subgroup" } else { "forward_step_vec4" };
+        // The backward's column values: hoisted by default on a CPU adapter at 2 or more batch elements per pass.
+        let cpu = doc["adapter"]["device_type"] == "Cpu";
+        assert_eq!(case["backward_hoist_columns"], serde_json::json!(cpu && case["batch"].as_u64().unwrap() >= 2), "{case}");
         assert_eq!(dispatches(forward), Some(20), "{case}");
         assert_eq!(dispatches("backward_trace_vec4"), Some(20), "{case}");
         // dw once per window of 16 steps: steps 1-16 and 17-20.
