@@ -12,7 +12,8 @@
 // moves 16 bytes and neighbouring invocations still touch neighbouring memory. Rows come four at a
 // time, so x_i(t-1) and x_i(t-2) of four rows are one load each and x_j, ga_j and the rates of a
 // column quad, loaded once, serve four rows (about 6 loads and stores per element instead of 8.5;
-// see the note on the loop). The rule's derivatives are written on quads (the *_vec4 functions
+// see the note on the loop), or, with HOIST_COLUMNS, x_j, ga_j and x_j(t-1) serve the whole pass over
+// the block. The rule's derivatives are written on quads (the *_vec4 functions
 // below, the same f32 operations per component as the scalar ones); the tile loops run to
 // constants so that they unroll and the running sums stay in registers.
 //
