@@ -5,14 +5,10 @@
 
 mod paired;
 
-use plasticity_runtime::{GpuContext, KernelTuning};
+use plasticity_runtime::KernelTuning;
 
 fn main() {
-    let open = |hoist: bool| {
-        let mut ctx = paired::open(GpuContext::new());
-        ctx.tuning = KernelTuning { backward_hoist_columns: Some(hoist), ..KernelTuning::default() };
-        ctx
-    };
+    let open = |hoist: bool| paired::open_with(KernelTuning { backward_hoist_columns: Some(hoist), ..KernelTuning::default() });
     let contexts = [open(false), open(true)];
     println!("adapter: {}", contexts[0].adapter);
     for (neurons, batch) in paired::sizes(&contexts[0], &[(256, 1), (256, 16), (1000, 1)], &[(256, 16), (1000, 1), (1000, 64)]) {

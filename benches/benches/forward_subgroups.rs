@@ -6,14 +6,10 @@
 
 mod paired;
 
-use plasticity_runtime::{GpuContext, KernelTuning};
+use plasticity_runtime::KernelTuning;
 
 fn main() {
-    let open = |subgroups: bool| {
-        let mut ctx = paired::open(GpuContext::new());
-        ctx.tuning = KernelTuning { forward_subgroups: Some(subgroups), ..KernelTuning::default() };
-        ctx
-    };
+    let open = |subgroups: bool| paired::open_with(KernelTuning { forward_subgroups: Some(subgroups), ..KernelTuning::default() });
     let contexts = [open(false), open(true)];
     println!("adapter: {}", contexts[0].adapter);
     if !contexts[1].has_subgroups() {

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use plasticity_runtime::bench::{BenchCase, random_episode};
-use plasticity_runtime::{EpisodeData, GpuContext, Network, NetworkConfig, Trainer, TrainerConfig};
+use plasticity_runtime::{EpisodeData, GpuContext, KernelTuning, Network, NetworkConfig, Trainer, TrainerConfig};
 
 pub const ROUNDS: usize = 11;
 
@@ -22,6 +22,13 @@ pub fn open(context: plasticity_runtime::Result<GpuContext>) -> GpuContext {
         eprintln!("error: {e}");
         std::process::exit(1);
     })
+}
+
+/// A context of the default adapter with `tuning`, or the error printed and the process ended.
+pub fn open_with(tuning: KernelTuning) -> GpuContext {
+    let mut ctx = open(GpuContext::new());
+    ctx.tuning = tuning;
+    ctx
 }
 
 /// The sizes named on the command line as N,B, else `cpu` on a CPU adapter and `gpu` on a GPU.
