@@ -170,7 +170,7 @@ struct QuadTile {
 }
 
 // The tile of column quad q, batch tile `batch_tile` and chunk `chunk` (q may be past the last quad
-// in the subgroup kernel, whose lanes there load values they never use; every index is clamped).
+// in the subgroup kernel, whose lanes there load values they never use; wgpu bounds-checks those reads).
 // Loops over the tile run to the constant `slots` and skip k >= tile, so that they unroll and the
 // arrays stay in registers (with an early `break` instead, lavapipe ran the step about 1.3x slower).
 fn quad_tile(q: u32, batch_tile: u32, chunk: u32) -> QuadTile {

@@ -177,7 +177,7 @@ struct QuadTile {
 }
 
 // The tile of column quad q, batch tile `batch_tile` and chunk `chunk` (q may be past the last quad
-// in the subgroup kernel, whose lanes there load values they never use; every index is clamped).
+// in the subgroup kernel, whose lanes there load values they never use; wgpu bounds-checks those reads).
 // Loops over the tile run to the constant `slots` and skip k >= tile, so that they unroll and the
 // arrays stay in registers (with an early `break` instead, lavapipe ran the step about 1.3x slower).
 fn quad_tile(q: u32, batch_tile: u32, chunk: u32) -> QuadTile {
@@ -307,7 +307,7 @@ fn forward_step_vec4_subgroup(
     @builtin(subgroup_size) subgroup_size: u32,
 ) {
     // The batch tile and the chunk are the workgroup's, so whole subgroups return here; a lane past
-    // the last quad stays for the shuffles and touches nothing else.
+    // the last quad stays to load and shuffle its share of the history, and writes nothing.
     if (gid.y * BATCH_TILE >= p.batch || gid.z >= max(p.splits, 1u)) {
         return;
     }
