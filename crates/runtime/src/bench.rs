@@ -72,8 +72,9 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
     forward_subgroups: Option<bool>,
     /// Whether the vec4 backward trace kernel loads each column quad's values once per pass instead
-    /// of once per four rows (more registers, fewer loads): on or off (default: on for a CPU adapter,
-    /// off on a GPU, where it has not been measured); the header says which.
+    /// of once per four rows (more registers, fewer loads): on or off (default: on for a CPU adapter
+    /// where a pass takes 2 or more batch elements, off on a GPU, where it has not been measured); the
+    /// header says which.
     #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
     backward_hoist_columns: Option<bool>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
