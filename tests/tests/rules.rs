@@ -399,9 +399,7 @@ fn scalar_kernels_at_a_multiple_of_four_match_the_reference() {
             let profile = plasticity_runtime::bench::profile_case(&ctx, case).unwrap();
             let ran: Vec<&str> = profile.kernels.iter().map(|k| k.kernel).collect();
             // The vec4 forward step may be its subgroup form, as the tuning chooses for this device.
-            let shuffles =
-                ctx.tuning.forward_subgroup_kernel(&ctx.adapter, ctx.has_subgroups(), ctx.tuning.forward_workgroup(&ctx.adapter)).unwrap();
-            let forward = plasticity_runtime::kernels::forward_step::kernel_name(!scalar, shuffles);
+            let forward = plasticity_runtime::kernels::forward_step::kernel_name(!scalar, ctx.forward_subgroup_kernel().unwrap());
             assert!(ran.contains(&forward), "scalar_kernels={scalar} {spec:?}: ran {ran:?}, not {forward}");
             let mut expected = vec!["backward_trace"];
             if spec.clip.is_some() {

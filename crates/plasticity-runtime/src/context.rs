@@ -205,6 +205,13 @@ impl GpuContext {
         self.device.features().contains(wgpu::Features::SUBGROUP)
     }
 
+    /// Whether the vec4 forward step runs as `forward_step_vec4_subgroup` on this device with this
+    /// context's tuning, or the error that says why it cannot when the tuning asks for it (see
+    /// [`KernelTuning::forward_subgroups`]).
+    pub fn forward_subgroup_kernel(&self) -> Result<bool> {
+        self.tuning.forward_subgroup_kernel(&self.adapter, self.has_subgroups(), self.tuning.forward_workgroup(&self.adapter))
+    }
+
     /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into a
     /// [`PlasticityError::Gpu`]; the device stays usable.
     pub fn scoped<T>(&self, during: &str, f: impl FnOnce() -> T) -> Result<T> {

@@ -445,7 +445,7 @@ impl ForwardState {
             ));
         }
         let vec4 = ctx.tuning.vec4_kernels(shape.allows_vec4_kernels());
-        let forward_subgroups = vec4 && ctx.tuning.forward_subgroup_kernel(&ctx.adapter, ctx.has_subgroups(), forward_workgroup)?;
+        let forward_subgroups = vec4 && ctx.forward_subgroup_kernel()?;
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,

@@ -154,7 +154,8 @@ struct BackwardState {
     vec4: bool,
     /// Batch elements per backward_trace pass (its BATCH_SLOTS).
     batch_slots: u32,
-    /// Whether backward_trace_vec4 hoists its column values (its HOIST_COLUMNS).
+    /// Whether backward_trace_vec4 hoists its column values (its HOIST_COLUMNS); false when the
+    /// scalar kernel runs.
     hoist_columns: bool,
     partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
@@ -310,7 +311,7 @@ impl BackwardState {
             tuning: ctx.tuning,
             vec4: fwd.vec4,
             batch_slots,
-            hoist_columns: ctx.tuning.backward_hoist(&ctx.adapter, batch_slots),
+            hoist_columns: fwd.vec4 && ctx.tuning.backward_hoist(&ctx.adapter, batch_slots),
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -612,8 +613,7 @@ impl Trainer {
     /// [`crate::KernelTuning::backward_hoist_columns`]; false for the scalar kernel); `None` before
     /// the first episode.
     pub fn backward_hoist_columns(&self) -> Option<bool> {
-        let backward = self.backward.as_ref()?;
-        Some(backward.vec4 && backward.hoist_columns)
+        Some(self.backward.as_ref()?.hoist_columns)
     }
 
     /// Adam steps taken so far.

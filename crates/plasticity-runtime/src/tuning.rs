@@ -81,7 +81,8 @@ impl KernelTuning {
     }
 
     /// Whether the vec4 forward step runs as `forward_step_vec4_subgroup` on this device, in
-    /// workgroups of `workgroup` invocations (see [`KernelTuning::forward_subgroups`]).
+    /// workgroups of `workgroup` invocations (see [`KernelTuning::forward_subgroups`]);
+    /// `GpuContext::forward_subgroup_kernel` asks it with the context's own adapter and device.
     pub fn forward_subgroup_kernel(&self, adapter: &AdapterSummary, device_has_subgroups: bool, workgroup: u32) -> crate::Result<bool> {
         let largest = adapter.subgroup_max_size;
         let missing = if !device_has_subgroups {

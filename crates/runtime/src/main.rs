@@ -61,7 +61,7 @@ fn info() -> anyhow::Result<()> {
     println!("max_storage_buffer_binding_size: {} bytes", limits.max_storage_buffer_binding_size);
     println!("max_buffer_size: {} bytes", limits.max_buffer_size);
     println!("max_storage_buffers_per_shader_stage: {}", limits.max_storage_buffers_per_shader_stage);
-    let shuffles = ctx.tuning.forward_subgroup_kernel(&ctx.adapter, ctx.has_subgroups(), ctx.tuning.forward_workgroup(&ctx.adapter))?;
+    let shuffles = ctx.forward_subgroup_kernel()?;
     let forward = if shuffles { "shares the history by subgroup shuffles" } else { "loads the history in every invocation" };
     if ctx.has_subgroups() {
         let (min, max) = (ctx.adapter.subgroup_min_size, ctx.adapter.subgroup_max_size);
