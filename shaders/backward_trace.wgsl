@@ -26,7 +26,11 @@
 // H(t-1) comes from inverting the update when REVERSE (fixed rate, no clip, see plastic-bptt.md):
 //   decay H(t-1) = (H(t) - r' pre' post') / (1 - r');  oja (H(t) - r' post' pre') / (1 - r' post'^2);  additive H(t) - r' pre' post'
 // and the runtime overwrites it with an exact checkpoint every K steps, which bounds the growth of
-// rounding error. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
+// rounding error. A reversed step need not store H(t-1) (skip_store): the step after it then finds the
+// slot one step ahead, H(t) where it wants H(t-1) (trace_ahead), and recovers its own H from it by the
+// same inversion with its own pre, post and r, the f32 operations the store would have saved. The
+// runtime stores every other step (backward_trace::reversal_schedule): 3.5 trace accesses per element
+// and step instead of 4. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
 // H(t-1) is read from the slot before H(t)'s. Nothing is written to the trace at t = 1.
 //
 // One invocation owns TILE rows and TILE columns of (i, j) for every batch element and walks them
@@ -87,8 +91,8 @@ struct BackwardTraceParams {
     preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
     groups: u32,              // Z batch groups (0 or 1: one)
     group_grad_offset: u32,   // (Z, N, N) dalpha per group in `partials` when Z > 1
-    _pad0: u32,
-    _pad1: u32,
+    trace_ahead: u32,         // REVERSE: 1 when the slot holds H(t+1) instead of H(t), which this step recovers first
+    skip_store: u32,          // REVERSE: 1 to leave the slot as it is instead of writing H(t-1) over it
     _pad2: u32,
 }
 
@@ -96,7 +100,7 @@ struct BackwardTraceParams {
 @group(0) @binding(1) var<storage, read> params: array<f32>;            // flat [w, alpha, eta, modulator]
 @group(0) @binding(2) var<storage, read> activations: array<f32>;       // (T + 1, B, N): x(t) at row t
 @group(0) @binding(3) var<storage, read> modulation: array<f32>;        // (T + 1, B): M_b(t) at row t
-@group(0) @binding(4) var<storage, read_write> trace: array<f32>;       // slots of [H (B, N, N), E (B, N, N)]: H(t) on entry, H(t-1) on exit when REVERSE
+@group(0) @binding(4) var<storage, read_write> trace: array<f32>;       // slots of [H (B, N, N), E (B, N, N)]: H(t) (or H(t+1)) on entry, H(t-1) (or the same) on exit when REVERSE
 @group(0) @binding(5) var<storage, read_write> trace_grad: array<f32>;  // [G (B, N, N), GE (B, N, N)]: G(t+1) on entry, G(t) on exit
 @group(0) @binding(6) var<storage, read_write> grads: array<f32>;       // flat, mirrors `params`; accumulated
 // (B, n_tiles, N) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step
@@ -240,6 +244,10 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let eta_offset = p.eta_offset;
     let mod_offset = p.mod_offset;
     let step = p.step;
+    // REVERSE: the slot may hold H(t+1) (the step after this one did not store H(t)), and this step
+    // may leave it as it is (see trace_ahead and skip_store).
+    let ahead = REVERSE && p.trace_ahead != 0u;
+    let store_prev = REVERSE && p.skip_store == 0u;
     let grouped = groups > 1u;
     let nn = n * n;
     let dalpha_base = p.group_grad_offset + z * nn;
@@ -300,12 +308,15 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                         let pre = pres[k];
                         let post = activations[x_now + b * n + j];
                         let ga_j = partials[preact + b * n + j];
-                        let h = trace[cur + idx];
-                        let g_next = trace_grad[idx];
                         var r = rate_fixed;
                         if (RATE >= 2u) {
                             r = plastic_rate(b, j, step, n, p.batch, eta_offset, mod_offset);
                         }
+                        var h = trace[cur + idx];
+                        if (ahead) {
+                            h = rule_inverse(h, pre, post, r);  // H(t) from H(t+1)
+                        }
+                        let g_next = trace_grad[idx];
                         d_alpha += ga_j * h * pre;
                         var g = 0.0;
                         var ge = 0.0;
@@ -347,7 +358,9 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                                 var h_prev: f32;
                                 if (REVERSE) {
                                     h_prev = rule_inverse(h, pre2, post2, r2);
-                                    trace[cur + idx] = h_prev;
+                                    if (store_prev) {
+                                        trace[cur + idx] = h_prev;
+                                    }
                                 } else {
                                     h_prev = trace[prev + idx];
                                 }

@@ -5,7 +5,8 @@
 // backward_trace.wgsl, which gives the math: with ga(t), G(t+1) and H(t) resident,
 //   dalpha_ij += sum_b ga_j H_ij(t) x_i(t-1)  (dw: weight_gradient_vec4.wgsl, per window of steps),
 //   G_ij(t) = m dU/dH G_ij(t+1) + alpha_eff_ij x_i(t-1) ga_j,  and the row, column and rate sums
-//   for gx(t-1) and drate(t-1), H(t-1) recovered by inversion (REVERSE) or read from its slot.
+//   for gx(t-1) and drate(t-1), H(t-1) recovered by inversion (REVERSE) or read from its slot; when
+//   REVERSE, H(t) itself first recovered from H(t+1) where the step after did not store (trace_ahead).
 // One invocation owns TILE rows and TILE columns of (i, j), as there, but its columns are four quads
 // of four neighbouring j: lane l of a column group of L lanes takes quads l, l + L, l + 2L, l + 3L
 // (see plasticity_kernels::trace_column_owner with a width of 4), so each access to H, E, G and GE
@@ -70,8 +71,8 @@ struct BackwardTraceParams {
     preact_offset: u32,       // (B, N) ga(t) in `partials`, from backward_activation
     groups: u32,              // Z batch groups (0 or 1: one)
     group_grad_offset: u32,   // (Z, N, N) dalpha per group in `partials` when Z > 1
-    _pad0: u32,
-    _pad1: u32,
+    trace_ahead: u32,         // REVERSE: 1 when the slot holds H(t+1) instead of H(t), which this step recovers first
+    skip_store: u32,          // REVERSE: 1 to leave the slot as it is instead of writing H(t-1) over it
     _pad2: u32,
 }
 
@@ -79,7 +80,7 @@ struct BackwardTraceParams {
 @group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;          // flat [w, alpha, eta, modulator], as quads
 @group(0) @binding(2) var<storage, read> activations: array<vec4<f32>>;     // (T + 1, B, N/4): x(t) at row t
 @group(0) @binding(3) var<storage, read> modulation: array<f32>;            // (T + 1, B): M_b(t) at row t
-@group(0) @binding(4) var<storage, read_write> trace: array<vec4<f32>>;     // slots of [H (B, N, N/4), E (B, N, N/4)]: H(t) on entry, H(t-1) on exit when REVERSE
+@group(0) @binding(4) var<storage, read_write> trace: array<vec4<f32>>;     // slots of [H (B, N, N/4), E (B, N, N/4)]: H(t) (or H(t+1)) on entry, H(t-1) (or the same) on exit when REVERSE
 @group(0) @binding(5) var<storage, read_write> trace_grad: array<vec4<f32>>; // [G (B, N, N/4), GE (B, N, N/4)]: G(t+1) on entry, G(t) on exit
 @group(0) @binding(6) var<storage, read_write> grads: array<vec4<f32>>;     // flat, mirrors `params`, as quads; accumulated
 // (B, n_tiles, N) row sums, then (B, n_tiles, N) column sums, for gx(t-1), overwritten each step;
@@ -289,6 +290,10 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let eta_offset = p.eta_offset;
     let mod_offset = p.mod_offset;
     let step = p.step;
+    // REVERSE: the slot may hold H(t+1) (the step after this one did not store H(t)), and this step
+    // may leave it as it is (see trace_ahead and skip_store).
+    let ahead = REVERSE && p.trace_ahead != 0u;
+    let store_prev = REVERSE && p.skip_store == 0u;
     let grouped = groups > 1u;
     let nn = n * n;
     let dalpha_base = p.group_grad_offset + z * nn;
@@ -420,7 +425,10 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                     r = rates[k];
                                     r2 = rates2[k];
                                 }
-                                let h = trace[cur + idx];
+                                var h = trace[cur + idx];
+                                if (ahead) {
+                                    h = rule_inverse_vec4(h, pre, post, r);  // H(t) from H(t+1)
+                                }
                                 let g_next = trace_grad[idx];
                                 d_alpha += ga_j * h * pre;
                                 var g: vec4<f32>;
@@ -460,7 +468,9 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                         var h_prev: vec4<f32>;
                                         if (REVERSE) {
                                             h_prev = rule_inverse_vec4(h, pre2, post2, r2);
-                                            trace[cur + idx] = h_prev;
+                                            if (store_prev) {
+                                                trace[cur + idx] = h_prev;
+                                            }
                                         } else {
                                             h_prev = trace[prev + idx];
                                         }

@@ -4,7 +4,7 @@
 
 use plasticity_kernels::adam_update::{self, AdamParams};
 use plasticity_kernels::backward_activation::{self, BackwardActivationParams, LOSS_NONE, MOD_NONE};
-use plasticity_kernels::backward_trace::{self, BackwardTraceParams};
+use plasticity_kernels::backward_trace::{self, BackwardTraceParams, ReversalStep};
 use plasticity_kernels::finish_gradients::{FinishGradientsParams, Reduction};
 use plasticity_kernels::forward_finish::{self, ForwardFinishParams};
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
@@ -454,7 +454,8 @@ fn backward_activation_matches_cpu_twin() {
 }
 
 /// One backward_trace step (the vec4 kernel with `vec4`, its column values hoisted with `hoist`) at
-/// `batch_slots` batch elements per pass, against the twin.
+/// `batch_slots` batch elements per pass, against the twin; a reversed step finds the trace where
+/// `reversal` says (the slot's values are random either way).
 #[allow(clippy::too_many_arguments)]
 fn check_backward_trace(
     name: &str,
@@ -466,6 +467,7 @@ fn check_backward_trace(
     vec4: bool,
     batch_slots: u32,
     hoist: bool,
+    reversal: ReversalStep,
 ) {
     let spec = *spec;
     let (steps, tiles) = (3usize, trace_tiles(n) as usize);
@@ -506,6 +508,8 @@ fn check_backward_trace(
         preact_offset: pl.ga_of_step(n, batch, step),
         groups,
         group_grad_offset: pl.group_grads,
+        trace_ahead: reversal.ahead as u32,
+        skip_store: reversal.skip_store as u32,
         ..Default::default()
     };
     let out = run_rule_kernel(
@@ -531,7 +535,7 @@ fn check_backward_trace(
         &mut p_ref,
     );
     let ctx = format!(
-        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{}",
+        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{} {reversal:?}",
         backward_trace::kernel_name(vec4),
         if hoist { " hoisted columns" } else { "" }
     );
@@ -544,8 +548,11 @@ fn check_backward_trace(
     // Tile sums of 16 terms of magnitude <= ~4 in a tree vs f64 (rows, columns, rates);
     // the eta sums gather 16 * B terms per element, the rest is untouched input.
     assert_close(&format!("{ctx} partials"), &out[6], &to_f64(&p_ref), 1e-4, 1e-5);
-    if !reverse && step >= 2 {
-        assert_eq!(out[3], trace, "{ctx}: the trace slots are read-only when recomputing");
+    if (!reverse || reversal.skip_store) && step >= 2 {
+        assert_eq!(out[3], trace, "{ctx}: the trace slots are read-only when recomputing or skipping the store");
+    }
+    if reverse && !reversal.skip_store && step >= 2 {
+        assert!(out[3] != trace, "{ctx}: the reversed step stored nothing");
     }
     if groups > 1 {
         assert_eq!(out[5], grads, "{ctx}: batch groups accumulate in partials, not in grads");
@@ -571,7 +578,8 @@ fn backward_trace_matches_cpu_twin() {
                         continue;
                     }
                     vec4_cases += vec4 as u32;
-                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, backward_trace::batch_slots(batch, groups), hoist);
+                    let slots = backward_trace::batch_slots(batch, groups);
+                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, ReversalStep::default());
                 }
             }
         }
@@ -592,13 +600,118 @@ fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
             for (batch, groups) in [(5u32, 1u32), (9, 2)] {
                 for slots in 1..backward_trace::CHUNK {
                     if !vec4 || runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false);
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false, ReversalStep::default());
                     }
                     if vec4 && runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true);
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true, ReversalStep::default());
                     }
                 }
             }
+        }
+    }
+}
+
+/// The rules a backward sweep reverses (`Plasticity::reversible`): each update rule with one eta and
+/// no clip.
+fn reversible_specs() -> Vec<(&'static str, Plasticity)> {
+    let p = Plasticity::PAPER;
+    let specs = vec![
+        ("paper", p),
+        ("oja", Plasticity { rule: Rule::Oja, ..p }),
+        ("additive alpha per neuron", Plasticity { rule: Rule::Additive, alpha: AlphaShape::PerNeuron, ..p }),
+    ];
+    assert!(specs.iter().all(|(_, spec)| spec.reversible()));
+    specs
+}
+
+/// A reversed step that finds H(t+1) in the slot (`trace_ahead`) or leaves the slot as it is
+/// (`skip_store`), both kernels against the twin, for each rule that reverses.
+#[test]
+fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
+    let mut cases = 0;
+    for (name, spec) in reversible_specs() {
+        for n in [1u32, 8, 63, 64, 65, 260] {
+            for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2)] {
+                for step in [1u32, 2, 3] {
+                    for vec4 in [false, true] {
+                        if vec4 && !runs_vec4_kernels(n, &spec) {
+                            continue;
+                        }
+                        let slots = backward_trace::batch_slots(batch, groups);
+                        for (ahead, skip_store) in [(true, false), (false, true), (true, true)] {
+                            let reversal = ReversalStep { ahead, skip_store };
+                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, vec4, reversal);
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Six sizes of the scalar kernel and three of the vec4 one, three batches, three steps, three flag pairs.
+    assert_eq!(cases, 3 * 9 * 3 * 3 * 3, "every rule ran at every size");
+}
+
+/// The twin's `trace_ahead` against its own definition: a step that finds U(H(t)) (step t's update
+/// of H(t), as the forward pass formed H(t+1)) gives what the step that finds H(t) gives, up to the
+/// rounding of the update and its inversion.
+#[test]
+fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
+    for (name, spec) in reversible_specs() {
+        let (n, batch, step) = (9u32, 3u32, 2u32);
+        let mut r = rng(77 + n as u64);
+        let (layout, params) = random_rule_params(n as u64 + 9, n, &spec);
+        let pl = PartialsLayout::new(n, batch, &spec, 1, 3);
+        let row = (batch * n) as usize;
+        let activations = uniform(&mut r, 4 * row, 1.0);
+        let modulation = uniform(&mut r, 4 * batch as usize, 0.9);
+        let slot = (batch * n * n) as usize;
+        let h_t = uniform(&mut r, slot, 1.0);
+        // H(t+1) = U(H(t)) with pre = x_i(t-1), post = x_j(t), step t's rate: trace_update's step t + 1.
+        let mut both = [h_t.clone(), vec![f32::NAN; slot]].concat();
+        let (_, row_stride) = trace_update::grid(n, batch, false);
+        let update = TraceUpdateParams {
+            n,
+            batch,
+            step: step + 1,
+            row_stride,
+            eta_offset: layout.eta_offset,
+            mod_offset: layout.mod_offset,
+            src_offset: 0,
+            dst_offset: slot as u32,
+            ..Default::default()
+        };
+        cpu::trace_update(&spec, &update, &params, &activations, &modulation, &mut both);
+        let h_next = both[slot..].to_vec();
+        let trace_grad = uniform(&mut r, slot, 1.0);
+        let grads = uniform(&mut r, layout.count as usize, 1.0);
+        let partials = uniform(&mut r, pl.len as usize, 1.0);
+        let run = |trace: &[f32], ahead: bool| {
+            let p = BackwardTraceParams {
+                n,
+                batch,
+                step,
+                n_tiles: trace_tiles(n),
+                w_offset: layout.w_offset,
+                alpha_offset: layout.alpha_offset,
+                eta_offset: layout.eta_offset,
+                mod_offset: layout.mod_offset,
+                alpha_grad_offset: pl.alpha,
+                rate_partials_offset: pl.rate,
+                eta_partials_offset: pl.eta,
+                preact_offset: pl.ga_of_step(n, batch, step),
+                trace_ahead: ahead as u32,
+                ..Default::default()
+            };
+            let (mut t, mut g, mut gr, mut pa) = (trace.to_vec(), trace_grad.clone(), grads.clone(), partials.clone());
+            cpu::backward_trace(&spec, true, 1, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
+            [t, g, gr, pa]
+        };
+        let (stored, ahead) = (run(&h_t, false), run(&h_next, true));
+        // H(t) through an update and its inversion: a few ulps of values <= ~3, carried through
+        // products of O(1) terms into every output.
+        for (k, what) in ["trace", "trace_grad", "grads", "partials"].iter().enumerate() {
+            assert_close(&format!("{name}: the twin ahead of its step, {what}"), &ahead[k], &to_f64(&stored[k]), 1e-5, 1e-5);
         }
     }
 }

@@ -323,8 +323,11 @@ pub fn backward_trace(
                 let z = group_of(b);
                 let idx = (b * n + i) * n + j;
                 let (pre, post, ga_j) = (x(t - 1, b, i), x(t, b, j), partials[p.preact_offset as usize + b * n + j]);
-                let (h, g_next) = (trace[cur + idx], trace_grad[idx]);
                 let r = off.plastic_rate(spec, params, modulation, b, j, t);
+                let (mut h, g_next) = (trace[cur + idx], trace_grad[idx]);
+                if reverse && p.trace_ahead != 0 {
+                    h = rule_inverse(rule, h, pre, post, r); // H(t) from H(t+1)
+                }
                 d_alpha[z] += ga_j as f64 * h as f64 * pre as f64;
                 let (g, ge);
                 let row_term;
@@ -356,7 +359,9 @@ pub fn backward_trace(
                     } else {
                         let h_prev = if reverse {
                             let v = rule_inverse(rule, h, pre2, post2, r2);
-                            trace[cur + idx] = v;
+                            if p.skip_store == 0 {
+                                trace[cur + idx] = v;
+                            }
                             v
                         } else {
                             trace[prev + idx]

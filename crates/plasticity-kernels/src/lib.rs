@@ -41,6 +41,47 @@ mod tests {
         }
     }
 
+    /// Walks the sweep with the slot's content as a step number: every step must find H(t) or, when
+    /// `ahead`, H(t + 1), never further, whatever the resets; the alternate schedule stores at most
+    /// every other step, and the every-step one is never ahead.
+    #[test]
+    fn reversal_schedule_finds_each_steps_trace_at_most_one_step_ahead() {
+        for steps in [1u32, 2, 3, 4, 7, 106] {
+            for checkpoints in [vec![], vec![2], vec![3], vec![4, 7], (2..steps).collect::<Vec<_>>()] {
+                let resets = |s: u32| s == 1 || checkpoints.contains(&s);
+                for every_step in [false, true] {
+                    let schedule = backward_trace::reversal_schedule(steps, resets, every_step);
+                    let what = format!("T={steps} checkpoints {checkpoints:?} every step {every_step}");
+                    assert_eq!(schedule.len(), steps as usize, "{what}");
+                    let mut slot = steps; // the forward pass leaves H(T)
+                    for t in (1..=steps).rev() {
+                        let step = schedule[t as usize - 1];
+                        assert_eq!(slot, t + step.ahead as u32, "{what}: step {t} finds H({slot}), ahead = {}", step.ahead);
+                        if t >= 2 && !step.skip_store {
+                            slot = t - 1;
+                        }
+                        if t >= 2 && resets(t - 1) {
+                            assert!(step.skip_store, "{what}: step {t} stores H({}) that the reset overwrites", t - 1);
+                            slot = t - 1;
+                        }
+                    }
+                    let stores = schedule.iter().filter(|s| !s.skip_store).count() as u32;
+                    if every_step {
+                        assert!(schedule.iter().all(|s| !s.ahead), "{what}");
+                        assert_eq!(stores, (1..steps).filter(|&s| !resets(s)).count() as u32, "{what}");
+                    } else {
+                        assert!(stores <= steps / 2, "{what}: {stores} stores");
+                    }
+                }
+            }
+        }
+        // Without checkpoints, T = 6: steps 6 and 4 leave H(t) for 5 and 3 to recover; 2 stores nothing
+        // (the sweep clears H(1)).
+        let flags: Vec<(bool, bool)> =
+            backward_trace::reversal_schedule(6, |s| s == 1, false).iter().map(|s| (s.ahead, s.skip_store)).collect();
+        assert_eq!(flags, [(false, true), (false, true), (true, false), (false, true), (true, false), (false, true)]);
+    }
+
     #[test]
     fn each_batch_group_adds_per_group_len_to_the_partials() {
         let modulated = Plasticity { modulation: Modulation::Simple, alpha: AlphaShape::PerNeuron, ..Plasticity::PAPER };
@@ -521,8 +562,11 @@ pub mod backward_trace {
         pub groups: u32,
         /// Offset of the groups' (Z, N, N) dalpha accumulators in `partials` when Z > 1.
         pub group_grad_offset: u32,
-        pub _pad0: u32,
-        pub _pad1: u32,
+        /// REVERSE: 1 when the slot holds H(t+1) instead of H(t) (the step after did not store), which
+        /// the step recovers first by the same inversion ([`reversal_schedule`]).
+        pub trace_ahead: u32,
+        /// REVERSE: 1 to leave the slot as it is instead of writing H(t-1) over it.
+        pub skip_store: u32,
         pub _pad2: u32,
     }
 
@@ -558,8 +602,8 @@ pub mod backward_trace {
             preact_offset,
             groups,
             group_grad_offset,
-            _pad0,
-            _pad1,
+            trace_ahead,
+            skip_store,
             _pad2
         }),
         params_size: core::mem::size_of::<BackwardTraceParams>(),
@@ -623,6 +667,39 @@ pub mod backward_trace {
     pub fn workgroups(n: u32, groups: u32) -> [u32; 3] {
         let tiles = trace_tiles(n);
         [div_ceil(tiles, WORKGROUP_SIZE), tiles, groups.max(1)]
+    }
+
+    /// What one step of a reversed sweep (REVERSE) finds in the trace slot and leaves there.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ReversalStep {
+        /// The slot holds H(t+1), not H(t): the params' `trace_ahead`.
+        pub ahead: bool,
+        /// The step leaves the slot as it is instead of storing H(t-1): the params' `skip_store`.
+        pub skip_store: bool,
+    }
+
+    /// The reversed sweep's steps T down to 1 (element t - 1 for step t), after a forward pass that
+    /// left H(T) in the slot, where the runtime writes the exact H(s) over the slot between steps
+    /// s + 1 and s wherever `resets(s)` (a checkpoint, and H(1) = 0).
+    ///
+    /// A step stores H(t-1) only where the next one could not recover its own H otherwise: a step that
+    /// found H(t) leaves it, and the next one, finding H(t) where it wants H(t-1), inverts it once more
+    /// with its own x_i(t-2), x_j(t-1) and rate, the values the store would have been computed from, and
+    /// then stores. Nothing is stored before a reset, which overwrites it. So the trace is written
+    /// about every other step: 3.5 accesses per element and step instead of 4, for one more inversion
+    /// every other step. With `every_step`, each step stores (except before a reset) and nothing is
+    /// ever ahead.
+    pub fn reversal_schedule(steps: u32, resets: impl Fn(u32) -> bool, every_step: bool) -> Vec<ReversalStep> {
+        let mut schedule = vec![ReversalStep::default(); steps as usize];
+        let mut ahead = false;
+        for t in (1..=steps).rev() {
+            // Step 1 has no H(0) to store.
+            let reset_next = t == 1 || resets(t - 1);
+            let skip_store = reset_next || (!every_step && !ahead);
+            schedule[t as usize - 1] = ReversalStep { ahead, skip_store };
+            ahead = !reset_next && skip_store;
+        }
+        schedule
     }
 }
 

@@ -111,6 +111,12 @@ pub fn checkpoint_steps(segment: u32, steps: u32) -> Vec<u32> {
     (1..).map(|k| 1 + k * segment.max(1)).take_while(|&c| c < steps).collect()
 }
 
+/// Whether a reversed sweep replaces the trace with the exact H(s) before step s: at a checkpoint
+/// step, and at step 1, where H(1) = 0.
+fn resets_reversal(s: u32, mut checkpoint_steps: impl Iterator<Item = u32>) -> bool {
+    s == 1 || checkpoint_steps.any(|c| c == s)
+}
+
 /// The recompute segment of a rule that cannot be reversed: ceil(sqrt(T)) balances the T / K
 /// checkpoints against the K + 1 scratch slots.
 pub fn recompute_segment(steps: u32) -> u32 {
@@ -353,6 +359,19 @@ impl BackwardState {
         let slot = shape.trace_slot_len() as u32;
         // Recompute: step t of the segment starting at s0 sits in slot t - s0 + 1, H(s0 - 1) in slot 0.
         let slot_of = |t: u32, segment: u32| t - ((t - 1) / segment * segment + 1) + 1;
+        // Reversal: which steps find H(t+1) in the slot and which leave it (the sweep's resets are
+        // record_backward's: a checkpoint, and H(1) = 0).
+        let schedule = match recovery {
+            Recovery::Reverse { segment } => {
+                let checkpoints = checkpoint_steps(segment, steps);
+                backward_trace::reversal_schedule(
+                    steps,
+                    |s| resets_reversal(s, checkpoints.iter().copied()),
+                    self.tuning.backward_store_every_step,
+                )
+            }
+            Recovery::Recompute { .. } => vec![Default::default(); steps as usize],
+        };
         let trace: Vec<BackwardTraceParams> = (1..=steps)
             .map(|step| {
                 let (cur_offset, prev_offset) = match recovery {
@@ -377,6 +396,8 @@ impl BackwardState {
                     preact_offset: pl.ga_of_step(n, batch, step),
                     groups: pl.groups,
                     group_grad_offset: pl.group_grads,
+                    trace_ahead: schedule[step as usize - 1].ahead as u32,
+                    skip_store: schedule[step as usize - 1].skip_store as u32,
                     ..Default::default()
                 }
             })
@@ -826,7 +847,7 @@ fn record_backward(
         Recovery::Reverse { .. } => {
             // The sweep recovers H(t-1) by reversal; at a checkpoint step, and at step 1 where H(1) = 0,
             // the exact value replaces it.
-            let resets_at = |s: u32| s == 1 || checkpoints.iter().any(|(c, _)| *c == s);
+            let resets_at = |s: u32| resets_reversal(s, checkpoints.iter().map(|(c, _)| *c));
             let mut t = shape.steps;
             loop {
                 {

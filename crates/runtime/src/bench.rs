@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// header says which.
     #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
     backward_hoist_columns: Option<bool>,
+    /// Have every step of the reversed backward sweep store the recovered trace instead of every
+    /// other step (whose next step recovers it once more): one more trace write per element every
+    /// other step; to compare the two on a device.
+    #[arg(long)]
+    backward_store_every_step: bool,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
     /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
     #[arg(long)]
@@ -114,6 +119,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         scalar_kernels: args.scalar_kernels,
         forward_subgroups: args.forward_subgroups,
         backward_hoist_columns: args.backward_hoist_columns,
+        backward_store_every_step: args.backward_store_every_step,
     };
     // The trainer's own range check, run now rather than after the ceiling is measured.
     let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
@@ -171,7 +177,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
          by subgroup shuffles{}; forward workgroups of {} invocations; \
-         backward passes of {}, column values loaded {}; wgpu's loop bounding {}\n",
+         backward passes of {}, column values loaded {}, the reversed trace stored {}; wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
         match args.forward_subgroups {
@@ -189,6 +195,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             None if ctx.adapter.is_cpu() => "once per pass where a pass takes 2 or more batch elements",
             None => "once per four rows",
         },
+        if args.backward_store_every_step { "every step (--backward-store-every-step)" } else { "every other step" },
         if ctx.wgpu_loop_bounding() {
             "in every kernel (--wgpu-loop-bounding)"
         } else {
@@ -412,6 +419,7 @@ fn write_json(
             "forward_subgroups": ctx.tuning.forward_subgroups,
             // null: the default (on a CPU adapter at 2 or more batch elements per pass); each case says.
             "backward_hoist_columns": ctx.tuning.backward_hoist_columns,
+            "backward_store_every_step": ctx.tuning.backward_store_every_step,
             // null: the default, min(4, ceil(B / Z)) per case.
             "backward_batch_slots": ctx.tuning.backward_batch_slots,
         },

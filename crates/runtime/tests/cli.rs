@@ -183,6 +183,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     // --no-memory: no memory-growth figure, and null for it in the JSON. wgpu's loop bounding: left out
     // of the counted-loop kernels by default, in every kernel with the option, in the header and JSON.
     assert!(out.contains("wgpu's loop bounding only in the kernels whose loops are not all counted"), "{out}");
+    assert!(out.contains("the reversed trace stored every other step;"), "{out}");
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
     // --forward-subgroups off: in the header, the JSON config and every case.
     let o = plasticity(&[
@@ -194,6 +195,7 @@ fn bench_quick_runs_and_names_the_adapter() {
         "off",
         "--backward-hoist-columns",
         "off",
+        "--backward-store-every-step",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -201,7 +203,9 @@ fn bench_quick_runs_and_names_the_adapter() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.contains("memory against episode length") && out.contains("wgpu's loop bounding in every kernel"), "{out}");
     assert!(
-        out.contains("(--forward-subgroups off)") && out.contains("column values loaded once per four rows (--backward-hoist-columns off)"),
+        out.contains("(--forward-subgroups off)")
+            && out.contains("column values loaded once per four rows (--backward-hoist-columns off)")
+            && out.contains("the reversed trace stored every step (--backward-store-every-step)"),
         "{out}"
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -209,6 +213,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_eq!(doc["config"]["wgpu_loop_bounding"], serde_json::json!(true));
     assert_eq!(doc["config"]["forward_subgroups"], serde_json::json!(false));
     assert_eq!(doc["config"]["backward_hoist_columns"], serde_json::json!(false));
+    assert_eq!(doc["config"]["backward_store_every_step"], serde_json::json!(true));
     assert!(
         doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false && c["backward_hoist_columns"] == false),
         "{doc}"
