@@ -387,7 +387,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         }
         None => Trainer::new(&ctx, Network::new(&ctx, &config.network)?, trainer_config)?,
     };
-    trainer.reserve(&ctx, &task.episode(config.batch, config.seed, start)?.0)?;
+    // The first episode's data, built once: it sizes the GPU buffers here and is trained on first.
+    let mut first_data = Some(task.episode(config.batch, config.seed, start)?.0);
+    trainer.reserve(&ctx, first_data.as_ref().expect("just built"))?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     plasticity_runtime::checkpoint::write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     let metrics_path = dir.join(METRICS);
@@ -449,7 +451,10 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             plot::write_loss_plot(&metrics_path, &dir.join("loss.png"))?;
             bail!("interrupted after episode {e}; checkpoint saved; continue with --resume {}", dir.display());
         }
-        let (data, _) = task.episode(config.batch, config.seed, e)?;
+        let data = match first_data.take() {
+            Some(data) => data,
+            None => task.episode(config.batch, config.seed, e)?.0,
+        };
         let m = trainer.train_step(&ctx, &data)?;
         if !(m.loss.is_finite() && m.eta.is_finite() && m.grad_norm.is_finite()) {
             bar.abandon();
