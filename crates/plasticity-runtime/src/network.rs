@@ -109,20 +109,21 @@ impl NetworkConfig {
             }
         }
         // The layout and every kernel index the flat parameters with u32: w and alpha alone are
-        // 2 N^2 floats. Counted in u64 so that a size past that is refused, not wrapped.
-        let n = self.neurons as u64;
-        let count = 2 * n * n
-            + 3 * n
-            + 2
-            + self.input_width.map_or(0, |d| (d as u64 + 1) * n)
-            + self.heads.iter().map(|h| (n + 1) * h.width as u64).sum::<u64>();
-        if count > u32::MAX as u64 {
+        // 2 N^2 floats. ParamLayout::checked_of counts in u64, so a size past that is refused, not wrapped.
+        if ParamLayout::checked_of(self).is_none() {
+            // The largest N whose layout fits, by bisection (the count grows with N).
+            let fits = |neurons: u32| ParamLayout::checked_of(&NetworkConfig { neurons, ..self.clone() }).is_some();
+            let (mut fitting, mut too_many) = (0u32, self.neurons);
+            while too_many - fitting > 1 {
+                let mid = fitting + (too_many - fitting) / 2;
+                if fits(mid) { fitting = mid } else { too_many = mid }
+            }
             return Err(invalid(
                 "network config",
                 format!(
-                    "{count} parameters ({} neurons) do not fit the kernels' 32-bit indices; use at most {} neurons",
-                    self.neurons,
-                    ((u32::MAX as u64 / 2) as f64).sqrt() as u64 - 1
+                    "the parameters of {} neurons (w and alpha alone are 2 N^2 floats) do not fit the kernels' 32-bit indices; \
+                     use at most {fitting} neurons",
+                    self.neurons
                 ),
             ));
         }
@@ -134,7 +135,7 @@ impl NetworkConfig {
     pub fn largest_neurons_within(&self, bytes: u64) -> u32 {
         let fits = |neurons: u32| {
             let config = NetworkConfig { neurons, ..self.clone() };
-            // validate first: it refuses, in u64, the sizes whose layout would wrap u32.
+            // validate first: it refuses the sizes whose layout would wrap u32 (ParamLayout::checked_of).
             config.validate().is_ok() && ParamLayout::of(&config).count as u64 * 4 <= bytes
         };
         let mut neurons = ((bytes / 8) as f64).sqrt().min(u32::MAX as f64 - 1.0) as u32 + 1;
@@ -171,42 +172,52 @@ pub struct ParamLayout {
 pub const MAX_HEADS: usize = 4;
 
 impl ParamLayout {
+    /// The layout of a network of `neurons` with this rule and neither an input layer nor heads.
     pub fn new(neurons: u32, plasticity: &Plasticity) -> Self {
-        let nn = neurons * neurons;
-        let alpha_offset = nn;
-        let eta_offset = alpha_offset + plasticity.alpha_len(neurons);
-        let mod_offset = eta_offset + plasticity.eta_len(neurons);
-        let in_offset = mod_offset + plasticity.modulator_len(neurons);
-        Self {
-            neurons,
-            plasticity: *plasticity,
-            w_offset: 0,
-            alpha_offset,
-            eta_offset,
-            mod_offset,
-            in_offset,
-            input_width: 0,
-            heads_offset: in_offset,
-            head_slots: [(0, 0); MAX_HEADS],
-            head_count: 0,
-            count: in_offset,
-        }
+        Self::of(&NetworkConfig { neurons, plasticity: *plasticity, input_width: None, heads: Vec::new(), ..Default::default() })
     }
 
-    /// The layout of `config`'s network, input layer and output heads included.
+    /// The layout of `config`'s network, input layer and output heads included. `config` must have
+    /// passed [`NetworkConfig::validate`], which refuses the sizes whose offsets would not fit u32.
     pub fn of(config: &NetworkConfig) -> Self {
-        let mut layout = Self::new(config.neurons, &config.plasticity);
-        if let Some(d) = config.input_width {
-            layout.input_width = d;
-            layout.count += (d + 1) * config.neurons;
-        }
-        layout.heads_offset = layout.count;
+        Self::checked_of(config).expect("a validated config: its parameter offsets fit u32")
+    }
+
+    /// [`ParamLayout::of`], or `None` where an offset would not fit u32. Every offset is formed in
+    /// u64 from the same lengths, so this is the one place that decides the bound.
+    pub fn checked_of(config: &NetworkConfig) -> Option<Self> {
+        let (n, spec) = (config.neurons as u64, &config.plasticity);
+        let u32_of = |v: u64| u32::try_from(v).ok();
+        // Past this, n^2 (and so the rule's own lengths, at most n^2) would wrap u32 before it is summed.
+        let _ = u32_of(n.checked_mul(2 * n)?)?;
+        let len = |f: fn(&Plasticity, u32) -> u32| f(spec, config.neurons) as u64;
+        let alpha_offset = n * n;
+        let eta_offset = alpha_offset + len(Plasticity::alpha_len);
+        let mod_offset = eta_offset + len(Plasticity::eta_len);
+        let in_offset = mod_offset + len(Plasticity::modulator_len);
+        let heads_offset = in_offset + config.input_width.map_or(0, |d| (d as u64 + 1) * n);
+        let mut layout = Self {
+            neurons: config.neurons,
+            plasticity: *spec,
+            w_offset: 0,
+            alpha_offset: u32_of(alpha_offset)?,
+            eta_offset: u32_of(eta_offset)?,
+            mod_offset: u32_of(mod_offset)?,
+            in_offset: u32_of(in_offset)?,
+            input_width: config.input_width.unwrap_or(0),
+            heads_offset: u32_of(heads_offset)?,
+            head_slots: [(0, 0); MAX_HEADS],
+            head_count: 0,
+            count: 0,
+        };
+        let mut count = heads_offset;
         for h in config.heads.iter().take(MAX_HEADS) {
-            layout.head_slots[layout.head_count as usize] = (layout.count, h.width);
+            layout.head_slots[layout.head_count as usize] = (u32_of(count)?, h.width);
             layout.head_count += 1;
-            layout.count += (config.neurons + 1) * h.width;
+            count += (n + 1) * h.width as u64;
         }
-        layout
+        layout.count = u32_of(count)?;
+        Some(layout)
     }
 
     /// `(offset of W_h, K_h)` per output head.
@@ -418,5 +429,43 @@ impl Network {
             return Err(invalid("parameters", "layout does not match this network"));
         }
         buffers::write(ctx, &self.params, 0, &host.values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plasticity_kernels::{EtaShape, Modulation};
+
+    /// The u32 bound is decided by the layout itself: at N = 46340 the rule with the most parameters
+    /// (per-neuron modulation and eta, 2 N^2 + 4 N + 1 floats) and a one-wide head passes 2^32 by
+    /// 35,607 floats, which a separate count of 2 N^2 + 3 N + 2 once let through. The N the error
+    /// names fits, and one more does not.
+    #[test]
+    fn parameter_offsets_past_u32_are_refused_with_the_largest_n_that_fits() {
+        let widest = Plasticity { modulation: Modulation::PerNeuron, eta: EtaShape::PerNeuron, ..Plasticity::PAPER };
+        let head = vec![OutputHead { width: 1, kind: HeadKind::Linear }];
+        let configs = [
+            NetworkConfig { neurons: 46340, plasticity: widest, heads: head.clone(), ..Default::default() },
+            NetworkConfig { neurons: 46341, ..Default::default() },
+            NetworkConfig { neurons: 100_000, input_width: Some(7), ..Default::default() },
+            NetworkConfig { neurons: u32::MAX, plasticity: widest, heads: head, ..Default::default() },
+        ];
+        for config in configs {
+            assert!(ParamLayout::checked_of(&config).is_none(), "N = {}", config.neurons);
+            let message = config.validate().unwrap_err().to_string();
+            let named: u32 = message
+                .split("use at most ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_else(|| panic!("the error names the largest N that fits: {message}"));
+            let at = |neurons: u32| NetworkConfig { neurons, ..config.clone() };
+            assert!(at(named).validate().is_ok() && ParamLayout::checked_of(&at(named)).is_some(), "{message}");
+            assert!(at(named + 1).validate().is_err(), "{message}");
+        }
+        // Where it fits, the layout ends where the heads end.
+        let config = NetworkConfig { neurons: 10, plasticity: widest, input_width: Some(3), ..Default::default() };
+        assert_eq!(ParamLayout::of(&config).count, 2 * 100 + 10 + 31 + 4 * 10);
     }
 }

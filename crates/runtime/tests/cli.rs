@@ -179,7 +179,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_clean_failure(&plasticity(&["bench", "--memory-steps", "0"]), "--no-memory skips");
     assert_clean_failure(&plasticity(&["bench", "--batch", "4,0"]), "--batch values must be at least 1");
     assert_clean_failure(&plasticity(&["bench", "--json", "/nonexistent-dir/bench.json"]), "does not exist; create it first");
-    assert_clean_failure(&plasticity(&["bench", "--neurons", "100000", "--batch", "1"]), "use at most 46339 neurons");
+    assert_clean_failure(&plasticity(&["bench", "--neurons", "100000", "--batch", "1"]), "use at most 46340 neurons");
     // --no-memory: no memory-growth figure, and null for it in the JSON. wgpu's loop bounding: left out
     // of the counted-loop kernels by default, in every kernel with the option, in the header and JSON.
     assert!(out.contains("wgpu's loop bounding only in the kernels whose loops are not all counted"), "{out}");
