@@ -28,7 +28,7 @@
 // and the runtime overwrites it with an exact checkpoint every K steps, which bounds the growth of
 // rounding error. A reversed step need not store H(t-1) (skip_store): the step after it then finds the
 // slot one step ahead, H(t) where it wants H(t-1) (trace_ahead), and recovers its own H from it by the
-// same inversion with its own pre, post and r, the f32 operations the store would have saved. The
+// same inversion with its own pre, post and r: the f32 operations whose result the store would have kept. The
 // runtime stores every other step (backward_trace::reversal_schedule): 3.5 trace accesses per element
 // and step instead of 4. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
 // H(t-1) is read from the slot before H(t)'s. Nothing is written to the trace at t = 1.

@@ -280,6 +280,8 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
 /// for backward_trace_vec4, whose lanes own quads of columns (the only difference the partial sums
 /// show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dalpha and eta
 /// sums go to its own accumulators in `partials`. dw is not formed here: see [`weight_gradient`].
+/// When `reverse`, `p.trace_ahead` says the slot holds H(t+1), inverted first with step t's own
+/// values, and `p.skip_store` leaves the slot unwritten (see `backward_trace::reversal_schedule`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_trace(
     spec: &Plasticity,

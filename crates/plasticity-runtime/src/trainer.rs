@@ -6,7 +6,10 @@
 //! K steps, so memory holds `ceil((T - 1) / K) - 1` trace copies (the steps 1 + kK < T) instead of T. Each reversed step
 //! multiplies an existing rounding error by `1 / (1 - eta)`; K is the largest segment for which
 //! `(1 - eta)^-K <= max_reversal_amplification` (100 by default: K = 458 at eta = 0.01, K = 6 at
-//! eta = 0.5), recomputed from the current eta before every episode since eta is learned.
+//! eta = 0.5), recomputed from the current eta before every episode since eta is learned. A reversed
+//! step writes the recovered trace back only every other step: the step after one that did not finds
+//! H(t) where it wants H(t-1) and inverts it once more itself (`backward_trace::reversal_schedule`;
+//! `KernelTuning::backward_store_every_step` stores every step).
 //!
 //! Rules that cannot be inverted (a clip, a neuromodulated or per-neuron rate, an eligibility
 //! trace; see [`Plasticity::reversible`]) recompute instead: the forward pass stores the traces
