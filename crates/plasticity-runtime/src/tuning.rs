@@ -67,10 +67,10 @@ pub struct KernelTuning {
     /// measured.
     pub backward_hoist_columns: Option<bool>,
     /// Have every step of a reversed backward sweep store the recovered H(t-1) over the trace
-    /// (the schedule before 2026-11-29) instead of every other step, where the next step recovers
+    /// (the schedule before 6bfa109) instead of every other step, where the next step recovers
     /// it once more from H(t) (`backward_trace::reversal_schedule`): one more write of the trace per
     /// element every other step, one inversion fewer; the same results. For comparison on a device:
-    /// on lavapipe a training episode at N = 256, B = 16 takes about 3% longer with it (README).
+    /// on lavapipe a training episode at N = 256, B = 16 takes about 5% longer with it (README).
     pub backward_store_every_step: bool,
 }
 

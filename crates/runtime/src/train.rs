@@ -388,8 +388,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         None => Trainer::new(&ctx, Network::new(&ctx, &config.network)?, trainer_config)?,
     };
     // The first episode's data, built once: it sizes the GPU buffers here and is trained on first.
-    let mut first_data = Some(task.episode(config.batch, config.seed, start)?.0);
-    trainer.reserve(&ctx, first_data.as_ref().expect("just built"))?;
+    let first = task.episode(config.batch, config.seed, start)?.0;
+    trainer.reserve(&ctx, &first)?;
+    let mut first_data = Some(first);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     plasticity_runtime::checkpoint::write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     let metrics_path = dir.join(METRICS);
