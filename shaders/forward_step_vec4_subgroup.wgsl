@@ -14,7 +14,7 @@
 // the trace, w and alpha accesses and the f32 operations of the sum (same order, same values) are
 // forward_step_vec4's, so both give the same bits. On lavapipe, where every lane's storage access
 // is a loop over the SIMD lanes whatever the address, those history loads were about a sixth of the
-// step's accesses (README, "What `bench` prints", on the G column).
+// step's accesses (README, "How the kernels were tuned on lavapipe").
 //
 // The subgroups must be full: the runtime runs this kernel only where the workgroup size is a
 // multiple of the adapter's largest subgroup size (KernelTuning::forward_subgroups), and every lane,

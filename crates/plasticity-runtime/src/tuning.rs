@@ -51,8 +51,8 @@ pub struct KernelTuning {
     /// Whether the vec4 forward step shares x(t-1) and x(t-2) between the invocations of a subgroup
     /// by shuffles (`forward_step_vec4_subgroup`) instead of having each invocation load them
     /// (`forward_step_vec4`); the results are the same bits. `None`: on a CPU adapter wherever it can
-    /// run, where a training episode takes less time (README, "What `bench` prints", on the G
-    /// column); not on a GPU, where loads of one address by a whole subgroup are already one access
+    /// run, where a training episode takes less time (README, "How the kernels were tuned on
+    /// lavapipe"); not on a GPU, where loads of one address by a whole subgroup are already one access
     /// and it has not been measured. It can run where the device has `wgpu::Features::SUBGROUP` and
     /// the forward workgroup size is a multiple of the adapter's largest subgroup size (so that every
     /// subgroup is full); `Some(true)` elsewhere is an error that says which is missing. The scalar
@@ -62,9 +62,9 @@ pub struct KernelTuning {
     /// pass over its block instead of once per four rows (its `HOIST_COLUMNS`): up to 48 more quads
     /// held per invocation, 0.56 fewer loads per element quad and batch element; the same results.
     /// `None`: on a CPU adapter where a pass takes 2 or more batch elements (on lavapipe a training
-    /// episode then takes 4-13% less time, and at one element per pass about 2-4% more; README, "What
-    /// `bench` prints"); not on a GPU, where the registers would cost occupancy and it has not been
-    /// measured.
+    /// episode then takes 4-13% less time, and at one element per pass about 2-4% more; README, "How
+    /// the kernels were tuned on lavapipe"); not on a GPU, where the registers would cost occupancy
+    /// and it has not been measured.
     pub backward_hoist_columns: Option<bool>,
     /// Have every step of a reversed backward sweep store the recovered H(t-1) over the trace
     /// (the schedule before 6bfa109) instead of every other step, where the next step recovers
