@@ -170,7 +170,7 @@ impl Plasticity {
         ]
     }
 
-    /// How the kernels find the rate of H's update: 0 eta[0], 1 eta[j], 2 M_b, 3 u_j M_b + c_j.
+    /// How the kernels find the rate of H's update: 0 `eta[0]`, 1 `eta[j]`, 2 `M_b`, 3 `u_j M_b + c_j`.
     /// (With a retroactive trace, E's rate is always eta, scalar or per neuron.)
     pub fn rate_kind(&self) -> u32 {
         match (self.modulation, self.eta) {
