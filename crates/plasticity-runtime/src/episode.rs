@@ -38,7 +38,10 @@ pub struct EpisodeData {
 
 impl EpisodeData {
     pub fn validate(&self, neurons: u32) -> Result<()> {
-        self.validate_for(&ParamLayout::paper(neurons))
+        // The paper's network of that size, refused with its fix where N is past the kernels' u32 indices.
+        let config = NetworkConfig { neurons, ..Default::default() };
+        config.validate()?;
+        self.validate_for(&ParamLayout::of(&config))
     }
 
     /// As [`EpisodeData::validate`], for a network of this layout: inputs of the input layer's

@@ -173,6 +173,7 @@ pub const MAX_HEADS: usize = 4;
 
 impl ParamLayout {
     /// The layout of a network of `neurons` with this rule and neither an input layer nor heads.
+    /// Panics where its offsets would not fit u32 (past N = 46340); [`ParamLayout::checked_of`] does not.
     pub fn new(neurons: u32, plasticity: &Plasticity) -> Self {
         Self::of(&NetworkConfig { neurons, plasticity: *plasticity, input_width: None, heads: Vec::new(), ..Default::default() })
     }
@@ -239,7 +240,7 @@ impl ParamLayout {
         self.heads().iter().map(|h| h.1).sum()
     }
 
-    /// The paper's layout `[w (N, N), alpha (N, N), eta (1)]`.
+    /// The paper's layout `[w (N, N), alpha (N, N), eta (1)]`; panics as [`ParamLayout::new`].
     pub fn paper(neurons: u32) -> Self {
         Self::new(neurons, &Plasticity::PAPER)
     }
@@ -464,6 +465,18 @@ mod tests {
             assert!(at(named).validate().is_ok() && ParamLayout::checked_of(&at(named)).is_some(), "{message}");
             assert!(at(named + 1).validate().is_err(), "{message}");
         }
+        // Episode data checked against a paper network too large to lay out: an error, not a panic.
+        let data = crate::EpisodeData {
+            batch: 1,
+            steps: 1,
+            inputs: Vec::new(),
+            loss_steps: vec![1],
+            targets: Vec::new(),
+            loss_scale: 1.0,
+            clamp: Vec::new(),
+        };
+        let message = data.validate(100_000).unwrap_err().to_string();
+        assert!(message.contains("use at most 46340 neurons"), "{message}");
         // Where it fits, the layout ends where the heads end.
         let config = NetworkConfig { neurons: 10, plasticity: widest, input_width: Some(3), ..Default::default() };
         assert_eq!(ParamLayout::of(&config).count, 2 * 100 + 10 + 31 + 4 * 10);
