@@ -135,8 +135,8 @@ impl NetworkConfig {
     pub fn largest_neurons_within(&self, bytes: u64) -> u32 {
         let fits = |neurons: u32| {
             let config = NetworkConfig { neurons, ..self.clone() };
-            // validate first: it refuses the sizes whose layout would wrap u32 (ParamLayout::checked_of).
-            config.validate().is_ok() && ParamLayout::of(&config).count as u64 * 4 <= bytes
+            // The layout first: it is None past the kernels' u32 indices, and cheap to form.
+            ParamLayout::checked_of(&config).is_some_and(|layout| layout.count as u64 * 4 <= bytes) && config.validate().is_ok()
         };
         let mut neurons = ((bytes / 8) as f64).sqrt().min(u32::MAX as f64 - 1.0) as u32 + 1;
         while neurons > 1 && !fits(neurons) {
@@ -477,6 +477,22 @@ mod tests {
         };
         let message = data.validate(100_000).unwrap_err().to_string();
         assert!(message.contains("use at most 46340 neurons"), "{message}");
+        // The largest network within a binding: it fits, one more neuron does not, up to bindings
+        // far past what the u32 indices allow.
+        for config in [
+            NetworkConfig::default(),
+            NetworkConfig { plasticity: widest, heads: vec![OutputHead { width: 3, kind: HeadKind::Softmax }], ..Default::default() },
+        ] {
+            for bytes in [64u64, 1 << 20, 128 << 20, 4 << 30, 1 << 40] {
+                let n = config.largest_neurons_within(bytes);
+                let size = |neurons: u32| {
+                    let at = NetworkConfig { neurons, ..config.clone() };
+                    at.validate().ok().map(|_| ParamLayout::of(&at).count as u64 * 4)
+                };
+                assert!(size(n).is_some_and(|b| b <= bytes) || n == 1, "{bytes} bytes: N = {n}");
+                assert!(size(n + 1).is_none_or(|b| b > bytes), "{bytes} bytes: N = {} fits too", n + 1);
+            }
+        }
         // Where it fits, the layout ends where the heads end.
         let config = NetworkConfig { neurons: 10, plasticity: widest, input_width: Some(3), ..Default::default() };
         assert_eq!(ParamLayout::of(&config).count, 2 * 100 + 10 + 31 + 4 * 10);
