@@ -118,11 +118,15 @@ impl NetworkConfig {
                 let mid = fitting + (too_many - fitting) / 2;
                 if fits(mid) { fitting = mid } else { too_many = mid }
             }
+            let fix = if fitting == 0 {
+                "even one neuron does not fit with this input layer and these heads; make them narrower".to_string()
+            } else {
+                format!("use at most {fitting} neurons")
+            };
             return Err(invalid(
                 "network config",
                 format!(
-                    "the parameters of {} neurons (w and alpha alone are 2 N^2 floats) do not fit the kernels' 32-bit indices; \
-                     use at most {fitting} neurons",
+                    "the parameters of {} neurons (w and alpha alone are 2 N^2 floats) do not fit the kernels' 32-bit indices; {fix}",
                     self.neurons
                 ),
             ));
@@ -465,6 +469,9 @@ mod tests {
             assert!(at(named).validate().is_ok() && ParamLayout::checked_of(&at(named)).is_some(), "{message}");
             assert!(at(named + 1).validate().is_err(), "{message}");
         }
+        // An input layer too wide for even one neuron is named as the thing to change.
+        let message = NetworkConfig { neurons: 2, input_width: Some(u32::MAX), ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(message.contains("even one neuron does not fit with this input layer"), "{message}");
         // Episode data checked against a paper network too large to lay out: an error, not a panic.
         let data = crate::EpisodeData {
             batch: 1,
