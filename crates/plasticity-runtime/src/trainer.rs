@@ -338,7 +338,8 @@ impl BackwardState {
     }
 
     /// Writes the per-step params that depend on the episode's loss scale and on K.
-    fn write_step_params(&self, ctx: &GpuContext, net: &Network, loss_scale: f32, recovery: Recovery) -> Result<()> {
+    /// `plan`: the steps whose trace the forward pass stored as checkpoints.
+    fn write_step_params(&self, ctx: &GpuContext, net: &Network, loss_scale: f32, recovery: Recovery, plan: &[u32]) -> Result<()> {
         let shape = &self.shape;
         let (n, batch, steps) = (shape.neurons, shape.batch, shape.steps);
         let (layout, pl) = (net.layout, self.partials_layout);
@@ -365,14 +366,11 @@ impl BackwardState {
         // Reversal: which steps find H(t+1) in the slot and which leave it (the sweep's resets are
         // record_backward's: a checkpoint, and H(1) = 0).
         let schedule = match recovery {
-            Recovery::Reverse { segment } => {
-                let checkpoints = checkpoint_steps(segment, steps);
-                backward_trace::reversal_schedule(
-                    steps,
-                    |s| resets_reversal(s, checkpoints.iter().copied()),
-                    self.tuning.backward_store_every_step,
-                )
-            }
+            Recovery::Reverse { .. } => backward_trace::reversal_schedule(
+                steps,
+                |s| resets_reversal(s, plan.iter().copied()),
+                self.tuning.backward_store_every_step,
+            ),
             Recovery::Recompute { .. } => vec![Default::default(); steps as usize],
         };
         let trace: Vec<BackwardTraceParams> = (1..=steps)
@@ -713,7 +711,7 @@ impl Trainer {
             bwd.ensure_segment_traces(ctx, segment)?;
         }
         // The loss scale lives in the per-step params, and may differ from the last episode's.
-        bwd.write_step_params(ctx, &self.network, source.loss_scale(), recovery)?;
+        bwd.write_step_params(ctx, &self.network, source.loss_scale(), recovery, &plan)?;
         let bwd = self.backward.as_ref().expect("allocated");
         if update {
             let step = self.adam_step + 1;
