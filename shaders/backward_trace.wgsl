@@ -53,7 +53,13 @@
 // group_grad_offset, (Z, N, N), and its own eta sums; finish_gradients adds the groups up. With
 // Z = 1, dalpha goes straight to `grads` (to the alpha accumulator when alpha is not per connection).
 
-const TILE: u32 = 16u;
+// Side of the block one invocation walks: 4, 8 or 16, set by the runtime (KernelTuning::backward_tile;
+// the default, 16, everywhere unless set). A smaller block means (16 / TILE)^2 times the invocations
+// (on a GPU, more of them in flight to hide the latency of their loads) and TILE times fewer rows and
+// columns over which x_i, x_j and the partial sums are shared: O(B*N*N/TILE) more partials traffic.
+override TILE: u32 = 16u;
+// The largest TILE: the size of the arrays that hold a block's column sums.
+const TILE_MAX: u32 = 16u;
 // Invocations of one column group (a warp on most GPUs).
 const LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dalpha is read and written once per chunk.
@@ -259,7 +265,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     // The eta gradient is per post neuron (eta per neuron, directly or as E's rate), else one sum.
     let eta_per_neuron = RATE == 1u || (RETROACTIVE && ETA_PER_NEURON);
 
-    var eta_sums: array<f32, TILE>;
+    var eta_sums: array<f32, TILE_MAX>;
     var eta_total = 0.0;
     // Group z takes batch elements b = z, z + Z, z + 2Z, ..., CHUNK of them per pass: element k of
     // the pass starting at m0 is b = z + (m0 + k) Z.
@@ -269,8 +275,8 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var m0 = 0u; m0 < group_batch; m0 += slots) {
         let chunk = min(slots, group_batch - m0);
         let b0 = z + m0 * groups;
-        var col_sums: array<f32, 64>;    // (CHUNK, TILE)
-        var rate_sums: array<f32, 64>;   // (CHUNK, TILE)
+        var col_sums: array<f32, 64>;    // (CHUNK, TILE) in the first CHUNK * TILE (TILE_MAX)
+        var rate_sums: array<f32, 64>;   // likewise
         for (var i = i0; i < i_end; i++) {
             var row_sums: array<f32, CHUNK>;
             // x_i(t-1) and x_i(t-2) per batch element, loaded once for the row's columns.

@@ -25,9 +25,12 @@
 // multiples of 4, see PartialsLayout) or touches one float at a time (row and rate sums, one eta).
 // The runtime uses this kernel whenever N % 4 == 0 and backward_trace.wgsl otherwise.
 
-const TILE: u32 = 16u;
-// Quads per invocation: TILE columns.
-const TILE_QUADS: u32 = 4u;
+// Side of the block one invocation walks: 4, 8 or 16 (see backward_trace.wgsl), set by the runtime.
+override TILE: u32 = 16u;
+// Quads per invocation: TILE columns. Follows TILE; the runtime never sets it.
+override TILE_QUADS: u32 = TILE / 4u;
+// The largest TILE_QUADS: the size of the arrays that hold a block's column values and sums.
+const TILE_QUADS_MAX: u32 = 4u;
 // Invocations of one column group (a warp on most GPUs).
 const LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dalpha is read and written once per chunk.
@@ -303,7 +306,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     // The eta gradient is per post neuron (eta per neuron, directly or as E's rate), else one sum.
     let eta_per_neuron = RATE == 1u || (RETROACTIVE && ETA_PER_NEURON);
 
-    var eta_sums: array<vec4<f32>, TILE_QUADS>;
+    var eta_sums: array<vec4<f32>, TILE_QUADS_MAX>;
     var eta_total = vec4(0.0);
     // Group z takes batch elements b = z, z + Z, z + 2Z, ..., `slots` of them per pass: element k of
     // the pass starting at m0 is b = z + (m0 + k) Z.
@@ -313,8 +316,8 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var m0 = 0u; m0 < group_batch; m0 += slots) {
         let chunk = min(slots, group_batch - m0);
         let b0 = z + m0 * groups;
-        var col_sums: array<vec4<f32>, 16>;    // (CHUNK, TILE_QUADS)
-        var rate_sums: array<vec4<f32>, 16>;   // (CHUNK, TILE_QUADS)
+        var col_sums: array<vec4<f32>, 16>;    // (CHUNK, TILE_QUADS) in the first CHUNK * TILE_QUADS
+        var rate_sums: array<vec4<f32>, 16>;   // likewise
         // HOIST_COLUMNS: every column quad's values for the pass, (TILE_QUADS, CHUNK), loaded here and
         // picked below by `select` (the loop over mq stays rolled, and an index by mq would put them
         // in scratch memory; see the note on the column sums below).

@@ -19,7 +19,9 @@ use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
 use plasticity_kernels::stream_triad::{self, StreamTriadParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
 use plasticity_kernels::weight_gradient::{self, WeightGradientParams};
-use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, cpu, metrics, trace_tiles};
+use plasticity_kernels::{
+    AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, TRACE_TILE, TRACE_TILE_SIDES, cpu, metrics, trace_tiles,
+};
 use plasticity_runtime::ParamLayout;
 use plasticity_tests::*;
 
@@ -409,12 +411,12 @@ fn backward_activation_matches_cpu_twin() {
     for n in SIZES {
         for batch in BATCHES {
             for (loss_slot, modulated, heads) in [(LOSS_NONE, false, false), (1, false, false), (1, true, false), (1, false, true)] {
-                let (steps, tiles) = (3u32, trace_tiles(n));
+                let (steps, tiles) = (3u32, trace_tiles(n, TRACE_TILE));
                 let row = (batch * n) as usize;
                 let mut r = rng(7 + 100 * n as u64 + batch as u64);
                 let spec = if modulated { Plasticity { modulation: Modulation::Simple, ..Plasticity::PAPER } } else { Plasticity::PAPER };
                 let (layout, params) = random_rule_params(n as u64, n, &spec);
-                let pl = PartialsLayout::new(n, batch, &spec, 1, 1).with_heads(n, batch, 2);
+                let pl = PartialsLayout::new(n, batch, &spec, 1, TRACE_TILE, 1).with_heads(n, batch, 2);
                 let activations = uniform(&mut r, (steps as usize + 1) * row, 1.0);
                 let targets = uniform(&mut r, 2 * row, 1.0);
                 // Row and column sums, dz_b and the heads' loss gradient are inputs; ga(t) must be
@@ -454,8 +456,8 @@ fn backward_activation_matches_cpu_twin() {
 }
 
 /// One backward_trace step (the vec4 kernel with `vec4`, its column values hoisted with `hoist`) at
-/// `batch_slots` batch elements per pass, against the twin; a reversed step finds the trace where
-/// `reversal` says (the slot's values are random either way).
+/// `batch_slots` batch elements per pass over blocks of side `tile`, against the twin; a reversed
+/// step finds the trace where `reversal` says (the slot's values are random either way).
 #[allow(clippy::too_many_arguments)]
 fn check_backward_trace(
     name: &str,
@@ -467,15 +469,16 @@ fn check_backward_trace(
     vec4: bool,
     batch_slots: u32,
     hoist: bool,
+    tile: u32,
     reversal: ReversalStep,
 ) {
     let spec = *spec;
-    let (steps, tiles) = (3usize, trace_tiles(n) as usize);
+    let (steps, tiles) = (3usize, trace_tiles(n, tile) as usize);
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
     let mut r = rng(31 + 1000 * n as u64 + 10 * batch as u64 + step as u64 + 7 * groups as u64);
     let (layout, params) = random_rule_params(n as u64 + 5, n, &spec);
     // A ring of three ga rows: step t reads the one in slot t - 1.
-    let pl = PartialsLayout::new(n, batch, &spec, groups, 3);
+    let pl = PartialsLayout::new(n, batch, &spec, groups, tile, 3);
     let activations = uniform(&mut r, (steps + 1) * row, 1.0);
     let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
     let reverse = spec.reversible();
@@ -515,16 +518,17 @@ fn check_backward_trace(
     let out = run_rule_kernel(
         backward_trace::kernel_name(vec4),
         &spec,
-        &backward_trace::constants(vec4, reverse, batch_slots, hoist),
+        &backward_trace::constants(vec4, reverse, batch_slots, tile, hoist),
         &p,
         &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace), bytes(&trace_grad), bytes(&grads), bytes(&partials)],
-        backward_trace::workgroups(n, groups),
+        backward_trace::workgroups(n, groups, tile),
     );
     let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) = (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
     cpu::backward_trace(
         &spec,
         reverse,
         backward_trace::column_width(vec4),
+        tile,
         &p,
         &params,
         &activations,
@@ -535,7 +539,7 @@ fn check_backward_trace(
         &mut p_ref,
     );
     let ctx = format!(
-        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{} {reversal:?}",
+        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{} tile {tile} {reversal:?}",
         backward_trace::kernel_name(vec4),
         if hoist { " hoisted columns" } else { "" }
     );
@@ -545,7 +549,7 @@ fn check_backward_trace(
     assert_close(&format!("{ctx} trace_grad"), &out[4], &to_f64(&g_ref), 1e-6, 1e-6);
     // Batch sums of <= 5 products, accumulated onto O(1) values.
     assert_close(&format!("{ctx} grads"), &out[5], &to_f64(&gr_ref), 2e-5, 1e-5);
-    // Tile sums of 16 terms of magnitude <= ~4 in a tree vs f64 (rows, columns, rates);
+    // Tile sums of <= 16 terms of magnitude <= ~4 in a tree vs f64 (rows, columns, rates);
     // the eta sums gather 16 * B terms per element, the rest is untouched input.
     assert_close(&format!("{ctx} partials"), &out[6], &to_f64(&p_ref), 1e-4, 1e-5);
     if (!reverse || reversal.skip_store) && step >= 2 {
@@ -579,7 +583,7 @@ fn backward_trace_matches_cpu_twin() {
                     }
                     vec4_cases += vec4 as u32;
                     let slots = backward_trace::batch_slots(batch, groups);
-                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, ReversalStep::default());
+                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, ReversalStep::default());
                 }
             }
         }
@@ -600,15 +604,43 @@ fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
             for (batch, groups) in [(5u32, 1u32), (9, 2)] {
                 for slots in 1..backward_trace::CHUNK {
                     if !vec4 || runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false, ReversalStep::default());
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false, TRACE_TILE, ReversalStep::default());
                     }
                     if vec4 && runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true, ReversalStep::default());
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true, TRACE_TILE, ReversalStep::default());
                     }
                 }
             }
         }
     }
+}
+
+/// Blocks of side 4 and 8 (KernelTuning::backward_tile): more invocations, each owning fewer rows and
+/// columns, so more partial sums per neuron; every rule, both kernels, a column group narrower than
+/// the rest (N = 132 at side 4, 260 at side 8) and reversed steps that find the trace ahead.
+#[test]
+fn backward_trace_with_smaller_tiles_matches_cpu_twin() {
+    let mut cases = 0;
+    for (name, spec) in rule_specs() {
+        for tile in TRACE_TILE_SIDES.into_iter().filter(|&t| t != TRACE_TILE) {
+            for n in [1u32, 5, 8, 9, 64, 65, 132, 260] {
+                for (batch, groups) in [(1u32, 1u32), (9, 2)] {
+                    for (step, vec4, hoist) in [(2u32, false, false), (3, false, false), (2, true, false), (3, true, true)] {
+                        if vec4 && !runs_vec4_kernels(n, &spec) {
+                            continue;
+                        }
+                        let slots = backward_trace::batch_slots(batch, groups);
+                        // At step 3 a reversed step finds H(t+1) and stores.
+                        let ahead = step == 3 && spec.reversible();
+                        let reversal = ReversalStep { ahead, skip_store: false };
+                        check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, tile, reversal);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases >= 6 * 2 * 8 * 2 * 2, "{cases} cases");
 }
 
 /// The rules a backward sweep reverses (`Plasticity::reversible`): each update rule with one eta and
@@ -640,7 +672,7 @@ fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
                         let slots = backward_trace::batch_slots(batch, groups);
                         for (ahead, skip_store) in [(true, false), (false, true), (true, true)] {
                             let reversal = ReversalStep { ahead, skip_store };
-                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, vec4, reversal);
+                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, vec4, TRACE_TILE, reversal);
                             cases += 1;
                         }
                     }
@@ -661,7 +693,7 @@ fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
         let (n, batch, step) = (9u32, 3u32, 2u32);
         let mut r = rng(77 + n as u64);
         let (layout, params) = random_rule_params(n as u64 + 9, n, &spec);
-        let pl = PartialsLayout::new(n, batch, &spec, 1, 3);
+        let pl = PartialsLayout::new(n, batch, &spec, 1, TRACE_TILE, 3);
         let row = (batch * n) as usize;
         let activations = uniform(&mut r, 4 * row, 1.0);
         let modulation = uniform(&mut r, 4 * batch as usize, 0.9);
@@ -691,7 +723,7 @@ fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
                 n,
                 batch,
                 step,
-                n_tiles: trace_tiles(n),
+                n_tiles: trace_tiles(n, TRACE_TILE),
                 w_offset: layout.w_offset,
                 alpha_offset: layout.alpha_offset,
                 eta_offset: layout.eta_offset,
@@ -704,7 +736,7 @@ fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
                 ..Default::default()
             };
             let (mut t, mut g, mut gr, mut pa) = (trace.to_vec(), trace_grad.clone(), grads.clone(), partials.clone());
-            cpu::backward_trace(&spec, true, 1, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
+            cpu::backward_trace(&spec, true, 1, TRACE_TILE, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
             [t, g, gr, pa]
         };
         let (stored, ahead) = (run(&h_t, false), run(&h_next, true));
@@ -765,7 +797,7 @@ fn modulation_backward_matches_cpu_twin() {
             for fan_out in [false, true] {
                 let spec = Plasticity { modulation: if fan_out { Modulation::PerNeuron } else { Modulation::Simple }, ..Plasticity::PAPER };
                 let (layout, params) = random_rule_params(n as u64 + 9, n, &spec);
-                let pl = PartialsLayout::new(n, batch, &spec, 1, 1);
+                let pl = PartialsLayout::new(n, batch, &spec, 1, TRACE_TILE, 1);
                 let mut r = rng(41 + n as u64 + batch as u64);
                 let row = (batch * n) as usize;
                 let activations = uniform(&mut r, 4 * row, 1.0);
@@ -777,7 +809,7 @@ fn modulation_backward_matches_cpu_twin() {
                     n,
                     batch,
                     step: 2,
-                    n_tiles: trace_tiles(n),
+                    n_tiles: trace_tiles(n, TRACE_TILE),
                     mod_offset: layout.mod_offset,
                     rate_partials_offset: pl.rate,
                     acc_offset: pl.modulator,
@@ -1008,7 +1040,7 @@ fn finish_gradients_matches_cpu_twin() {
         for (case, frozen) in [("eta per neuron, three batch groups' dalpha", false), ("one eta, one alpha, frozen ranges", true)] {
             let count = n * n + 2 * n + 1 + 3 * n + 1;
             let mut r = rng(77 + n as u64);
-            let (tiles, batch) = (trace_tiles(n), 3u32);
+            let (tiles, batch) = (trace_tiles(n, TRACE_TILE), 3u32);
             // Sources sit behind 40 unrelated values, as they sit behind the row and column sums.
             let eta_src = 40;
             let alpha_src = eta_src + tiles * n;

@@ -162,6 +162,26 @@ fn backward_batch_slots_outside_the_range_are_refused_with_it() {
 }
 
 #[test]
+fn backward_tiles_other_than_4_8_or_16_are_refused_with_the_sides() {
+    use plasticity_runtime::{KernelTuning, Trainer, TrainerConfig};
+    let config = NetworkConfig { neurons: 8, ..Default::default() };
+    for side in [0, 2, 5, 12, 32] {
+        let ctx = gpu_with(KernelTuning { backward_tile: Some(side), ..Default::default() });
+        let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+        let err = trainer.train_step(&ctx, &constant_episode(8, 2, 3)).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, PlasticityError::InvalidConfig { .. }), "{err:?}");
+        assert!(message.contains(&format!("backward_tile = {side}")) && message.contains("[4, 8, 16]"), "{message}");
+    }
+    for side in plasticity_runtime::kernels::TRACE_TILE_SIDES {
+        let ctx = gpu_with(KernelTuning { backward_tile: Some(side), ..Default::default() });
+        let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+        assert!(trainer.train_step(&ctx, &constant_episode(8, 2, 3)).unwrap().loss.is_finite());
+        assert_eq!(trainer.backward_tile(), Some(side));
+    }
+}
+
+#[test]
 fn parameters_past_the_binding_limit_are_refused_with_the_largest_size_that_fits() {
     use plasticity_runtime::network::ParamLayout;
     let limit = gpu().limits().max_storage_buffer_binding_size.min(gpu().limits().max_buffer_size);

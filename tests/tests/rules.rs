@@ -128,8 +128,8 @@ fn every_rule_gradients_match_reference() {
 }
 
 /// The GPU's division of the step kernels (a split forward sum, batch groups in the backward trace
-/// kernel, each with its own dalpha and eta accumulators, fewer batch elements per backward pass) on
-/// every rule, against the reference.
+/// kernel, each with its own dalpha and eta accumulators, fewer batch elements per backward pass,
+/// smaller backward blocks) on every rule, against the reference.
 #[test]
 fn split_and_grouped_kernels_match_reference() {
     // B = 9: with Z = 2 the first group takes 5 elements, in two passes of CHUNK = 4. N = 20 runs the
@@ -145,6 +145,9 @@ fn split_and_grouped_kernels_match_reference() {
             // Passes of two and of one batch element: five passes for Z = 1, three for a group of five.
             KernelTuning { backward_batch_slots: Some(2), ..Default::default() },
             KernelTuning { backward_groups: Some(2), backward_batch_slots: Some(1), ..Default::default() },
+            // Blocks of 4 x 4 (6 tiles per axis at N = 21) and 8 x 8.
+            KernelTuning { backward_tile: Some(4), backward_groups: Some(2), ..Default::default() },
+            KernelTuning { backward_tile: Some(8), ..Default::default() },
         ] {
             let ctx = &gpu_with(tuning);
             let p = problem(5 * n as u64 + steps as u64, spec, n, batch, steps);

@@ -20,7 +20,7 @@ use crate::modulation_forward::ModulationForwardParams;
 use crate::stream_triad::StreamTriadParams;
 use crate::trace_update::TraceUpdateParams;
 use crate::weight_gradient::WeightGradientParams;
-use crate::{AlphaShape, EtaShape, Modulation, Plasticity, Rule, TRACE_TILE, is_clamped, metrics};
+use crate::{AlphaShape, EtaShape, Modulation, Plasticity, Rule, is_clamped, metrics};
 
 /// Matches the kernel's clamp before tanh (tanh(15) == 1 in f32).
 const TANH_CLAMP: f64 = 15.0;
@@ -274,11 +274,11 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
     }
 }
 
-/// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per invocation (16 rows by 16
-/// interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out.
-/// `reverse` is the kernel's REVERSE override constant; `column_width` is 1 for backward_trace and 4
-/// for backward_trace_vec4, whose lanes own quads of columns (the only difference the partial sums
-/// show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dalpha and eta
+/// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per invocation (`tile` rows by
+/// `tile` interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out.
+/// `reverse` and `tile` are the kernel's REVERSE and TILE override constants; `column_width` is 1 for
+/// backward_trace and 4 for backward_trace_vec4, whose lanes own quads of columns (the only
+/// difference the partial sums show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dalpha and eta
 /// sums go to its own accumulators in `partials`. dw is not formed here: see [`weight_gradient`].
 /// When `reverse`, `p.trace_ahead` says the slot holds H(t+1), inverted first with step t's own
 /// values, and `p.skip_store` leaves the slot unwritten (see `backward_trace::reversal_schedule`).
@@ -287,6 +287,7 @@ pub fn backward_trace(
     spec: &Plasticity,
     reverse: bool,
     column_width: u32,
+    tile: u32,
     p: &BackwardTraceParams,
     params: &[f32],
     activations: &[f32],
@@ -296,8 +297,8 @@ pub fn backward_trace(
     grads: &mut [f32],
     partials: &mut [f32],
 ) {
+    assert_eq!(p.n_tiles, crate::trace_tiles(p.n, tile), "n_tiles is ceil(N / tile)");
     let (n, batch, t, tiles) = (p.n as usize, p.batch as usize, p.step as usize, p.n_tiles as usize);
-    let tile = TRACE_TILE as usize;
     let row = batch * n;
     let rule = spec.rule;
     let off = Offsets { n, batch, alpha: p.alpha_offset as usize, eta: p.eta_offset as usize, modulator: p.mod_offset as usize };
@@ -309,7 +310,8 @@ pub fn backward_trace(
     let groups = p.groups.max(1) as usize;
     let group_of = |b: usize| b % groups;
     // Row partials and single-eta sums belong to the invocation that owns column j.
-    let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32, column_width);
+    let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32, column_width, tile);
+    let tile = tile as usize;
     let eta_index = |z: usize, i: usize, j: usize| (z * tiles + i / tile) * n + if eta_per_neuron { j } else { owner(j).1 as usize };
     let x = |step: usize, b: usize, k: usize| activations[step * row + b * n + k];
     let mut row_sums = vec![0.0f64; batch * n * tiles];

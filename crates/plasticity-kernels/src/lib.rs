@@ -33,7 +33,7 @@ mod tests {
         assert_eq!(weight_gradient::windows(5, 16), vec![(1, 5)]);
         assert_eq!(weight_gradient::windows(1, 1), vec![(1, 1)]);
         // A window's steps sit in ring slots 0 .. S - 1.
-        let pl = PartialsLayout::new(8, 3, &Plasticity::PAPER, 1, 16);
+        let pl = PartialsLayout::new(8, 3, &Plasticity::PAPER, 1, TRACE_TILE, 16);
         for (first, steps) in weight_gradient::windows(50, 16) {
             for k in 0..steps {
                 assert_eq!(pl.ga_of_step(8, 3, first + k), pl.ga_ring + k * 3 * 8, "step {}", first + k);
@@ -87,10 +87,13 @@ mod tests {
         let modulated = Plasticity { modulation: Modulation::Simple, alpha: AlphaShape::PerNeuron, ..Plasticity::PAPER };
         for spec in [Plasticity::PAPER, modulated] {
             for n in [1u32, 17, 64, 65] {
-                for groups in 2..5 {
-                    let len = |z: u32| PartialsLayout::new(n, 9, &spec, z, 16).len;
-                    let added = len(groups + 1) - len(groups);
-                    assert!(added.abs_diff(PartialsLayout::per_group_len(n)) < 4, "N={n} Z={groups} {spec:?}: {added} floats");
+                for tile in TRACE_TILE_SIDES {
+                    for groups in 2..5 {
+                        let len = |z: u32| PartialsLayout::new(n, 9, &spec, z, tile, 16).len;
+                        let added = len(groups + 1) - len(groups);
+                        let what = format!("N={n} tile {tile} Z={groups} {spec:?}: {added} floats");
+                        assert!(added.abs_diff(PartialsLayout::per_group_len(n, tile)) < 4, "{what}");
+                    }
                 }
             }
         }
@@ -218,25 +221,37 @@ pub fn uses_vec4_kernels(n: u32, w_offset: u32, alpha_offset: u32) -> bool {
     n.is_multiple_of(4) && w_offset.is_multiple_of(4) && alpha_offset.is_multiple_of(4)
 }
 
-/// Side of the square (i, j) block that one `backward_trace` invocation walks.
+/// Side of the square (i, j) block that one `backward_trace` invocation walks by default (the
+/// shaders' TILE default; the runtime's choice unless `KernelTuning::backward_tile` sets another).
 pub const TRACE_TILE: u32 = 16;
 
-/// Number of per-tile partial sums each neuron gets from `backward_trace`.
-pub fn trace_tiles(n: u32) -> u32 {
-    div_ceil(n, TRACE_TILE)
+/// The largest block side: the shaders' arrays of column sums hold TRACE_TILE_MAX columns
+/// (their TILE_MAX, and TILE_QUADS_MAX quads).
+pub const TRACE_TILE_MAX: u32 = 16;
+
+/// Every block side backward_trace can take: multiples of 4 (the vec4 kernel takes its rows four at
+/// a time and its columns as quads) up to TRACE_TILE_MAX. A side of s gives ceil(N / s)^2 invocations
+/// per batch group, each writing one partial per row and column: a smaller side gives a GPU more
+/// invocations in flight for O(B N^2 / s) more partials traffic.
+pub const TRACE_TILE_SIDES: [u32; 3] = [4, 8, 16];
+
+/// Number of per-tile partial sums each neuron gets from `backward_trace` with blocks of side `tile`:
+/// the grid's tiles along each axis.
+pub fn trace_tiles(n: u32, tile: u32) -> u32 {
+    div_ceil(n, tile)
 }
 
 /// Invocations of one column group of backward_trace (the shader's LANES).
 pub const TRACE_LANES: u32 = 32;
 
-/// Which backward_trace invocation along x owns column j: `(slot, first_column)`, its index along x
-/// (the row partial it writes) and its first column. Columns come in units of `width`: 1 for
-/// backward_trace, 4 (quads) for backward_trace_vec4. Column group g covers units
-/// `[g * LANES * TILE / width, + LANES * TILE / width)`; of its L lanes (LANES, or fewer in a
-/// narrower last group), lane l owns units l, l + L, l + 2L, ... of the group, so neighbouring lanes
-/// touch neighbouring elements.
-pub fn trace_column_owner(n: u32, j: u32, width: u32) -> (u32, u32) {
-    let per_lane = TRACE_TILE / width;
+/// Which backward_trace invocation along x owns column j with blocks of side `tile`: `(slot,
+/// first_column)`, its index along x (the row partial it writes) and its first column. Columns come
+/// in units of `width`: 1 for backward_trace, 4 (quads) for backward_trace_vec4. Column group g
+/// covers units `[g * LANES * TILE / width, + LANES * TILE / width)`; of its L lanes (LANES, or
+/// fewer in a narrower last group), lane l owns units l, l + L, l + 2L, ... of the group, so
+/// neighbouring lanes touch neighbouring elements.
+pub fn trace_column_owner(n: u32, j: u32, width: u32, tile: u32) -> (u32, u32) {
+    let per_lane = tile / width;
     let span = TRACE_LANES * per_lane;
     let (units, unit) = (div_ceil(n, width), j / width);
     let start = unit / span * span;
@@ -248,6 +263,9 @@ pub fn trace_column_owner(n: u32, j: u32, width: u32) -> (u32, u32) {
 /// Where each kind of partial sum sits in the backward sweep's `partials` buffer (f32 elements).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartialsLayout {
+    /// Tiles along each axis of the backward_trace grid, `trace_tiles(N, tile)`: the partial sums
+    /// each neuron gets per batch element.
+    pub tiles: u32,
     /// (B, tiles, N) row sums for gx(t-1), at 0; then (B, tiles, N) column sums, overwritten each step.
     pub cols: u32,
     /// (B, tiles, N) drate(t-1) per tile of i, overwritten each step; empty unless the rate is modulated.
@@ -278,12 +296,12 @@ pub struct PartialsLayout {
 }
 
 impl PartialsLayout {
-    /// The layout for `groups` batch groups of backward_trace (1: none) and a ga ring of `ga_window`
-    /// steps (at least 1).
-    pub fn new(n: u32, batch: u32, spec: &Plasticity, groups: u32, ga_window: u32) -> Self {
+    /// The layout for `groups` batch groups of backward_trace (1: none) walking blocks of side `tile`,
+    /// and a ga ring of `ga_window` steps (at least 1).
+    pub fn new(n: u32, batch: u32, spec: &Plasticity, groups: u32, tile: u32, ga_window: u32) -> Self {
         let groups = groups.max(1);
         let ga_window = ga_window.max(1);
-        let tiles = trace_tiles(n);
+        let tiles = trace_tiles(n, tile);
         let per_step = batch * n * tiles;
         let modulated = spec.modulated();
         let cols = per_step;
@@ -296,13 +314,13 @@ impl PartialsLayout {
         // ga starts on a multiple of 4 floats, for the vec4 kernels' reads.
         let ga_ring = (mod_grad + if modulated { batch } else { 0 }).next_multiple_of(4);
         let loss_grad = ga_ring + ga_window * batch * n;
-        Self { cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, ga_ring, ga_window, loss_grad, len: loss_grad }
+        Self { tiles, cols, rate, eta, alpha, group_grads, groups, modulator, mod_grad, ga_ring, ga_window, loss_grad, len: loss_grad }
     }
 
     /// Floats each batch group adds to the layout when there are several: its (N, N) dalpha and its
     /// (tiles, N) eta sums (give or take the up to 3 floats that keep the ga ring on a multiple of 4).
-    pub fn per_group_len(n: u32) -> u32 {
-        n * n + trace_tiles(n) * n
+    pub fn per_group_len(n: u32, tile: u32) -> u32 {
+        n * n + trace_tiles(n, tile) * n
     }
 
     /// Offset of ga(s) (B, N), step s (1-based) of the sweep, in the ring.
@@ -652,20 +670,24 @@ pub mod backward_trace {
     /// once per pass instead of once per four rows (more registers, fewer loads; the same results).
     pub const HOIST_COLUMNS: &str = "HOIST_COLUMNS";
 
+    /// Override constant of both widths: the side of the block one invocation walks, one of
+    /// [`crate::TRACE_TILE_SIDES`] (default [`crate::TRACE_TILE`]).
+    pub const TILE: &str = "TILE";
+
     /// The override constants, beyond the rule's, of the kernel that runs a backward step (the vec4
-    /// one with `vec4`), with `slots` (1 to CHUNK) batch elements per pass and, in the vec4 kernel,
-    /// the column values hoisted or not.
-    pub fn constants(vec4: bool, reverse: bool, slots: u32, hoist_columns: bool) -> Vec<(&'static str, f64)> {
-        let mut constants = vec![(REVERSE, reverse as u32 as f64), (BATCH_SLOTS, slots as f64)];
+    /// one with `vec4`), with `slots` (1 to CHUNK) batch elements per pass over blocks of side `tile`
+    /// (one of TRACE_TILE_SIDES) and, in the vec4 kernel, the column values hoisted or not.
+    pub fn constants(vec4: bool, reverse: bool, slots: u32, tile: u32, hoist_columns: bool) -> Vec<(&'static str, f64)> {
+        let mut constants = vec![(REVERSE, reverse as u32 as f64), (BATCH_SLOTS, slots as f64), (TILE, tile as f64)];
         if vec4 {
             constants.push((HOIST_COLUMNS, hoist_columns as u32 as f64));
         }
         constants
     }
 
-    /// One invocation per TRACE_TILE x TRACE_TILE block and batch group.
-    pub fn workgroups(n: u32, groups: u32) -> [u32; 3] {
-        let tiles = trace_tiles(n);
+    /// One invocation per `tile` x `tile` block and batch group.
+    pub fn workgroups(n: u32, groups: u32, tile: u32) -> [u32; 3] {
+        let tiles = trace_tiles(n, tile);
         [div_ceil(tiles, WORKGROUP_SIZE), tiles, groups.max(1)]
     }
 
@@ -1378,30 +1400,33 @@ mod column_owner_tests {
 
     #[test]
     fn every_trace_column_has_one_owner_and_lanes_are_adjacent() {
-        let scalar = [1u32, 15, 16, 17, 511, 512, 513, 530, 1000, 1024, 1100].map(|n| (n, 1));
-        let quads = [4u32, 16, 20, 508, 512, 516, 532, 1000, 1024, 1100].map(|n| (n, 4));
+        let scalar = [1u32, 3, 4, 5, 7, 8, 9, 15, 16, 17, 127, 128, 129, 511, 512, 513, 530, 1000, 1024, 1100].map(|n| (n, 1));
+        let quads = [4u32, 8, 12, 16, 20, 124, 128, 132, 508, 512, 516, 532, 1000, 1024, 1100].map(|n| (n, 4));
         for (n, width) in scalar.into_iter().chain(quads) {
-            let tiles = trace_tiles(n);
-            let mut columns_of = vec![Vec::new(); tiles as usize];
-            for j in 0..n {
-                let (slot, first) = trace_column_owner(n, j, width);
-                assert!(slot < tiles, "N={n} j={j}: slot {slot} of {tiles}");
-                columns_of[slot as usize].push((j, first));
-            }
-            for (slot, cols) in columns_of.iter().enumerate() {
-                // Every invocation owns 1..=TILE columns, starting at its first column.
-                assert!(!cols.is_empty() && cols.len() <= TRACE_TILE as usize, "N={n} slot {slot}: {} columns", cols.len());
-                assert!(cols.iter().all(|&(_, f)| f == cols[0].0), "N={n} slot {slot}: first column");
-            }
-            // Neighbouring lanes start at neighbouring units (coalesced access), and every unit of
-            // `width` columns has one owner.
-            for slot in 1..tiles {
-                let (a, b) = (columns_of[slot as usize - 1][0].0, columns_of[slot as usize][0].0);
-                assert!(slot % TRACE_LANES == 0 || b == a + width, "N={n}: slots {} and {slot} start at {a} and {b}", slot - 1);
-            }
-            for j in (0..n).step_by(width as usize) {
-                let owners: Vec<u32> = (j..j + width).map(|c| trace_column_owner(n, c, width).0).collect();
-                assert!(owners.iter().all(|&o| o == owners[0]), "N={n}: the quad at {j} is split between {owners:?}");
+            for tile in TRACE_TILE_SIDES {
+                let what = format!("N={n} width {width} tile {tile}");
+                let tiles = trace_tiles(n, tile);
+                let mut columns_of = vec![Vec::new(); tiles as usize];
+                for j in 0..n {
+                    let (slot, first) = trace_column_owner(n, j, width, tile);
+                    assert!(slot < tiles, "{what} j={j}: slot {slot} of {tiles}");
+                    columns_of[slot as usize].push((j, first));
+                }
+                for (slot, cols) in columns_of.iter().enumerate() {
+                    // Every invocation owns 1..=tile columns, starting at its first column.
+                    assert!(!cols.is_empty() && cols.len() <= tile as usize, "{what} slot {slot}: {} columns", cols.len());
+                    assert!(cols.iter().all(|&(_, f)| f == cols[0].0), "{what} slot {slot}: first column");
+                }
+                // Neighbouring lanes start at neighbouring units (coalesced access), and every unit of
+                // `width` columns has one owner.
+                for slot in 1..tiles {
+                    let (a, b) = (columns_of[slot as usize - 1][0].0, columns_of[slot as usize][0].0);
+                    assert!(slot % TRACE_LANES == 0 || b == a + width, "{what}: slots {} and {slot} start at {a} and {b}", slot - 1);
+                }
+                for j in (0..n).step_by(width as usize) {
+                    let owners: Vec<u32> = (j..j + width).map(|c| trace_column_owner(n, c, width, tile).0).collect();
+                    assert!(owners.iter().all(|&o| o == owners[0]), "{what}: the quad at {j} is split between {owners:?}");
+                }
             }
         }
     }

@@ -112,14 +112,16 @@ fn shared_constants_agree() {
         ("METRIC_SIGN_ERRORS", metrics::SIGN_ERRORS as u32),
         ("METRIC_SIGN_COUNT", metrics::SIGN_COUNT as u32),
         ("METRIC_GRAD_NORM_SQ", metrics::GRAD_NORM_SQ as u32),
-        ("TILE", plasticity_kernels::TRACE_TILE),
-        ("TILE_QUADS", plasticity_kernels::TRACE_TILE / 4),
+        ("TILE_MAX", plasticity_kernels::TRACE_TILE_MAX),
+        ("TILE_QUADS_MAX", plasticity_kernels::TRACE_TILE_MAX / 4),
         ("CHUNK", plasticity_kernels::backward_trace::CHUNK),
         ("LANES", plasticity_kernels::TRACE_LANES),
         ("BATCH_TILE", plasticity_kernels::forward_step::BATCH_TILE),
         ("LOSS_NONE", plasticity_kernels::backward_activation::LOSS_NONE),
     ];
-    let mut seen = 0;
+    // Override defaults the Rust side names as its own defaults.
+    let expected_overrides: &[(&str, u32)] = &[(plasticity_kernels::backward_trace::TILE, plasticity_kernels::TRACE_TILE)];
+    let (mut seen, mut seen_overrides) = (0, 0);
     for kernel in ALL_KERNELS {
         let module = parse_and_validate(kernel);
         for (_, c) in module.constants.iter() {
@@ -129,8 +131,16 @@ fn shared_constants_agree() {
                 seen += 1;
             }
         }
+        for (_, o) in module.overrides.iter() {
+            let Some(name) = o.name.as_deref() else { continue };
+            if let Some((_, want)) = expected_overrides.iter().find(|(n, _)| *n == name) {
+                assert_eq!(literal_u32(&module, o.init.expect("override default")), *want, "{}: override {name}", kernel.name);
+                seen_overrides += 1;
+            }
+        }
     }
     assert!(seen >= expected.len(), "each shared constant is declared in at least one shader");
+    assert!(seen_overrides >= expected_overrides.len(), "each shared override is declared in at least one shader");
 }
 
 #[test]
@@ -261,16 +271,20 @@ fn rule_kernels_validate_for_every_rule() {
             let takes = |name: &str| module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some(name));
             let slots: &[Option<f64>] = if takes("BATCH_SLOTS") { &[Some(1.0), Some(2.0), Some(4.0)] } else { &[None] };
             let hoists: &[Option<f64>] = if takes("HOIST_COLUMNS") { &[Some(0.0), Some(1.0)] } else { &[None] };
+            let tiles: Vec<Option<f64>> =
+                if takes("TILE") { plasticity_kernels::TRACE_TILE_SIDES.iter().map(|&t| Some(t as f64)).collect() } else { vec![None] };
             for &s in slots {
                 for &h in hoists {
-                    if let Some(s) = s {
-                        constants.insert("BATCH_SLOTS".into(), s);
+                    for &tile in &tiles {
+                        for (name, value) in [("BATCH_SLOTS", s), ("HOIST_COLUMNS", h), ("TILE", tile)] {
+                            if let Some(v) = value {
+                                constants.insert(name.into(), v);
+                            }
+                        }
+                        naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants).unwrap_or_else(|e| {
+                            panic!("{} with {spec:?}, BATCH_SLOTS {s:?}, HOIST_COLUMNS {h:?}, TILE {tile:?}: {e:?}", kernel.name)
+                        });
                     }
-                    if let Some(h) = h {
-                        constants.insert("HOIST_COLUMNS".into(), h);
-                    }
-                    naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                        .unwrap_or_else(|e| panic!("{} with {spec:?}, BATCH_SLOTS {s:?}, HOIST_COLUMNS {h:?}: {e:?}", kernel.name));
                 }
             }
         }

@@ -78,6 +78,8 @@ pub struct CaseResult {
     pub forward_subgroups: bool,
     /// Whether backward_trace_vec4 hoisted its column values (`KernelTuning::backward_hoist_columns`).
     pub backward_hoist_columns: bool,
+    /// The side of backward_trace's blocks (`KernelTuning::backward_tile`).
+    pub backward_tile: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -347,6 +349,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         kernel_width: trainer.kernel_width().expect("the timed episodes ran"),
         forward_subgroups: trainer.forward_subgroups().expect("the timed episodes ran"),
         backward_hoist_columns: trainer.backward_hoist_columns().expect("the timed episodes ran"),
+        backward_tile: trainer.backward_tile().expect("the timed episodes ran"),
     })
 }
 

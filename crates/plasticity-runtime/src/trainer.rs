@@ -166,6 +166,8 @@ struct BackwardState {
     /// Whether backward_trace_vec4 hoists its column values (its HOIST_COLUMNS); false when the
     /// scalar kernel runs.
     hoist_columns: bool,
+    /// Side of the blocks backward_trace walks (its TILE).
+    tile: u32,
     partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
     partials: GpuBuffer,
@@ -189,9 +191,10 @@ impl BackwardState {
         let shape = &fwd.shape;
         let (n, batch) = (shape.neurons, shape.batch);
         let spec = shape.plasticity();
-        let tiles = trace_tiles(n);
+        let tile = ctx.tuning.backward_tile_side()?;
+        let tiles = trace_tiles(n, tile);
         let layout = net.layout;
-        let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch);
+        let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch, tile);
         let batch_slots = ctx.tuning.backward_slots(batch, groups)?;
         // Checked before the u32 layout below is formed: each group holds its own dalpha. (Z <= B, so
         // a trace that fits mostly means this fits too; the whole partials buffer is checked below.)
@@ -209,7 +212,7 @@ impl BackwardState {
                 },
             )?;
         }
-        let mut pl = PartialsLayout::new(n, batch, spec, groups, weight_gradient::WINDOW.min(shape.steps));
+        let mut pl = PartialsLayout::new(n, batch, spec, groups, tile, weight_gradient::WINDOW.min(shape.steps));
         if !shape.heads.is_empty() {
             pl = pl.with_heads(n, batch, shape.loss_steps.len() as u32);
         }
@@ -279,7 +282,7 @@ impl BackwardState {
         buffers::check_storage(ctx, "the backward partial sums", partial_bytes, |limit| {
             if groups > 1 {
                 // What each group adds to the layout; the rest does not depend on Z.
-                let group_bytes = PartialsLayout::per_group_len(n) as u64 * 4;
+                let group_bytes = PartialsLayout::per_group_len(n, tile) as u64 * 4;
                 let fitting = (limit.saturating_sub(partial_bytes - groups as u64 * group_bytes) / group_bytes).max(1);
                 format!(
                     "use at most {fitting} backward batch groups (KernelTuning::backward_groups, bench --backward-groups) or a smaller batch"
@@ -321,6 +324,7 @@ impl BackwardState {
             vec4: fwd.vec4,
             batch_slots,
             hoist_columns: fwd.vec4 && ctx.tuning.backward_hoist(&ctx.adapter, batch_slots),
+            tile,
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -349,7 +353,7 @@ impl BackwardState {
                 n,
                 batch,
                 step,
-                n_tiles: trace_tiles(n),
+                n_tiles: pl.tiles,
                 loss_slot: shape.loss_slot(step),
                 loss_scale,
                 clamp_words: shape.clamp_words(),
@@ -383,7 +387,7 @@ impl BackwardState {
                     n,
                     batch,
                     step,
-                    n_tiles: trace_tiles(n),
+                    n_tiles: pl.tiles,
                     w_offset: layout.w_offset,
                     alpha_offset: layout.alpha_offset,
                     eta_offset: layout.eta_offset,
@@ -638,6 +642,12 @@ impl Trainer {
         Some(self.backward.as_ref()?.hoist_columns)
     }
 
+    /// The side of the blocks the last episode's backward_trace walked (see
+    /// [`crate::KernelTuning::backward_tile`]); `None` before the first episode.
+    pub fn backward_tile(&self) -> Option<u32> {
+        Some(self.backward.as_ref()?.tile)
+    }
+
     /// Adam steps taken so far.
     pub fn steps_taken(&self) -> u32 {
         self.adam_step
@@ -800,7 +810,7 @@ fn record_backward(
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
-    let trace_constants = backward_trace::constants(bwd.vec4, reverse, bwd.batch_slots, bwd.hoist_columns);
+    let trace_constants = backward_trace::constants(bwd.vec4, reverse, bwd.batch_slots, bwd.tile, bwd.hoist_columns);
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,
@@ -823,7 +833,7 @@ fn record_backward(
     let window = bwd.partials_layout.ga_window;
     let weight_grid = weight_gradient::workgroups(shape.neurons);
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
-    let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups);
+    let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups, bwd.tile);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
     let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width());
     // One backward step: the modulator's share of gx(t), then ga(t), then the trace part; at the first

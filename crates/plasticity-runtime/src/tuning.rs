@@ -1,7 +1,8 @@
 //! How the step kernels divide their work between invocations.
 //!
 //! A forward step has N * ceil(B / 4) natural invocations (one per post-synaptic neuron and batch
-//! tile) and backward_trace has ceil(N / 16)^2 (one per 16 x 16 block of the trace). On a CPU adapter
+//! tile) and backward_trace has ceil(N / 16)^2 (one per 16 x 16 block of the trace, unless
+//! `backward_tile` makes the blocks smaller). On a CPU adapter
 //! that is plenty, and every extra pass costs time. A GPU hides memory latency only with many times
 //! more invocations in flight than that at the paper's sizes (an H200 holds about 270,000 threads,
 //! against 16,000 natural forward invocations at N = 1000, B = 64), so there the forward step's sum
@@ -9,7 +10,7 @@
 //! by side, each with its own dalpha and eta accumulators (`finish_gradients` adds them).
 
 use crate::context::AdapterSummary;
-use plasticity_kernels::{backward_trace, div_ceil, forward_step, trace_tiles};
+use plasticity_kernels::{TRACE_TILE, TRACE_TILE_SIDES, backward_trace, div_ceil, forward_step, trace_tiles};
 
 /// Invocations a split forward step aims for on a GPU: about one full H200 (132 SMs x 2048). On an
 /// H200 at N = 1000, B = 64 a forward step takes 2.03, 0.65, 0.47, 0.35, 0.37 and 0.38 ms at S = 1, 4,
@@ -72,6 +73,15 @@ pub struct KernelTuning {
     /// element every other step, one inversion fewer; the same results. For comparison on a device:
     /// on lavapipe a training episode at N = 256, B = 16 takes about 5% longer with it (README).
     pub backward_store_every_step: bool,
+    /// Side of the square block of the trace that one backward_trace invocation walks: 4, 8 or 16
+    /// (`plasticity_kernels::TRACE_TILE_SIDES`; `None`: 16 on every adapter). A side of s makes
+    /// ceil(N / s)^2 invocations per batch group, each writing one partial sum per row and column it
+    /// covers: a smaller side gives a GPU (16 / s)^2 times the invocations to hide load latency with
+    /// (without the dalpha traffic more batch groups add), for partial sums of 4 B N^2 / s floats
+    /// written and read per step (the trace's traffic is 3.5 B N^2) and x_i, x_j shared over fewer
+    /// elements. The same results up to
+    /// f32 rounding of the partial sums. Not measured on a GPU yet (`tools/device_check.sh` sweeps it).
+    pub backward_tile: Option<u32>,
 }
 
 impl KernelTuning {
@@ -133,23 +143,37 @@ impl KernelTuning {
         forward_step::split(n, wanted)
     }
 
-    /// Batch groups of backward_trace at N neurons and batch B (at most B). On a GPU, enough groups
+    /// Batch groups of backward_trace at N neurons and batch B (at most B), walking blocks of side
+    /// `tile` ([`KernelTuning::backward_tile_side`]). On a GPU, enough groups
     /// for about GPU_BACKWARD_INVOCATIONS invocations: each group re-reads and re-writes its own
     /// dalpha every step, so past that point more groups add traffic faster than they hide
     /// latency. Measured on an H200 (benches/results/h200-2026-11-28.md), when each group also had
     /// its own dw (not re-measured since): at N = 1000, B = 64 a training episode takes 251, 257, 306
     /// and 389 ms at Z = 17 (this choice), 32, 8 and 64; at N = 256, B = 64, 59, 66 and 90 ms at
-    /// Z = 64 (this choice), 32 and 16. The accumulators, Z N^2 floats, stay under about
-    /// 2^16 * TILE^2 * 4 bytes = 64 MiB at any N.
-    pub fn backward_groups(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> u32 {
+    /// Z = 64 (this choice), 32 and 16 (blocks of side 16). The accumulators, Z N^2 floats, stay
+    /// under about 2^16 * tile^2 * 4 bytes (64 MiB at side 16) at any N.
+    pub fn backward_groups(&self, adapter: &AdapterSummary, n: u32, batch: u32, tile: u32) -> u32 {
         let wanted = self.backward_groups.unwrap_or_else(|| {
             if adapter.is_cpu() {
                 return 1;
             }
-            let natural = trace_tiles(n) * trace_tiles(n);
+            let natural = trace_tiles(n, tile) * trace_tiles(n, tile);
             div_ceil(GPU_BACKWARD_INVOCATIONS, natural)
         });
         wanted.clamp(1, batch.max(1))
+    }
+
+    /// The side of backward_trace's blocks (see [`KernelTuning::backward_tile`]), or an error naming
+    /// the sides it can take.
+    pub fn backward_tile_side(&self) -> crate::Result<u32> {
+        match self.backward_tile {
+            None => Ok(TRACE_TILE),
+            Some(side) if TRACE_TILE_SIDES.contains(&side) => Ok(side),
+            Some(side) => Err(crate::error::invalid(
+                "kernel tuning",
+                format!("backward_tile = {side}; backward_trace walks square blocks of side {TRACE_TILE_SIDES:?}, pick one of those"),
+            )),
+        }
     }
 
     /// Batch elements per pass of backward_trace for a batch of B in Z groups, or an error naming

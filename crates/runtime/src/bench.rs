@@ -82,6 +82,11 @@ pub struct BenchArgs {
     /// other step; to compare the two on a device.
     #[arg(long)]
     backward_store_every_step: bool,
+    /// Side of the square block of the trace one backward trace invocation walks: 4, 8 or 16
+    /// (default 16); a smaller side gives (16 / side)^2 times the invocations (for a GPU to hide its
+    /// load latency with) for more partial-sum traffic.
+    #[arg(long)]
+    backward_tile: Option<u32>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
     /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
     #[arg(long)]
@@ -120,12 +125,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         forward_subgroups: args.forward_subgroups,
         backward_hoist_columns: args.backward_hoist_columns,
         backward_store_every_step: args.backward_store_every_step,
+        backward_tile: args.backward_tile,
     };
     // The trainer's own range check, run now rather than after the ceiling is measured.
     let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
     if tuning.backward_slots(1, 1).is_err() {
         anyhow::bail!("--backward-batch-slots must be 1 to {chunk} (got {})", args.backward_batch_slots.unwrap_or_default());
     }
+    let tile = tuning.backward_tile_side().map_err(|_| {
+        anyhow::anyhow!(
+            "--backward-tile must be one of {:?} (got {})",
+            plasticity_runtime::kernels::TRACE_TILE_SIDES,
+            args.backward_tile.unwrap_or_default()
+        )
+    })?;
     if let Some(path) = &args.json {
         // Checked now: the file is written after every measurement, and a bad path must not lose them.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -177,7 +190,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
          by subgroup shuffles{}; forward workgroups of {} invocations; \
-         backward passes of {}, column values loaded {}, the reversed trace stored {}; wgpu's loop bounding {}\n",
+         backward passes of {} over blocks of {tile} x {tile}{}, column values loaded {}, the reversed trace stored {}; \
+         wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
         match args.forward_subgroups {
@@ -189,6 +203,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
             None => format!("up to {chunk} batch elements"),
         },
+        if args.backward_tile.is_some() { " (--backward-tile)" } else { "" },
         match args.backward_hoist_columns {
             Some(true) => "once per pass (--backward-hoist-columns on)",
             Some(false) => "once per four rows (--backward-hoist-columns off)",
@@ -401,6 +416,7 @@ fn write_json(
                 "kernel_width": r.kernel_width,
                 "forward_subgroups": r.forward_subgroups,
                 "backward_hoist_columns": r.backward_hoist_columns,
+                "backward_tile": r.backward_tile,
                 "profile": profile,
             })
         })
@@ -420,6 +436,7 @@ fn write_json(
             // null: the default (on a CPU adapter at 2 or more batch elements per pass); each case says.
             "backward_hoist_columns": ctx.tuning.backward_hoist_columns,
             "backward_store_every_step": ctx.tuning.backward_store_every_step,
+            "backward_tile": ctx.tuning.backward_tile_side().ok(),
             // null: the default, min(4, ceil(B / Z)) per case.
             "backward_batch_slots": ctx.tuning.backward_batch_slots,
         },

@@ -169,12 +169,13 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("forward workgroups of 16 invocations"), "{}", stderr(&o));
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-workgroup-size", "100000"]), "forward_workgroup_size = 100000");
     // Backward passes: the default in the header, a count set by hand, one outside 1..=4 refused.
-    assert!(out.contains("backward passes of up to 4 batch elements"), "{out}");
+    assert!(out.contains("backward passes of up to 4 batch elements over blocks of 16 x 16,"), "{out}");
     // The backward's column values: once per pass by default on a CPU adapter.
     assert!(out.contains("column values loaded once per pass where a pass takes 2 or more") || !out.contains("(Vulkan, Cpu,"), "{out}");
     let o = plasticity(&["bench", "--quick", "--no-memory", "--backward-batch-slots", "2"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("backward passes of 2 batch elements"), "{}", stderr(&o));
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-batch-slots", "5"]), "--backward-batch-slots must be 1 to 4");
+    assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-tile", "5"]), "--backward-tile must be one of [4, 8, 16] (got 5)");
     // Refused before anything is timed; a size past the 32-bit indices is an error, not an allocation abort.
     assert_clean_failure(&plasticity(&["bench", "--memory-steps", "0"]), "--no-memory skips");
     assert_clean_failure(&plasticity(&["bench", "--batch", "4,0"]), "--batch values must be at least 1");
@@ -196,6 +197,8 @@ fn bench_quick_runs_and_names_the_adapter() {
         "--backward-hoist-columns",
         "off",
         "--backward-store-every-step",
+        "--backward-tile",
+        "8",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -205,7 +208,8 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert!(
         out.contains("(--forward-subgroups off)")
             && out.contains("column values loaded once per four rows (--backward-hoist-columns off)")
-            && out.contains("the reversed trace stored every step (--backward-store-every-step)"),
+            && out.contains("the reversed trace stored every step (--backward-store-every-step)")
+            && out.contains("over blocks of 8 x 8 (--backward-tile),"),
         "{out}"
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -214,8 +218,13 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_eq!(doc["config"]["forward_subgroups"], serde_json::json!(false));
     assert_eq!(doc["config"]["backward_hoist_columns"], serde_json::json!(false));
     assert_eq!(doc["config"]["backward_store_every_step"], serde_json::json!(true));
+    assert_eq!(doc["config"]["backward_tile"], serde_json::json!(8));
     assert!(
-        doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false && c["backward_hoist_columns"] == false),
+        doc["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["forward_subgroups"] == false && c["backward_hoist_columns"] == false && c["backward_tile"] == 8),
         "{doc}"
     );
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-subgroups", "maybe"]), "invalid value 'maybe'");
