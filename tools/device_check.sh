@@ -72,12 +72,13 @@ for s in 8 32 64; do sweep 1000 64 $s auto; done   # S was tuned before the vec4
 for z in 8 32 64; do sweep 1000 64 auto $z; done
 for z in 4 8; do sweep 1000 16 auto $z; done
 for z in 16 32; do sweep 256 64 auto $z; done
-# Smaller backward blocks (--backward-tile; 16 is the default): (16 / side)^2 times the invocations. At
-# B = 1 the only way to more of them (N = 1000: 3969 at side 16); with Z auto the groups aim at the same
-# count as before (less dalpha traffic), with Z set, more invocations.
-for t in 8 4; do for nb in "1000 1" "256 1" "1000 64" "256 16"; do sweep $nb auto auto --backward-tile $t; done; done
+# The backward's blocks (bk, --backward-tile): auto keeps 16 where batch groups give enough invocations
+# and walks 8 or 4 where the batch is too small (N = 256, B = 16: 8; B = 1: 4), a choice made without a
+# GPU measurement. Against 16 and 8 where auto shrinks them; 8 and 4 where it keeps 16 (with Z auto the
+# groups then aim at the same count with less dalpha traffic; with Z set, more invocations).
+for nb in "1000 1" "256 1" "256 16"; do sweep $nb auto auto; sweep $nb auto auto --backward-tile 16; sweep $nb auto auto --backward-tile 8; done
+for t in 8 4; do sweep 1000 64 auto auto --backward-tile $t; sweep 1000 16 auto auto --backward-tile $t; done
 for z in 17 64; do sweep 1000 64 auto $z --backward-tile 8; done
-sweep 1000 64 auto 17 --backward-tile 4
 # The vec4 rule kernels against the scalar ones (W column), never compared on a GPU yet.
 for nb in "1000 64" "1000 16" "256 64"; do sweep $nb auto auto; sweep $nb auto auto --scalar-kernels; done
 # The forward step's workgroup size (64 on a GPU was never swept; 8 won on lavapipe).
@@ -97,8 +98,9 @@ for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-store-every-step
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&
 { timeout 90 "$bin/plasticity" bench --neurons 1000 --batch 16,64 --reps 1 --memory-size 16,1 --memory-steps 2 --profile
-  # The same with backward blocks of 8 x 8, and at B = 1, where the default has 3969 backward invocations.
-  timeout 90 "$bin/plasticity" bench --neurons 1000 --batch 1,64 --reps 1 --no-memory --profile --backward-tile 8
+  # B = 1, where auto walks blocks of 4 (62500 backward invocations), and the same with blocks of 16 (3969).
+  timeout 60 "$bin/plasticity" bench --neurons 1000 --batch 1 --reps 1 --no-memory --profile
+  timeout 60 "$bin/plasticity" bench --neurons 1000 --batch 1 --reps 1 --no-memory --profile --backward-tile 16
 } 2>&1 | tee "$out/profile.txt"
 
 want compare && section "against PyTorch CUDA, N = 1000" && {

@@ -191,7 +191,7 @@ impl BackwardState {
         let shape = &fwd.shape;
         let (n, batch) = (shape.neurons, shape.batch);
         let spec = shape.plasticity();
-        let tile = ctx.tuning.backward_tile_side()?;
+        let tile = ctx.tuning.backward_tile_side(&ctx.adapter, n, batch)?;
         let tiles = trace_tiles(n, tile);
         let layout = net.layout;
         let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch, tile);

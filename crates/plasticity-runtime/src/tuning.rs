@@ -1,13 +1,14 @@
 //! How the step kernels divide their work between invocations.
 //!
 //! A forward step has N * ceil(B / 4) natural invocations (one per post-synaptic neuron and batch
-//! tile) and backward_trace has ceil(N / 16)^2 (one per 16 x 16 block of the trace, unless
-//! `backward_tile` makes the blocks smaller). On a CPU adapter
+//! tile) and backward_trace has ceil(N / 16)^2 (one per 16 x 16 block of the trace). On a CPU adapter
 //! that is plenty, and every extra pass costs time. A GPU hides memory latency only with many times
 //! more invocations in flight than that at the paper's sizes (an H200 holds about 270,000 threads,
 //! against 16,000 natural forward invocations at N = 1000, B = 64), so there the forward step's sum
 //! over i is split into chunks (`forward_finish` adds them) and backward_trace runs batch groups side
-//! by side, each with its own dalpha and eta accumulators (`finish_gradients` adds them).
+//! by side, each with its own dalpha and eta accumulators (`finish_gradients` adds them), and, where
+//! the batch is too small for that (at B = 1 there are 256 invocations at N = 256), walks smaller
+//! blocks.
 
 use crate::context::AdapterSummary;
 use plasticity_kernels::{TRACE_TILE, TRACE_TILE_SIDES, backward_trace, div_ceil, forward_step, trace_tiles};
@@ -18,6 +19,9 @@ use plasticity_kernels::{TRACE_TILE, TRACE_TILE_SIDES, backward_trace, div_ceil,
 pub const GPU_FORWARD_INVOCATIONS: u32 = 1 << 18;
 /// Invocations backward_trace aims for on a GPU through its batch groups.
 pub const GPU_BACKWARD_INVOCATIONS: u32 = 1 << 16;
+/// Below this many invocations with blocks of side 16 and as many batch groups as the batch allows,
+/// backward_trace walks smaller blocks on a GPU (each halving of the side gives 4x the invocations).
+pub const GPU_BACKWARD_MIN_INVOCATIONS: u32 = GPU_BACKWARD_INVOCATIONS / 4;
 /// The shortest chunk of the forward sum worth its own invocation: shorter ones spend more on
 /// their partial sum's write and read than they save.
 pub const MIN_SPLIT_LEN: u32 = 8;
@@ -74,13 +78,14 @@ pub struct KernelTuning {
     /// on lavapipe a training episode at N = 256, B = 16 takes about 5% longer with it (README).
     pub backward_store_every_step: bool,
     /// Side of the square block of the trace that one backward_trace invocation walks: 4, 8 or 16
-    /// (`plasticity_kernels::TRACE_TILE_SIDES`; `None`: 16 on every adapter). A side of s makes
-    /// ceil(N / s)^2 invocations per batch group, each writing one partial sum per row and column it
-    /// covers: a smaller side gives a GPU (16 / s)^2 times the invocations to hide load latency with
-    /// (without the dalpha traffic more batch groups add), for partial sums of 4 B N^2 / s floats
-    /// written and read per step (the trace's traffic is 3.5 B N^2) and x_i, x_j shared over fewer
-    /// elements. The same results up to
-    /// f32 rounding of the partial sums. Not measured on a GPU yet (`tools/device_check.sh` sweeps it).
+    /// (`plasticity_kernels::TRACE_TILE_SIDES`; `None`: see [`KernelTuning::backward_tile_side`],
+    /// 16 on a CPU adapter). A side of s makes ceil(N / s)^2 invocations per batch group, each
+    /// writing one partial sum per row and column it covers: a smaller side gives a GPU (16 / s)^2
+    /// times the invocations to hide load latency with (without the dalpha traffic more batch groups
+    /// add), for partial sums of 4 B N^2 / s floats written and read per step (the trace's traffic is
+    /// 3.5 B N^2) and x_i, x_j shared over fewer elements. The same results up to f32 rounding of the
+    /// partial sums. On lavapipe smaller blocks only cost (README); not measured on a GPU yet
+    /// (`tools/device_check.sh` sweeps it).
     pub backward_tile: Option<u32>,
 }
 
@@ -163,11 +168,24 @@ impl KernelTuning {
         wanted.clamp(1, batch.max(1))
     }
 
-    /// The side of backward_trace's blocks (see [`KernelTuning::backward_tile`]), or an error naming
-    /// the sides it can take.
-    pub fn backward_tile_side(&self) -> crate::Result<u32> {
+    /// The side of backward_trace's blocks at N neurons and batch B (see
+    /// [`KernelTuning::backward_tile`]), or an error naming the sides it can take. Unset: 16 on a CPU
+    /// adapter; on a GPU the largest side whose blocks, with as many batch groups as the batch allows
+    /// (or `backward_groups`), make at least GPU_BACKWARD_MIN_INVOCATIONS invocations, else 4. That
+    /// keeps 16 wherever batch groups reach that count (N = 1000 at B = 16 and 64, N = 256 at B = 64)
+    /// and walks blocks of 8 at N = 256, B = 16 and of 4 at B = 1. A choice reasoned from the H200's
+    /// batch-group measurements (more invocations paid up to about 2^16; see `backward_groups`), not
+    /// measured itself yet.
+    pub fn backward_tile_side(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> crate::Result<u32> {
         match self.backward_tile {
-            None => Ok(TRACE_TILE),
+            None if adapter.is_cpu() => Ok(TRACE_TILE),
+            None => {
+                let groups = self.backward_groups.unwrap_or(batch).clamp(1, batch.max(1)) as u64;
+                let invocations = |side: u32| (trace_tiles(n, side) as u64).pow(2) * groups;
+                // TRACE_TILE_SIDES ascends: the largest side that reaches the count, else the smallest.
+                let side = TRACE_TILE_SIDES.into_iter().rev().find(|&side| invocations(side) >= GPU_BACKWARD_MIN_INVOCATIONS as u64);
+                Ok(side.unwrap_or(TRACE_TILE_SIDES[0]))
+            }
             Some(side) if TRACE_TILE_SIDES.contains(&side) => Ok(side),
             Some(side) => Err(crate::error::invalid(
                 "kernel tuning",
@@ -187,5 +205,61 @@ impl KernelTuning {
                 format!("backward_batch_slots = {k}; backward_trace takes 1 to {} batch elements per pass", backward_trace::CHUNK),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(device_type: wgpu::DeviceType) -> AdapterSummary {
+        AdapterSummary {
+            name: "test".into(),
+            backend: wgpu::Backend::Vulkan,
+            device_type,
+            driver: String::new(),
+            subgroup_min_size: 32,
+            subgroup_max_size: 32,
+        }
+    }
+
+    /// On a GPU the blocks shrink only where batch groups cannot give the backward enough
+    /// invocations, and then only as far as needed; on a CPU adapter and when set they are as given.
+    #[test]
+    fn backward_blocks_shrink_on_a_gpu_only_where_the_batch_is_too_small() {
+        let (gpu, cpu) = (adapter(wgpu::DeviceType::DiscreteGpu), adapter(wgpu::DeviceType::Cpu));
+        let auto = KernelTuning::default();
+        for (n, batch, side) in [(1000, 64, 16), (1000, 16, 16), (256, 64, 16), (256, 16, 8), (1000, 1, 4), (256, 1, 4), (8, 1, 4)] {
+            assert_eq!(auto.backward_tile_side(&gpu, n, batch).unwrap(), side, "GPU N={n} B={batch}");
+            assert_eq!(auto.backward_tile_side(&cpu, n, batch).unwrap(), TRACE_TILE, "CPU N={n} B={batch}");
+        }
+        // Every choice: the side reaches the minimum with groups up to the batch, or is the smallest;
+        // the next larger side does not reach it.
+        for n in [1u32, 4, 17, 64, 100, 256, 257, 512, 1000, 2048, 4096] {
+            for batch in [1u32, 2, 4, 16, 64, 256] {
+                let side = auto.backward_tile_side(&gpu, n, batch).unwrap();
+                let invocations = |s: u32| trace_tiles(n, s) * trace_tiles(n, s) * batch;
+                assert!(TRACE_TILE_SIDES.contains(&side), "N={n} B={batch}: {side}");
+                assert!(invocations(side) >= GPU_BACKWARD_MIN_INVOCATIONS || side == TRACE_TILE_SIDES[0], "N={n} B={batch}: {side}");
+                if side < TRACE_TILE {
+                    assert!(invocations(side * 2) < GPU_BACKWARD_MIN_INVOCATIONS, "N={n} B={batch}: {side} where {} would do", side * 2);
+                }
+            }
+        }
+        // Batch groups set by hand count instead of the batch: one group at N = 1000, B = 64 has
+        // 3969 blocks of 16 and 15625 of 8, both short.
+        let one_group = KernelTuning { backward_groups: Some(1), ..KernelTuning::default() };
+        assert_eq!(one_group.backward_tile_side(&gpu, 1000, 64).unwrap(), 4);
+        // Set by hand: taken as it is anywhere, and refused outside 4, 8, 16.
+        for side in TRACE_TILE_SIDES {
+            let set = KernelTuning { backward_tile: Some(side), ..KernelTuning::default() };
+            assert_eq!(set.backward_tile_side(&gpu, 256, 1).unwrap(), side);
+            assert_eq!(set.backward_tile_side(&cpu, 1000, 64).unwrap(), side);
+        }
+        let message =
+            KernelTuning { backward_tile: Some(6), ..KernelTuning::default() }.backward_tile_side(&gpu, 64, 1).unwrap_err().to_string();
+        assert!(message.contains("backward_tile = 6") && message.contains("[4, 8, 16]"), "{message}");
+        // The groups then chosen at N = 256, B = 16 with blocks of 8: the whole batch, 16384 invocations.
+        assert_eq!(auto.backward_groups(&gpu, 256, 16, 8), 16);
     }
 }

@@ -132,13 +132,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if tuning.backward_slots(1, 1).is_err() {
         anyhow::bail!("--backward-batch-slots must be 1 to {chunk} (got {})", args.backward_batch_slots.unwrap_or_default());
     }
-    let tile = tuning.backward_tile_side().map_err(|_| {
-        anyhow::anyhow!(
-            "--backward-tile must be one of {:?} (got {})",
-            plasticity_runtime::kernels::TRACE_TILE_SIDES,
-            args.backward_tile.unwrap_or_default()
-        )
-    })?;
+    let sides = plasticity_runtime::kernels::TRACE_TILE_SIDES;
+    if let Some(side) = args.backward_tile.filter(|side| !sides.contains(side)) {
+        anyhow::bail!("--backward-tile must be one of {sides:?} (got {side})");
+    }
     if let Some(path) = &args.json {
         // Checked now: the file is written after every measurement, and a bad path must not lose them.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -187,12 +184,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
-        "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}); \
+        "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}), \
+         bk the side of the square blocks of the trace it walks ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
          by subgroup shuffles{}; forward workgroups of {} invocations; \
-         backward passes of {} over blocks of {tile} x {tile}{}, column values loaded {}, the reversed trace stored {}; \
+         backward passes of {}, column values loaded {}, the reversed trace stored {}; \
          wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
+        if args.backward_tile.is_some() { "set by --backward-tile" } else { "chosen for this adapter" },
         if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
         match args.forward_subgroups {
             Some(on) => format!(" (--forward-subgroups {})", if on { "on" } else { "off" }),
@@ -203,7 +202,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
             None => format!("up to {chunk} batch elements"),
         },
-        if args.backward_tile.is_some() { " (--backward-tile)" } else { "" },
         match args.backward_hoist_columns {
             Some(true) => "once per pass (--backward-hoist-columns on)",
             Some(false) => "once per four rows (--backward-hoist-columns off)",
@@ -219,7 +217,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     println!(
-        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2} {:>1}",
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1}",
         "N",
         "B",
         "T",
@@ -236,6 +234,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "K",
         "S",
         "Z",
+        "bk",
         "W",
         "G"
     );
@@ -319,7 +318,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_case(r: &CaseResult) {
     println!(
-        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2} {:>1}",
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1}",
         r.case.neurons,
         r.case.batch,
         r.case.steps,
@@ -336,6 +335,7 @@ fn print_case(r: &CaseResult) {
         r.checkpoint_segment,
         r.forward_splits,
         r.backward_groups,
+        r.backward_tile,
         r.kernel_width,
         if r.forward_subgroups { "s" } else { "-" }
     );
@@ -436,7 +436,8 @@ fn write_json(
             // null: the default (on a CPU adapter at 2 or more batch elements per pass); each case says.
             "backward_hoist_columns": ctx.tuning.backward_hoist_columns,
             "backward_store_every_step": ctx.tuning.backward_store_every_step,
-            "backward_tile": ctx.tuning.backward_tile_side().ok(),
+            // null: chosen per case for the adapter; each case says.
+            "backward_tile": ctx.tuning.backward_tile,
             // null: the default, min(4, ceil(B / Z)) per case.
             "backward_batch_slots": ctx.tuning.backward_batch_slots,
         },
