@@ -29,8 +29,11 @@
 // rounding error. A reversed step need not store H(t-1) (skip_store): the step after it then finds the
 // slot one step ahead, H(t) where it wants H(t-1) (trace_ahead), and recovers its own H from it by the
 // same inversion with its own pre, post and r: the f32 operations whose result the store would have kept. The
-// runtime stores every other step (backward_trace::reversal_schedule): 3.5 trace accesses per element
-// and step instead of 4. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
+// runtime stores every other step (backward_trace::reversal_schedule). The trace gradient likewise: a
+// reversed step need not store G(t) (skip_grad_store), and the step after it, finding G(t+1) where it
+// wants G(t) (grad_ahead), first recovers G(t) = dU/dH G(t+1) + alpha_eff x_i(t-1) ga_j(t) with the
+// skipping step's x_i(t-1), x_j(t), rate and ga(t) (ga(t+1) and x(t+1) from its own point of view):
+// 3 trace and gradient accesses per element and step instead of 4. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
 // H(t-1) is read from the slot before H(t)'s. Nothing is written to the trace at t = 1.
 //
 // One invocation owns TILE rows and TILE columns of (i, j) for every batch element and walks them
@@ -44,8 +47,8 @@
 // of blocks, and the row partial an invocation writes is slot tile_j = its index along x. w, alpha
 // and dalpha are touched once per CHUNK batch elements, the trace and its gradient once per batch
 // element.
-// Traffic per step (f32): (2 + 2 + 4*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed), plus
-// O(B*N*N/TILE) for partials.
+// Traffic per step (f32): (2 + 2 + 3*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed: H and
+// G in, each out every other step), plus O(B*N*N/TILE) for partials.
 //
 // Batch groups (groups = Z > 1, for GPUs, where ceil(N / TILE)^2 invocations are far too few): the
 // grid's third dimension z takes the batch elements z, z + Z, z + 2Z, ..., so Z invocations share a
@@ -99,7 +102,9 @@ struct BackwardTraceParams {
     group_grad_offset: u32,   // (Z, N, N) dalpha per group in `partials` when Z > 1
     trace_ahead: u32,         // REVERSE: 1 when the slot holds H(t+1) instead of H(t), which this step recovers first
     skip_store: u32,          // REVERSE: 1 to leave the slot as it is instead of writing H(t-1) over it
-    _pad2: u32,
+    grad_ahead: u32,          // REVERSE: 1 when trace_grad holds G(t+2) instead of G(t+1), which this step recovers first
+    skip_grad_store: u32,     // REVERSE: 1 to leave trace_grad as it is instead of writing G(t) over it
+    next_preact_offset: u32,  // (B, N) ga(t+1) in `partials`, read when grad_ahead
 }
 
 @group(0) @binding(0) var<storage, read> p: BackwardTraceParams;
@@ -205,6 +210,12 @@ fn rule_inverse(v: f32, pre: f32, post: f32, r: f32) -> f32 {
     return (v - r * pre * post) / (1.0 - r);
 }
 
+// G(t) = m dU/dH G(t+1) + alpha_eff x_i(t-1) ga_j(t), d_trace = m dU/dH: one expression for the step's
+// own update and for the recovery of G(t+1) by a step that finds G(t+2), so that both round alike.
+fn grad_update(d_trace: f32, g_next: f32, alpha: f32, pre: f32, ga: f32) -> f32 {
+    return d_trace * g_next + alpha * pre * ga;
+}
+
 // d clip(v) / dv.
 fn clip_pass(v: f32) -> f32 {
     if (CLIP > 0.0) {
@@ -254,6 +265,11 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     // may leave it as it is (see trace_ahead and skip_store).
     let ahead = REVERSE && p.trace_ahead != 0u;
     let store_prev = REVERSE && p.skip_store == 0u;
+    // And the trace gradient may hold G(t+2), recovered with step t+1's values; G(t) may stay unstored.
+    let grad_ahead = REVERSE && p.grad_ahead != 0u;
+    let store_grad = !(REVERSE && p.skip_grad_store != 0u);
+    let next_preact = p.next_preact_offset;
+    let x_next = x_now + row;            // x(t+1), read when grad_ahead
     let grouped = groups > 1u;
     let nn = n * n;
     let dalpha_base = p.group_grad_offset + z * nn;
@@ -282,12 +298,16 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
             // x_i(t-1) and x_i(t-2) per batch element, loaded once for the row's columns.
             var pres: array<f32, CHUNK>;
             var pres2: array<f32, CHUNK>;
+            var pres_next: array<f32, CHUNK>;  // x_i(t), when grad_ahead
             for (var k = 0u; k < slots; k++) {
                 if (k < chunk) {
                     let b = b0 + k * groups;
                     pres[k] = activations[x_prev + b * n + i];
                     if (has_prev2) {
                         pres2[k] = activations[x_prev - row + b * n + i];
+                    }
+                    if (grad_ahead) {
+                        pres_next[k] = activations[x_now + b * n + i];
                     }
                 }
             }
@@ -322,7 +342,12 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                         if (ahead) {
                             h = rule_inverse(h, pre, post, r);  // H(t) from H(t+1)
                         }
-                        let g_next = trace_grad[idx];
+                        var g_next = trace_grad[idx];
+                        if (grad_ahead) {
+                            // G(t+1) from G(t+2): step t+1's update (no clip when REVERSE, one fixed rate).
+                            let d_next = rule_d_trace(h, activations[x_next + b * n + j], r);
+                            g_next = grad_update(d_next, g_next, alpha_ij, pres_next[k], partials[next_preact + b * n + j]);
+                        }
                         d_alpha += ga_j * h * pre;
                         var g = 0.0;
                         var ge = 0.0;
@@ -336,10 +361,12 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                             trace_grad[eo + idx] = ge;
                         } else {
                             let m = clip_pass(rule_update(h, pre, post, r));
-                            g = m * rule_d_trace(h, post, r) * g_next + alpha_ij * pre * ga_j;
+                            g = grad_update(m * rule_d_trace(h, post, r), g_next, alpha_ij, pre, ga_j);
                             row_sums[k] += (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
                         }
-                        trace_grad[idx] = g;
+                        if (store_grad) {
+                            trace_grad[idx] = g;
+                        }
                         if (has_prev2) {
                             let pre2 = pres2[k];
                             let post2 = activations[x_prev + b * n + j];

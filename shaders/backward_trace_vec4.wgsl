@@ -6,7 +6,8 @@
 //   dalpha_ij += sum_b ga_j H_ij(t) x_i(t-1)  (dw: weight_gradient_vec4.wgsl, per window of steps),
 //   G_ij(t) = m dU/dH G_ij(t+1) + alpha_eff_ij x_i(t-1) ga_j,  and the row, column and rate sums
 //   for gx(t-1) and drate(t-1), H(t-1) recovered by inversion (REVERSE) or read from its slot; when
-//   REVERSE, H(t) itself first recovered from H(t+1) where the step after did not store (trace_ahead).
+//   REVERSE, H(t) itself first recovered from H(t+1) where the step after did not store (trace_ahead),
+//   and G(t+1) from G(t+2) by step t+1's update where the step after did not store it (grad_ahead).
 // One invocation owns TILE rows and TILE columns of (i, j), as there, but its columns are four quads
 // of four neighbouring j: lane l of a column group of L lanes takes quads l, l + L, l + 2L, l + 3L
 // (see plasticity_kernels::trace_column_owner with a width of 4), so each access to H, E, G and GE
@@ -76,7 +77,9 @@ struct BackwardTraceParams {
     group_grad_offset: u32,   // (Z, N, N) dalpha per group in `partials` when Z > 1
     trace_ahead: u32,         // REVERSE: 1 when the slot holds H(t+1) instead of H(t), which this step recovers first
     skip_store: u32,          // REVERSE: 1 to leave the slot as it is instead of writing H(t-1) over it
-    _pad2: u32,
+    grad_ahead: u32,          // REVERSE: 1 when trace_grad holds G(t+2) instead of G(t+1), which this step recovers first
+    skip_grad_store: u32,     // REVERSE: 1 to leave trace_grad as it is instead of writing G(t) over it
+    next_preact_offset: u32,  // (B, N) ga(t+1) in `partials`, read when grad_ahead
 }
 
 @group(0) @binding(0) var<storage, read> p: BackwardTraceParams;
@@ -202,6 +205,12 @@ fn rule_inverse_vec4(v: vec4<f32>, pre: f32, post: vec4<f32>, r: vec4<f32>) -> v
     return (v - r * pre * post) / (1.0 - r);
 }
 
+// G(t) = m dU/dH G(t+1) + alpha_eff x_i(t-1) ga_j(t), d_trace = m dU/dH: one expression for the step's
+// own update and for the recovery of G(t+1) by a step that finds G(t+2), so that both round alike.
+fn grad_update_vec4(d_trace: vec4<f32>, g_next: vec4<f32>, alpha: vec4<f32>, pre: f32, ga: vec4<f32>) -> vec4<f32> {
+    return d_trace * g_next + alpha * pre * ga;
+}
+
 // d clip(v) / dv.
 fn clip_pass_vec4(v: vec4<f32>) -> vec4<f32> {
     if (CLIP > 0.0) {
@@ -297,6 +306,12 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     // may leave it as it is (see trace_ahead and skip_store).
     let ahead = REVERSE && p.trace_ahead != 0u;
     let store_prev = REVERSE && p.skip_store == 0u;
+    // And the trace gradient may hold G(t+2) (step t+1 did not store G(t+1)), which this step then
+    // recovers with step t+1's x_i(t), x_j(t+1), rate and ga(t+1); it may leave G(t) unstored.
+    let grad_ahead = REVERSE && p.grad_ahead != 0u;
+    let store_grad = !(REVERSE && p.skip_grad_store != 0u);
+    let next_preact = p.next_preact_offset;
+    let x_next = x_now + row;            // x(t+1), read when grad_ahead
     let grouped = groups > 1u;
     let nn = n * n;
     let dalpha_base = p.group_grad_offset + z * nn;
@@ -324,6 +339,8 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         var posts_all: array<vec4<f32>, 16>;   // x_j(t)
         var gas_all: array<vec4<f32>, 16>;     // ga_j(t)
         var posts2_all: array<vec4<f32>, 16>;  // x_j(t-1)
+        var gas_next_all: array<vec4<f32>, 16>;   // ga_j(t+1), when grad_ahead
+        var posts_next_all: array<vec4<f32>, 16>; // x_j(t+1), when grad_ahead and the rule's dU/dH needs it (Oja)
         if (HOIST_COLUMNS) {
             for (var m = 0u; m < TILE_QUADS; m++) {
                 let q = q0 + m * lanes;
@@ -335,19 +352,27 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                         if (has_prev2) {
                             posts2_all[m * CHUNK + k] = activations[x_prev + b * quads + q];
                         }
+                        if (grad_ahead) {
+                            gas_next_all[m * CHUNK + k] = partials[(next_preact + b * n + 4u * q) / 4u];
+                            if (RULE == 1u) {
+                                posts_next_all[m * CHUNK + k] = activations[x_next + b * quads + q];
+                            }
+                        }
                     }
                 }
             }
         }
         // Rows come four at a time (i0 and the block's end are multiples of 4): x_i(t-1) and x_i(t-2)
         // of four rows are one load each, and every column quad's x_j, ga_j and rates, loaded once,
-        // serve four rows. Per element that leaves H, G in and out (4) plus w, alpha and dalpha
+        // serve four rows. Per element that leaves H, G in and out (4, or 3 when reversed: each stored
+        // every other step, the step after then loading x_i(t), ga_j(t+1) too) plus w, alpha and dalpha
         // (4 per CHUNK elements) and x_j, ga_j, x_j(t-1) (3 per four rows). The rows themselves are
         // then taken one at a time, each row's w, alpha and dalpha read and written before the
         // next: holding four rows' of them at once made N = 1000, B = 1 about 1.4x slower on lavapipe.
         for (var i4 = i0 / 4u; i4 < i_end / 4u; i4++) {
             var pre_quads: array<vec4<f32>, CHUNK>;   // x_i(t-1), i = 4 i4 .. 4 i4 + 3
             var pre2_quads: array<vec4<f32>, CHUNK>;  // x_i(t-2)
+            var pre_next_quads: array<vec4<f32>, CHUNK>;  // x_i(t), when grad_ahead
             // Component c: the row sum of row 4 i4 + c, one quad of the (B, n_tiles, N) row partials.
             var row_quads: array<vec4<f32>, CHUNK>;
             for (var k = 0u; k < slots; k++) {
@@ -356,6 +381,9 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     pre_quads[k] = activations[x_prev + b * quads + i4];
                     if (has_prev2) {
                         pre2_quads[k] = activations[x_prev - row + b * quads + i4];
+                    }
+                    if (grad_ahead) {
+                        pre_next_quads[k] = activations[x_now + b * quads + i4];
                     }
                 }
             }
@@ -377,6 +405,8 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     var posts2: array<vec4<f32>, CHUNK>;  // x_j(t-1)
                     var rates: array<vec4<f32>, CHUNK>;   // rate_bj(t) when modulated
                     var rates2: array<vec4<f32>, CHUNK>;  // rate_bj(t-1) when modulated
+                    var gas_next: array<vec4<f32>, CHUNK>;    // ga_j(t+1), when grad_ahead
+                    var posts_next: array<vec4<f32>, CHUNK>;  // x_j(t+1), when grad_ahead (Oja)
                     for (var k = 0u; k < slots; k++) {
                         if (HOIST_COLUMNS) {
                             for (var m = 0u; m < TILE_QUADS; m++) {
@@ -384,6 +414,12 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                 posts[k] = select(posts[k], posts_all[m * CHUNK + k], here);
                                 gas[k] = select(gas[k], gas_all[m * CHUNK + k], here);
                                 posts2[k] = select(posts2[k], posts2_all[m * CHUNK + k], here);
+                                if (REVERSE) {
+                                    gas_next[k] = select(gas_next[k], gas_next_all[m * CHUNK + k], here);
+                                    if (RULE == 1u) {
+                                        posts_next[k] = select(posts_next[k], posts_next_all[m * CHUNK + k], here);
+                                    }
+                                }
                             }
                         }
                         if (k < chunk) {
@@ -391,6 +427,12 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                             if (!HOIST_COLUMNS) {
                                 posts[k] = activations[x_now + b * quads + q];
                                 gas[k] = partials[(preact + b * n + j0) / 4u];
+                                if (grad_ahead) {
+                                    gas_next[k] = partials[(next_preact + b * n + j0) / 4u];
+                                    if (RULE == 1u) {
+                                        posts_next[k] = activations[x_next + b * quads + q];
+                                    }
+                                }
                             }
                             if (RATE >= 2u) {
                                 rates[k] = modulated_rate_quad(b, j0, step, n, p.batch, eta_offset, mod_offset);
@@ -432,7 +474,12 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                 if (ahead) {
                                     h = rule_inverse_vec4(h, pre, post, r);  // H(t) from H(t+1)
                                 }
-                                let g_next = trace_grad[idx];
+                                var g_next = trace_grad[idx];
+                                if (grad_ahead) {
+                                    // G(t+1) from G(t+2): step t+1's update (no clip when REVERSE).
+                                    let d_next = rule_d_trace_vec4(posts_next[k], r);
+                                    g_next = grad_update_vec4(d_next, g_next, alpha_ij, pre_next_quads[k][c], gas_next[k]);
+                                }
                                 d_alpha += ga_j * h * pre;
                                 var g: vec4<f32>;
                                 var ge = vec4(0.0);
@@ -447,11 +494,13 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                     trace_grad[eo + idx] = ge;
                                 } else {
                                     let m = clip_pass_vec4(rule_update_vec4(h, pre, post, r));
-                                    g = m * rule_d_trace_vec4(post, r) * g_next + alpha_ij * pre * ga_j;
+                                    g = grad_update_vec4(m * rule_d_trace_vec4(post, r), g_next, alpha_ij, pre, ga_j);
                                     row_terms = (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
                                 }
                                 row_quads[k][c] += (row_terms.x + row_terms.y) + (row_terms.z + row_terms.w);
-                                trace_grad[idx] = g;
+                                if (store_grad) {
+                                    trace_grad[idx] = g;
+                                }
                                 if (has_prev2) {
                                     let pre2 = pre2_quads[k][c];
                                     let post2 = posts2[k];

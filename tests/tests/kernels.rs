@@ -479,7 +479,8 @@ fn check_backward_trace(
     let (layout, params) = random_rule_params(n as u64 + 5, n, &spec);
     // A ring of three ga rows: step t reads the one in slot t - 1.
     let pl = PartialsLayout::new(n, batch, &spec, groups, tile, 3);
-    let activations = uniform(&mut r, (steps + 1) * row, 1.0);
+    // x(0) .. x(steps + 1): a step that finds the gradient ahead reads x(t + 1).
+    let activations = uniform(&mut r, (steps + 2) * row, 1.0);
     let modulation = uniform(&mut r, (steps + 1) * batch as usize, 0.9);
     let reverse = spec.reversible();
     // Reversal works in place on one slot; otherwise H(t-1) is in slot 0 and H(t) in slot 1.
@@ -513,7 +514,10 @@ fn check_backward_trace(
         group_grad_offset: pl.group_grads,
         trace_ahead: reversal.ahead as u32,
         skip_store: reversal.skip_store as u32,
-        ..Default::default()
+        grad_ahead: reversal.grad_ahead as u32,
+        skip_grad_store: reversal.skip_grad_store as u32,
+        // The ring of three: ga(t + 1) sits in another slot than ga(t).
+        next_preact_offset: pl.ga_of_step(n, batch, step + 1),
     };
     let out = run_rule_kernel(
         backward_trace::kernel_name(vec4),
@@ -557,6 +561,12 @@ fn check_backward_trace(
     }
     if reverse && !reversal.skip_store && step >= 2 {
         assert!(out[3] != trace, "{ctx}: the reversed step stored nothing");
+    }
+    if reverse && reversal.skip_grad_store {
+        assert_eq!(out[4], trace_grad, "{ctx}: the trace gradient is read-only when skipping its store");
+    } else if reverse {
+        // (Elsewhere a rule may leave it as it was: a clip, or no plastic self-connection at N = 1.)
+        assert!(out[4] != trace_grad, "{ctx}: the reversed step stored no trace gradient");
     }
     if groups > 1 {
         assert_eq!(out[5], grads, "{ctx}: batch groups accumulate in partials, not in grads");
@@ -625,14 +635,14 @@ fn backward_trace_with_smaller_tiles_matches_cpu_twin() {
         for tile in TRACE_TILE_SIDES.into_iter().filter(|&t| t != TRACE_TILE) {
             for n in [1u32, 5, 8, 9, 64, 65, 132, 260] {
                 for (batch, groups) in [(1u32, 1u32), (9, 2)] {
-                    for (step, vec4, hoist) in [(2u32, false, false), (3, false, false), (2, true, false), (3, true, true)] {
+                    for (step, vec4, hoist) in [(2u32, false, false), (3, false, false), (2, true, true), (3, true, false)] {
                         if vec4 && !runs_vec4_kernels(n, &spec) {
                             continue;
                         }
                         let slots = backward_trace::batch_slots(batch, groups);
-                        // At step 3 a reversed step finds H(t+1) and stores.
+                        // At step 3 a reversed step finds H(t+1) and G(t+2) and stores both.
                         let ahead = step == 3 && spec.reversible();
-                        let reversal = ReversalStep { ahead, skip_store: false };
+                        let reversal = ReversalStep { ahead, grad_ahead: ahead, ..ReversalStep::default() };
                         check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, tile, reversal);
                         cases += 1;
                     }
@@ -657,10 +667,14 @@ fn reversible_specs() -> Vec<(&'static str, Plasticity)> {
 }
 
 /// A reversed step that finds H(t+1) in the slot (`trace_ahead`) or leaves the slot as it is
-/// (`skip_store`), both kernels against the twin, for each rule that reverses.
+/// (`skip_store`), or finds G(t+2) in the trace gradient (`grad_ahead`) or leaves it as it is
+/// (`skip_grad_store`), both kernels against the twin, for each rule that reverses.
 #[test]
 fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
     let mut cases = 0;
+    let (t, f) = (true, false);
+    // (ahead, skip_store, grad_ahead, skip_grad_store): each flag alone, and pairs the schedule makes.
+    let flags = [(t, f, f, f), (f, t, f, f), (t, t, f, f), (f, f, t, f), (f, f, f, t), (f, f, t, t), (t, f, t, f), (f, t, f, t)];
     for (name, spec) in reversible_specs() {
         for n in [1u32, 8, 63, 64, 65, 260] {
             for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2)] {
@@ -670,9 +684,12 @@ fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
                             continue;
                         }
                         let slots = backward_trace::batch_slots(batch, groups);
-                        for (ahead, skip_store) in [(true, false), (false, true), (true, true)] {
-                            let reversal = ReversalStep { ahead, skip_store };
-                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, vec4, TRACE_TILE, reversal);
+                        // The vec4 kernel's column values hoisted (a CPU adapter's default) at steps 1
+                        // and 3, loaded per four rows (a GPU's) at step 2.
+                        let hoist = vec4 && step != 2;
+                        for (ahead, skip_store, grad_ahead, skip_grad_store) in flags {
+                            let reversal = ReversalStep { ahead, skip_store, grad_ahead, skip_grad_store };
+                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, reversal);
                             cases += 1;
                         }
                     }
@@ -680,8 +697,8 @@ fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
             }
         }
     }
-    // Six sizes of the scalar kernel and three of the vec4 one, three batches, three steps, three flag pairs.
-    assert_eq!(cases, 3 * 9 * 3 * 3 * 3, "every rule ran at every size");
+    // Six sizes of the scalar kernel and three of the vec4 one, three batches, three steps, eight flag sets.
+    assert_eq!(cases, 3 * 9 * 3 * 3 * 8, "every rule ran at every size");
 }
 
 /// The twin's `trace_ahead` against its own definition: a step that finds U(H(t)) (step t's update
@@ -745,6 +762,57 @@ fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
         for (k, what) in ["trace", "trace_grad", "grads", "partials"].iter().enumerate() {
             assert_close(&format!("{name}: the twin ahead of its step, {what}"), &ahead[k], &to_f64(&stored[k]), 1e-5, 1e-5);
         }
+    }
+}
+
+/// The twin's `grad_ahead` against its own definition: a step that finds G(t+2) and step t+1's
+/// ga(t+1) gives the same bits as the step fed the G(t+1) that step t+1 stored (the same f32
+/// operations), and a step that skips the store leaves the gradient as it found it.
+#[test]
+fn backward_trace_twin_grad_ahead_recovers_the_gradient_of_the_step_after() {
+    for (name, spec) in reversible_specs() {
+        let (n, batch, step) = (9u32, 3u32, 2u32);
+        let mut r = rng(91 + n as u64);
+        let (layout, params) = random_rule_params(n as u64 + 11, n, &spec);
+        let pl = PartialsLayout::new(n, batch, &spec, 1, TRACE_TILE, 3);
+        let row = (batch * n) as usize;
+        let activations = uniform(&mut r, 4 * row, 1.0);
+        let modulation = uniform(&mut r, 4 * batch as usize, 0.9);
+        let slot = (batch * n * n) as usize;
+        let (trace, g_after) = (uniform(&mut r, slot, 1.0), uniform(&mut r, slot, 1.0));
+        let grads = uniform(&mut r, layout.count as usize, 1.0);
+        let partials = uniform(&mut r, pl.len as usize, 1.0); // the ring holds ga(2) and ga(3)
+        let run = |step: u32, trace_grad: &[f32], grad_ahead: bool, skip_grad_store: bool| {
+            let p = BackwardTraceParams {
+                n,
+                batch,
+                step,
+                n_tiles: trace_tiles(n, TRACE_TILE),
+                w_offset: layout.w_offset,
+                alpha_offset: layout.alpha_offset,
+                eta_offset: layout.eta_offset,
+                mod_offset: layout.mod_offset,
+                alpha_grad_offset: pl.alpha,
+                rate_partials_offset: pl.rate,
+                eta_partials_offset: pl.eta,
+                preact_offset: pl.ga_of_step(n, batch, step),
+                grad_ahead: grad_ahead as u32,
+                skip_grad_store: skip_grad_store as u32,
+                next_preact_offset: pl.ga_of_step(n, batch, step + 1),
+                ..Default::default()
+            };
+            let (mut t, mut g, mut gr, mut pa) = (trace.clone(), trace_grad.to_vec(), grads.clone(), partials.clone());
+            cpu::backward_trace(&spec, true, 1, TRACE_TILE, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
+            [t, g, gr, pa]
+        };
+        // Step t + 1 stores G(t+1) from G(t+2); step t from it, and step t ahead from G(t+2) itself.
+        let g_next = run(step + 1, &g_after, false, false)[1].clone();
+        let (stored, ahead) = (run(step, &g_next, false, false), run(step, &g_after, true, false));
+        assert!(g_next != g_after && stored[1] != g_next, "{name}: each step updated the gradient");
+        for (k, what) in ["trace", "trace_grad", "grads", "partials"].iter().enumerate() {
+            assert!(ahead[k] == stored[k], "{name}: the twin with the gradient ahead differs in {what}");
+        }
+        assert_eq!(run(step, &g_after, true, true)[1], g_after, "{name}: skipping the store leaves the gradient");
     }
 }
 

@@ -109,16 +109,16 @@ fn backward_hoist_columns_changes_no_result() {
     assert_same_training(&loads, &hoisted, "with the backward's column values hoisted and not");
 }
 
-/// A reversed sweep that stores the trace every step, and one that stores it every other step and
-/// recovers the skipped steps' traces once more by the same inversion, compute the same values, so
-/// training gives the same bits (the decay rule reverses at both kernel widths here; the other
-/// configurations recompute and must not notice).
+/// A reversed sweep that stores the trace and its gradient every step, and one that stores them every
+/// other step and recovers the skipped ones once more by the same inversion and the same gradient
+/// update, compute the same values, so training gives the same bits (the decay rule reverses at both
+/// kernel widths here; the other configurations recompute and must not notice).
 #[test]
 fn backward_store_every_step_changes_no_result() {
     use plasticity_runtime::KernelTuning;
     let alternate = gpu_with(KernelTuning::default());
     let every_step = gpu_with(KernelTuning { backward_store_every_step: true, ..Default::default() });
-    assert_same_training(&alternate, &every_step, "with the reversed trace stored every step and every other step");
+    assert_same_training(&alternate, &every_step, "with the reversed trace and its gradient stored every step and every other step");
 }
 
 /// The same losses and parameters after three Adam steps on both contexts, through both rule kernel

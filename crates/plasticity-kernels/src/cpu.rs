@@ -281,7 +281,10 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
 /// difference the partial sums show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dalpha and eta
 /// sums go to its own accumulators in `partials`. dw is not formed here: see [`weight_gradient`].
 /// When `reverse`, `p.trace_ahead` says the slot holds H(t+1), inverted first with step t's own
-/// values, and `p.skip_store` leaves the slot unwritten (see `backward_trace::reversal_schedule`).
+/// values, and `p.skip_store` leaves the slot unwritten; `p.grad_ahead` says `trace_grad` holds
+/// G(t+2), from which step t+1's update (its x_i(t), x_j(t+1), rate and ga(t+1) at
+/// `p.next_preact_offset`) recovers G(t+1) first, and `p.skip_grad_store` leaves it unwritten (see
+/// `backward_trace::reversal_schedule`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_trace(
     spec: &Plasticity,
@@ -314,6 +317,9 @@ pub fn backward_trace(
     let tile = tile as usize;
     let eta_index = |z: usize, i: usize, j: usize| (z * tiles + i / tile) * n + if eta_per_neuron { j } else { owner(j).1 as usize };
     let x = |step: usize, b: usize, k: usize| activations[step * row + b * n + k];
+    let grad_ahead = reverse && p.grad_ahead != 0;
+    // Only the reversed rules (one fixed rate, no clip) skip the gradient's store.
+    assert!(!grad_ahead || (spec.clip.is_none() && !modulated && !spec.retroactive), "grad_ahead needs a reversible rule");
     let mut row_sums = vec![0.0f64; batch * n * tiles];
     let mut col_sums = vec![0.0f64; batch * n * tiles];
     let mut rate_sums = vec![0.0f64; batch * n * tiles];
@@ -328,9 +334,16 @@ pub fn backward_trace(
                 let idx = (b * n + i) * n + j;
                 let (pre, post, ga_j) = (x(t - 1, b, i), x(t, b, j), partials[p.preact_offset as usize + b * n + j]);
                 let r = off.plastic_rate(spec, params, modulation, b, j, t);
-                let (mut h, g_next) = (trace[cur + idx], trace_grad[idx]);
+                let (mut h, mut g_next) = (trace[cur + idx], trace_grad[idx]);
                 if reverse && p.trace_ahead != 0 {
                     h = rule_inverse(rule, h, pre, post, r); // H(t) from H(t+1)
+                }
+                if grad_ahead {
+                    // G(t+1) from G(t+2): step t+1's update of the gradient (no clip, so its mask is 1).
+                    let (pre_next, post_next) = (x(t, b, i), x(t + 1, b, j));
+                    let (r_next, ga_next) =
+                        (off.plastic_rate(spec, params, modulation, b, j, t + 1), partials[p.next_preact_offset as usize + b * n + j]);
+                    g_next = rule_d_trace(rule, post_next, r_next) * g_next + alpha_ij * pre_next * ga_next;
                 }
                 d_alpha[z] += ga_j as f64 * h as f64 * pre as f64;
                 let (g, ge);
@@ -349,7 +362,9 @@ pub fn backward_trace(
                     row_term = m as f64 * g_next as f64 * r as f64 * post as f64;
                 }
                 row_sums[(b * tiles + owner(j).0 as usize) * n + i] += (w_ij as f64 + alpha_ij as f64 * h as f64) * ga_j as f64 + row_term;
-                trace_grad[idx] = g;
+                if !(reverse && p.skip_grad_store != 0) {
+                    trace_grad[idx] = g;
+                }
                 if t >= 2 {
                     let (pre2, post2) = (x(t - 2, b, i), x(t - 1, b, j));
                     let r2 = off.plastic_rate(spec, params, modulation, b, j, t - 1);

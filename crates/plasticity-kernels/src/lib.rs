@@ -42,8 +42,9 @@ mod tests {
     }
 
     /// Walks the sweep with the slot's content as a step number: every step must find H(t) or, when
-    /// `ahead`, H(t + 1), never further, whatever the resets; the alternate schedule stores at most
-    /// every other step, and the every-step one is never ahead.
+    /// `ahead`, H(t + 1), never further, whatever the resets, and G(t + 1) or, when `grad_ahead`,
+    /// G(t + 2); the alternate schedule stores each at most every other step, and the every-step one
+    /// is never ahead.
     #[test]
     fn reversal_schedule_finds_each_steps_trace_at_most_one_step_ahead() {
         for steps in [1u32, 2, 3, 4, 7, 106] {
@@ -54,9 +55,15 @@ mod tests {
                     let what = format!("T={steps} checkpoints {checkpoints:?} every step {every_step}");
                     assert_eq!(schedule.len(), steps as usize, "{what}");
                     let mut slot = steps; // the forward pass leaves H(T)
+                    let mut grad_slot = steps + 1; // the sweep starts from G(T + 1) = 0
                     for t in (1..=steps).rev() {
                         let step = schedule[t as usize - 1];
                         assert_eq!(slot, t + step.ahead as u32, "{what}: step {t} finds H({slot}), ahead = {}", step.ahead);
+                        let wanted = t + 1 + step.grad_ahead as u32;
+                        assert_eq!(grad_slot, wanted, "{what}: step {t} finds G({grad_slot}), grad_ahead = {}", step.grad_ahead);
+                        if !step.skip_grad_store {
+                            grad_slot = t;
+                        }
                         if t >= 2 && !step.skip_store {
                             slot = t - 1;
                         }
@@ -66,20 +73,26 @@ mod tests {
                         }
                     }
                     let stores = schedule.iter().filter(|s| !s.skip_store).count() as u32;
+                    let grad_stores = schedule.iter().filter(|s| !s.skip_grad_store).count() as u32;
                     if every_step {
-                        assert!(schedule.iter().all(|s| !s.ahead), "{what}");
+                        assert!(schedule.iter().all(|s| !s.ahead && !s.grad_ahead), "{what}");
                         assert_eq!(stores, (1..steps).filter(|&s| !resets(s)).count() as u32, "{what}");
+                        assert_eq!(grad_stores, steps - 1, "{what}");
                     } else {
                         assert!(stores <= steps / 2, "{what}: {stores} stores");
+                        assert!(grad_stores <= steps / 2, "{what}: {grad_stores} gradient stores");
                     }
                 }
             }
         }
         // Without checkpoints, T = 6: steps 6 and 4 leave H(t) for 5 and 3 to recover; 2 stores nothing
-        // (the sweep clears H(1)).
-        let flags: Vec<(bool, bool)> =
-            backward_trace::reversal_schedule(6, |s| s == 1, false).iter().map(|s| (s.ahead, s.skip_store)).collect();
-        assert_eq!(flags, [(false, true), (false, true), (true, false), (false, true), (true, false), (false, true)]);
+        // (the sweep clears H(1)). Steps 6, 4 and 2 leave G(t + 1) for 5, 3 and 1; 1 stores nothing.
+        let flags: Vec<(bool, bool, bool, bool)> = backward_trace::reversal_schedule(6, |s| s == 1, false)
+            .iter()
+            .map(|s| (s.ahead, s.skip_store, s.grad_ahead, s.skip_grad_store))
+            .collect();
+        let (f, t) = (false, true);
+        assert_eq!(flags, [(f, t, t, t), (f, t, f, t), (t, f, t, f), (f, t, f, t), (t, f, t, f), (f, t, f, t)]);
     }
 
     #[test]
@@ -585,7 +598,13 @@ pub mod backward_trace {
         pub trace_ahead: u32,
         /// REVERSE: 1 to leave the slot as it is instead of writing H(t-1) over it.
         pub skip_store: u32,
-        pub _pad2: u32,
+        /// REVERSE: 1 when `trace_grad` holds G(t+2) instead of G(t+1) (the step after did not store),
+        /// which the step recovers first by step t+1's own update of it ([`reversal_schedule`]).
+        pub grad_ahead: u32,
+        /// REVERSE: 1 to leave `trace_grad` as it is instead of writing G(t) over it.
+        pub skip_grad_store: u32,
+        /// Offset of ga(t+1) (B, N) in `partials`, which a step with `grad_ahead` reads.
+        pub next_preact_offset: u32,
     }
 
     pub const KERNEL: KernelDescriptor = KernelDescriptor {
@@ -622,7 +641,9 @@ pub mod backward_trace {
             group_grad_offset,
             trace_ahead,
             skip_store,
-            _pad2
+            grad_ahead,
+            skip_grad_store,
+            next_preact_offset
         }),
         params_size: core::mem::size_of::<BackwardTraceParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
@@ -691,13 +712,18 @@ pub mod backward_trace {
         [div_ceil(tiles, WORKGROUP_SIZE), tiles, groups.max(1)]
     }
 
-    /// What one step of a reversed sweep (REVERSE) finds in the trace slot and leaves there.
+    /// What one step of a reversed sweep (REVERSE) finds in the trace slot and in the trace gradient,
+    /// and leaves there.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct ReversalStep {
         /// The slot holds H(t+1), not H(t): the params' `trace_ahead`.
         pub ahead: bool,
         /// The step leaves the slot as it is instead of storing H(t-1): the params' `skip_store`.
         pub skip_store: bool,
+        /// The trace gradient holds G(t+2), not G(t+1): the params' `grad_ahead`.
+        pub grad_ahead: bool,
+        /// The step leaves the trace gradient as it is instead of storing G(t): `skip_grad_store`.
+        pub skip_grad_store: bool,
     }
 
     /// The reversed sweep's steps T down to 1 (element t - 1 for step t), after a forward pass that
@@ -708,18 +734,27 @@ pub mod backward_trace {
     /// found H(t) leaves it, and the next one, finding H(t) where it wants H(t-1), inverts it once more
     /// with its own x_i(t-2), x_j(t-1) and rate, the values the store would have been computed from, and
     /// then stores. Nothing is stored before a reset, which overwrites it. So the trace is written
-    /// about every other step: 3.5 accesses per element and step instead of 4, for one more inversion
-    /// every other step. With `every_step`, each step stores (except before a reset) and nothing is
-    /// ever ahead.
+    /// about every other step, for one more inversion every other step.
+    ///
+    /// The trace gradient likewise: steps T, T - 2, ... leave G(t+1) in place of G(t), and the step
+    /// after each recovers G(t) = dU/dH(t) G(t+1) + alpha_eff x_i(t-1) ga_j(t) with step t's x_i(t-1),
+    /// x_j(t), rate and ga(t) (still in the ring), the f32 operations the store would have kept, before
+    /// its own update (no reset touches the gradient, so it strictly alternates; nothing reads G(1),
+    /// which step 1 never stores). Together: 3 accesses
+    /// per element and step instead of 4. With `every_step`, each step stores both (the trace except
+    /// before a reset) and nothing is ever ahead.
     pub fn reversal_schedule(steps: u32, resets: impl Fn(u32) -> bool, every_step: bool) -> Vec<ReversalStep> {
         let mut schedule = vec![ReversalStep::default(); steps as usize];
-        let mut ahead = false;
+        let (mut ahead, mut grad_ahead) = (false, false);
         for t in (1..=steps).rev() {
             // Step 1 has no H(0) to store.
             let reset_next = t == 1 || resets(t - 1);
             let skip_store = reset_next || (!every_step && !ahead);
-            schedule[t as usize - 1] = ReversalStep { ahead, skip_store };
+            // Nothing reads G(1).
+            let skip_grad_store = t == 1 || (!every_step && !grad_ahead);
+            schedule[t as usize - 1] = ReversalStep { ahead, skip_store, grad_ahead, skip_grad_store };
             ahead = !reset_next && skip_store;
+            grad_ahead = skip_grad_store;
         }
         schedule
     }

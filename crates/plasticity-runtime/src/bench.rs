@@ -38,15 +38,16 @@ pub fn forward_step_min_bytes(neurons: u32, batch: u32) -> u64 {
 }
 
 /// Bytes a backward sweep of `steps` steps must move at least: per step w and alpha read, dalpha
-/// read and written, per batch element the trace's gradient read and written and the trace read;
-/// the trace written at the steps that store it in a reversed sweep without checkpoints (every
-/// other step, `backward_trace::reversal_schedule`); dw read and written once per window of
+/// read and written, per batch element the trace and its gradient read; each written at the steps
+/// that store it in a reversed sweep without checkpoints (about every other step,
+/// `backward_trace::reversal_schedule`); dw read and written once per window of
 /// `weight_gradient::WINDOW` steps (its inputs, x and ga, are O(B N) per step and not counted).
 pub fn backward_min_bytes(neurons: u32, batch: u32, steps: u32) -> u64 {
     let nn = neurons as u64 * neurons as u64;
     let windows = steps.div_ceil(plasticity_kernels::weight_gradient::WINDOW) as u64;
-    let stores = plasticity_kernels::backward_trace::reversal_schedule(steps, |s| s == 1, false).iter().filter(|s| !s.skip_store).count();
-    (steps as u64 * (4 * nn + 3 * batch as u64 * nn) + stores as u64 * batch as u64 * nn + windows * 2 * nn) * 4
+    let schedule = plasticity_kernels::backward_trace::reversal_schedule(steps, |s| s == 1, false);
+    let stores = schedule.iter().map(|s| !s.skip_store as u64 + !s.skip_grad_store as u64).sum::<u64>();
+    (steps as u64 * (4 * nn + 2 * batch as u64 * nn) + stores * batch as u64 * nn + windows * 2 * nn) * 4
 }
 
 #[derive(Clone, Debug)]

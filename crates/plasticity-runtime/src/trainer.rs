@@ -8,8 +8,9 @@
 //! `(1 - eta)^-K <= max_reversal_amplification` (100 by default: K = 458 at eta = 0.01, K = 6 at
 //! eta = 0.5), recomputed from the current eta before every episode since eta is learned. A reversed
 //! step writes the recovered trace back only every other step: the step after one that did not finds
-//! H(t) where it wants H(t-1) and inverts it once more itself (`backward_trace::reversal_schedule`;
-//! `KernelTuning::backward_store_every_step` stores every step).
+//! H(t) where it wants H(t-1) and inverts it once more itself; its gradient G(t) likewise, recovered
+//! by the step after from G(t+1) with the skipping step's values (`backward_trace::reversal_schedule`;
+//! `KernelTuning::backward_store_every_step` stores both every step).
 //!
 //! Rules that cannot be inverted (a clip, a neuromodulated or per-neuron rate, an eligibility
 //! trace; see [`Plasticity::reversible`]) recompute instead: the forward pass stores the traces
@@ -403,7 +404,11 @@ impl BackwardState {
                     group_grad_offset: pl.group_grads,
                     trace_ahead: schedule[step as usize - 1].ahead as u32,
                     skip_store: schedule[step as usize - 1].skip_store as u32,
-                    ..Default::default()
+                    grad_ahead: schedule[step as usize - 1].grad_ahead as u32,
+                    skip_grad_store: schedule[step as usize - 1].skip_grad_store as u32,
+                    // Read only with grad_ahead, which step T never has: ga(t+1) is still in the ring
+                    // (K >= 2 slots whenever T >= 2), as step t writes ga(t) into another slot.
+                    next_preact_offset: pl.ga_of_step(n, batch, step + 1),
                 }
             })
             .collect();

@@ -71,19 +71,20 @@ pub struct KernelTuning {
     /// the kernels were tuned on lavapipe"); not on a GPU, where the registers would cost occupancy
     /// and it has not been measured.
     pub backward_hoist_columns: Option<bool>,
-    /// Have every step of a reversed backward sweep store the recovered H(t-1) over the trace
-    /// (the schedule before 6bfa109) instead of every other step, where the next step recovers
-    /// it once more from H(t) (`backward_trace::reversal_schedule`): one more write of the trace per
-    /// element every other step, one inversion fewer; the same results. For comparison on a device:
-    /// on lavapipe a training episode at N = 256, B = 16 takes about 5% longer with it (README).
+    /// Have every step of a reversed backward sweep store the recovered H(t-1) over the trace and
+    /// G(t) over its gradient (the schedule before 6bfa109) instead of every other step, where the
+    /// next step recovers each once more (`backward_trace::reversal_schedule`): one more write of the
+    /// trace and one of its gradient per element every other step, one inversion and one gradient
+    /// update fewer; the same results. For comparison on a device: on lavapipe a training episode at
+    /// N = 256, B = 16 takes about 8% longer with it (README).
     pub backward_store_every_step: bool,
     /// Side of the square block of the trace that one backward_trace invocation walks: 4, 8 or 16
     /// (`plasticity_kernels::TRACE_TILE_SIDES`; `None`: see [`KernelTuning::backward_tile_side`],
     /// 16 on a CPU adapter). A side of s makes ceil(N / s)^2 invocations per batch group, each
     /// writing one partial sum per row and column it covers: a smaller side gives a GPU (16 / s)^2
     /// times the invocations to hide load latency with (without the dalpha traffic more batch groups
-    /// add), for partial sums of 4 B N^2 / s floats written and read per step (the trace's traffic is
-    /// 3.5 B N^2) and x_i, x_j shared over fewer elements. The same results up to f32 rounding of the
+    /// add), for partial sums of 4 B N^2 / s floats written and read per step (the trace and its gradient
+    /// move 3 B N^2) and x_i, x_j shared over fewer elements. The same results up to f32 rounding of the
     /// partial sums. On lavapipe smaller blocks only cost (README); not measured on a GPU yet
     /// (`tools/device_check.sh` sweeps it).
     pub backward_tile: Option<u32>,

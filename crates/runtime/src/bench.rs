@@ -77,13 +77,13 @@ pub struct BenchArgs {
     /// header says which.
     #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
     backward_hoist_columns: Option<bool>,
-    /// Have every step of the reversed backward sweep store the recovered trace instead of every
-    /// other step (whose next step recovers it once more): one more trace write per element every
-    /// other step; to compare the two on a device.
+    /// Have every step of the reversed backward sweep store the recovered trace and its gradient
+    /// instead of every other step (whose next step recovers them once more): two more writes per
+    /// element every other step; to compare the two on a device.
     #[arg(long)]
     backward_store_every_step: bool,
     /// Side of the square block of the trace one backward trace invocation walks: 4, 8 or 16
-    /// (default 16); a smaller side gives (16 / side)^2 times the invocations (for a GPU to hide its
+    /// (default: 16 on a CPU adapter, on a GPU smaller where the batch is small); a smaller side gives (16 / side)^2 times the invocations (for a GPU to hide its
     /// load latency with) for more partial-sum traffic.
     #[arg(long)]
     backward_tile: Option<u32>,
@@ -188,7 +188,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
          bk the side of the square blocks of the trace it walks ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
          by subgroup shuffles{}; forward workgroups of {} invocations; \
-         backward passes of {}, column values loaded {}, the reversed trace stored {}; \
+         backward passes of {}, column values loaded {}, the reversed trace and its gradient stored {}; \
          wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.backward_tile.is_some() { "set by --backward-tile" } else { "chosen for this adapter" },

@@ -189,7 +189,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     // --no-memory: no memory-growth figure, and null for it in the JSON. wgpu's loop bounding: left out
     // of the counted-loop kernels by default, in every kernel with the option, in the header and JSON.
     assert!(out.contains("wgpu's loop bounding only in the kernels whose loops are not all counted"), "{out}");
-    assert!(out.contains("the reversed trace stored every other step;"), "{out}");
+    assert!(out.contains("the reversed trace and its gradient stored every other step;"), "{out}");
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
     // --forward-subgroups off: in the header, the JSON config and every case.
     let o = plasticity(&[
@@ -213,7 +213,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert!(
         out.contains("(--forward-subgroups off)")
             && out.contains("column values loaded once per four rows (--backward-hoist-columns off)")
-            && out.contains("the reversed trace stored every step (--backward-store-every-step)")
+            && out.contains("the reversed trace and its gradient stored every step (--backward-store-every-step)")
             && out.contains("blocks of the trace it walks (set by --backward-tile)"),
         "{out}"
     );
