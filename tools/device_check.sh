@@ -73,10 +73,10 @@ for z in 8 32 64; do sweep 1000 64 auto $z; done
 for z in 4 8; do sweep 1000 16 auto $z; done
 for z in 16 32; do sweep 256 64 auto $z; done
 # The backward's blocks (bk, --backward-tile): auto keeps 16 where batch groups give enough invocations
-# and walks 8 or 4 where the batch is too small (N = 256, B = 16: 8; B = 1: 4), a choice made without a
-# GPU measurement. Against 16 and 8 where auto shrinks them; 8 and 4 where it keeps 16 (with Z auto the
+# and walks 8 or 4 where the batch is too small (8 at N = 256, B = 16 and N = 1000, B = 1; 4 at N = 256,
+# B = 1), a choice made without a GPU measurement. Against 16 and 8 where auto shrinks them; 8 and 4 where it keeps 16 (with Z auto the
 # groups then aim at the same count with less dalpha traffic; with Z set, more invocations).
-for nb in "1000 1" "256 1" "256 16"; do sweep $nb auto auto; sweep $nb auto auto --backward-tile 16; sweep $nb auto auto --backward-tile 8; done
+for nb in "1000 1" "256 1" "256 16"; do sweep $nb auto auto; for t in 16 8 4; do sweep $nb auto auto --backward-tile $t; done; done
 for t in 8 4; do sweep 1000 64 auto auto --backward-tile $t; sweep 1000 16 auto auto --backward-tile $t; done
 for z in 17 64; do sweep 1000 64 auto $z --backward-tile 8; done
 # The vec4 rule kernels against the scalar ones (W column), never compared on a GPU yet.
@@ -99,7 +99,7 @@ for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-store-every-step
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&
 { timeout 90 "$bin/plasticity" bench --neurons 1000 --batch 16,64 --reps 1 --memory-size 16,1 --memory-steps 2 --profile
-  # B = 1, where auto walks blocks of 4 (62500 backward invocations), and the same with blocks of 16 (3969).
+  # B = 1, where auto walks blocks of 8 (15625 backward invocations), and the same with blocks of 16 (3969).
   timeout 60 "$bin/plasticity" bench --neurons 1000 --batch 1 --reps 1 --no-memory --profile
   timeout 60 "$bin/plasticity" bench --neurons 1000 --batch 1 --reps 1 --no-memory --profile --backward-tile 16
 } 2>&1 | tee "$out/profile.txt"

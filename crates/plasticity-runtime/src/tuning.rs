@@ -22,6 +22,9 @@ pub const GPU_BACKWARD_INVOCATIONS: u32 = 1 << 16;
 /// Below this many invocations with blocks of side 16 and as many batch groups as the batch allows,
 /// backward_trace walks smaller blocks on a GPU (each halving of the side gives 4x the invocations).
 pub const GPU_BACKWARD_MIN_INVOCATIONS: u32 = GPU_BACKWARD_INVOCATIONS / 4;
+/// The most tiles per axis the GPU's choice of smaller blocks makes: backward_activation adds
+/// 2 x tiles partial sums per neuron one after another, with only N B invocations.
+pub const GPU_BACKWARD_MAX_TILES: u32 = 128;
 /// The shortest chunk of the forward sum worth its own invocation: shorter ones spend more on
 /// their partial sum's write and read than they save.
 pub const MIN_SPLIT_LEN: u32 = 8;
@@ -172,20 +175,26 @@ impl KernelTuning {
     /// The side of backward_trace's blocks at N neurons and batch B (see
     /// [`KernelTuning::backward_tile`]), or an error naming the sides it can take. Unset: 16 on a CPU
     /// adapter; on a GPU the largest side whose blocks, with as many batch groups as the batch allows
-    /// (or `backward_groups`), make at least GPU_BACKWARD_MIN_INVOCATIONS invocations, else 4. That
+    /// (or `backward_groups`), make at least GPU_BACKWARD_MIN_INVOCATIONS invocations, else the
+    /// smallest side that leaves at most GPU_BACKWARD_MAX_TILES tiles per axis (16 at any rate). That
     /// keeps 16 wherever batch groups reach that count (N = 1000 at B = 16 and 64, N = 256 at B = 64)
-    /// and walks blocks of 8 at N = 256, B = 16 and of 4 at B = 1. A choice reasoned from the H200's
-    /// batch-group measurements (more invocations paid up to about 2^16; see `backward_groups`), not
-    /// measured itself yet.
+    /// and walks blocks of 8 at N = 256, B = 16 and at N = 1000, B = 1, and of 4 at N = 256, B = 1.
+    /// A choice reasoned from the H200's batch-group measurements (more invocations paid up to about
+    /// 2^16; see `backward_groups`), not measured itself yet.
     pub fn backward_tile_side(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> crate::Result<u32> {
         match self.backward_tile {
             None if adapter.is_cpu() => Ok(TRACE_TILE),
             None => {
                 let groups = self.backward_groups.unwrap_or(batch).clamp(1, batch.max(1)) as u64;
                 let invocations = |side: u32| (trace_tiles(n, side) as u64).pow(2) * groups;
-                // TRACE_TILE_SIDES ascends: the largest side that reaches the count, else the smallest.
-                let side = TRACE_TILE_SIDES.into_iter().rev().find(|&side| invocations(side) >= GPU_BACKWARD_MIN_INVOCATIONS as u64);
-                Ok(side.unwrap_or(TRACE_TILE_SIDES[0]))
+                // TRACE_TILE_SIDES ascends: the largest side that reaches the count, else the smallest
+                // allowed.
+                let allowed: Vec<u32> = TRACE_TILE_SIDES
+                    .into_iter()
+                    .filter(|&side| side == TRACE_TILE || trace_tiles(n, side) <= GPU_BACKWARD_MAX_TILES)
+                    .collect();
+                let side = allowed.iter().rev().find(|&&side| invocations(side) >= GPU_BACKWARD_MIN_INVOCATIONS as u64);
+                Ok(*side.unwrap_or(&allowed[0]))
             }
             Some(side) if TRACE_TILE_SIDES.contains(&side) => Ok(side),
             Some(side) => Err(crate::error::invalid(
@@ -230,27 +239,41 @@ mod tests {
     fn backward_blocks_shrink_on_a_gpu_only_where_the_batch_is_too_small() {
         let (gpu, cpu) = (adapter(wgpu::DeviceType::DiscreteGpu), adapter(wgpu::DeviceType::Cpu));
         let auto = KernelTuning::default();
-        for (n, batch, side) in [(1000, 64, 16), (1000, 16, 16), (256, 64, 16), (256, 16, 8), (1000, 1, 4), (256, 1, 4), (8, 1, 4)] {
+        let sizes = [
+            (1000, 64, 16),
+            (1000, 16, 16),
+            (256, 64, 16),
+            (256, 16, 8),
+            (1000, 1, 8),
+            (256, 1, 4),
+            (8, 1, 4),
+            (2048, 1, 16),
+            (4096, 1, 16),
+        ];
+        for (n, batch, side) in sizes {
             assert_eq!(auto.backward_tile_side(&gpu, n, batch).unwrap(), side, "GPU N={n} B={batch}");
             assert_eq!(auto.backward_tile_side(&cpu, n, batch).unwrap(), TRACE_TILE, "CPU N={n} B={batch}");
         }
-        // Every choice: the side reaches the minimum with groups up to the batch, or is the smallest;
-        // the next larger side does not reach it.
+        // Every choice: the side reaches the minimum with groups up to the batch, or is the smallest
+        // that keeps at most GPU_BACKWARD_MAX_TILES tiles; the next larger side does not reach it.
         for n in [1u32, 4, 17, 64, 100, 256, 257, 512, 1000, 2048, 4096] {
             for batch in [1u32, 2, 4, 16, 64, 256] {
                 let side = auto.backward_tile_side(&gpu, n, batch).unwrap();
                 let invocations = |s: u32| trace_tiles(n, s) * trace_tiles(n, s) * batch;
                 assert!(TRACE_TILE_SIDES.contains(&side), "N={n} B={batch}: {side}");
-                assert!(invocations(side) >= GPU_BACKWARD_MIN_INVOCATIONS || side == TRACE_TILE_SIDES[0], "N={n} B={batch}: {side}");
+                let smallest =
+                    TRACE_TILE_SIDES.into_iter().find(|&s| s == TRACE_TILE || trace_tiles(n, s) <= GPU_BACKWARD_MAX_TILES).unwrap();
+                assert!(invocations(side) >= GPU_BACKWARD_MIN_INVOCATIONS || side == smallest, "N={n} B={batch}: {side}");
+                assert!(side == TRACE_TILE || trace_tiles(n, side) <= GPU_BACKWARD_MAX_TILES, "N={n} B={batch}: {side}");
                 if side < TRACE_TILE {
                     assert!(invocations(side * 2) < GPU_BACKWARD_MIN_INVOCATIONS, "N={n} B={batch}: {side} where {} would do", side * 2);
                 }
             }
         }
-        // Batch groups set by hand count instead of the batch: one group at N = 1000, B = 64 has
-        // 3969 blocks of 16 and 15625 of 8, both short.
+        // Batch groups set by hand count instead of the batch: one group at N = 256, B = 64 has 256
+        // blocks of 16 and 1024 of 8, both short.
         let one_group = KernelTuning { backward_groups: Some(1), ..KernelTuning::default() };
-        assert_eq!(one_group.backward_tile_side(&gpu, 1000, 64).unwrap(), 4);
+        assert_eq!(one_group.backward_tile_side(&gpu, 256, 64).unwrap(), 4);
         // Set by hand: taken as it is anywhere, and refused outside 4, 8, 16.
         for side in TRACE_TILE_SIDES {
             let set = KernelTuning { backward_tile: Some(side), ..KernelTuning::default() };
