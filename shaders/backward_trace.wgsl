@@ -33,8 +33,9 @@
 // reversed step need not store G(t) (skip_grad_store), and the step after it, finding G(t+1) where it
 // wants G(t) (grad_ahead), first recovers G(t) = dU/dH G(t+1) + alpha_eff x_i(t-1) ga_j(t) with the
 // skipping step's x_i(t-1), x_j(t), rate and ga(t) (ga(t+1) and x(t+1) from its own point of view):
-// 3 trace and gradient accesses per element and step instead of 4. Otherwise the runtime has recomputed the segment's traces (trace_update.wgsl) and
-// H(t-1) is read from the slot before H(t)'s. Nothing is written to the trace at t = 1.
+// 3 trace and gradient accesses per element and step instead of 4. Otherwise the runtime has
+// recomputed the segment's traces (trace_update.wgsl) and H(t-1) is read from the slot before H(t)'s.
+// Nothing is written to the trace at t = 1.
 //
 // One invocation owns TILE rows and TILE columns of (i, j) for every batch element and walks them
 // serially, so the row sums (over its TILE columns), the column sums (over its TILE rows) and the eta
@@ -56,10 +57,11 @@
 // group_grad_offset, (Z, N, N), and its own eta sums; finish_gradients adds the groups up. With
 // Z = 1, dalpha goes straight to `grads` (to the alpha accumulator when alpha is not per connection).
 
-// Side of the block one invocation walks: 4, 8 or 16, set by the runtime (KernelTuning::backward_tile;
-// the default, 16, everywhere unless set). A smaller block means (16 / TILE)^2 times the invocations
-// (on a GPU, more of them in flight to hide the latency of their loads) and TILE times fewer rows and
-// columns over which x_i, x_j and the partial sums are shared: O(B*N*N/TILE) more partials traffic.
+// Side of the block one invocation walks: 4, 8 or 16, set by the runtime (KernelTuning::
+// backward_tile_side: 16 on a CPU adapter, smaller on a GPU where the batch is small). A smaller block
+// means (16 / TILE)^2 times the invocations (on a GPU, more of them in flight to hide the latency of
+// their loads) and TILE times fewer rows and columns over which x_i, x_j and the partial sums are
+// shared: O(B*N*N/TILE) more partials traffic.
 override TILE: u32 = 16u;
 // The largest TILE: the size of the arrays that hold a block's column sums.
 const TILE_MAX: u32 = 16u;

@@ -740,9 +740,9 @@ pub mod backward_trace {
     /// after each recovers G(t) = dU/dH(t) G(t+1) + alpha_eff x_i(t-1) ga_j(t) with step t's x_i(t-1),
     /// x_j(t), rate and ga(t) (still in the ring), the f32 operations the store would have kept, before
     /// its own update (no reset touches the gradient, so it strictly alternates; nothing reads G(1),
-    /// which step 1 never stores). Together: 3 accesses
-    /// per element and step instead of 4. With `every_step`, each step stores both (the trace except
-    /// before a reset) and nothing is ever ahead.
+    /// which step 1 never stores). Together: 3 accesses per element and step instead of 4. With
+    /// `every_step`, each step stores both (the trace except before a reset) and nothing is ever
+    /// ahead.
     pub fn reversal_schedule(steps: u32, resets: impl Fn(u32) -> bool, every_step: bool) -> Vec<ReversalStep> {
         let mut schedule = vec![ReversalStep::default(); steps as usize];
         let (mut ahead, mut grad_ahead) = (false, false);

@@ -86,10 +86,10 @@ pub struct KernelTuning {
     /// 16 on a CPU adapter). A side of s makes ceil(N / s)^2 invocations per batch group, each
     /// writing one partial sum per row and column it covers: a smaller side gives a GPU (16 / s)^2
     /// times the invocations to hide load latency with (without the dalpha traffic more batch groups
-    /// add), for partial sums of 4 B N^2 / s floats written and read per step (the trace and its gradient
-    /// move 3 B N^2) and x_i, x_j shared over fewer elements. The same results up to f32 rounding of the
-    /// partial sums. On lavapipe smaller blocks only cost (README); not measured on a GPU yet
-    /// (`tools/device_check.sh` sweeps it).
+    /// add), for partial sums of 4 B N^2 / s floats written and read per step (the trace and its
+    /// gradient move 3 B N^2) and x_i, x_j shared over fewer elements. The same results up to f32
+    /// rounding of the partial sums. On lavapipe smaller blocks only cost (README); not measured on a
+    /// GPU yet (`tools/device_check.sh` sweeps it).
     pub backward_tile: Option<u32>,
 }
 
