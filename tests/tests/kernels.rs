@@ -701,6 +701,27 @@ fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
     assert_eq!(cases, 3 * 9 * 3 * 3 * 8, "every rule ran at every size");
 }
 
+/// A reversed step of one batch group over one slot (trace and gradient at offset 0) and blocks of
+/// side 16, no flags set: what the twin-only tests below start from.
+fn twin_step_params(n: u32, batch: u32, step: u32, layout: &ParamLayout, pl: &PartialsLayout) -> BackwardTraceParams {
+    BackwardTraceParams {
+        n,
+        batch,
+        step,
+        n_tiles: trace_tiles(n, TRACE_TILE),
+        w_offset: layout.w_offset,
+        alpha_offset: layout.alpha_offset,
+        eta_offset: layout.eta_offset,
+        mod_offset: layout.mod_offset,
+        alpha_grad_offset: pl.alpha,
+        rate_partials_offset: pl.rate,
+        eta_partials_offset: pl.eta,
+        preact_offset: pl.ga_of_step(n, batch, step),
+        next_preact_offset: pl.ga_of_step(n, batch, step + 1),
+        ..Default::default()
+    }
+}
+
 /// The twin's `trace_ahead` against its own definition: a step that finds U(H(t)) (step t's update
 /// of H(t), as the forward pass formed H(t+1)) gives what the step that finds H(t) gives, up to the
 /// rounding of the update and its inversion.
@@ -736,22 +757,7 @@ fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
         let grads = uniform(&mut r, layout.count as usize, 1.0);
         let partials = uniform(&mut r, pl.len as usize, 1.0);
         let run = |trace: &[f32], ahead: bool| {
-            let p = BackwardTraceParams {
-                n,
-                batch,
-                step,
-                n_tiles: trace_tiles(n, TRACE_TILE),
-                w_offset: layout.w_offset,
-                alpha_offset: layout.alpha_offset,
-                eta_offset: layout.eta_offset,
-                mod_offset: layout.mod_offset,
-                alpha_grad_offset: pl.alpha,
-                rate_partials_offset: pl.rate,
-                eta_partials_offset: pl.eta,
-                preact_offset: pl.ga_of_step(n, batch, step),
-                trace_ahead: ahead as u32,
-                ..Default::default()
-            };
+            let p = BackwardTraceParams { trace_ahead: ahead as u32, ..twin_step_params(n, batch, step, &layout, &pl) };
             let (mut t, mut g, mut gr, mut pa) = (trace.to_vec(), trace_grad.clone(), grads.clone(), partials.clone());
             cpu::backward_trace(&spec, true, 1, TRACE_TILE, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
             [t, g, gr, pa]
@@ -784,22 +790,9 @@ fn backward_trace_twin_grad_ahead_recovers_the_gradient_of_the_step_after() {
         let partials = uniform(&mut r, pl.len as usize, 1.0); // the ring holds ga(2) and ga(3)
         let run = |step: u32, trace_grad: &[f32], grad_ahead: bool, skip_grad_store: bool| {
             let p = BackwardTraceParams {
-                n,
-                batch,
-                step,
-                n_tiles: trace_tiles(n, TRACE_TILE),
-                w_offset: layout.w_offset,
-                alpha_offset: layout.alpha_offset,
-                eta_offset: layout.eta_offset,
-                mod_offset: layout.mod_offset,
-                alpha_grad_offset: pl.alpha,
-                rate_partials_offset: pl.rate,
-                eta_partials_offset: pl.eta,
-                preact_offset: pl.ga_of_step(n, batch, step),
                 grad_ahead: grad_ahead as u32,
                 skip_grad_store: skip_grad_store as u32,
-                next_preact_offset: pl.ga_of_step(n, batch, step + 1),
-                ..Default::default()
+                ..twin_step_params(n, batch, step, &layout, &pl)
             };
             let (mut t, mut g, mut gr, mut pa) = (trace.clone(), trace_grad.to_vec(), grads.clone(), partials.clone());
             cpu::backward_trace(&spec, true, 1, TRACE_TILE, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
