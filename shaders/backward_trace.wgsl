@@ -83,6 +83,10 @@ override ETA_PER_NEURON: bool = false;
 override RETROACTIVE: bool = false;
 override PLASTIC_SELF: bool = true;
 override REVERSE: bool = true;
+// Set by the runtime when REVERSE and its schedule leaves the gradient unstored every other step
+// (not with KernelTuning::backward_store_every_step): compiles in the recovery of G(t+1) (grad_ahead),
+// whose row and column values would otherwise hold registers in every sweep.
+override GRAD_AHEAD: bool = true;
 
 struct BackwardTraceParams {
     n: u32,                   // neurons N
@@ -268,7 +272,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ahead = REVERSE && p.trace_ahead != 0u;
     let store_prev = REVERSE && p.skip_store == 0u;
     // And the trace gradient may hold G(t+2), recovered with step t+1's values; G(t) may stay unstored.
-    let grad_ahead = REVERSE && p.grad_ahead != 0u;
+    let grad_ahead = REVERSE && GRAD_AHEAD && p.grad_ahead != 0u;
     let store_grad = !(REVERSE && p.skip_grad_store != 0u);
     let next_preact = p.next_preact_offset;
     let x_next = x_now + row;            // x(t+1), read when grad_ahead

@@ -50,6 +50,10 @@ override ETA_PER_NEURON: bool = false;
 override RETROACTIVE: bool = false;
 override PLASTIC_SELF: bool = true;
 override REVERSE: bool = true;
+// Set by the runtime when REVERSE and its schedule leaves the gradient unstored every other step
+// (not with KernelTuning::backward_store_every_step): compiles in the recovery of G(t+1) (grad_ahead),
+// whose row and column values would otherwise hold registers in every sweep.
+override GRAD_AHEAD: bool = true;
 // Set by the runtime (KernelTuning::backward_hoist_columns; on for a CPU adapter): load each column
 // quad's x_j(t), ga_j(t) and x_j(t-1) once per pass over the block instead of once per four rows,
 // holding (TILE_QUADS, CHUNK) of each. On lavapipe a register (or a spill to the stack) costs far
@@ -308,7 +312,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let store_prev = REVERSE && p.skip_store == 0u;
     // And the trace gradient may hold G(t+2) (step t+1 did not store G(t+1)), which this step then
     // recovers with step t+1's x_i(t), x_j(t+1), rate and ga(t+1); it may leave G(t) unstored.
-    let grad_ahead = REVERSE && p.grad_ahead != 0u;
+    let grad_ahead = REVERSE && GRAD_AHEAD && p.grad_ahead != 0u;
     let store_grad = !(REVERSE && p.skip_grad_store != 0u);
     let next_preact = p.next_preact_offset;
     let x_next = x_now + row;            // x(t+1), read when grad_ahead
@@ -414,7 +418,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                 posts[k] = select(posts[k], posts_all[m * CHUNK + k], here);
                                 gas[k] = select(gas[k], gas_all[m * CHUNK + k], here);
                                 posts2[k] = select(posts2[k], posts2_all[m * CHUNK + k], here);
-                                if (REVERSE) {
+                                if (REVERSE && GRAD_AHEAD) {
                                     gas_next[k] = select(gas_next[k], gas_next_all[m * CHUNK + k], here);
                                     if (RULE == 1u) {
                                         posts_next[k] = select(posts_next[k], posts_next_all[m * CHUNK + k], here);

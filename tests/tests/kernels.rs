@@ -522,7 +522,7 @@ fn check_backward_trace(
     let out = run_rule_kernel(
         backward_trace::kernel_name(vec4),
         &spec,
-        &backward_trace::constants(vec4, reverse, batch_slots, tile, hoist),
+        &backward_trace::constants(vec4, reverse, batch_slots, tile, true, hoist),
         &p,
         &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace), bytes(&trace_grad), bytes(&grads), bytes(&partials)],
         backward_trace::workgroups(n, groups, tile),

@@ -670,6 +670,10 @@ pub mod backward_trace {
     /// Override constant: recover H(t-1) by inverting the update (else read it from the previous slot).
     pub const REVERSE: &str = "REVERSE";
 
+    /// Override constant of both widths, with REVERSE: compile in the recovery of G(t+1) that a step
+    /// with `grad_ahead` makes (off when every step stores the gradient, to free its registers).
+    pub const GRAD_AHEAD: &str = "GRAD_AHEAD";
+
     pub const WORKGROUP_SIZE: u32 = 64;
 
     /// Batch elements one invocation handles per pass over its block (the shader's CHUNK).
@@ -697,9 +701,15 @@ pub mod backward_trace {
 
     /// The override constants, beyond the rule's, of the kernel that runs a backward step (the vec4
     /// one with `vec4`), with `slots` (1 to CHUNK) batch elements per pass over blocks of side `tile`
-    /// (one of TRACE_TILE_SIDES) and, in the vec4 kernel, the column values hoisted or not.
-    pub fn constants(vec4: bool, reverse: bool, slots: u32, tile: u32, hoist_columns: bool) -> Vec<(&'static str, f64)> {
-        let mut constants = vec![(REVERSE, reverse as u32 as f64), (BATCH_SLOTS, slots as f64), (TILE, tile as f64)];
+    /// (one of TRACE_TILE_SIDES), the gradient's recovery compiled in with `grad_ahead` and, in the
+    /// vec4 kernel, the column values hoisted or not.
+    pub fn constants(vec4: bool, reverse: bool, slots: u32, tile: u32, grad_ahead: bool, hoist_columns: bool) -> Vec<(&'static str, f64)> {
+        let mut constants = vec![
+            (REVERSE, reverse as u32 as f64),
+            (BATCH_SLOTS, slots as f64),
+            (TILE, tile as f64),
+            (GRAD_AHEAD, grad_ahead as u32 as f64),
+        ];
         if vec4 {
             constants.push((HOIST_COLUMNS, hoist_columns as u32 as f64));
         }

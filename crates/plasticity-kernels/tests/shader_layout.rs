@@ -271,12 +271,15 @@ fn rule_kernels_validate_for_every_rule() {
             let takes = |name: &str| module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some(name));
             let slots: &[Option<f64>] = if takes("BATCH_SLOTS") { &[Some(1.0), Some(2.0), Some(4.0)] } else { &[None] };
             let hoists: &[Option<f64>] = if takes("HOIST_COLUMNS") { &[Some(0.0), Some(1.0)] } else { &[None] };
+            // The gradient's recovery compiled in or out (a loop of its own would double the cases;
+            // it is out at two batch slots here, so both values meet every other constant).
             let tiles: Vec<Option<f64>> =
                 if takes("TILE") { plasticity_kernels::TRACE_TILE_SIDES.iter().map(|&t| Some(t as f64)).collect() } else { vec![None] };
             for &s in slots {
                 for &h in hoists {
                     for &tile in &tiles {
-                        for (name, value) in [("BATCH_SLOTS", s), ("HOIST_COLUMNS", h), ("TILE", tile)] {
+                        let grad_ahead = takes("GRAD_AHEAD").then_some(if s == Some(2.0) { 0.0 } else { 1.0 });
+                        for (name, value) in [("BATCH_SLOTS", s), ("HOIST_COLUMNS", h), ("TILE", tile), ("GRAD_AHEAD", grad_ahead)] {
                             if let Some(v) = value {
                                 constants.insert(name.into(), v);
                             }

@@ -815,7 +815,9 @@ fn record_backward(
         &[&fwd.activations, &fwd.targets, &fwd.clamp, &net.params, &bwd.partials],
     );
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
-    let trace_constants = backward_trace::constants(bwd.vec4, reverse, bwd.batch_slots, bwd.tile, bwd.hoist_columns);
+    // The gradient's recovery is compiled in only where the schedule uses it.
+    let grad_ahead = reverse && !bwd.tuning.backward_store_every_step;
+    let trace_constants = backward_trace::constants(bwd.vec4, reverse, bwd.batch_slots, bwd.tile, grad_ahead, bwd.hoist_columns);
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,

@@ -78,8 +78,9 @@ pub struct KernelTuning {
     /// G(t) over its gradient (the schedule before 6bfa109) instead of every other step, where the
     /// next step recovers each once more (`backward_trace::reversal_schedule`): one more write of the
     /// trace and one of its gradient per element every other step, one inversion and one gradient
-    /// update fewer; the same results. For comparison on a device: on lavapipe a training episode at
-    /// N = 256, B = 16 takes about 8% longer with it (README).
+    /// update fewer (and the gradient's recovery compiled out of the kernel, GRAD_AHEAD); the same
+    /// results. For comparison on a device: on lavapipe a training episode takes 0-5% longer with it
+    /// at N = 256, B = 16 and 3-12% at B = 1 (README).
     pub backward_store_every_step: bool,
     /// Side of the square block of the trace that one backward_trace invocation walks: 4, 8 or 16
     /// (`plasticity_kernels::TRACE_TILE_SIDES`; `None`: see [`KernelTuning::backward_tile_side`],
