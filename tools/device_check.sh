@@ -92,8 +92,9 @@ for nb in "1000 64" "1000 1"; do sweep $nb auto auto --wgpu-loop-bounding; done
 for nb in "1000 64" "1000 1" "256 64"; do sweep $nb auto auto --forward-subgroups on; done
 # The backward's column values hoisted per pass (off by default on a GPU: 48 more quads per invocation).
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-hoist-columns on; done
-# The reversed trace and its gradient stored every step (the default stores each every other step: 14%
-# less traffic in the backward trace kernel, 3 floats per element and step instead of 3.5, or 4 before).
+# The reversed trace and its gradient stored every step (the default stores each every other step: 3
+# floats per element and step instead of 4 in the backward trace kernel; the every-step kernel is built
+# without the gradient's recovery, GRAD_AHEAD, so this also prices that code's registers).
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-store-every-step; done
 } 2>&1 | tee "$out/sweep.txt"
 
