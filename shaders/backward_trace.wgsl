@@ -230,6 +230,26 @@ fn clip_pass(v: f32) -> f32 {
     return 1.0;
 }
 
+// ---- shared by the backward trace kernels (a test keeps the copies identical) ----
+// What step t of the sweep finds and leaves (plasticity_kernels::backward_trace::reversal_schedule).
+// Unless REVERSE nothing is ahead, H(t-1) is not stored (it was read from its own slot) and G(t) is.
+struct Reversal {
+    ahead: bool,       // the slot holds H(t+1) (the step after did not store H(t)): recover H(t) first
+    store_prev: bool,  // write the recovered H(t-1) over the slot
+    grad_ahead: bool,  // trace_grad holds G(t+2) (the step after did not store G(t+1)): recover it first
+    store_grad: bool,  // write G(t) over trace_grad
+}
+
+fn reversal_flags() -> Reversal {
+    return Reversal(
+        REVERSE && p.trace_ahead != 0u,
+        REVERSE && p.skip_store == 0u,
+        REVERSE && GRAD_AHEAD && p.grad_ahead != 0u,
+        !(REVERSE && p.skip_grad_store != 0u),
+    );
+}
+// ---- end of the backward trace kernels' shared functions ----
+
 fn div_ceil_u32(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
@@ -267,13 +287,8 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
     let eta_offset = p.eta_offset;
     let mod_offset = p.mod_offset;
     let step = p.step;
-    // REVERSE: the slot may hold H(t+1) (the step after this one did not store H(t)), and this step
-    // may leave it as it is (see trace_ahead and skip_store).
-    let ahead = REVERSE && p.trace_ahead != 0u;
-    let store_prev = REVERSE && p.skip_store == 0u;
-    // And the trace gradient may hold G(t+2), recovered with step t+1's values; G(t) may stay unstored.
-    let grad_ahead = REVERSE && GRAD_AHEAD && p.grad_ahead != 0u;
-    let store_grad = !(REVERSE && p.skip_grad_store != 0u);
+    // What the reversed sweep's schedule left in the slot and the trace gradient (see reversal_flags).
+    let rev = reversal_flags();
     let next_preact = p.next_preact_offset;
     let x_next = x_now + row;            // x(t+1), read when grad_ahead
     let grouped = groups > 1u;
@@ -312,7 +327,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                     if (has_prev2) {
                         pres2[k] = activations[x_prev - row + b * n + i];
                     }
-                    if (grad_ahead) {
+                    if (rev.grad_ahead) {
                         pres_next[k] = activations[x_now + b * n + i];
                     }
                 }
@@ -345,11 +360,11 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                             r = plastic_rate(b, j, step, n, p.batch, eta_offset, mod_offset);
                         }
                         var h = trace[cur + idx];
-                        if (ahead) {
+                        if (rev.ahead) {
                             h = rule_inverse(h, pre, post, r);  // H(t) from H(t+1)
                         }
                         var g_next = trace_grad[idx];
-                        if (grad_ahead) {
+                        if (rev.grad_ahead) {
                             // G(t+1) from G(t+2): step t+1's update (no clip when REVERSE, one fixed rate).
                             let d_next = rule_d_trace(h, activations[x_next + b * n + j], r);
                             g_next = grad_update(d_next, g_next, alpha_ij, pres_next[k], partials[next_preact + b * n + j]);
@@ -370,7 +385,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                             g = grad_update(m * rule_d_trace(h, post, r), g_next, alpha_ij, pre, ga_j);
                             row_sums[k] += (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
                         }
-                        if (store_grad) {
+                        if (rev.store_grad) {
                             trace_grad[idx] = g;
                         }
                         if (has_prev2) {
@@ -397,7 +412,7 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
                                 var h_prev: f32;
                                 if (REVERSE) {
                                     h_prev = rule_inverse(h, pre2, post2, r2);
-                                    if (store_prev) {
+                                    if (rev.store_prev) {
                                         trace[cur + idx] = h_prev;
                                     }
                                 } else {

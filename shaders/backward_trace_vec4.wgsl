@@ -223,6 +223,26 @@ fn clip_pass_vec4(v: vec4<f32>) -> vec4<f32> {
     return vec4(1.0);
 }
 
+// ---- shared by the backward trace kernels (a test keeps the copies identical) ----
+// What step t of the sweep finds and leaves (plasticity_kernels::backward_trace::reversal_schedule).
+// Unless REVERSE nothing is ahead, H(t-1) is not stored (it was read from its own slot) and G(t) is.
+struct Reversal {
+    ahead: bool,       // the slot holds H(t+1) (the step after did not store H(t)): recover H(t) first
+    store_prev: bool,  // write the recovered H(t-1) over the slot
+    grad_ahead: bool,  // trace_grad holds G(t+2) (the step after did not store G(t+1)): recover it first
+    store_grad: bool,  // write G(t) over trace_grad
+}
+
+fn reversal_flags() -> Reversal {
+    return Reversal(
+        REVERSE && p.trace_ahead != 0u,
+        REVERSE && p.skip_store == 0u,
+        REVERSE && GRAD_AHEAD && p.grad_ahead != 0u,
+        !(REVERSE && p.skip_grad_store != 0u),
+    );
+}
+// ---- end of the backward trace kernels' shared functions ----
+
 fn div_ceil_u32(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
@@ -306,14 +326,8 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let eta_offset = p.eta_offset;
     let mod_offset = p.mod_offset;
     let step = p.step;
-    // REVERSE: the slot may hold H(t+1) (the step after this one did not store H(t)), and this step
-    // may leave it as it is (see trace_ahead and skip_store).
-    let ahead = REVERSE && p.trace_ahead != 0u;
-    let store_prev = REVERSE && p.skip_store == 0u;
-    // And the trace gradient may hold G(t+2) (step t+1 did not store G(t+1)), which this step then
-    // recovers with step t+1's x_i(t), x_j(t+1), rate and ga(t+1); it may leave G(t) unstored.
-    let grad_ahead = REVERSE && GRAD_AHEAD && p.grad_ahead != 0u;
-    let store_grad = !(REVERSE && p.skip_grad_store != 0u);
+    // What the reversed sweep's schedule left in the slot and the trace gradient (see reversal_flags).
+    let rev = reversal_flags();
     let next_preact = p.next_preact_offset;
     let x_next = x_now + row;            // x(t+1), read when grad_ahead
     let grouped = groups > 1u;
@@ -356,7 +370,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                         if (has_prev2) {
                             posts2_all[m * CHUNK + k] = activations[x_prev + b * quads + q];
                         }
-                        if (grad_ahead) {
+                        if (rev.grad_ahead) {
                             gas_next_all[m * CHUNK + k] = partials[(next_preact + b * n + 4u * q) / 4u];
                             if (RULE == 1u) {
                                 posts_next_all[m * CHUNK + k] = activations[x_next + b * quads + q];
@@ -386,7 +400,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                     if (has_prev2) {
                         pre2_quads[k] = activations[x_prev - row + b * quads + i4];
                     }
-                    if (grad_ahead) {
+                    if (rev.grad_ahead) {
                         pre_next_quads[k] = activations[x_now + b * quads + i4];
                     }
                 }
@@ -431,7 +445,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                             if (!HOIST_COLUMNS) {
                                 posts[k] = activations[x_now + b * quads + q];
                                 gas[k] = partials[(preact + b * n + j0) / 4u];
-                                if (grad_ahead) {
+                                if (rev.grad_ahead) {
                                     gas_next[k] = partials[(next_preact + b * n + j0) / 4u];
                                     if (RULE == 1u) {
                                         posts_next[k] = activations[x_next + b * quads + q];
@@ -475,11 +489,11 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                     r2 = rates2[k];
                                 }
                                 var h = trace[cur + idx];
-                                if (ahead) {
+                                if (rev.ahead) {
                                     h = rule_inverse_vec4(h, pre, post, r);  // H(t) from H(t+1)
                                 }
                                 var g_next = trace_grad[idx];
-                                if (grad_ahead) {
+                                if (rev.grad_ahead) {
                                     // G(t+1) from G(t+2): step t+1's update (no clip when REVERSE).
                                     let d_next = rule_d_trace_vec4(posts_next[k], r);
                                     g_next = grad_update_vec4(d_next, g_next, alpha_ij, pre_next_quads[k][c], gas_next[k]);
@@ -502,7 +516,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                     row_terms = (w_ij + alpha_ij * h) * ga_j + m * g_next * r * post;
                                 }
                                 row_quads[k][c] += (row_terms.x + row_terms.y) + (row_terms.z + row_terms.w);
-                                if (store_grad) {
+                                if (rev.store_grad) {
                                     trace_grad[idx] = g;
                                 }
                                 if (has_prev2) {
@@ -524,7 +538,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
                                         var h_prev: vec4<f32>;
                                         if (REVERSE) {
                                             h_prev = rule_inverse_vec4(h, pre2, post2, r2);
-                                            if (store_prev) {
+                                            if (rev.store_prev) {
                                                 trace[cur + idx] = h_prev;
                                             }
                                         } else {

@@ -205,6 +205,18 @@ fn vec4_forward_kernels_share_one_copy_of_their_functions() {
     assert_eq!(block(&KERNEL_VEC4_SUBGROUP), first, "forward_step_vec4_subgroup: its copy of the forward functions differs");
 }
 
+/// Both backward trace kernels read the reversed sweep's flags through one copy of the same function.
+#[test]
+fn backward_trace_kernels_share_one_copy_of_their_flags() {
+    use plasticity_kernels::backward_trace::{KERNEL, KERNEL_VEC4};
+    let block = |k| {
+        shared_block(k, "// ---- shared by the backward trace kernels", "// ---- end of the backward trace kernels' shared functions ----")
+    };
+    let first = block(&KERNEL);
+    assert!(first.contains("fn reversal_flags"));
+    assert_eq!(block(&KERNEL_VEC4), first, "backward_trace_vec4: its copy of the flags differs from backward_trace's");
+}
+
 #[test]
 fn rule_kernels_share_one_copy_of_the_update_functions() {
     let rule_kernels: Vec<&KernelDescriptor> = ALL_KERNELS.iter().filter(|k| k.rule_constants).collect();
