@@ -183,7 +183,8 @@ impl KernelTuning {
     /// A choice reasoned from the H200's batch-group measurements (more invocations paid up to about
     /// 2^16; see `backward_groups`), not measured itself yet.
     pub fn backward_tile_side(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> crate::Result<u32> {
-        match self.backward_tile {
+        match self.checked_backward_tile()? {
+            Some(side) => Ok(side),
             None if adapter.is_cpu() => Ok(TRACE_TILE),
             None => {
                 let groups = self.backward_groups.unwrap_or(batch).clamp(1, batch.max(1)) as u64;
@@ -197,11 +198,18 @@ impl KernelTuning {
                 let side = allowed.iter().rev().find(|&&side| invocations(side) >= GPU_BACKWARD_MIN_INVOCATIONS as u64);
                 Ok(*side.unwrap_or(&allowed[0]))
             }
-            Some(side) if TRACE_TILE_SIDES.contains(&side) => Ok(side),
-            Some(side) => Err(crate::error::invalid(
+        }
+    }
+
+    /// `backward_tile` where it is set to a side backward_trace can take (`None` where unset), or an
+    /// error naming the sides.
+    pub fn checked_backward_tile(&self) -> crate::Result<Option<u32>> {
+        match self.backward_tile {
+            Some(side) if !TRACE_TILE_SIDES.contains(&side) => Err(crate::error::invalid(
                 "kernel tuning",
                 format!("backward_tile = {side}; backward_trace walks square blocks of side {TRACE_TILE_SIDES:?}, pick one of those"),
             )),
+            set => Ok(set),
         }
     }
 

@@ -132,9 +132,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if tuning.backward_slots(1, 1).is_err() {
         anyhow::bail!("--backward-batch-slots must be 1 to {chunk} (got {})", args.backward_batch_slots.unwrap_or_default());
     }
-    let sides = plasticity_runtime::kernels::TRACE_TILE_SIDES;
-    if let Some(side) = args.backward_tile.filter(|side| !sides.contains(side)) {
-        anyhow::bail!("--backward-tile must be one of {sides:?} (got {side})");
+    if tuning.checked_backward_tile().is_err() {
+        let sides = plasticity_runtime::kernels::TRACE_TILE_SIDES;
+        anyhow::bail!("--backward-tile must be one of {sides:?} (got {})", args.backward_tile.unwrap_or_default());
     }
     if let Some(path) = &args.json {
         // Checked now: the file is written after every measurement, and a bad path must not lose them.
