@@ -27,7 +27,7 @@ use plasticity_kernels::input_projection_backward::{self, InputProjectionBackwar
 use plasticity_kernels::modulation_backward::{self, ModulationBackwardParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
 use plasticity_kernels::weight_gradient::{self, WeightGradientParams};
-use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, trace_tiles};
+use plasticity_kernels::{AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule};
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
@@ -193,7 +193,6 @@ impl BackwardState {
         let (n, batch) = (shape.neurons, shape.batch);
         let spec = shape.plasticity();
         let tile = ctx.tuning.backward_tile_side(&ctx.adapter, n, batch)?;
-        let tiles = trace_tiles(n, tile);
         let layout = net.layout;
         let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch, tile);
         let batch_slots = ctx.tuning.backward_slots(batch, groups)?;
@@ -242,7 +241,7 @@ impl BackwardState {
                 n,
                 batch,
                 step,
-                n_tiles: tiles,
+                n_tiles: pl.tiles,
                 mod_offset: layout.mod_offset,
                 rate_partials_offset: pl.rate,
                 acc_offset: pl.modulator,
@@ -257,8 +256,8 @@ impl BackwardState {
         // Eta sums are (Z, tiles, N); with Z > 1 batch groups, dalpha is (Z, N, N).
         let eta_job = match (eta_used, spec.eta) {
             (false, _) => Reduction::default(),
-            (true, EtaShape::Scalar) => Reduction { dst: layout.eta_offset, len: 1, rows: groups * tiles * n, src: pl.eta },
-            (true, EtaShape::PerNeuron) => Reduction { dst: layout.eta_offset, len: n, rows: groups * tiles, src: pl.eta },
+            (true, EtaShape::Scalar) => Reduction { dst: layout.eta_offset, len: 1, rows: groups * pl.tiles * n, src: pl.eta },
+            (true, EtaShape::PerNeuron) => Reduction { dst: layout.eta_offset, len: n, rows: groups * pl.tiles, src: pl.eta },
         };
         let (alpha_src, alpha_rows) = if groups > 1 { (pl.group_grads, groups) } else { (pl.alpha, 1) };
         let alpha_job = match (spec.alpha, groups > 1) {
@@ -384,6 +383,7 @@ impl BackwardState {
                     Recovery::Reverse { .. } => (0, 0),
                     Recovery::Recompute { segment } => (slot_of(step, segment) * slot, (slot_of(step, segment) - 1) * slot),
                 };
+                let reversal = schedule[step as usize - 1];
                 BackwardTraceParams {
                     n,
                     batch,
@@ -402,10 +402,10 @@ impl BackwardState {
                     preact_offset: pl.ga_of_step(n, batch, step),
                     groups: pl.groups,
                     group_grad_offset: pl.group_grads,
-                    trace_ahead: schedule[step as usize - 1].ahead as u32,
-                    skip_store: schedule[step as usize - 1].skip_store as u32,
-                    grad_ahead: schedule[step as usize - 1].grad_ahead as u32,
-                    skip_grad_store: schedule[step as usize - 1].skip_grad_store as u32,
+                    trace_ahead: reversal.ahead as u32,
+                    skip_store: reversal.skip_store as u32,
+                    grad_ahead: reversal.grad_ahead as u32,
+                    skip_grad_store: reversal.skip_grad_store as u32,
                     // Read only with grad_ahead, which step T never has: ga(t+1) is still in the ring
                     // (K >= 2 slots whenever T >= 2), as step t writes ga(t) into another slot.
                     next_preact_offset: pl.ga_of_step(n, batch, step + 1),
