@@ -266,6 +266,12 @@ fn rule_d_rate(rule: Rule, h: f32, pre: f32, post: f32) -> f32 {
     }
 }
 
+/// G(t) = d_trace G(t+1) + alpha_eff x_i(t-1) ga_j(t) (d_trace = m dU/dH): the step's own update and
+/// the recovery of G(t+1) by a step that finds G(t+2), one expression as in the kernels.
+fn grad_update(d_trace: f32, g_next: f32, alpha: f32, pre: f32, ga: f32) -> f32 {
+    d_trace * g_next + alpha * pre * ga
+}
+
 fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
     match rule {
         Rule::Decay => (v - r * pre * post) / (1.0 - r),
@@ -343,7 +349,7 @@ pub fn backward_trace(
                     let (pre_next, post_next) = (x(t, b, i), x(t + 1, b, j));
                     let (r_next, ga_next) =
                         (off.plastic_rate(spec, params, modulation, b, j, t + 1), partials[p.next_preact_offset as usize + b * n + j]);
-                    g_next = rule_d_trace(rule, post_next, r_next) * g_next + alpha_ij * pre_next * ga_next;
+                    g_next = grad_update(rule_d_trace(rule, post_next, r_next), g_next, alpha_ij, pre_next, ga_next);
                 }
                 d_alpha[z] += ga_j as f64 * h as f64 * pre as f64;
                 let (g, ge);
@@ -357,7 +363,7 @@ pub fn backward_trace(
                     trace_grad[eo + idx] = ge;
                 } else {
                     let m = clip_pass(spec, rule_update(rule, h, pre, post, r));
-                    g = m * rule_d_trace(rule, post, r) * g_next + alpha_ij * pre * ga_j;
+                    g = grad_update(m * rule_d_trace(rule, post, r), g_next, alpha_ij, pre, ga_j);
                     ge = 0.0;
                     row_term = m as f64 * g_next as f64 * r as f64 * post as f64;
                 }
