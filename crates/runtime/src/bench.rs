@@ -83,8 +83,9 @@ pub struct BenchArgs {
     #[arg(long)]
     backward_store_every_step: bool,
     /// Side of the square block of the trace one backward trace invocation walks: 4, 8 or 16
-    /// (default: 16 on a CPU adapter, on a GPU smaller where the batch is small); a smaller side gives (16 / side)^2 times the invocations (for a GPU to hide its
-    /// load latency with) for more partial-sum traffic.
+    /// (default: 16 on a CPU adapter, on a GPU smaller where the batch is small); a smaller side
+    /// gives (16 / side)^2 times the invocations (for a GPU to hide its load latency with) for more
+    /// partial-sum traffic.
     #[arg(long)]
     backward_tile: Option<u32>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
