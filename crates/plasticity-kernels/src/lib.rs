@@ -247,6 +247,14 @@ pub const TRACE_TILE_MAX: u32 = 16;
 /// per batch group, each writing one partial per row and column: a smaller side gives a GPU more
 /// invocations in flight for O(B N^2 / s) more partials traffic.
 pub const TRACE_TILE_SIDES: [u32; 3] = [4, 8, 16];
+// Every side fits the shaders' arrays and is whole quads.
+const _: () = {
+    let mut k = 0;
+    while k < TRACE_TILE_SIDES.len() {
+        assert!(TRACE_TILE_SIDES[k] <= TRACE_TILE_MAX && TRACE_TILE_SIDES[k].is_multiple_of(4));
+        k += 1;
+    }
+};
 
 /// Number of per-tile partial sums each neuron gets from `backward_trace` with blocks of side `tile`:
 /// the grid's tiles along each axis.
