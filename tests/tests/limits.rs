@@ -197,3 +197,29 @@ fn parameters_past_the_binding_limit_are_refused_with_the_largest_size_that_fits
     let most: u32 = message.rsplit("use at most ").next().and_then(|t| t.split(' ').next()?.parse().ok()).expect(&message);
     assert!(bytes(most) <= limit && bytes(most + 1) > limit, "{most} is not the largest N that fits: {message}");
 }
+
+#[test]
+fn a_batch_past_the_workgroup_grid_is_refused_before_any_dispatch() {
+    use plasticity_runtime::{Trainer, TrainerConfig, check_episode_fits};
+    let ctx = gpu();
+    let most = ctx.limits().max_compute_workgroups_per_dimension;
+    let batch = most + 1;
+    // N = 4, 2 steps: every buffer fits; only the grids that take a workgroup row per batch
+    // element (backward_activation, the modulator's kernels) would pass the limit.
+    let config = NetworkConfig { neurons: 4, ..Default::default() };
+    let expect_refused = |err: PlasticityError| {
+        let message = err.to_string();
+        match err {
+            PlasticityError::WorkgroupsExceeded { needed, allowed, .. } => assert_eq!((needed, allowed), (batch as u64, most as u64)),
+            other => panic!("expected WorkgroupsExceeded, got {other:?}"),
+        }
+        assert!(message.contains(&format!("use a batch of at most {most}")), "{message}");
+    };
+    // Before any data is built (what the command line asks first)...
+    expect_refused(check_episode_fits(ctx, &config, batch, 2, 1).unwrap_err());
+    assert!(check_episode_fits(ctx, &config, most, 2, 1).is_ok(), "the largest batch the grid holds passes");
+    // ...and by a trainer given such an episode: an error of ours, not the device's validation error.
+    let mut trainer = Trainer::new(ctx, Network::new(ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+    expect_refused(trainer.train_step(ctx, &constant_episode(4, batch, 2)).unwrap_err());
+    assert!(trainer.train_step(ctx, &constant_episode(4, 2, 2)).unwrap().loss.is_finite(), "the trainer still works");
+}

@@ -99,6 +99,15 @@ pub struct MemoryScaling {
     pub points: Vec<MemoryPoint>,
 }
 
+/// [`random_episode`] for the bench's network of `case` (default config but for N and the rule),
+/// after checking that it fits the device: a size past its limits is refused before the host
+/// builds (T, B, N) inputs that could exhaust its own memory first.
+pub fn checked_random_episode(ctx: &GpuContext, case: BenchCase, seed: u64) -> Result<EpisodeData> {
+    let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
+    crate::check_episode_fits(ctx, &config, case.batch, case.steps, 1)?;
+    Ok(random_episode(case, seed))
+}
+
 /// Seeded random inputs in [-1, 1) and +-1 targets at the last step.
 pub fn random_episode(case: BenchCase, seed: u64) -> EpisodeData {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -274,7 +283,7 @@ impl StreamTriad {
 /// machine whose speed drifts, a ceiling taken at another time can be off by 2x (lavapipe here read
 /// 2.8 to 6.8 GB/s between runs, sometimes within one).
 pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u32, ceiling: Option<&StreamTriad>) -> Result<CaseResult> {
-    let data = random_episode(case, 1);
+    let data = checked_random_episode(ctx, case, 1)?;
     let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
     let network = Network::new(ctx, &config)?;
     let timer = GpuTimer::new(ctx);
@@ -361,7 +370,7 @@ pub fn profile_case(ctx: &GpuContext, case: BenchCase) -> Result<KernelProfile> 
     let profiler = Arc::new(KernelProfiler::new(ctx)?);
     let mut ctx = ctx.clone();
     ctx.profiler = Some(profiler.clone());
-    let data = random_episode(case, 1);
+    let data = checked_random_episode(&ctx, case, 1)?;
     let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
     let network = Network::new(&ctx, &config)?;
     let resident = ResidentEpisode::new(&ctx, &data)?;
@@ -391,7 +400,7 @@ pub fn memory_scaling(
     let mut points = Vec::new();
     for &t in steps {
         let case = BenchCase { neurons, batch, steps: t, plasticity };
-        let data = random_episode(case, 2);
+        let data = checked_random_episode(ctx, case, 2)?;
         let network = Network::new(ctx, &NetworkConfig { neurons, plasticity, ..Default::default() })?;
         let mut trainer = Trainer::new(ctx, network, TrainerConfig::default())?;
         let seconds = time_median(0, repetitions, || trainer.train_step(ctx, &data).map(|_| None))?;

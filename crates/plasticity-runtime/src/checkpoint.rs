@@ -41,6 +41,10 @@ fn error(path: &Path, message: impl Into<String>) -> PlasticityError {
     PlasticityError::Checkpoint { path: path.display().to_string(), message: message.into() }
 }
 
+fn tensor_file_error(path: &Path, message: impl Into<String>) -> PlasticityError {
+    PlasticityError::TensorFile { path: path.display().to_string(), message: message.into() }
+}
+
 impl Checkpoint {
     /// Writes the checkpoint atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -65,6 +69,15 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
+        // A device or pipe (say /dev/zero) would be read without end.
+        let meta = std::fs::metadata(path).map_err(|e| error(path, format!("cannot read it: {e}")))?;
+        if !meta.is_file() {
+            let kind = if meta.is_dir() { "a directory" } else { "not a regular file" };
+            return Err(error(
+                path,
+                format!("cannot read it: {kind}; give a checkpoint.safetensors file or the run directory holding one"),
+            ));
+        }
         let bytes = std::fs::read(path).map_err(|e| error(path, format!("cannot read it: {e}")))?;
         Self::from_bytes(&bytes).map_err(|message| error(path, message))
     }
@@ -73,7 +86,7 @@ impl Checkpoint {
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| match e {
             SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::InvalidHeaderLength => {
-                format!("the file is truncated ({} bytes) or not a safetensors file", bytes.len())
+                format!("its length ({} bytes) does not match its header: truncated, padded, or not a safetensors file", bytes.len())
             }
             e => format!("not a safetensors file ({e})"),
         })?;
@@ -143,11 +156,11 @@ pub fn save_tensors(path: &Path, tensors: &[(&str, Vec<usize>, TensorData<'_>)],
             };
             TensorView::new(dtype, shape.clone(), bytes)
                 .map(|v| (name.to_string(), v))
-                .map_err(|e| error(path, format!("tensor '{name}': {e}")))
+                .map_err(|e| tensor_file_error(path, format!("tensor '{name}': {e}")))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| error(path, e.to_string()))?;
-    write_atomically(path, &bytes).map_err(|e| error(path, format!("cannot write it: {e}")))
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| tensor_file_error(path, e.to_string()))?;
+    write_atomically(path, &bytes).map_err(|e| tensor_file_error(path, format!("cannot write it: {e}")))
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`: a

@@ -13,7 +13,7 @@ use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
-use crate::error::{Result, invalid};
+use crate::error::{PlasticityError, Result, invalid};
 use crate::network::{HeadKind, Network, NetworkConfig, OutputHead, ParamLayout};
 use crate::tuning::KernelTuning;
 
@@ -78,6 +78,20 @@ impl EpisodeData {
     pub(crate) fn shape(&self, config: &NetworkConfig) -> EpisodeShape {
         EpisodeShape::new(config, self.batch, self.steps, &self.loss_steps, !self.clamp.is_empty())
     }
+}
+
+/// Checks that a network of `config` fits this device and so do its episodes of `batch` x `steps`
+/// with `loss_steps` loss steps, before any of their data is built: the host holds an episode's
+/// inputs as (T, B, N) floats, so a size the device refuses could otherwise exhaust the host's
+/// memory first. The same checks run again when a network or episode is allocated; this one only
+/// lets a caller refuse early, with the same errors.
+pub fn check_episode_fits(ctx: &GpuContext, config: &NetworkConfig, batch: u32, steps: u32, loss_steps: u32) -> Result<()> {
+    config.validate()?;
+    crate::network::check_parameter_size(ctx, config)?;
+    // Distinct loss steps in 1..=steps; which ones does not change any limit.
+    let loss: Vec<u32> = (steps.saturating_sub(loss_steps.min(steps)) + 1..=steps).collect();
+    validate_shape("episode", batch, steps, &loss, 1.0)?;
+    ForwardState::check_limits(ctx, &EpisodeShape::new(config, batch, steps, &loss, false))
 }
 
 /// Batch, steps and loss steps that every episode must satisfy, whatever holds its data.
@@ -416,26 +430,66 @@ pub(crate) struct ForwardState {
 }
 
 impl ForwardState {
-    pub fn new(ctx: &GpuContext, shape: EpisodeShape) -> Result<Self> {
+    /// Every device limit an episode of this shape must fit, checked before anything is allocated:
+    /// the storage bindings of the trace, the activation history and the inputs, and the
+    /// dispatches that put the batch (or loss steps x batch) along one workgroup axis.
+    pub(crate) fn check_limits(ctx: &GpuContext, shape: &EpisodeShape) -> Result<()> {
         let neurons = shape.neurons;
         let (n, b, t) = (neurons as u64, shape.batch as u64, shape.steps as u64);
-        let traces = shape.trace_slot_len() / (b * n * n); // H, or H and E
-        let trace_bytes = shape.trace_slot_len() * 4;
+        // Saturating: a batch or length far past any device must fail the checks, not wrap past them.
+        let traces = if shape.plasticity().retroactive { 2 } else { 1 }; // H, or H and E
+        let trace_bytes = b.saturating_mul(n * n).saturating_mul(4 * traces);
         let what = if traces == 2 { "the traces H and E (2, B, N, N)" } else { "the trace (B, N, N)" };
         buffers::check_storage(ctx, &format!("{what} = ({b}, {n}, {n})"), trace_bytes, |limit| {
             let max_batch = limit / (traces * n * n * 4);
             let max_n = ((limit / (traces * b * 4)) as f64).sqrt() as u64;
-            if max_batch >= 1 {
+            if max_batch >= 1 && max_n >= 1 {
                 format!("use a batch of at most {max_batch}, or at most {max_n} neurons")
+            } else if max_batch >= 1 {
+                format!("use a batch of at most {max_batch}")
             } else {
                 format!("use at most {max_n} neurons")
             }
         })?;
-        let history_bytes = (t + 1) * b * n * 4;
+        let history_bytes = (t + 1).saturating_mul(b).saturating_mul(n * 4);
         buffers::check_storage(ctx, &format!("the activation history (T + 1, B, N) = ({}, {b}, {n})", t + 1), history_bytes, |limit| {
             format!("use at most {} steps at this batch and size", (limit / (b * n * 4)).saturating_sub(1))
         })?;
 
+        if shape.input_width() > 0 {
+            let projected_bytes = t.saturating_mul(b).saturating_mul(shape.input_width() as u64 * 4);
+            buffers::check_storage(
+                ctx,
+                &format!("the inputs (T, B, D) = ({t}, {b}, {})", shape.input_width()),
+                projected_bytes,
+                |limit| format!("use at most {} steps at this batch and input width", limit / (b * shape.input_width() as u64 * 4)),
+            )?;
+        }
+        // backward_activation and the modulator's kernels take one workgroup row per batch element,
+        // head_forward one per loss step and batch element.
+        let most = ctx.limits().max_compute_workgroups_per_dimension as u64;
+        let head_rows = if shape.heads.is_empty() { 0 } else { shape.loss_steps.len() as u64 * b };
+        for (what, rows, fix) in [
+            (format!("the batch of {b} (one workgroup row per batch element)"), b, format!("use a batch of at most {most}")),
+            (
+                format!("the output heads' {} loss steps x batch {b} (one workgroup row each)", shape.loss_steps.len()),
+                head_rows,
+                format!("use a batch of at most {}", most / shape.loss_steps.len().max(1) as u64),
+            ),
+        ] {
+            if rows > most {
+                return Err(PlasticityError::WorkgroupsExceeded { what, needed: rows, allowed: most, fix });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn new(ctx: &GpuContext, shape: EpisodeShape) -> Result<Self> {
+        Self::check_limits(ctx, &shape)?;
+        let neurons = shape.neurons;
+        let (n, b, t) = (neurons as u64, shape.batch as u64, shape.steps as u64);
+        let trace_bytes = shape.trace_slot_len() * 4;
+        let history_bytes = (t + 1) * b * n * 4;
         let layout = shape.layout;
         let (splits, split_len) = ctx.tuning.forward_split(&ctx.adapter, neurons, shape.batch);
         let forward_workgroup = ctx.tuning.forward_workgroup(&ctx.adapter);
@@ -482,9 +536,6 @@ impl ForwardState {
             .collect();
         let modulation_bytes = if shape.plasticity().modulated() { (t + 1) * b * 4 } else { 4 };
         let projected_bytes = t * b * shape.input_width() as u64 * 4;
-        buffers::check_storage(ctx, &format!("the inputs (T, B, D) = ({t}, {b}, {})", shape.input_width()), projected_bytes, |limit| {
-            format!("use at most {} steps at this batch and input width", limit / (b * shape.input_width().max(1) as u64 * 4))
-        })?;
         let (_, row_stride) = input_projection::grid(neurons, shape.batch, shape.steps);
         let heads = head_params(&shape, 1.0);
         let head_bytes = shape.head_values() * 4;

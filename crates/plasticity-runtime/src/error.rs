@@ -23,6 +23,12 @@ pub enum PlasticityError {
     #[error("{what} needs {needed} bytes, but this device's `{limit}` is {allowed} bytes; {fix}")]
     LimitExceeded { what: String, limit: &'static str, needed: u64, allowed: u64, fix: String },
 
+    /// A dispatch would pass the device's workgroup count along one axis; nothing was recorded.
+    #[error(
+        "{what} needs {needed} workgroups along one axis, but this device's `max_compute_workgroups_per_dimension` is {allowed}; {fix}"
+    )]
+    WorkgroupsExceeded { what: String, needed: u64, allowed: u64, fix: String },
+
     #[error("invalid {what}: {message}")]
     InvalidConfig { what: &'static str, message: String },
 
@@ -40,6 +46,10 @@ pub enum PlasticityError {
     /// A checkpoint that cannot be read or written; the message says what is wrong with it.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: String, message: String },
+
+    /// Another safetensors file (`checkpoint::save_tensors`) that cannot be written.
+    #[error("{path}: {message}")]
+    TensorFile { path: String, message: String },
 }
 
 pub type Result<T, E = PlasticityError> = std::result::Result<T, E>;

@@ -49,7 +49,7 @@ pub mod tuning;
 
 pub use checkpoint::{Checkpoint, OptimizerState};
 pub use context::{AdapterSummary, GpuContext};
-pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner, GpuEpisode};
+pub use episode::{EpisodeData, EpisodeMetrics, EpisodeRunner, GpuEpisode, check_episode_fits};
 pub use error::{PlasticityError, Result};
 pub use network::{HeadKind, HostParameters, MAX_HEADS, Network, NetworkConfig, OutputHead, ParamLayout};
 /// The kernel descriptors, CPU twins and f64 reference (for [`GpuContext::record_kernel`]).

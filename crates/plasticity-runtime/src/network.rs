@@ -380,7 +380,7 @@ impl HostParameters {
 }
 
 /// The flat parameters must fit one storage binding: w and alpha are N * N floats each.
-fn check_parameter_size(ctx: &GpuContext, config: &NetworkConfig) -> Result<()> {
+pub(crate) fn check_parameter_size(ctx: &GpuContext, config: &NetworkConfig) -> Result<()> {
     let bytes = ParamLayout::of(config).count as u64 * 4;
     buffers::check_storage(ctx, "the parameters [w, alpha, eta, modulator]", bytes, |limit| {
         format!("use at most {} neurons", config.largest_neurons_within(limit))

@@ -41,8 +41,12 @@ impl Default for PatternTask {
 }
 
 impl PatternTask {
+    /// Steps per episode; saturates at u32::MAX, which no device holds (the episode checks refuse it).
     pub fn steps(&self) -> u32 {
-        self.patterns * self.presentations * (self.show_steps + self.gap_steps) + self.test_steps
+        self.patterns
+            .saturating_mul(self.presentations)
+            .saturating_mul(self.show_steps.saturating_add(self.gap_steps))
+            .saturating_add(self.test_steps)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -176,8 +180,12 @@ impl ImageTask {
         self.model_neurons() + self.spare_neurons
     }
 
+    /// Steps per episode; saturates at u32::MAX, which no device holds (the episode checks refuse it).
     pub fn steps(&self) -> u32 {
-        self.cycles * self.images_per_episode * (self.show_steps + self.gap_steps) + self.test_steps
+        self.cycles
+            .saturating_mul(self.images_per_episode)
+            .saturating_mul(self.show_steps.saturating_add(self.gap_steps))
+            .saturating_add(self.test_steps)
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -77,6 +77,30 @@ impl Task {
         })
     }
 
+    fn steps(&self) -> u32 {
+        match &self.config {
+            TaskConfig::Pattern(t) => t.steps(),
+            TaskConfig::Image { task, .. } => task.steps(),
+        }
+    }
+
+    /// What makes this task's episodes shorter, for the fix of a size the device refuses.
+    fn shorter_episodes(&self) -> String {
+        let options = match &self.config {
+            TaskConfig::Pattern(_) => "--patterns, --presentations, --show-steps, --gap-steps or --test-steps",
+            TaskConfig::Image { .. } => "--images-per-episode, --cycles, --show-steps, --gap-steps or --test-steps",
+        };
+        format!("a smaller --batch fits, and so do shorter episodes: fewer {options}")
+    }
+
+    /// Refuses, before any episode is built, a batch or episode length past the device's limits
+    /// (the host would build the (T, B, N) inputs first, which a size far past them could exhaust).
+    fn check_fits(&self, ctx: &GpuContext, network: &NetworkConfig, batch: u32, fix: &str) -> anyhow::Result<()> {
+        let steps = self.steps();
+        plasticity_runtime::check_episode_fits(ctx, network, batch, steps, 1)
+            .with_context(|| format!("episodes of {steps} steps at batch {batch} do not fit this device ({fix})"))
+    }
+
     fn describe(&self) -> String {
         match &self.config {
             TaskConfig::Pattern(t) => format!("pattern memorisation: {} patterns of {} bits, {} steps", t.patterns, t.neurons, t.steps()),
@@ -119,6 +143,33 @@ pub struct RunConfig {
     pub error_window: usize,
     pub seed: u64,
 }
+
+/// The options that define a run, fixed once it started: `--resume` refuses them rather than
+/// ignore them (the run's own are in its config.json).
+const RUN_OPTIONS: [&str; 22] = [
+    "run_dir",
+    "task",
+    "neurons",
+    "images",
+    "side",
+    "images_per_episode",
+    "cycles",
+    "patterns",
+    "presentations",
+    "show_steps",
+    "gap_steps",
+    "test_steps",
+    "input_gain",
+    "degrade_prob",
+    "batch",
+    "eta",
+    "fixed_eta",
+    "baseline",
+    "RuleArgs",
+    "seed",
+    "checkpoint_every",
+    "error_window",
+];
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -168,10 +219,11 @@ pub struct TrainArgs {
     /// Training episodes (batches) [default: 1000; with --resume: the run's own count].
     #[arg(long)]
     episodes: Option<u64>,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 3e-4)]
-    lr: f32,
-    /// Clip the global gradient norm to this value (Backpropamine uses 4); off by default.
+    /// Adam learning rate [default: 0.0003]; with --resume, replaces the run's from its last checkpoint on.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Clip the global gradient norm to this value (Backpropamine uses 4); off by default. With
+    /// --resume, replaces the run's.
     #[arg(long)]
     clip: Option<f32>,
     /// Initial plasticity rate eta.
@@ -197,8 +249,9 @@ pub struct TrainArgs {
     /// Episodes over which the reported bit error rate is averaged.
     #[arg(long, default_value_t = 50)]
     error_window: usize,
-    /// Continue the run in this directory from its last checkpoint (its config is used; --episodes may extend it).
-    #[arg(long, conflicts_with = "run_dir")]
+    /// Continue the run in this directory from its last checkpoint (its config is used; --episodes may
+    /// extend it, --lr and --clip replace the optimizer's; the run's other options cannot change).
+    #[arg(long, conflicts_with_all = RUN_OPTIONS)]
     resume: Option<PathBuf>,
     /// No progress bar; print a line per checkpoint instead.
     #[arg(long)]
@@ -259,7 +312,7 @@ impl TrainArgs {
             plasticity: self.rule.plasticity()?,
             ..Default::default()
         };
-        let adam = AdamConfig { lr: self.lr, clip_norm: self.clip, ..Default::default() };
+        let adam = AdamConfig { lr: self.lr.unwrap_or(AdamConfig::default().lr), clip_norm: self.clip, ..Default::default() };
         let config = RunConfig {
             task,
             network,
@@ -333,8 +386,45 @@ fn truncate_metrics(path: &Path, rows: u64) -> anyhow::Result<()> {
         path.display(),
         kept.len() - 1
     );
-    plasticity_runtime::checkpoint::write_atomically(path, (kept.join("\n") + "\n").as_bytes())?;
-    Ok(())
+    write_file(path, (kept.join("\n") + "\n").as_bytes())
+}
+
+/// [`plasticity_runtime::checkpoint::write_atomically`], with the path in its error.
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    plasticity_runtime::checkpoint::write_atomically(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Holds an exclusive lock on `dir` for as long as the returned file lives, so that two runs never
+/// write one run directory at once (their checkpoints and metrics rows would interleave).
+fn lock_run_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("{} is in use by another train run; wait for it to end or choose another --run-dir", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+/// Removes the temporary files a killed run left beside its outputs (`.NAME.tmpPID`, see
+/// `write_atomically`); called with the run directory locked, so no live writer owns them.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name.starts_with('.')
+            && name.rsplit_once(".tmp").is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit()));
+        if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
@@ -344,6 +434,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a run directory (no readable config.json)", dir.display()))?;
             let mut config: RunConfig =
                 serde_json::from_str(&text).with_context(|| format!("{}/config.json is malformed", dir.display()))?;
+            ensure!(
+                dir.join(CHECKPOINT).exists(),
+                "{} holds no checkpoint yet (the run stopped before its first one); start it again with --run-dir {0}",
+                dir.display()
+            );
             let checkpoint = Checkpoint::load(&dir.join(CHECKPOINT))?;
             let done: u64 = checkpoint
                 .metadata
@@ -352,6 +447,15 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 .context("the checkpoint does not say how many episodes it holds")?;
             if let Some(episodes) = args.episodes {
                 config.episodes = episodes; // extend the run
+            }
+            // The optimizer's settings may change from the checkpoint on (after a divergence, say).
+            if let Some(lr) = args.lr {
+                println!("learning rate {lr} from here on (the run had {})", config.adam.lr);
+                config.adam.lr = lr;
+            }
+            if let Some(clip) = args.clip {
+                println!("gradient norm clipped to {clip} from here on (the run had {:?})", config.adam.clip_norm);
+                config.adam.clip_norm = Some(clip);
             }
             ensure!(config.episodes >= done, "--episodes {} is fewer than the {done} the checkpoint already holds", config.episodes);
             validate(&config)?;
@@ -366,7 +470,13 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             });
             ensure!(!dir.exists() || dir.is_dir(), "--run-dir {} is a file; give a directory (it is created if missing)", dir.display());
             if dir.join("config.json").exists() {
-                bail!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", dir.display());
+                ensure!(
+                    !dir.join(CHECKPOINT).exists(),
+                    "{} already holds a run; continue it with --resume {0} or choose another --run-dir",
+                    dir.display()
+                );
+                // A run that stopped before its first checkpoint cannot be resumed: start it afresh.
+                println!("note: {} held a run that stopped before its first checkpoint; starting again there", dir.display());
             }
             (config, dir, 0, None)
         }
@@ -375,12 +485,18 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     // directory, or a size past the device's limits, leaves nothing behind.
     let task = Task::load(&config.task)?;
     let ctx = GpuContext::new()?;
+    task.check_fits(&ctx, &config.network, config.batch, &task.shorter_episodes())?;
     let trainer_config = TrainerConfig { adam: config.adam, ..Default::default() };
     let mut trainer = match &resumed {
         Some(checkpoint) => {
-            let network = Network::from_parameters(&ctx, &config.network, &checkpoint.parameters)?;
+            let network = Network::from_parameters(&ctx, &config.network, &checkpoint.parameters).with_context(|| {
+                format!("{} does not match the network of {}", dir.join(CHECKPOINT).display(), dir.join("config.json").display())
+            })?;
             let mut trainer = Trainer::new(&ctx, network, trainer_config)?;
-            let optimizer = checkpoint.optimizer.as_ref().context("the checkpoint holds no optimizer state to resume from")?;
+            let optimizer = checkpoint
+                .optimizer
+                .as_ref()
+                .with_context(|| format!("{} holds no optimizer state to resume from", dir.join(CHECKPOINT).display()))?;
             trainer.write_optimizer_state(&ctx, optimizer)?;
             truncate_metrics(&dir.join(METRICS), start)?;
             trainer
@@ -392,20 +508,20 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     trainer.reserve(&ctx, &first)?;
     let mut first_data = Some(first);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    plasticity_runtime::checkpoint::write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    let _lock = lock_run_dir(&dir)?;
+    remove_stale_temporaries(&dir);
+    write_file(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     let metrics_path = dir.join(METRICS);
-    let mut csv = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
     if start == 0 {
-        writeln!(csv, "{METRICS_HEADER}")?;
+        write_file(&metrics_path, format!("{METRICS_HEADER}\n").as_bytes())?;
     }
+    let mut csv =
+        std::fs::OpenOptions::new().append(true).open(&metrics_path).with_context(|| format!("opening {}", metrics_path.display()))?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
+        // Ctrl-C, and SIGTERM or SIGHUP (`timeout`, `kill`, a service manager, a closed terminal).
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     }
     println!("run directory: {}", dir.display());
@@ -460,9 +576,13 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         if !(m.loss.is_finite() && m.eta.is_finite() && m.grad_norm.is_finite()) {
             bar.abandon();
             let kept = if dir.join(CHECKPOINT).exists() {
-                format!("the last good checkpoint (episode {last_checkpoint}) in {} is kept", dir.display())
+                format!(
+                    "the last good checkpoint (episode {last_checkpoint}) in {0} is kept (--resume {0} --lr L --clip 4 continues \
+                     from it with new optimizer settings)",
+                    dir.display()
+                )
             } else {
-                "no checkpoint had been written yet".to_string()
+                format!("no checkpoint had been written yet (a new run with --run-dir {} starts it again)", dir.display())
             };
             bail!(
                 "episode {}: training diverged (loss {}, eta {}, gradient norm {}) and stopped; {kept}. \
@@ -543,18 +663,46 @@ pub struct EvalArgs {
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let path = if args.checkpoint.is_dir() { args.checkpoint.join(CHECKPOINT) } else { args.checkpoint.clone() };
     let checkpoint = Checkpoint::load(&path)?;
-    let mut config: RunConfig = serde_json::from_str(checkpoint.metadata.get("run").context("the checkpoint holds no run config")?)
-        .context("the checkpoint's run config is malformed")?;
+    let run = checkpoint.metadata.get("run").with_context(|| {
+        format!(
+            "{} holds no run config: eval takes a checkpoint that `train` wrote (its run directory or checkpoint.safetensors)",
+            path.display()
+        )
+    })?;
+    let mut config: RunConfig = serde_json::from_str(run).with_context(|| format!("the run config in {} is malformed", path.display()))?;
     if let Some(b) = args.batch {
         config.batch = b;
     }
     ensure!(args.episodes >= 1, "--episodes must be at least 1");
-    if let (Some(dir), TaskConfig::Image { images, .. }) = (&args.images, &mut config.task) {
-        *images = dir.clone();
+    match &mut config.task {
+        TaskConfig::Image { images, .. } => {
+            if let Some(dir) = &args.images {
+                *images = dir.clone();
+            }
+        }
+        TaskConfig::Pattern(_) => {
+            ensure!(
+                args.images.is_none() && args.figure.is_none(),
+                "--images and --figure are for image-task runs; {} is a pattern run",
+                path.display()
+            )
+        }
     }
-    validate(&config)?;
+    // Checked before the evaluation, so that its result is not lost to a bad figure path.
+    let figure = args.figure.clone().unwrap_or_else(|| path.with_file_name("completion.png"));
+    if matches!(config.task, TaskConfig::Image { .. }) {
+        let parent = figure.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        ensure!(parent.is_dir(), "cannot write the figure {}: {} is not a directory", figure.display(), parent.display());
+        ensure!(
+            figure.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")),
+            "the figure is written as PNG; give --figure a .png path (got {})",
+            figure.display()
+        );
+    }
+    validate(&config).with_context(|| format!("the run config in {}", path.display()))?;
     let task = Task::load(&config.task)?;
     let ctx = GpuContext::new()?;
+    task.check_fits(&ctx, &checkpoint.network, config.batch, "eval runs the run's own episodes; a smaller --batch fits")?;
     let network = Network::from_parameters(&ctx, &checkpoint.network, &checkpoint.parameters)?;
     let mut trainer = Trainer::new(&ctx, network, TrainerConfig::default())?;
     let (mut loss, mut errors, mut bits) = (0.0f64, 0u64, 0u64);
@@ -565,7 +713,6 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         errors += m.sign_errors as u64;
         bits += m.sign_count as u64;
         if let (0, Some(shown), TaskConfig::Image { task: image_task, .. }) = (e, &shown, &task.config) {
-            let figure = args.figure.clone().unwrap_or_else(|| path.with_file_name("completion.png"));
             let activations = trainer.read_activations(&ctx)?;
             images::completion_figure(&figure, &task.pool, shown, &activations, image_task, config.batch)?;
             println!("wrote {} (stored images, cue, completion, original)", figure.display());
@@ -606,8 +753,8 @@ pub struct ExportArgs {
 /// one gradient per parameter tensor of params.safetensors, under the same name, and the loss.
 pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
     ensure!(args.neurons >= 1 && args.batch >= 1 && args.steps >= 1, "--neurons, --batch and --steps must be at least 1");
+    ensure!(!args.out.exists() || args.out.is_dir(), "--out {} is a file; give a directory (it is created if missing)", args.out.display());
     let plasticity = args.rule.plasticity()?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let ctx = GpuContext::new()?;
     let scale = 1.0 / (args.neurons as f32).sqrt();
     let config = NetworkConfig {
@@ -619,19 +766,51 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
         alpha_init_std: scale,
         ..Default::default()
     };
+    plasticity_runtime::check_episode_fits(&ctx, &config, args.batch, args.steps, 1)?;
     let data =
         bench::random_episode(bench::BenchCase { neurons: args.neurons, batch: args.batch, steps: args.steps, plasticity }, args.seed);
     let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config)?, TrainerConfig::default())?;
     let metrics = trainer.compute_gradients(&ctx, &data)?;
     let grads = trainer.read_gradients(&ctx)?;
     let params = trainer.network.read_parameters(&ctx)?;
-    let n = args.neurons as usize;
-    let (b, t, l) = (args.batch as usize, args.steps as usize, data.loss_steps.len());
+    // The three files are one set: each is written into a fresh directory beside --out, and only
+    // when all three are there are they moved into --out, so a failed write leaves the old set whole.
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let staging = args.out.join(format!(".export.tmp{}", std::process::id()));
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let written = write_export(&staging, config, params, &data, metrics.loss, &grads);
+    let moved = written.and_then(|()| {
+        for name in EXPORT_FILES {
+            std::fs::rename(staging.join(name), args.out.join(name))
+                .with_context(|| format!("moving {name} into {}", args.out.display()))?;
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    moved?;
+    println!("wrote {}/{{params,episode,gradients}}.safetensors (loss {})", args.out.display(), metrics.loss);
+    Ok(())
+}
+
+/// The files `export-episode` writes, as one set.
+const EXPORT_FILES: [&str; 3] = ["params.safetensors", "episode.safetensors", "gradients.safetensors"];
+
+/// Writes the set into `dir`: the network, the episode (inputs (T, B, N), targets (L, B, N), loss
+/// steps) and the loss with a gradient per parameter tensor.
+fn write_export(
+    dir: &Path,
+    config: NetworkConfig,
+    params: plasticity_runtime::HostParameters,
+    data: &EpisodeData,
+    loss: f32,
+    grads: &plasticity_runtime::HostParameters,
+) -> anyhow::Result<()> {
+    let (n, b, t, l) = (config.neurons as usize, data.batch as usize, data.steps as usize, data.loss_steps.len());
     let saved = Checkpoint { network: config, parameters: params, optimizer: None, metadata: Default::default() };
-    saved.save(&args.out.join("params.safetensors"))?;
+    saved.save(&dir.join(EXPORT_FILES[0]))?;
     let loss_steps: Vec<i32> = data.loss_steps.iter().map(|&s| s as i32).collect();
     save_tensors(
-        &args.out.join("episode.safetensors"),
+        &dir.join(EXPORT_FILES[1]),
         &[
             ("inputs", vec![t, b, n], TensorData::F32(&data.inputs)),
             ("targets", vec![l, b, n], TensorData::F32(&data.targets)),
@@ -639,11 +818,10 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
         ],
         Default::default(),
     )?;
-    let loss = [metrics.loss];
+    let loss = [loss];
     let mut gradients: Vec<(&str, Vec<usize>, TensorData<'_>)> =
         grads.tensors().into_iter().map(|(name, shape, values)| (name, shape, TensorData::F32(values))).collect();
     gradients.push(("loss", vec![1], TensorData::F32(&loss)));
-    save_tensors(&args.out.join("gradients.safetensors"), &gradients, Default::default())?;
-    println!("wrote {}/{{params,episode,gradients}}.safetensors (loss {})", args.out.display(), metrics.loss);
+    save_tensors(&dir.join(EXPORT_FILES[2]), &gradients, Default::default())?;
     Ok(())
 }

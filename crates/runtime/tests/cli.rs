@@ -349,30 +349,33 @@ fn divergence_stops_the_run_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
-fn ctrl_c_saves_a_checkpoint_that_resumes() {
-    let dir = std::env::temp_dir().join(format!("plasticity-cli-int-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let d = dir.to_str().unwrap();
-    let mut args = vec!["train", "--run-dir", d, "--episodes", "100000", "--checkpoint-every", "100000"];
-    args.extend_from_slice(&SMALL[..SMALL.len() - 5]); // without --checkpoint-every and --quiet
-    args.extend_from_slice(&["--quiet", "--seed", "3"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_plasticity")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let csv = dir.join("metrics.csv");
-    let start = std::time::Instant::now();
-    while std::fs::read_to_string(&csv).map_or(0, |t| t.lines().count()) < 4 {
-        assert!(start.elapsed().as_secs() < 60, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+fn ctrl_c_or_sigterm_saves_a_checkpoint_that_resumes() {
+    // SIGTERM is what `timeout`, `kill` and service managers send: it must save like Ctrl-C.
+    for signal in ["-INT", "-TERM"] {
+        let dir = std::env::temp_dir().join(format!("plasticity-cli-int{signal}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.to_str().unwrap();
+        let mut args = vec!["train", "--run-dir", d, "--episodes", "100000", "--checkpoint-every", "100000"];
+        args.extend_from_slice(&SMALL[..SMALL.len() - 5]); // without --checkpoint-every and --quiet
+        args.extend_from_slice(&["--quiet", "--seed", "3"]);
+        let child = Command::new(env!("CARGO_BIN_EXE_plasticity")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let csv = dir.join("metrics.csv");
+        let start = std::time::Instant::now();
+        while std::fs::read_to_string(&csv).map_or(0, |t| t.lines().count()) < 4 {
+            assert!(start.elapsed().as_secs() < 60, "training did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
+        let o = child.wait_with_output().unwrap();
+        assert_clean_failure(&o, "interrupted after episode");
+        let checkpoint = plasticity_runtime::Checkpoint::load(&dir.join("checkpoint.safetensors")).expect("a checkpoint was saved");
+        let done: u64 = checkpoint.metadata["episodes_done"].parse().unwrap();
+        assert!(done >= 3);
+        let o = plasticity(&["train", "--resume", d, "--episodes", &(done + 2).to_string(), "--quiet"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(losses(&dir).len() as u64, done + 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let o = child.wait_with_output().unwrap();
-    assert_clean_failure(&o, "interrupted after episode");
-    let checkpoint = plasticity_runtime::Checkpoint::load(&dir.join("checkpoint.safetensors")).expect("a checkpoint was saved");
-    let done: u64 = checkpoint.metadata["episodes_done"].parse().unwrap();
-    assert!(done >= 3);
-    let o = plasticity(&["train", "--resume", d, "--episodes", &(done + 2).to_string(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(losses(&dir).len() as u64, done + 2);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The f32 tensors of a safetensors file as name -> (shape, values), read with the safetensors

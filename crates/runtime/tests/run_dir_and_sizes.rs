@@ -1,0 +1,165 @@
+//! `train`, `eval` and `export-episode` against a run directory left in a bad state, options that a
+//! resumed run cannot honour, and sizes past the device's limits: one clear error and a non-zero
+//! exit each, never a panic or an abort, and nothing lost.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn plasticity(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plasticity")).args(args).output().expect("run plasticity")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_clean_failure(o: &Output, expected: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "should fail with exit status 1 (not abort or crash): {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "a panic instead of an error: {err}");
+    // The last "error:" line is ours (graphics drivers may print their own before it).
+    let line = err.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
+    assert!(line.contains(expected), "expected '{expected}' in: {line}");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("plasticity-rundir-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The small pattern task (N = 8, 2 patterns): a few episodes take well under a second.
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--run-dir", dir.to_str().unwrap(), "--neurons", "8", "--patterns", "2", "--quiet"];
+    args.extend_from_slice(extra);
+    plasticity(&args)
+}
+
+#[test]
+fn sizes_past_the_device_are_refused_before_the_host_builds_an_episode() {
+    let dir = scratch("sizes");
+    let d = dir.to_str().unwrap();
+    // A billion episodes of (T, B, N) inputs would be terabytes on the host: the device check
+    // must come first (before it, the process aborted on the failed allocation).
+    let o = train(&dir, &["--batch", "1000000000", "--episodes", "1"]);
+    assert_clean_failure(&o, "a smaller --batch fits");
+    assert!(stderr(&o).contains("max_storage_buffer_binding_size"), "{}", stderr(&o));
+    assert!(!dir.exists(), "a refused size leaves no run directory behind");
+    // A batch past the workgroup grid's 65535 rows (and within every binding at N = 4, T = 2).
+    let o = plasticity(&[
+        "train",
+        "--run-dir",
+        d,
+        "--neurons",
+        "4",
+        "--batch",
+        "70000",
+        "--patterns",
+        "1",
+        "--presentations",
+        "1",
+        "--show-steps",
+        "1",
+        "--gap-steps",
+        "0",
+    ]);
+    assert_clean_failure(&o, "max_compute_workgroups_per_dimension");
+    assert!(stderr(&o).contains("use a batch of at most"), "{}", stderr(&o));
+    assert!(!dir.exists(), "a refused size leaves no run directory behind");
+    // Episode lengths that overflow u32 saturate and are refused, rather than wrapping to a small T.
+    assert_clean_failure(&train(&dir, &["--show-steps", "4294967295"]), "episodes of 4294967295 steps");
+    for args in [
+        ["export-episode", "--neurons", "8", "--batch", "100000", "--steps", "5", "--out", d],
+        ["export-episode", "--neurons", "8", "--batch", "1", "--steps", "2000000000", "--out", d],
+    ] {
+        assert_clean_failure(&plasticity(&args), "use ");
+        assert!(!dir.exists(), "export-episode creates --out only once the sizes are checked");
+    }
+}
+
+#[test]
+fn a_run_that_stopped_before_its_first_checkpoint_starts_again_in_its_directory() {
+    let dir = scratch("restart");
+    let d = dir.to_str().unwrap();
+    // Diverges at once, before any checkpoint: config.json and metrics.csv are already written.
+    assert_clean_failure(&train(&dir, &["--lr", "1e30", "--episodes", "3"]), "no checkpoint had been written yet");
+    assert!(dir.join("config.json").exists() && !dir.join("checkpoint.safetensors").exists());
+    // It cannot be resumed, and says so with the way out, which then works.
+    assert_clean_failure(&plasticity(&["train", "--resume", d]), &format!("start it again with --run-dir {d}"));
+    let o = train(&dir, &["--episodes", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "the header and the new run's two rows only: {metrics}");
+    assert!(std::fs::read_to_string(dir.join("config.json")).unwrap().contains("\"lr\": 0.0003"), "the new run's config");
+    // A directory whose run did checkpoint is still refused.
+    assert_clean_failure(&train(&dir, &["--episodes", "2"]), "already holds a run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_refuses_the_options_it_cannot_change_and_takes_a_new_learning_rate() {
+    let dir = scratch("resume");
+    let d = dir.to_str().unwrap();
+    assert!(train(&dir, &["--episodes", "2"]).status.success());
+    // Before, these were accepted and silently ignored (the run's own config was used).
+    for option in [["--neurons", "16"], ["--batch", "4"], ["--rule", "oja"], ["--seed", "9"]] {
+        let o = plasticity(&["train", "--resume", d, "--episodes", "3", option[0], option[1]]);
+        assert!(!o.status.success() && stderr(&o).contains("cannot be used with"), "{option:?}: {}", stderr(&o));
+    }
+    // The optimizer's settings may change from the checkpoint on, as the divergence message advises.
+    let o = plasticity(&["train", "--resume", d, "--episodes", "3", "--lr", "0.002", "--clip", "4", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(config.contains("\"lr\": 0.002") && config.contains("\"clip_norm\": 4.0"), "{config}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_runs_never_write_one_run_directory_at_once() {
+    let dir = scratch("lock");
+    let d = dir.to_str().unwrap();
+    assert!(train(&dir, &["--episodes", "2"]).status.success());
+    // Another run holds the directory (the lock a running `train` takes).
+    let held = std::fs::OpenOptions::new().write(true).open(dir.join(".lock")).expect("train leaves its lock file");
+    held.lock().unwrap();
+    assert_clean_failure(&plasticity(&["train", "--resume", d, "--episodes", "4", "--quiet"]), "is in use by another train run");
+    drop(held);
+    // A killed run's temporary file is cleaned up by the next run.
+    let stale = dir.join(".checkpoint.safetensors.tmp12345");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let o = plasticity(&["train", "--resume", d, "--episodes", "4", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stale.exists(), "the stale temporary file is removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn eval_names_the_file_and_refuses_what_it_cannot_read() {
+    let dir = scratch("eval");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = dir.join("run");
+    assert!(train(&run, &["--episodes", "1"]).status.success());
+    let r = run.to_str().unwrap();
+    // A pattern run has no figure to draw; before, --figure and --images were ignored.
+    assert_clean_failure(&plasticity(&["eval", r, "--figure", "f.png"]), "are for image-task runs");
+    // An export-episode file is a checkpoint without a run config: say what eval needs, and where.
+    let out = dir.join("export");
+    let o = plasticity(&["export-episode", "--neurons", "8", "--batch", "1", "--steps", "3", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let params = out.join("params.safetensors");
+    assert_clean_failure(&plasticity(&["eval", params.to_str().unwrap()]), "params.safetensors holds no run config");
+    assert!(std::fs::read_dir(&out).unwrap().count() == 3, "export-episode leaves its three files and no staging directory");
+    // A device file is not read (a checkpoint is a regular file; /dev/zero would be read without end).
+    if Path::new("/dev/null").exists() {
+        assert_clean_failure(&plasticity(&["eval", "/dev/null"]), "not a regular file");
+    }
+    // A file longer than its header says is not "truncated".
+    let mut bytes = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    bytes.extend_from_slice(b"1234567");
+    let padded = dir.join("padded.safetensors");
+    std::fs::write(&padded, bytes).unwrap();
+    let o = plasticity(&["eval", padded.to_str().unwrap()]);
+    assert_clean_failure(&o, "padded.safetensors");
+    let _ = std::fs::remove_dir_all(&dir);
+}
