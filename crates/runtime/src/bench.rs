@@ -1,50 +1,60 @@
 //! `bench`: the figures behind every speed and memory claim of the project.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use plasticity_runtime::GpuContext;
 use plasticity_runtime::bench::{self, BenchCase, CaseResult, MemoryScaling};
 use plasticity_runtime::profile::KernelProfile;
+use plasticity_runtime::{GpuContext, NetworkConfig, Plasticity};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Neuron counts to measure (default: 256,1000 on a GPU, 64,256 on a CPU adapter).
+    /// Neuron counts to measure (default: 256,1000 on a GPU, 64,256 on a CPU adapter, 64 under --quick).
     #[arg(long, value_delimiter = ',')]
     neurons: Option<Vec<u32>>,
-    /// Batch sizes to measure (default: 1,16,64 on a GPU, 1,16 on a CPU adapter).
+    /// Batch sizes to measure (default: 1,16,64 on a GPU, 1,16 on a CPU adapter, 1,4 under --quick).
     #[arg(long, value_delimiter = ',')]
     batch: Option<Vec<u32>>,
     /// Steps per episode (the pattern task's 106).
     #[arg(long, default_value_t = 106)]
     steps: u32,
-    /// Timed repetitions per figure (the median is reported; on lavapipe the forward step's median
-    /// of 3 spread over 2x between runs, of 5 within 10%).
-    #[arg(long, default_value_t = 5)]
-    reps: u32,
-    /// Untimed warm-up episodes before each figure.
-    #[arg(long, default_value_t = 1)]
-    warmup: u32,
-    /// Episode lengths for the memory-growth figure, at --memory-size.
-    #[arg(long, value_delimiter = ',', default_values_t = [100u32, 1000])]
-    memory_steps: Vec<u32>,
+    /// Timed repetitions per figure (default: 5, 1 under --quick; the median is reported; on lavapipe
+    /// the forward step's median of 3 spread over 2x between runs, of 5 within 10%).
+    #[arg(long)]
+    reps: Option<u32>,
+    /// Untimed warm-up episodes before each figure (default: 1, none under --quick).
+    #[arg(long)]
+    warmup: Option<u32>,
+    /// Episode lengths for the memory-growth figure, at --memory-size (default: 100,1000; 50,200
+    /// under --quick).
+    #[arg(long, value_delimiter = ',', conflicts_with = "no_memory")]
+    memory_steps: Option<Vec<u32>>,
     /// Skip the memory-growth figure (to time a few sizes quickly).
     #[arg(long)]
     no_memory: bool,
     /// Neurons and batch of the memory-growth figure, as N,B (default: the paper's 1000,1 on a GPU,
-    /// 512,1 on a CPU adapter).
-    #[arg(long, value_delimiter = ',')]
+    /// 512,1 on a CPU adapter, 32,2 under --quick).
+    #[arg(long, value_delimiter = ',', conflicts_with = "no_memory")]
     memory_size: Option<Vec<u32>>,
-    /// A smoke run: small sizes, one repetition, no warm-up.
+    /// A smoke run: small sizes, one repetition, no warm-up, a shorter streaming measurement; where
+    /// --neurons, --batch, --reps, --warmup, --memory-size or --memory-steps is given, it is kept.
     #[arg(long)]
     quick: bool,
-    /// Also write every figure, with the adapter and the configuration, to this JSON file.
+    /// Also write every figure, with the adapter and the configuration, to this JSON file; it is
+    /// rewritten after every measurement, so a later failure keeps the figures before it ("complete"
+    /// says whether the run finished).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Instead of the default set, time every rule at one size (the first --neurons and --batch
-    /// values, default 256 and 4) and print each relative to the decay rule.
-    #[arg(long)]
+    /// values, default 256 and 4) and print each relative to the decay rule; it writes no JSON, no
+    /// profile and no memory-growth figure, and its rules are its own, so it takes no rule options.
+    // The rule options one by one (rule_args::RuleArgs's fields; keep in step): naming their group
+    // instead would have clap list all of them in the error, not the one given.
+    #[arg(long, conflicts_with_all = [
+        "rule", "trace_clip", "modulation", "retroactive", "alpha", "eta_shape", "no_plastic_self",
+        "json", "profile", "memory_steps", "memory_size",
+    ])]
     compare_rules: bool,
     /// Chunks S of the forward step's sum over pre-synaptic neurons (default: chosen from the adapter
     /// and size; 1 on a CPU adapter).
@@ -105,9 +115,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.forward_splits != Some(0) && args.backward_groups != Some(0),
         "--forward-splits and --backward-groups must be at least 1"
     );
+    // --quick's choices where the options leave them open.
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 });
+    let warmup = args.warmup.unwrap_or(if args.quick { 0 } else { 1 });
+    let memory_steps = args.memory_steps.clone().unwrap_or(if args.quick { vec![50, 200] } else { vec![100, 1000] });
     // Refused before the adapter is opened and anything is timed, not after the table.
     for (option, values) in
-        [("--neurons", args.neurons.as_deref()), ("--batch", args.batch.as_deref()), ("--memory-steps", Some(&args.memory_steps[..]))]
+        [("--neurons", args.neurons.as_deref()), ("--batch", args.batch.as_deref()), ("--memory-steps", Some(&memory_steps[..]))]
     {
         anyhow::ensure!(
             values.is_none_or(|v| v.iter().all(|&x| x >= 1)),
@@ -116,7 +130,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             if option == "--memory-steps" { "; --no-memory skips the memory-growth figure" } else { "" }
         );
     }
-    anyhow::ensure!(args.steps >= 1 && args.reps >= 1, "--steps and --reps must be at least 1");
+    anyhow::ensure!(args.steps >= 1 && reps >= 1, "--steps and --reps must be at least 1");
     let tuning = plasticity_runtime::KernelTuning {
         forward_splits: args.forward_splits,
         backward_groups: args.backward_groups,
@@ -137,11 +151,28 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let sides = plasticity_runtime::kernels::TRACE_TILE_SIDES;
         anyhow::bail!("--backward-tile must be one of {sides:?} (got {})", args.backward_tile.unwrap_or_default());
     }
+    let plasticity = args.rule.plasticity()?;
+    // The network's own checks of every size given (its parameters' 32-bit indices), now rather than
+    // when the size's turn comes after the sizes before it; the device's limits need the adapter.
+    for &n in args.neurons.iter().flatten() {
+        check_network(&format!("--neurons {n}"), n, plasticity)?;
+    }
+    // Explicit, or --quick's, or the adapter's default (known only once it is open, and valid).
+    let memory_size = match &args.memory_size {
+        Some(size) => {
+            anyhow::ensure!(
+                size.len() == 2 && size.iter().all(|&v| v >= 1),
+                "--memory-size takes two positive numbers, N,B (got {size:?}); --no-memory skips the memory-growth figure"
+            );
+            let given = format!("--memory-size {},{}", size[0], size[1]);
+            check_network(&given, size[0], plasticity)?;
+            Some((size[0], size[1]))
+        }
+        None if args.quick => Some((32, 2)),
+        None => None,
+    };
     if let Some(path) = &args.json {
-        // Checked now: the file is written after every measurement, and a bad path must not lose them.
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        anyhow::ensure!(!path.is_dir(), "--json {} is a directory; give a file name", path.display());
-        anyhow::ensure!(dir.is_dir(), "--json {}: the directory {} does not exist; create it first", path.display(), dir.display());
+        check_json_path(path)?;
     }
     let mut ctx = GpuContext::new()?.with_wgpu_loop_bounding(args.wgpu_loop_bounding)?;
     ctx.tuning = tuning;
@@ -154,29 +185,33 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if cpu {
         println!("note: a CPU (software) adapter: these times are not GPU times; compare ratios, not absolute figures");
     }
-    let (neurons, batches, reps, warmup, memory_steps) = if args.quick {
-        (vec![64], vec![1, 4], 1, 0, vec![50, 200])
-    } else {
-        let neurons = args.neurons.clone().unwrap_or(if cpu { vec![64, 256] } else { vec![256, 1000] });
-        let batches = args.batch.clone().unwrap_or(if cpu { vec![1, 16] } else { vec![1, 16, 64] });
-        (neurons, batches, args.reps, args.warmup, args.memory_steps.clone())
-    };
-    let plasticity = args.rule.plasticity()?;
     if args.compare_rules {
-        return compare_rules(
-            &ctx,
-            args,
-            neurons.first().copied().filter(|_| args.neurons.is_some()).unwrap_or(256),
-            batches.first().copied().filter(|_| args.batch.is_some()).unwrap_or(4),
-            reps,
-            warmup,
-        );
+        let first = |values: &Option<Vec<u32>>| values.as_ref().and_then(|v| v.first().copied());
+        return compare_rules(&ctx, args, first(&args.neurons).unwrap_or(256), first(&args.batch).unwrap_or(4), reps, warmup);
     }
-    let memory_size = args.memory_size.clone().unwrap_or(if cpu { vec![512, 1] } else { vec![1000, 1] });
-    anyhow::ensure!(
-        memory_size.len() == 2 && memory_size.iter().all(|&v| v >= 1),
-        "--memory-size takes two positive numbers, N,B (got {memory_size:?})"
-    );
+    let (neurons, batches) = if args.quick {
+        (vec![64], vec![1, 4])
+    } else if cpu {
+        (vec![64, 256], vec![1, 16])
+    } else {
+        (vec![256, 1000], vec![1, 16, 64])
+    };
+    let neurons = args.neurons.clone().unwrap_or(neurons);
+    let batches = args.batch.clone().unwrap_or(batches);
+    let (memory_neurons, memory_batch) = memory_size.unwrap_or(if cpu { (512, 1) } else { (1000, 1) });
+    // Every size against the device's limits before the first measurement, so that none is spent
+    // on the sizes before one the device cannot hold.
+    for &n in &neurons {
+        for &b in &batches {
+            fits_device(&ctx, n, b, args.steps, plasticity).with_context(|| format!("N = {n}, B = {b}"))?;
+        }
+    }
+    if !args.no_memory {
+        for &t in &memory_steps {
+            fits_device(&ctx, memory_neurons, memory_batch, t, plasticity)
+                .with_context(|| format!("the memory-growth figure at N = {memory_neurons}, B = {memory_batch}, T = {t}"))?;
+        }
+    }
     let stream_elements = if args.quick { 1 << 22 } else { 1 << 25 };
     let triad = bench::StreamTriad::new(&ctx, stream_elements).context("streaming benchmark")?;
     let ceiling = triad.median_of(&ctx, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
@@ -239,43 +274,81 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "W",
         "G"
     );
-    let mut results = Vec::new();
+    let mut report = Report { ctx: &ctx, args, reps, warmup, ceiling, results: Vec::new(), profiles: Vec::new(), memory: None };
     for &n in &neurons {
         for &b in &batches {
             let case = BenchCase { neurons: n, batch: b, steps: args.steps, plasticity };
-            let r = bench::bench_case(&ctx, case, warmup, reps, Some(&triad)).with_context(|| format!("N = {n}, B = {b}"))?;
+            let r = bench::bench_case(&ctx, case, warmup, reps, Some(&triad))
+                .with_context(|| format!("N = {n}, B = {b}{}", report.kept_before_failure()))?;
             print_case(&r);
-            results.push(r);
+            report.results.push(r);
+            report.save(false)?;
         }
     }
-    let mut profiles = Vec::new();
     if args.profile {
         println!("\nGPU time per kernel in one training episode (timestamps around each dispatch):");
-        for r in &results {
-            let profile =
-                bench::profile_case(&ctx, r.case).with_context(|| format!("profiling N = {}, B = {}", r.case.neurons, r.case.batch))?;
-            print_profile(r, &profile);
-            profiles.push(profile);
+        for c in 0..report.results.len() {
+            let case = report.results[c].case;
+            let profile = bench::profile_case(&ctx, case)
+                .with_context(|| format!("profiling N = {}, B = {}{}", case.neurons, case.batch, report.kept_before_failure()))?;
+            print_profile(&report.results[c], &profile);
+            report.profiles.push(profile);
+            report.save(false)?;
         }
     }
-    let (mn, mb) = if args.quick { (32, 2) } else { (memory_size[0], memory_size[1]) };
-    let memory = if args.no_memory {
-        None
-    } else {
-        let memory = bench::memory_scaling(&ctx, mn, mb, &memory_steps, 1, plasticity).context("memory scaling")?;
+    if !args.no_memory {
+        let memory = bench::memory_scaling(&ctx, memory_neurons, memory_batch, &memory_steps, 1, plasticity)
+            .with_context(|| format!("memory scaling{}", report.kept_before_failure()))?;
         print_memory(&memory);
-        Some(memory)
-    };
+        report.memory = Some(memory);
+    }
+    report.save(true)?;
     if let Some(path) = &args.json {
-        write_json(path, &ctx, ceiling, &results, &profiles, memory.as_ref(), args)?;
         println!("\nwrote {}", path.display());
     }
     Ok(())
 }
 
+/// The network's own checks of a size (the 32-bit indices of its parameters), which need no adapter.
+fn check_network(given: &str, neurons: u32, plasticity: Plasticity) -> anyhow::Result<()> {
+    NetworkConfig { neurons, plasticity, ..Default::default() }.validate().with_context(|| given.to_string())?;
+    Ok(())
+}
+
+/// The device's limits for the bench's network (default config but for N and the rule) and episodes.
+fn fits_device(ctx: &GpuContext, neurons: u32, batch: u32, steps: u32, plasticity: Plasticity) -> anyhow::Result<()> {
+    let config = NetworkConfig { neurons, plasticity, ..Default::default() };
+    Ok(plasticity_runtime::check_episode_fits(ctx, &config, batch, steps, 1)?)
+}
+
+/// Checked before anything is measured: the file is rewritten after every measurement, and a path it
+/// cannot be written to must not cost them.
+fn check_json_path(path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    anyhow::ensure!(!path.is_dir(), "--json {} is a directory; give a file name", path.display());
+    if !dir.is_dir() {
+        // The nearest existing ancestor says which: a missing directory, or a file where one should be.
+        if let Some(file) = dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()).filter(|a| !a.is_dir()) {
+            anyhow::bail!("--json {}: {} is a file, not a directory; give a path in a directory", path.display(), file.display());
+        }
+        anyhow::bail!("--json {}: the directory {} does not exist; create it first", path.display(), dir.display());
+    }
+    // write_atomically creates a temporary file beside the target and renames it over the target: try
+    // the first half, in the same directory, now.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let probe = dir.join(format!(".{name}.write-check{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| format!("--json {}: cannot create a file in {}; give a writable directory", path.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Every rule at one size, relative to the decay rule: the figures behind the per-rule claims.
 fn compare_rules(ctx: &GpuContext, args: &BenchArgs, n: u32, b: u32, reps: u32, warmup: u32) -> anyhow::Result<()> {
-    use plasticity_runtime::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
+    use plasticity_runtime::{AlphaShape, EtaShape, Modulation, Rule};
     let p = Plasticity::PAPER;
     let rules = [
         p,
@@ -287,6 +360,10 @@ fn compare_rules(ctx: &GpuContext, args: &BenchArgs, n: u32, b: u32, reps: u32, 
         Plasticity { rule: Rule::Additive, clip: Some(1.0), modulation: Modulation::PerNeuron, ..p },
         Plasticity { clip: Some(1.0), modulation: Modulation::Simple, retroactive: true, ..p },
     ];
+    // Every rule's network checked before the first is timed, not when its turn comes.
+    for spec in rules {
+        fits_device(ctx, n, b, args.steps, spec).with_context(|| format!("--neurons {n} with {}", crate::rule_args::describe(&spec)))?;
+    }
     println!("timing: medians of {}; N = {n}, B = {b}, T = {}\n", bench::timing_method(ctx), args.steps);
     println!(
         "{:<32} | {:>11} {:>8} | {:>13} {:>8} | {:>10} {:>9} {:>4}",
@@ -381,79 +458,105 @@ fn print_memory(m: &MemoryScaling) {
     }
 }
 
-fn write_json(
-    path: &std::path::Path,
-    ctx: &GpuContext,
+/// Everything measured so far, and what it was measured with: what --json's file holds.
+struct Report<'a> {
+    ctx: &'a GpuContext,
+    args: &'a BenchArgs,
+    /// The repetitions and warm-up that ran (--quick's where the options left them open).
+    reps: u32,
+    warmup: u32,
     ceiling: f64,
-    results: &[CaseResult],
-    profiles: &[KernelProfile],
-    memory: Option<&MemoryScaling>,
-    args: &BenchArgs,
-) -> anyhow::Result<()> {
-    let cases: Vec<serde_json::Value> = results
-        .iter()
-        .enumerate()
-        .map(|(c, r)| {
-            let profile = profiles.get(c).map(|p| {
+    results: Vec<CaseResult>,
+    profiles: Vec<KernelProfile>,
+    memory: Option<MemoryScaling>,
+}
+
+impl Report<'_> {
+    /// What a failed measurement's message adds: where the figures before it were kept.
+    fn kept_before_failure(&self) -> String {
+        match &self.args.json {
+            Some(path) if !self.results.is_empty() => format!(" (the figures measured before it are in {})", path.display()),
+            _ => String::new(),
+        }
+    }
+
+    /// Rewrites --json's file, if one was asked for, with everything measured so far: after every
+    /// measurement, so that a later failure or an interrupted run keeps them; `complete` once the
+    /// last figure is in.
+    fn save(&self, complete: bool) -> anyhow::Result<()> {
+        let Some(path) = &self.args.json else { return Ok(()) };
+        plasticity_runtime::checkpoint::write_atomically(path, serde_json::to_string_pretty(&self.to_json(complete))?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn to_json(&self, complete: bool) -> serde_json::Value {
+        let Report { ctx, args, reps, warmup, ceiling, results, profiles, memory } = self;
+        let cases: Vec<serde_json::Value> = results
+            .iter()
+            .enumerate()
+            .map(|(c, r)| {
+                let profile = profiles.get(c).map(|p| {
+                    serde_json::json!({
+                        "kernels": p.kernels.iter().map(|k| serde_json::json!({
+                            "kernel": k.kernel, "dispatches": k.dispatches, "ms_per_episode": k.seconds * 1e3,
+                        })).collect::<Vec<_>>(),
+                        "untimed_dispatches": p.untimed_dispatches,
+                    })
+                });
                 serde_json::json!({
-                    "kernels": p.kernels.iter().map(|k| serde_json::json!({
-                        "kernel": k.kernel, "dispatches": k.dispatches, "ms_per_episode": k.seconds * 1e3,
-                    })).collect::<Vec<_>>(),
-                    "untimed_dispatches": p.untimed_dispatches,
+                    "neurons": r.case.neurons, "batch": r.case.batch, "steps": r.case.steps,
+                    "forward_ms_per_step": r.forward_ms_per_step,
+                    "train_ms_per_episode": r.train_ms_per_episode,
+                    "train_over_forward": r.train_over_forward,
+                    "episodes_per_s": r.episodes_per_s,
+                    "stream_ceiling_gbps": r.ceiling_gbps,
+                    "forward_gbps": r.forward_gbps, "forward_of_ceiling": r.forward_of_ceiling,
+                    "backward_gbps": r.backward_gbps, "backward_of_ceiling": r.backward_of_ceiling,
+                    "peak_bytes": r.peak_bytes,
+                    "checkpoint_segment": r.checkpoint_segment,
+                    "forward_splits": r.forward_splits, "backward_groups": r.backward_groups,
+                    "kernel_width": r.kernel_width,
+                    "forward_subgroups": r.forward_subgroups,
+                    "backward_hoist_columns": r.backward_hoist_columns,
+                    "backward_tile": r.backward_tile,
+                    "profile": profile,
                 })
-            });
-            serde_json::json!({
-                "neurons": r.case.neurons, "batch": r.case.batch, "steps": r.case.steps,
-                "forward_ms_per_step": r.forward_ms_per_step,
-                "train_ms_per_episode": r.train_ms_per_episode,
-                "train_over_forward": r.train_over_forward,
-                "episodes_per_s": r.episodes_per_s,
-                "stream_ceiling_gbps": r.ceiling_gbps,
-                "forward_gbps": r.forward_gbps, "forward_of_ceiling": r.forward_of_ceiling,
-                "backward_gbps": r.backward_gbps, "backward_of_ceiling": r.backward_of_ceiling,
-                "peak_bytes": r.peak_bytes,
-                "checkpoint_segment": r.checkpoint_segment,
-                "forward_splits": r.forward_splits, "backward_groups": r.backward_groups,
-                "kernel_width": r.kernel_width,
-                "forward_subgroups": r.forward_subgroups,
-                "backward_hoist_columns": r.backward_hoist_columns,
-                "backward_tile": r.backward_tile,
-                "profile": profile,
             })
+            .collect();
+        serde_json::json!({
+            "adapter": {
+                "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
+                "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
+            },
+            "timing": bench::timing_method(ctx),
+            "config": {
+                "steps": args.steps, "reps": reps, "warmup": warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
+                "wgpu_loop_bounding": ctx.wgpu_loop_bounding(),
+                "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
+                // null: the default (on for a CPU adapter with subgroups); each case says where it ran.
+                "forward_subgroups": ctx.tuning.forward_subgroups,
+                // null: the default (on a CPU adapter at 2 or more batch elements per pass); each case says.
+                "backward_hoist_columns": ctx.tuning.backward_hoist_columns,
+                "backward_store_every_step": ctx.tuning.backward_store_every_step,
+                // null: chosen per case for the adapter; each case says.
+                "backward_tile": ctx.tuning.backward_tile,
+                // null: the default, min(4, ceil(B / Z)) per case.
+                "backward_batch_slots": ctx.tuning.backward_batch_slots,
+            },
+            "stream_ceiling_gbps": ceiling,
+            "cases": cases,
+            // false in the file rewritten after each measurement until the last: a run that failed or was
+            // stopped leaves the figures measured before it, and its later ones null or missing.
+            "complete": complete,
+            // null under --no-memory (and until it is measured).
+            "memory_scaling": memory.as_ref().map(|memory| serde_json::json!({
+                "neurons": memory.neurons, "batch": memory.batch,
+                "points": memory.points.iter().map(|p| serde_json::json!({
+                    "steps": p.steps, "peak_bytes": p.peak_bytes, "train_ms_per_step": p.train_ms_per_step,
+                    "history_bytes": p.breakdown.history, "checkpoint_bytes": p.breakdown.checkpoints,
+                    "recompute_scratch_bytes": p.breakdown.recompute_scratch,
+                })).collect::<Vec<_>>(),
+            })),
         })
-        .collect();
-    let doc = serde_json::json!({
-        "adapter": {
-            "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
-            "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
-        },
-        "timing": bench::timing_method(ctx),
-        "config": {
-            "steps": args.steps, "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
-            "wgpu_loop_bounding": ctx.wgpu_loop_bounding(),
-            "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
-            // null: the default (on for a CPU adapter with subgroups); each case says where it ran.
-            "forward_subgroups": ctx.tuning.forward_subgroups,
-            // null: the default (on a CPU adapter at 2 or more batch elements per pass); each case says.
-            "backward_hoist_columns": ctx.tuning.backward_hoist_columns,
-            "backward_store_every_step": ctx.tuning.backward_store_every_step,
-            // null: chosen per case for the adapter; each case says.
-            "backward_tile": ctx.tuning.backward_tile,
-            // null: the default, min(4, ceil(B / Z)) per case.
-            "backward_batch_slots": ctx.tuning.backward_batch_slots,
-        },
-        "stream_ceiling_gbps": ceiling,
-        "cases": cases,
-        // null under --no-memory.
-        "memory_scaling": memory.map(|memory| serde_json::json!({
-            "neurons": memory.neurons, "batch": memory.batch,
-            "points": memory.points.iter().map(|p| serde_json::json!({
-                "steps": p.steps, "peak_bytes": p.peak_bytes, "train_ms_per_step": p.train_ms_per_step,
-                "history_bytes": p.breakdown.history, "checkpoint_bytes": p.breakdown.checkpoints,
-                "recompute_scratch_bytes": p.breakdown.recompute_scratch,
-            })).collect::<Vec<_>>(),
-        })),
-    });
-    plasticity_runtime::checkpoint::write_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    }
 }
