@@ -86,11 +86,11 @@ impl Task {
 
     /// What makes this task's episodes shorter, for the fix of a size the device refuses.
     fn shorter_episodes(&self) -> String {
-        let options = match &self.config {
-            TaskConfig::Pattern(_) => "--patterns, --presentations, --show-steps, --gap-steps or --test-steps",
-            TaskConfig::Image { .. } => "--images-per-episode, --cycles, --show-steps, --gap-steps or --test-steps",
+        let (size, options) = match &self.config {
+            TaskConfig::Pattern(_) => ("--neurons", "--patterns, --presentations"),
+            TaskConfig::Image { .. } => ("--side", "--images-per-episode, --cycles"),
         };
-        format!("a smaller --batch fits, and so do shorter episodes: fewer {options}")
+        format!("a smaller --batch or {size} fits, and so do shorter episodes: fewer {options}, --show-steps, --gap-steps or --test-steps")
     }
 
     /// Refuses, before any episode is built, a batch or episode length past the device's limits
@@ -183,21 +183,21 @@ pub struct TrainArgs {
     /// Image task: directory of PNG or JPEG images (any size or colour; converted to grey, cropped and resized).
     #[arg(long)]
     images: Option<PathBuf>,
-    /// Image task: side of the square images, in pixels.
-    #[arg(long, default_value_t = 32)]
-    side: u32,
-    /// Image task: images shown per episode.
-    #[arg(long, default_value_t = 3)]
-    images_per_episode: u32,
-    /// Image task: presentation cycles.
-    #[arg(long, default_value_t = 3)]
-    cycles: u32,
-    /// Patterns stored per episode.
-    #[arg(long, default_value_t = 5)]
-    patterns: u32,
-    /// Presentation cycles; the order is reshuffled each cycle.
-    #[arg(long, default_value_t = 2)]
-    presentations: u32,
+    /// Image task: side of the square images, in pixels [default: 32].
+    #[arg(long)]
+    side: Option<u32>,
+    /// Image task: images shown per episode [default: 3].
+    #[arg(long)]
+    images_per_episode: Option<u32>,
+    /// Image task: presentation cycles [default: 3].
+    #[arg(long)]
+    cycles: Option<u32>,
+    /// Pattern task: patterns stored per episode [default: 5].
+    #[arg(long)]
+    patterns: Option<u32>,
+    /// Pattern task: presentation cycles; the order is reshuffled each cycle [default: 2].
+    #[arg(long)]
+    presentations: Option<u32>,
     /// Steps each pattern or image is shown [default: 6 patterns, 20 images].
     #[arg(long)]
     show_steps: Option<u32>,
@@ -207,12 +207,12 @@ pub struct TrainArgs {
     /// Steps the degraded pattern or half image is shown [default: 6 patterns, 3 images].
     #[arg(long)]
     test_steps: Option<u32>,
-    /// Input gain: inputs are added to the recurrent drive times this.
-    #[arg(long, default_value_t = 20.0)]
-    input_gain: f32,
-    /// Probability that each bit of the test pattern is zeroed.
-    #[arg(long, default_value_t = 0.5)]
-    degrade_prob: f32,
+    /// Pattern task: input gain; inputs are added to the recurrent drive times this [default: 20].
+    #[arg(long)]
+    input_gain: Option<f32>,
+    /// Pattern task: probability that each bit of the test pattern is zeroed [default: 0.5].
+    #[arg(long)]
+    degrade_prob: Option<f32>,
     /// Episodes per batch, run in parallel.
     #[arg(long, default_value_t = 1)]
     batch: u32,
@@ -232,8 +232,9 @@ pub struct TrainArgs {
     /// Keep eta fixed instead of learning it.
     #[arg(long)]
     fixed_eta: bool,
-    /// Train the non-plastic baseline (alpha fixed at zero) to see what plasticity buys.
-    #[arg(long)]
+    /// Train the non-plastic baseline (alpha fixed at zero) to see what plasticity buys; it has no
+    /// plasticity rule, so it takes no rule options.
+    #[arg(long, conflicts_with = "RuleArgs")]
     baseline: bool,
     #[command(flatten)]
     rule: crate::rule_args::RuleArgs,
@@ -262,29 +263,47 @@ impl TrainArgs {
     fn config(&self) -> anyhow::Result<RunConfig> {
         let (task, neurons) = match self.task {
             TaskKind::Pattern => {
-                ensure!(self.images.is_none(), "--images belongs to --task image");
+                // The other task's options would be ignored: refused instead.
+                for (option, given) in [
+                    ("--images", self.images.is_some()),
+                    ("--side", self.side.is_some()),
+                    ("--images-per-episode", self.images_per_episode.is_some()),
+                    ("--cycles", self.cycles.is_some()),
+                ] {
+                    ensure!(!given, "{option} belongs to --task image");
+                }
                 let neurons = self.neurons.unwrap_or(1000);
+                let default = PatternTask::default();
                 let task = PatternTask {
                     neurons,
-                    patterns: self.patterns,
-                    presentations: self.presentations,
-                    show_steps: self.show_steps.unwrap_or(6),
-                    gap_steps: self.gap_steps.unwrap_or(4),
-                    test_steps: self.test_steps.unwrap_or(6),
-                    input_gain: self.input_gain,
-                    degrade_prob: self.degrade_prob,
+                    patterns: self.patterns.unwrap_or(default.patterns),
+                    presentations: self.presentations.unwrap_or(default.presentations),
+                    show_steps: self.show_steps.unwrap_or(default.show_steps),
+                    gap_steps: self.gap_steps.unwrap_or(default.gap_steps),
+                    test_steps: self.test_steps.unwrap_or(default.test_steps),
+                    input_gain: self.input_gain.unwrap_or(default.input_gain),
+                    degrade_prob: self.degrade_prob.unwrap_or(default.degrade_prob),
                 };
                 (TaskConfig::Pattern(task), neurons)
             }
             TaskKind::Image => {
+                for (option, given) in [
+                    ("--patterns", self.patterns.is_some()),
+                    ("--presentations", self.presentations.is_some()),
+                    ("--input-gain", self.input_gain.is_some()),
+                    ("--degrade-prob", self.degrade_prob.is_some()),
+                ] {
+                    ensure!(!given, "{option} belongs to --task pattern");
+                }
                 let images = self.images.clone().context("--task image needs --images DIR, a directory of PNG or JPEG files")?;
+                let paper = ImageTask::with_side(self.side.unwrap_or(32));
                 let task = ImageTask {
-                    images_per_episode: self.images_per_episode,
-                    cycles: self.cycles,
-                    show_steps: self.show_steps.unwrap_or(20),
-                    gap_steps: self.gap_steps.unwrap_or(2),
-                    test_steps: self.test_steps.unwrap_or(3),
-                    ..ImageTask::with_side(self.side)
+                    images_per_episode: self.images_per_episode.unwrap_or(paper.images_per_episode),
+                    cycles: self.cycles.unwrap_or(paper.cycles),
+                    show_steps: self.show_steps.unwrap_or(paper.show_steps),
+                    gap_steps: self.gap_steps.unwrap_or(paper.gap_steps),
+                    test_steps: self.test_steps.unwrap_or(paper.test_steps),
+                    ..paper
                 };
                 task.validate()?;
                 if let Some(n) = self.neurons {
@@ -293,7 +312,7 @@ impl TrainArgs {
                         n == task.model_neurons() || n == task.neurons(),
                         "--neurons {n} contradicts --side {}: the image task uses side^2 + 1 = {} neurons (with {} spare ones held at 0 so \
                          that N is a multiple of 4: {}); leave --neurons out",
-                        self.side,
+                        task.side,
                         task.model_neurons(),
                         task.spare_neurons,
                         task.neurons()
@@ -303,13 +322,20 @@ impl TrainArgs {
                 (TaskConfig::Image { task, images }, neurons)
             }
         };
+        let plasticity = self.rule.plasticity()?;
+        // A modulated rate does not read eta, unless an eligibility trace uses it as its own rate.
+        ensure!(
+            !(self.fixed_eta && plasticity.modulated() && !plasticity.retroactive),
+            "--fixed-eta has no effect with --modulation: the modulator sets the rate (eta is only the eligibility trace's rate, with \
+             --retroactive)"
+        );
         let network = NetworkConfig {
             neurons,
             eta: self.eta,
             learn_eta: !self.fixed_eta,
             plastic: !self.baseline,
             seed: self.seed,
-            plasticity: self.rule.plasticity()?,
+            plasticity,
             ..Default::default()
         };
         let adam = AdamConfig { lr: self.lr.unwrap_or(AdamConfig::default().lr), clip_norm: self.clip, ..Default::default() };

@@ -43,7 +43,7 @@ fn sizes_past_the_device_are_refused_before_the_host_builds_an_episode() {
     // A billion episodes of (T, B, N) inputs would be terabytes on the host: the device check
     // must come first (before it, the process aborted on the failed allocation).
     let o = train(&dir, &["--batch", "1000000000", "--episodes", "1"]);
-    assert_clean_failure(&o, "a smaller --batch fits");
+    assert_clean_failure(&o, "a smaller --batch or --neurons fits");
     assert!(stderr(&o).contains("max_storage_buffer_binding_size"), "{}", stderr(&o));
     assert!(!dir.exists(), "a refused size leaves no run directory behind");
     // A batch past the workgroup grid's 65535 rows (and within every binding at N = 4, T = 2).
@@ -161,5 +161,29 @@ fn eval_names_the_file_and_refuses_what_it_cannot_read() {
     std::fs::write(&padded, bytes).unwrap();
     let o = plasticity(&["eval", padded.to_str().unwrap()]);
     assert_clean_failure(&o, "padded.safetensors");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn options_of_the_other_task_or_rule_are_refused_rather_than_ignored() {
+    let dir = scratch("ignored");
+    let d = dir.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["--side", "8"], "--side belongs to --task image"),
+        (vec!["--cycles", "2"], "--cycles belongs to --task image"),
+        (vec!["--task", "image", "--images", d, "--patterns", "3"], "--patterns belongs to --task pattern"),
+        (vec!["--task", "image", "--images", d, "--input-gain", "5"], "--input-gain belongs to --task pattern"),
+        (vec!["--fixed-eta", "--modulation", "simple"], "--fixed-eta has no effect with --modulation"),
+    ] {
+        let mut all = vec!["train", "--run-dir", d, "--episodes", "1"];
+        all.extend_from_slice(&args);
+        assert_clean_failure(&plasticity(&all), expected);
+    }
+    // The baseline has no rule (the parser refuses the pair).
+    let o = plasticity(&["train", "--run-dir", d, "--baseline", "--rule", "oja"]);
+    assert!(!o.status.success() && stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    // Where eta is the eligibility trace's rate, fixing it means something.
+    let o = train(&dir, &["--episodes", "1", "--fixed-eta", "--modulation", "simple", "--retroactive"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
