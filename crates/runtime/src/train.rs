@@ -264,14 +264,15 @@ impl TrainArgs {
         let (task, neurons) = match self.task {
             TaskKind::Pattern => {
                 // The other task's options would be ignored: refused instead.
-                for (option, given) in [
-                    ("--images", self.images.is_some()),
-                    ("--side", self.side.is_some()),
-                    ("--images-per-episode", self.images_per_episode.is_some()),
-                    ("--cycles", self.cycles.is_some()),
-                ] {
-                    ensure!(!given, "{option} belongs to --task image");
-                }
+                refuse_options_of(
+                    "--task image",
+                    [
+                        ("--images", self.images.is_some()),
+                        ("--side", self.side.is_some()),
+                        ("--images-per-episode", self.images_per_episode.is_some()),
+                        ("--cycles", self.cycles.is_some()),
+                    ],
+                )?;
                 let neurons = self.neurons.unwrap_or(1000);
                 let default = PatternTask::default();
                 let task = PatternTask {
@@ -287,14 +288,15 @@ impl TrainArgs {
                 (TaskConfig::Pattern(task), neurons)
             }
             TaskKind::Image => {
-                for (option, given) in [
-                    ("--patterns", self.patterns.is_some()),
-                    ("--presentations", self.presentations.is_some()),
-                    ("--input-gain", self.input_gain.is_some()),
-                    ("--degrade-prob", self.degrade_prob.is_some()),
-                ] {
-                    ensure!(!given, "{option} belongs to --task pattern");
-                }
+                refuse_options_of(
+                    "--task pattern",
+                    [
+                        ("--patterns", self.patterns.is_some()),
+                        ("--presentations", self.presentations.is_some()),
+                        ("--input-gain", self.input_gain.is_some()),
+                        ("--degrade-prob", self.degrade_prob.is_some()),
+                    ],
+                )?;
                 let images = self.images.clone().context("--task image needs --images DIR, a directory of PNG or JPEG files")?;
                 let paper = ImageTask::with_side(self.side.unwrap_or(32));
                 let task = ImageTask {
@@ -352,6 +354,14 @@ impl TrainArgs {
         validate(&config)?;
         Ok(config)
     }
+}
+
+/// The other task's options would be ignored: each one given is refused instead.
+fn refuse_options_of(task: &str, options: [(&str, bool); 4]) -> anyhow::Result<()> {
+    for (option, given) in options {
+        ensure!(!given, "{option} belongs to {task}");
+    }
+    Ok(())
 }
 
 fn validate(c: &RunConfig) -> anyhow::Result<()> {

@@ -2,30 +2,12 @@
 //! keeping in its --json file every figure measured before the failure; options that would be
 //! ignored are refused or kept, never silently dropped.
 
+mod common;
+
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn plasticity(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plasticity")).args(args).output().expect("run plasticity")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn assert_clean_failure(o: &Output, expected: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "should fail: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "a panic instead of an error: {err}");
-    // The last "error:" line is ours (graphics drivers may print their own before it).
-    let line = err.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
-    assert!(line.contains(expected), "expected '{expected}' in: {line}");
-}
 
 /// A clean failure before the adapter was opened, so before anything was measured.
 #[track_caller]

@@ -1,26 +1,12 @@
 //! The command line end to end: a run directory, exact resume, evaluation, and bad input that
 //! gets one clear sentence and a non-zero exit, never a panic.
 
+mod common;
+
+use common::*;
+
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn plasticity(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plasticity")).args(args).output().expect("run plasticity")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_clean_failure(o: &Output, expected: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "should fail: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "a panic instead of an error: {err}");
-    // The last "error:" line is ours (graphics drivers may print their own before it).
-    let line = err.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
-    assert!(line.contains(expected), "expected '{expected}' in: {line}");
-}
 
 fn losses(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();

@@ -2,26 +2,12 @@
 //! resumed run cannot honour, and sizes past the device's limits: one clear error and a non-zero
 //! exit each, never a panic or an abort, and nothing lost.
 
+mod common;
+
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn plasticity(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plasticity")).args(args).output().expect("run plasticity")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_clean_failure(o: &Output, expected: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "should fail with exit status 1 (not abort or crash): {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "a panic instead of an error: {err}");
-    // The last "error:" line is ours (graphics drivers may print their own before it).
-    let line = err.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
-    assert!(line.contains(expected), "expected '{expected}' in: {line}");
-}
+use std::process::Output;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("plasticity-rundir-{name}-{}", std::process::id()));
