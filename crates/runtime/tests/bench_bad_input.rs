@@ -149,22 +149,12 @@ fn quick_keeps_the_options_given_with_it() {
     let dir = scratch("quick");
     let json = dir.join("quick.json");
     let j = json.to_str().unwrap();
-    let o = plasticity(&[
-        "bench",
-        "--quick",
-        "--neurons",
-        "8",
-        "--batch",
-        "1",
-        "--steps",
-        "5",
-        "--memory-size",
-        "8,1",
-        "--memory-steps",
-        "5",
-        "--json",
-        j,
-    ]);
+    let quick = |extra: &[&str]| {
+        let mut args = vec!["bench", "--quick", "--neurons", "8", "--batch", "1", "--steps", "5", "--json", j];
+        args.extend_from_slice(extra);
+        plasticity(&args)
+    };
+    let o = quick(&["--memory-size", "8,1", "--memory-steps", "5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let doc = read_json(&json);
     let sizes: Vec<_> = doc["cases"].as_array().unwrap().iter().map(|c| (c["neurons"].clone(), c["batch"].clone())).collect();
@@ -176,23 +166,7 @@ fn quick_keeps_the_options_given_with_it() {
     let config = &doc["config"];
     assert_eq!((&config["quick"], &config["reps"], &config["warmup"]), (&true.into(), &1.into(), &0.into()), "{doc}");
     assert_eq!(doc["complete"], serde_json::json!(true), "{doc}");
-    let o = plasticity(&[
-        "bench",
-        "--quick",
-        "--neurons",
-        "8",
-        "--batch",
-        "1",
-        "--steps",
-        "5",
-        "--no-memory",
-        "--reps",
-        "2",
-        "--warmup",
-        "1",
-        "--json",
-        j,
-    ]);
+    let o = quick(&["--no-memory", "--reps", "2", "--warmup", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let config = read_json(&json)["config"].clone();
     assert_eq!((&config["reps"], &config["warmup"]), (&2.into(), &1.into()), "{config}");
