@@ -474,7 +474,10 @@ impl ForwardState {
             (
                 format!("the output heads' {} loss steps x batch {b} (one workgroup row each)", shape.loss_steps.len()),
                 head_rows,
-                format!("use a batch of at most {}", most / shape.loss_steps.len().max(1) as u64),
+                match most / shape.loss_steps.len().max(1) as u64 {
+                    0 => format!("use at most {most} loss steps"),
+                    batch => format!("use a batch of at most {batch}"),
+                },
             ),
         ] {
             if rows > most {

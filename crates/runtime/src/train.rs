@@ -809,8 +809,9 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
     let metrics = trainer.compute_gradients(&ctx, &data)?;
     let grads = trainer.read_gradients(&ctx)?;
     let params = trainer.network.read_parameters(&ctx)?;
-    // The three files are one set: each is written into a fresh directory beside --out, and only
-    // when all three are there are they moved into --out, so a failed write leaves the old set whole.
+    // The three files are one set: they are written into a fresh directory inside --out and moved
+    // out of it only when all three are there (renames within one file system, which a full disk
+    // does not fail), so a failed write leaves the old set whole.
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let staging = args.out.join(format!(".export.tmp{}", std::process::id()));
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
