@@ -255,10 +255,13 @@ fn div_ceil_u32(a: u32, b: u32) -> u32 {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
     let n = p.n;
-    let tile_j = gid.x;
-    let tile_i = gid.y;
+    // Blocks row by row over the flat index of the grid's x and y (backward_trace::workgroups), so
+    // that a SIMD group or warp takes consecutive blocks however few a row has; z is the batch group.
+    let block = gid.x + gid.y * grid.x * WORKGROUP_SIZE;
+    let tile_j = block % p.n_tiles;
+    let tile_i = block / p.n_tiles;
     let z = gid.z;
     let groups = max(p.groups, 1u);
     if (tile_j >= p.n_tiles || tile_i >= p.n_tiles || z >= groups || z >= p.batch) {

@@ -456,8 +456,9 @@ fn backward_activation_matches_cpu_twin() {
 }
 
 /// One backward_trace step (the vec4 kernel with `vec4`, its column values hoisted with `hoist`) at
-/// `batch_slots` batch elements per pass over blocks of side `tile`, against the twin; a reversed
-/// step finds the trace where `reversal` says (the slot's values are random either way).
+/// `batch_slots` batch elements per pass over blocks of side `tile`, in workgroups of `workgroup`
+/// invocations, against the twin; a reversed step finds the trace where `reversal` says (the slot's
+/// values are random either way).
 #[allow(clippy::too_many_arguments)]
 fn check_backward_trace(
     name: &str,
@@ -470,6 +471,7 @@ fn check_backward_trace(
     batch_slots: u32,
     hoist: bool,
     tile: u32,
+    workgroup: u32,
     reversal: ReversalStep,
 ) {
     let spec = *spec;
@@ -522,10 +524,10 @@ fn check_backward_trace(
     let out = run_rule_kernel(
         backward_trace::kernel_name(vec4),
         &spec,
-        &backward_trace::constants(vec4, reverse, batch_slots, tile, true, hoist),
+        &backward_trace::constants(vec4, workgroup, reverse, batch_slots, tile, true, hoist),
         &p,
         &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace), bytes(&trace_grad), bytes(&grads), bytes(&partials)],
-        backward_trace::workgroups(n, groups, tile),
+        backward_trace::workgroups(n, groups, tile, workgroup),
     );
     let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) = (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
     cpu::backward_trace(
@@ -573,6 +575,14 @@ fn check_backward_trace(
     }
 }
 
+/// The backward trace kernels' workgroup size in the tests that vary the rest: a CPU adapter's (8)
+/// with the column values hoisted, as a CPU adapter runs them, and a GPU's (64) otherwise, so that
+/// no new pipeline variant is compiled for it (`backward_trace_blocks_map_to_invocations_at_any_
+/// workgroup_size` crosses the sizes with both kernels).
+fn workgroup_for(hoist: bool) -> u32 {
+    if hoist { 8 } else { 64 }
+}
+
 /// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4, with its
 /// column values loaded per four rows and hoisted per pass (HOIST_COLUMNS): 4 and 8 (one and two
 /// quads), 64, 68 and 260 (65 quads over 17 lanes, the last three with three quads), 532 (a second
@@ -593,7 +603,9 @@ fn backward_trace_matches_cpu_twin() {
                     }
                     vec4_cases += vec4 as u32;
                     let slots = backward_trace::batch_slots(batch, groups);
-                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, ReversalStep::default());
+                    let workgroup = workgroup_for(hoist);
+                    let reversal = ReversalStep::default();
+                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, workgroup, reversal);
                 }
             }
         }
@@ -614,10 +626,10 @@ fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
             for (batch, groups) in [(5u32, 1u32), (9, 2)] {
                 for slots in 1..backward_trace::CHUNK {
                     if !vec4 || runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false, TRACE_TILE, ReversalStep::default());
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false, TRACE_TILE, 64, ReversalStep::default());
                     }
                     if vec4 && runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true, TRACE_TILE, ReversalStep::default());
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true, TRACE_TILE, 64, ReversalStep::default());
                     }
                 }
             }
@@ -643,7 +655,9 @@ fn backward_trace_with_smaller_tiles_matches_cpu_twin() {
                         // At step 3 a reversed step finds H(t+1) and G(t+2) and stores both.
                         let ahead = step == 3 && spec.reversible();
                         let reversal = ReversalStep { ahead, grad_ahead: ahead, ..ReversalStep::default() };
-                        check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, tile, reversal);
+                        // Rows of 1 to 65 blocks: workgroups of 8 take blocks of several rows at once.
+                        let workgroup = workgroup_for(hoist);
+                        check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, tile, workgroup, reversal);
                         cases += 1;
                     }
                 }
@@ -651,6 +665,42 @@ fn backward_trace_with_smaller_tiles_matches_cpu_twin() {
         }
     }
     assert!(cases >= 6 * 2 * 8 * 2 * 2, "{cases} cases");
+}
+
+/// The blocks of the trace map to invocations through a flat index over the grid's x and y
+/// (`backward_trace::workgroups`): both kernels at workgroup sizes of 1, 8 and 64 and rows of 1 to
+/// 33 blocks, and a grid of more than 65535 workgroups, whose flat index crosses into a second row.
+#[test]
+fn backward_trace_blocks_map_to_invocations_at_any_workgroup_size() {
+    let (name, spec) = ("paper", Plasticity::PAPER);
+    for workgroup in [1u32, 8, 64] {
+        for n in [4u32, 63, 64, 260, 520] {
+            for vec4 in [false, true] {
+                if vec4 && !runs_vec4_kernels(n, &spec) {
+                    continue;
+                }
+                let reversal = ReversalStep { ahead: true, grad_ahead: true, ..ReversalStep::default() };
+                check_backward_trace(
+                    name,
+                    &spec,
+                    n,
+                    9,
+                    2,
+                    3,
+                    vec4,
+                    backward_trace::batch_slots(9, 2),
+                    vec4,
+                    TRACE_TILE,
+                    workgroup,
+                    reversal,
+                );
+            }
+        }
+    }
+    // 725^2 blocks of side 4 in workgroups of 8: 65704 workgroups, a grid of two rows (and a row
+    // width that is not a whole number of block rows).
+    assert_eq!(backward_trace::workgroups(2900, 1, 4, 8)[1], 2, "a two-row grid");
+    check_backward_trace(name, &spec, 2900, 1, 1, 2, true, 1, true, 4, 8, ReversalStep::default());
 }
 
 /// The rules a backward sweep reverses (`Plasticity::reversible`): each update rule with one eta and
@@ -689,7 +739,8 @@ fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
                         let hoist = vec4 && step != 2;
                         for (ahead, skip_store, grad_ahead, skip_grad_store) in flags {
                             let reversal = ReversalStep { ahead, skip_store, grad_ahead, skip_grad_store };
-                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, reversal);
+                            let workgroup = workgroup_for(hoist);
+                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, workgroup, reversal);
                             cases += 1;
                         }
                     }

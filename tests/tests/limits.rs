@@ -123,6 +123,24 @@ fn a_forward_workgroup_past_the_device_limit_is_refused_with_the_range() {
     assert!(EpisodeRunner::new().run(&ctx, &net, &episode(8, 1)).unwrap().loss.is_finite());
 }
 
+#[test]
+fn a_backward_workgroup_past_the_device_limit_is_refused_with_the_range() {
+    use plasticity_runtime::{KernelTuning, Trainer, TrainerConfig};
+    let most = gpu().limits().max_compute_invocations_per_workgroup.min(gpu().limits().max_compute_workgroup_size_x);
+    let config = NetworkConfig { neurons: 8, ..Default::default() };
+    for size in [0, most + 1] {
+        let ctx = gpu_with(KernelTuning { backward_workgroup_size: Some(size), ..Default::default() });
+        let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+        let message = trainer.train_step(&ctx, &episode(8, 1)).unwrap_err().to_string();
+        assert!(message.contains(&format!("backward_workgroup_size = {size}")) && message.contains(&format!("1 to {most}")), "{message}");
+    }
+    // The largest the device takes trains.
+    let ctx = gpu_with(KernelTuning { backward_workgroup_size: Some(most), ..Default::default() });
+    let mut trainer = Trainer::new(&ctx, Network::new(&ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+    assert!(trainer.train_step(&ctx, &episode(8, 1)).unwrap().loss.is_finite());
+    assert_eq!(trainer.backward_workgroup(), Some(most));
+}
+
 /// forward_step_vec4_subgroup needs whole subgroups: asked for in workgroups that are not a multiple
 /// of the adapter's largest subgroup size, it is refused with the sizes; by default that workgroup
 /// size runs forward_step_vec4 instead.

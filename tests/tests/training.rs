@@ -121,6 +121,16 @@ fn backward_store_every_step_changes_no_result() {
     assert_same_training(&alternate, &every_step, "with the reversed trace and its gradient stored every step and every other step");
 }
 
+/// backward_trace in workgroups of 8 (a CPU adapter's) and of 64 (a GPU's): every invocation walks
+/// the same block whichever workgroup holds it, so training gives the same bits.
+#[test]
+fn backward_workgroup_size_changes_no_result() {
+    use plasticity_runtime::KernelTuning;
+    let eight = gpu_with(KernelTuning { backward_workgroup_size: Some(8), ..Default::default() });
+    let sixty_four = gpu_with(KernelTuning { backward_workgroup_size: Some(64), ..Default::default() });
+    assert_same_training(&eight, &sixty_four, "with backward trace workgroups of 8 and of 64");
+}
+
 /// The same losses and parameters after three Adam steps on both contexts, through both rule kernel
 /// widths, modulation, the eligibility trace, the input layer and a softmax head.
 fn assert_same_training(a: &plasticity_runtime::GpuContext, b: &plasticity_runtime::GpuContext, what: &str) {

@@ -682,7 +682,12 @@ pub mod backward_trace {
     /// with `grad_ahead` makes (off when every step stores the gradient, to free its registers).
     pub const GRAD_AHEAD: &str = "GRAD_AHEAD";
 
+    /// Invocations per workgroup on a GPU (the runtime's default there; see
+    /// `KernelTuning::backward_workgroup`).
     pub const WORKGROUP_SIZE: u32 = 64;
+
+    /// Override constant of both widths: invocations per workgroup.
+    pub const WORKGROUP_SIZE_OVERRIDE: &str = "WORKGROUP_SIZE";
 
     /// Batch elements one invocation handles per pass over its block (the shader's CHUNK).
     pub const CHUNK: u32 = 4;
@@ -708,11 +713,20 @@ pub mod backward_trace {
     pub const TILE: &str = "TILE";
 
     /// The override constants, beyond the rule's, of the kernel that runs a backward step (the vec4
-    /// one with `vec4`), with `slots` (1 to CHUNK) batch elements per pass over blocks of side `tile`
-    /// (one of TRACE_TILE_SIDES), the gradient's recovery compiled in with `grad_ahead` and, in the
-    /// vec4 kernel, the column values hoisted or not.
-    pub fn constants(vec4: bool, reverse: bool, slots: u32, tile: u32, grad_ahead: bool, hoist_columns: bool) -> Vec<(&'static str, f64)> {
+    /// one with `vec4`) in workgroups of `workgroup_size`, with `slots` (1 to CHUNK) batch elements
+    /// per pass over blocks of side `tile` (one of TRACE_TILE_SIDES), the gradient's recovery compiled
+    /// in with `grad_ahead` and, in the vec4 kernel, the column values hoisted or not.
+    pub fn constants(
+        vec4: bool,
+        workgroup_size: u32,
+        reverse: bool,
+        slots: u32,
+        tile: u32,
+        grad_ahead: bool,
+        hoist_columns: bool,
+    ) -> Vec<(&'static str, f64)> {
         let mut constants = vec![
+            (WORKGROUP_SIZE_OVERRIDE, workgroup_size as f64),
             (REVERSE, reverse as u32 as f64),
             (BATCH_SLOTS, slots as f64),
             (TILE, tile as f64),
@@ -724,10 +738,15 @@ pub mod backward_trace {
         constants
     }
 
-    /// One invocation per `tile` x `tile` block and batch group.
-    pub fn workgroups(n: u32, groups: u32, tile: u32) -> [u32; 3] {
+    /// One invocation per `tile` x `tile` block and batch group, in workgroups of `workgroup_size`.
+    /// The blocks are numbered row by row, block (i, j) by invocation i n_tiles + j of the flat
+    /// index gid.x + gid.y (grid width) ([`crate::elementwise_grid`]), so that the invocations of a
+    /// SIMD group or warp take consecutive blocks however few blocks a row has (a row of 4 blocks
+    /// left half of lavapipe's 8 lanes idle at N = 64); the batch groups are the grid's z.
+    pub fn workgroups(n: u32, groups: u32, tile: u32, workgroup_size: u32) -> [u32; 3] {
         let tiles = trace_tiles(n, tile);
-        [div_ceil(tiles, WORKGROUP_SIZE), tiles, groups.max(1)]
+        let ([x, y, _], _) = crate::elementwise_grid(tiles * tiles, workgroup_size.max(1));
+        [x, y, groups.max(1)]
     }
 
     /// What one step of a reversed sweep (REVERSE) finds in the trace slot and in the trace gradient,

@@ -169,6 +169,8 @@ struct BackwardState {
     hoist_columns: bool,
     /// Side of the blocks backward_trace walks (its TILE).
     tile: u32,
+    /// Invocations per backward_trace workgroup.
+    workgroup: u32,
     partials_layout: PartialsLayout,
     trace_grad: GpuBuffer,
     partials: GpuBuffer,
@@ -193,6 +195,7 @@ impl BackwardState {
         let (n, batch) = (shape.neurons, shape.batch);
         let spec = shape.plasticity();
         let tile = ctx.tuning.backward_tile_side(&ctx.adapter, n, batch)?;
+        let workgroup = ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits())?;
         let layout = net.layout;
         let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch, tile);
         let batch_slots = ctx.tuning.backward_slots(batch, groups)?;
@@ -325,6 +328,7 @@ impl BackwardState {
             batch_slots,
             hoist_columns: fwd.vec4 && ctx.tuning.backward_hoist(&ctx.adapter, batch_slots),
             tile,
+            workgroup,
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
             partials: buffers::storage(ctx, "backward partial sums", partial_bytes)?,
@@ -653,6 +657,12 @@ impl Trainer {
         Some(self.backward.as_ref()?.tile)
     }
 
+    /// Invocations per workgroup of the last episode's backward_trace (see
+    /// [`crate::KernelTuning::backward_workgroup_size`]); `None` before the first episode.
+    pub fn backward_workgroup(&self) -> Option<u32> {
+        Some(self.backward.as_ref()?.workgroup)
+    }
+
     /// Adam steps taken so far.
     pub fn steps_taken(&self) -> u32 {
         self.adam_step
@@ -817,7 +827,8 @@ fn record_backward(
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
     // The gradient's recovery is compiled in only where the schedule uses it.
     let grad_ahead = reverse && !bwd.tuning.backward_store_every_step;
-    let trace_constants = backward_trace::constants(bwd.vec4, reverse, bwd.batch_slots, bwd.tile, grad_ahead, bwd.hoist_columns);
+    let trace_constants =
+        backward_trace::constants(bwd.vec4, bwd.workgroup, reverse, bwd.batch_slots, bwd.tile, grad_ahead, bwd.hoist_columns);
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,
@@ -840,7 +851,7 @@ fn record_backward(
     let window = bwd.partials_layout.ga_window;
     let weight_grid = weight_gradient::workgroups(shape.neurons);
     let activation_grid = backward_activation::workgroups(shape.neurons, shape.batch);
-    let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups, bwd.tile);
+    let trace_grid = backward_trace::workgroups(shape.neurons, bwd.partials_layout.groups, bwd.tile, bwd.workgroup);
     let modulation_grid = modulation_backward::workgroups(shape.batch);
     let input_grid = input_projection_backward::workgroups(shape.neurons, shape.input_width());
     // One backward step: the modulator's share of gx(t), then ga(t), then the trace part; at the first

@@ -33,6 +33,10 @@ pub const MIN_SPLIT_LEN: u32 = 8;
 /// (64 vec4 invocations cover 256 neurons) ran on one core; with 8, a training episode at N = 256,
 /// B = 1 took 1.8-2.0x less time on 2 cores, and N = 256, B = 16 was unchanged (README).
 pub const CPU_FORWARD_WORKGROUP: u32 = 8;
+/// Invocations per backward_trace workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
+/// so that the few blocks of a small network still make a workgroup per thread (N = 64, side 16:
+/// 16 blocks, two workgroups for two threads, against one of 64 before), each with every lane busy.
+pub const CPU_BACKWARD_WORKGROUP: u32 = 8;
 
 /// Work division of the step kernels; `None` chooses from the adapter and the size (see the module
 /// docs). The choice never changes results beyond f32 rounding of the split sums.
@@ -46,6 +50,9 @@ pub struct KernelTuning {
     /// adapter); at most the device's `max_compute_invocations_per_workgroup` and
     /// `max_compute_workgroup_size_x`.
     pub forward_workgroup_size: Option<u32>,
+    /// Invocations per workgroup of backward_trace (64 on a GPU, CPU_BACKWARD_WORKGROUP on a CPU
+    /// adapter), within the same device limits as the forward's.
+    pub backward_workgroup_size: Option<u32>,
     /// Batch elements per pass of backward_trace, 1 to `backward_trace::CHUNK` (default: that, or
     /// ceil(B / Z) when smaller). Fewer mean more passes, each reading w and alpha and updating dalpha
     /// again, but fewer registers per invocation (more of them resident on a GPU); results are the
@@ -104,6 +111,20 @@ impl KernelTuning {
     /// Invocations per forward_step workgroup.
     pub fn forward_workgroup(&self, adapter: &AdapterSummary) -> u32 {
         self.forward_workgroup_size.unwrap_or(if adapter.is_cpu() { CPU_FORWARD_WORKGROUP } else { forward_step::WORKGROUP_SIZE })
+    }
+
+    /// Invocations per backward_trace workgroup, or the error that says the device's range.
+    pub fn backward_workgroup(&self, adapter: &AdapterSummary, limits: &wgpu::Limits) -> crate::Result<u32> {
+        let size =
+            self.backward_workgroup_size.unwrap_or(if adapter.is_cpu() { CPU_BACKWARD_WORKGROUP } else { backward_trace::WORKGROUP_SIZE });
+        let most = limits.max_compute_invocations_per_workgroup.min(limits.max_compute_workgroup_size_x);
+        if size == 0 || size > most {
+            return Err(crate::error::invalid(
+                "kernel tuning",
+                format!("backward_workgroup_size = {size}; this device takes 1 to {most} invocations per workgroup"),
+            ));
+        }
+        Ok(size)
     }
 
     /// Whether the vec4 forward step runs as `forward_step_vec4_subgroup` on this device, in
@@ -239,6 +260,24 @@ mod tests {
             driver: String::new(),
             subgroup_min_size: 32,
             subgroup_max_size: 32,
+        }
+    }
+
+    /// backward_trace runs in workgroups of one SIMD group on a CPU adapter and of 64 on a GPU,
+    /// unless set; a size the device does not take is refused with its range.
+    #[test]
+    fn backward_workgroups_are_small_on_a_cpu_adapter() {
+        let (gpu, cpu) = (adapter(wgpu::DeviceType::DiscreteGpu), adapter(wgpu::DeviceType::Cpu));
+        let limits = wgpu::Limits::default();
+        let auto = KernelTuning::default();
+        assert_eq!(auto.backward_workgroup(&cpu, &limits).unwrap(), CPU_BACKWARD_WORKGROUP);
+        assert_eq!(auto.backward_workgroup(&gpu, &limits).unwrap(), backward_trace::WORKGROUP_SIZE);
+        let set = KernelTuning { backward_workgroup_size: Some(32), ..auto };
+        assert_eq!((set.backward_workgroup(&cpu, &limits).unwrap(), set.backward_workgroup(&gpu, &limits).unwrap()), (32, 32));
+        let most = limits.max_compute_invocations_per_workgroup.min(limits.max_compute_workgroup_size_x);
+        for size in [0, most + 1] {
+            let err = KernelTuning { backward_workgroup_size: Some(size), ..auto }.backward_workgroup(&gpu, &limits).unwrap_err();
+            assert!(err.to_string().contains(&format!("1 to {most}")), "{err}");
         }
     }
 

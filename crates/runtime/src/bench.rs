@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// workgroup runs on one thread).
     #[arg(long)]
     forward_workgroup_size: Option<u32>,
+    /// Invocations per workgroup of the backward trace kernel (default: 64 on a GPU, 8 on a CPU
+    /// adapter, where the few blocks of a small network then still make a workgroup per thread).
+    #[arg(long)]
+    backward_workgroup_size: Option<u32>,
     /// Batch elements per pass of the backward trace kernel, 1 to 4 (default: 4, or ceil(B / Z) when
     /// smaller); fewer take more passes but fewer registers per invocation.
     #[arg(long)]
@@ -135,6 +139,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         forward_splits: args.forward_splits,
         backward_groups: args.backward_groups,
         forward_workgroup_size: args.forward_workgroup_size,
+        backward_workgroup_size: args.backward_workgroup_size,
         backward_batch_slots: args.backward_batch_slots,
         scalar_kernels: args.scalar_kernels,
         forward_subgroups: args.forward_subgroups,
@@ -200,7 +205,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let batches = args.batch.clone().unwrap_or(batches);
     let (memory_neurons, memory_batch) = memory_size.unwrap_or(if cpu { (512, 1) } else { (1000, 1) });
     // Every size against the device's limits before the first measurement, so that none is spent
-    // on the sizes before one the device cannot hold.
+    // on the sizes before one the device cannot hold; and the workgroup sizes asked for.
+    ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits()).context("--backward-workgroup-size")?;
     for &n in &neurons {
         for &b in &batches {
             fits_device(&ctx, n, b, args.steps, plasticity).with_context(|| format!("N = {n}, B = {b}"))?;
@@ -223,7 +229,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}), \
          bk the side of the square blocks of the trace it walks ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
-         by subgroup shuffles{}; forward workgroups of {} invocations; \
+         by subgroup shuffles{}; forward workgroups of {} invocations, backward trace workgroups of {}; \
          backward passes of {}, column values loaded {}, the reversed trace and its gradient stored {}; \
          wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
@@ -234,6 +240,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             None => String::new(),
         },
         ctx.tuning.forward_workgroup(&ctx.adapter),
+        ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits())?,
         match args.backward_batch_slots {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
             None => format!("up to {chunk} batch elements"),
@@ -533,6 +540,7 @@ impl Report<'_> {
                 "steps": args.steps, "reps": reps, "warmup": warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
                 "wgpu_loop_bounding": ctx.wgpu_loop_bounding(),
                 "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
+                "backward_workgroup_size": ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits()).ok(),
                 // null: the default (on for a CPU adapter with subgroups); each case says where it ran.
                 "forward_subgroups": ctx.tuning.forward_subgroups,
                 // null: the default (on a CPU adapter at 2 or more batch elements per pass); each case says.
