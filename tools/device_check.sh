@@ -84,6 +84,9 @@ for nb in "1000 64" "1000 16" "256 64"; do sweep $nb auto auto; sweep $nb auto a
 # The forward step's workgroup size (64 on a GPU was never swept; 8 won on lavapipe).
 for g in 32 128 256; do sweep 1000 64 auto auto --forward-workgroup-size $g; sweep 1000 1 auto auto --forward-workgroup-size $g; done
 sweep 1000 1 auto auto
+# The backward trace kernel's workgroup size (64 on a GPU, never swept; its blocks are numbered flat,
+# so a warp takes consecutive blocks whatever the size; 8 on lavapipe).
+for g in 32 128; do sweep 1000 64 auto auto --backward-workgroup-size $g; sweep 256 1 auto auto --backward-workgroup-size $g; done
 # Backward passes of fewer batch elements (fewer registers per invocation, more passes; 4 is the default).
 for k in 1 2; do sweep 1000 64 auto auto --backward-batch-slots $k; done
 # wgpu's loop bounding in every kernel (the runtime leaves it out of the counted-loop kernels).
