@@ -356,6 +356,26 @@ impl TrainArgs {
     }
 }
 
+/// A learned eta where the decay (or Oja's) rule is no longer a stable decay, [0, 1), is not refused
+/// (training can drift there, and the run may still be worth reading) but said: such a checkpoint
+/// is corrupt or from a run about to diverge (the reversed sweep divides by 1 - eta).
+fn warn_if_eta_unstable(path: &Path, checkpoint: &Checkpoint) {
+    let spec = checkpoint.network.plasticity;
+    // A modulated rate reads no eta, unless an eligibility trace takes it as its own rate.
+    let eta_is_a_rate = !spec.modulated() || spec.retroactive;
+    if spec.rule == plasticity_runtime::Rule::Additive || !eta_is_a_rate || !checkpoint.network.plastic {
+        return;
+    }
+    if let Some(eta) = checkpoint.parameters.etas().iter().find(|e| !(0.0..1.0).contains(*e)) {
+        eprintln!(
+            "warning: {}: eta = {eta} is outside [0, 1), where the {:?} rule is a stable decay; the file is corrupt or its run \
+             was about to diverge",
+            path.display(),
+            spec.rule
+        );
+    }
+}
+
 /// The other task's options would be ignored: each one given is refused instead.
 fn refuse_options_of(task: &str, options: [(&str, bool); 4]) -> anyhow::Result<()> {
     for (option, given) in options {
@@ -476,6 +496,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 dir.display()
             );
             let checkpoint = Checkpoint::load(&dir.join(CHECKPOINT))?;
+            warn_if_eta_unstable(&dir.join(CHECKPOINT), &checkpoint);
             let done: u64 = checkpoint
                 .metadata
                 .get("episodes_done")
@@ -699,6 +720,7 @@ pub struct EvalArgs {
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let path = if args.checkpoint.is_dir() { args.checkpoint.join(CHECKPOINT) } else { args.checkpoint.clone() };
     let checkpoint = Checkpoint::load(&path)?;
+    warn_if_eta_unstable(&path, &checkpoint);
     let run = checkpoint.metadata.get("run").with_context(|| {
         format!(
             "{} holds no run config: eval takes a checkpoint that `train` wrote (its run directory or checkpoint.safetensors)",

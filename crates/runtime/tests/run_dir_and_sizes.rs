@@ -173,3 +173,22 @@ fn options_of_the_other_task_or_rule_are_refused_rather_than_ignored() {
     assert!(o.status.success(), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_checkpoint_whose_eta_left_the_stable_range_is_read_with_a_warning() {
+    let dir = scratch("eta");
+    assert!(train(&dir, &["--episodes", "1"]).status.success());
+    let path = dir.join("checkpoint.safetensors");
+    let p = path.to_str().unwrap();
+    let o = plasticity(&["eval", p, "--episodes", "1"]);
+    assert!(o.status.success() && !stderr(&o).contains("warning:"), "a trained eta passes quietly: {}", stderr(&o));
+    // eta = 5 under the decay rule: the trace's update (1 - eta) H + eta x x no longer decays.
+    let mut checkpoint = plasticity_runtime::Checkpoint::load(&path).unwrap();
+    let eta = checkpoint.parameters.layout.eta_offset as usize;
+    checkpoint.parameters.values[eta] = 5.0;
+    checkpoint.save(&path).unwrap();
+    let o = plasticity(&["eval", p, "--episodes", "1"]);
+    assert!(o.status.success(), "read, not refused: {}", stderr(&o));
+    assert!(stderr(&o).contains("eta = 5 is outside [0, 1)"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
