@@ -19,7 +19,7 @@ if [ "${1:-}" = "--pack" ]; then
   cargo build -q --release -p runtime
   mapfile -t tests < <(cargo test --workspace --release --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
-wanted = {"kernels", "rules", "episode", "limits", "embedding", "training", "cli", "plasticity_runtime"}
+wanted = {"kernels", "rules", "episode", "limits", "embedding", "training", "cli", "run_dir_and_sizes", "bench_bad_input", "plasticity_runtime"}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
@@ -118,7 +118,7 @@ cp /tmp/compare/ours.json "$out/compare_ours.json"
 want tests && section "GPU tests on this adapter" &&
 for t in "$bin"/test_*; do
   name=${t#"$bin"/test_}
-  case $name in cli) dir=crates/runtime ;; plasticity_runtime) dir=crates/plasticity-runtime ;; *) dir=tests ;; esac
+  case $name in cli|run_dir_and_sizes|bench_bad_input) dir=crates/runtime ;; plasticity_runtime) dir=crates/plasticity-runtime ;; *) dir=tests ;; esac
   log=/tmp/test_$name.log
   (cd "$dir" && timeout 60 "$OLDPWD/$t" -q --test-threads 8 > "$log" 2>&1)
   echo "$name: exit $? -- $(grep -E '^test result' "$log" | tail -1)"
