@@ -442,6 +442,21 @@ fn truncate_metrics(path: &Path, rows: u64) -> anyhow::Result<()> {
         path.display(),
         kept.len() - 1
     );
+    // What train writes: the episode's number, then five finite numbers (a diverged episode stops
+    // the run before its row). Anything else was edited or damaged, and would feed the reported
+    // error rate and the loss plot.
+    for (episode, row) in (1u64..).zip(&kept[1..]) {
+        let fields: Vec<&str> = row.split(',').collect();
+        let well_formed = fields.len() == 6
+            && fields[0].parse::<u64>().ok() == Some(episode)
+            && fields[1..].iter().all(|f| f.parse::<f64>().is_ok_and(f64::is_finite));
+        ensure!(
+            well_formed,
+            "{} row {episode} ('{row}') is not a metrics row (episode {episode}, then five finite numbers); the file was edited or \
+             damaged: restore it, or start the run again in a new --run-dir",
+            path.display()
+        );
+    }
     write_file(path, (kept.join("\n") + "\n").as_bytes())
 }
 

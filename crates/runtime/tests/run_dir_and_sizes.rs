@@ -192,3 +192,22 @@ fn a_checkpoint_whose_eta_left_the_stable_range_is_read_with_a_warning() {
     assert!(stderr(&o).contains("eta = 5 is outside [0, 1)"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_damaged_metrics_row_is_refused_on_resume() {
+    let dir = scratch("metrics");
+    let d = dir.to_str().unwrap();
+    assert!(train(&dir, &["--episodes", "3", "--checkpoint-every", "3"]).status.success());
+    let path = dir.join("metrics.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2] = "2,NaN,inf,x,,"; // before, accepted and reported as "sign error inf%"
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let o = plasticity(&["train", "--resume", d, "--episodes", "4", "--quiet"]);
+    assert_clean_failure(&o, "row 2 ('2,NaN,inf,x,,') is not a metrics row");
+    // The intact file resumes.
+    std::fs::write(&path, &text).unwrap();
+    let o = plasticity(&["train", "--resume", d, "--episodes", "4", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
