@@ -254,14 +254,25 @@ fn div_ceil_u32(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
 
+// Invocations per row of `tiles` blocks (plasticity_kernels::backward_trace::block_row_width): the
+// row where it is narrower than a workgroup, else the row rounded up to whole workgroups.
+fn block_row_width(tiles: u32) -> u32 {
+    if (tiles < WORKGROUP_SIZE) {
+        return tiles;
+    }
+    return (tiles + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE * WORKGROUP_SIZE;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
     let n = p.n;
     // Blocks row by row over the flat index of the grid's x and y (backward_trace::workgroups), so
-    // that a SIMD group or warp takes consecutive blocks however few a row has; z is the batch group.
+    // that a SIMD group or warp takes consecutive blocks however few a row has; rows as wide as a
+    // workgroup start on whole workgroups (block_row_width); z is the batch group.
     let block = gid.x + gid.y * grid.x * WORKGROUP_SIZE;
-    let tile_j = block % p.n_tiles;
-    let tile_i = block / p.n_tiles;
+    let row_width = block_row_width(p.n_tiles);
+    let tile_j = block % row_width;
+    let tile_i = block / row_width;
     let z = gid.z;
     let groups = max(p.groups, 1u);
     if (tile_j >= p.n_tiles || tile_i >= p.n_tiles || z >= groups || z >= p.batch) {

@@ -739,14 +739,25 @@ pub mod backward_trace {
     }
 
     /// One invocation per `tile` x `tile` block and batch group, in workgroups of `workgroup_size`.
-    /// The blocks are numbered row by row, block (i, j) by invocation i n_tiles + j of the flat
-    /// index gid.x + gid.y (grid width) ([`crate::elementwise_grid`]), so that the invocations of a
-    /// SIMD group or warp take consecutive blocks however few blocks a row has (a row of 4 blocks
-    /// left half of lavapipe's 8 lanes idle at N = 64); the batch groups are the grid's z.
+    /// The blocks are numbered row by row, block (i, j) by invocation i w + j of the flat index
+    /// gid.x + gid.y (grid width) ([`crate::elementwise_grid`]), w = [`block_row_width`], so that the
+    /// invocations of a SIMD group or warp take consecutive blocks however few blocks a row has (a
+    /// row of 4 blocks left half of lavapipe's 8 lanes idle at N = 64); the batch groups are the
+    /// grid's z.
     pub fn workgroups(n: u32, groups: u32, tile: u32, workgroup_size: u32) -> [u32; 3] {
         let tiles = trace_tiles(n, tile);
-        let ([x, y, _], _) = crate::elementwise_grid(tiles * tiles, workgroup_size.max(1));
+        let ([x, y, _], _) = crate::elementwise_grid(tiles * block_row_width(tiles, workgroup_size), workgroup_size.max(1));
         [x, y, groups.max(1)]
+    }
+
+    /// Invocations per row of `tiles` blocks in the flat numbering: the row itself where it is
+    /// narrower than a workgroup (rows share workgroups, every lane busy), else the row rounded up to
+    /// whole workgroups, so that every workgroup, and every warp of 32 within it, stays in one row
+    /// and its column group (the layout the kernels had before the flat numbering, at N = 1000 on a
+    /// GPU: 63 blocks in one workgroup of 64). The shaders' `block_row_width` is the same function.
+    pub fn block_row_width(tiles: u32, workgroup_size: u32) -> u32 {
+        let workgroup_size = workgroup_size.max(1);
+        if tiles < workgroup_size { tiles } else { tiles.next_multiple_of(workgroup_size) }
     }
 
     /// What one step of a reversed sweep (REVERSE) finds in the trace slot and in the trace gradient,
