@@ -291,13 +291,15 @@ fn add_to_partials(k: u32, v: vec4<f32>) {
     partials[k / 4u] += v;
 }
 
-// Invocations per row of `tiles` blocks (plasticity_kernels::backward_trace::block_row_width): the
-// row where it is narrower than a workgroup, else the row rounded up to whole workgroups.
+// Invocations per row of `tiles` blocks (plasticity_kernels::backward_trace::block_row_width): with
+// u = min(WORKGROUP_SIZE, LANES), a warp, the row where it is narrower than u, else the row rounded
+// up to whole multiples of u.
 fn block_row_width(tiles: u32) -> u32 {
-    if (tiles < WORKGROUP_SIZE) {
+    let unit = clamp(WORKGROUP_SIZE, 1u, LANES);
+    if (tiles < unit) {
         return tiles;
     }
-    return (tiles + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE * WORKGROUP_SIZE;
+    return (tiles + unit - 1u) / unit * unit;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -306,7 +308,7 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     let quads = n / 4u;
     // Blocks row by row over the flat index of the grid's x and y (backward_trace::workgroups), so
     // that a SIMD group or warp takes consecutive blocks however few a row has; rows as wide as a
-    // workgroup start on whole workgroups (block_row_width); z is the batch group.
+    // warp start on whole warps (block_row_width); z is the batch group.
     let block = gid.x + gid.y * grid.x * WORKGROUP_SIZE;
     let row_width = block_row_width(p.n_tiles);
     let tile_j = block % row_width;

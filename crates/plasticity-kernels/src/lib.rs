@@ -750,14 +750,15 @@ pub mod backward_trace {
         [x, y, groups.max(1)]
     }
 
-    /// Invocations per row of `tiles` blocks in the flat numbering: the row itself where it is
-    /// narrower than a workgroup (rows share workgroups, every lane busy), else the row rounded up to
-    /// whole workgroups, so that every workgroup, and every warp of 32 within it, stays in one row
-    /// and its column group (the layout the kernels had before the flat numbering, at N = 1000 on a
-    /// GPU: 63 blocks in one workgroup of 64). The shaders' `block_row_width` is the same function.
+    /// Invocations per row of `tiles` blocks in the flat numbering, with u = min(workgroup size,
+    /// [`crate::TRACE_LANES`]), a warp or SIMD group: the row itself where it is narrower than u (rows
+    /// share warps, every lane busy), else the row rounded up to whole multiples of u, so that every
+    /// warp stays in one row and its column group, the layout the kernels had before the flat
+    /// numbering (N = 1000 on a GPU: 63 blocks, two warps of one workgroup of 64; on lavapipe, 64
+    /// blocks in eight SIMD groups of 8). The shaders' `block_row_width` is the same function.
     pub fn block_row_width(tiles: u32, workgroup_size: u32) -> u32 {
-        let workgroup_size = workgroup_size.max(1);
-        if tiles < workgroup_size { tiles } else { tiles.next_multiple_of(workgroup_size) }
+        let unit = workgroup_size.clamp(1, crate::TRACE_LANES);
+        if tiles < unit { tiles } else { tiles.next_multiple_of(unit) }
     }
 
     /// What one step of a reversed sweep (REVERSE) finds in the trace slot and in the trace gradient,
