@@ -248,11 +248,6 @@ fn reversal_flags() -> Reversal {
         !(REVERSE && p.skip_grad_store != 0u),
     );
 }
-// ---- end of the backward trace kernels' shared functions ----
-
-fn div_ceil_u32(a: u32, b: u32) -> u32 {
-    return (a + b - 1u) / b;
-}
 
 // Invocations per row of `tiles` blocks (plasticity_kernels::backward_trace::block_row_width): with
 // u = min(WORKGROUP_SIZE, LANES), a warp, the row where it is narrower than u, else the row rounded
@@ -265,17 +260,28 @@ fn block_row_width(tiles: u32) -> u32 {
     return (tiles + unit - 1u) / unit * unit;
 }
 
+// The block (row i, column j) of invocation `gid` in a grid of `grid` workgroups: blocks row by row
+// over the flat index of the grid's x and y (backward_trace::workgroups), so that a SIMD group or
+// warp takes consecutive blocks however few a row has; rows as wide as a warp start on whole warps.
+// A row's padding gives j >= n_tiles, and the grid's last workgroups i >= n_tiles: both skipped.
+fn block_of_invocation(gid: vec3<u32>, grid: vec3<u32>) -> vec2<u32> {
+    let block = gid.x + gid.y * grid.x * WORKGROUP_SIZE;
+    let row_width = block_row_width(p.n_tiles);
+    return vec2(block / row_width, block % row_width);
+}
+// ---- end of the backward trace kernels' shared functions ----
+
+fn div_ceil_u32(a: u32, b: u32) -> u32 {
+    return (a + b - 1u) / b;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
     let n = p.n;
-    // Blocks row by row over the flat index of the grid's x and y (backward_trace::workgroups), so
-    // that a SIMD group or warp takes consecutive blocks however few a row has; rows as wide as a
-    // warp start on whole warps (block_row_width); z is the batch group.
-    let block = gid.x + gid.y * grid.x * WORKGROUP_SIZE;
-    let row_width = block_row_width(p.n_tiles);
-    let tile_j = block % row_width;
-    let tile_i = block / row_width;
-    let z = gid.z;
+    let block = block_of_invocation(gid, grid);
+    let tile_i = block.x;
+    let tile_j = block.y;
+    let z = gid.z; // the batch group
     let groups = max(p.groups, 1u);
     if (tile_j >= p.n_tiles || tile_i >= p.n_tiles || z >= groups || z >= p.batch) {
         return;
