@@ -31,6 +31,19 @@ pub struct BenchCase {
     pub plasticity: Plasticity,
 }
 
+impl BenchCase {
+    /// The bench's network for this case: the default config but for N and the rule.
+    pub fn network_config(&self) -> NetworkConfig {
+        NetworkConfig { neurons: self.neurons, plasticity: self.plasticity, ..Default::default() }
+    }
+
+    /// Whether this case's network and episodes fit the device ([`crate::check_episode_fits`]),
+    /// before anything is built for it.
+    pub fn check_fits(&self, ctx: &GpuContext) -> Result<()> {
+        crate::check_episode_fits(ctx, &self.network_config(), self.batch, self.steps, 1)
+    }
+}
+
 /// Bytes the forward step must move at least: w and alpha read once, the trace read and written.
 pub fn forward_step_min_bytes(neurons: u32, batch: u32) -> u64 {
     let nn = neurons as u64 * neurons as u64;
@@ -99,12 +112,10 @@ pub struct MemoryScaling {
     pub points: Vec<MemoryPoint>,
 }
 
-/// [`random_episode`] for the bench's network of `case` (default config but for N and the rule),
-/// after checking that it fits the device: a size past its limits is refused before the host
-/// builds (T, B, N) inputs that could exhaust its own memory first.
+/// [`random_episode`] after [`BenchCase::check_fits`]: a size past the device's limits is refused
+/// before the host builds (T, B, N) inputs that could exhaust its own memory first.
 pub fn checked_random_episode(ctx: &GpuContext, case: BenchCase, seed: u64) -> Result<EpisodeData> {
-    let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
-    crate::check_episode_fits(ctx, &config, case.batch, case.steps, 1)?;
+    case.check_fits(ctx)?;
     Ok(random_episode(case, seed))
 }
 
@@ -284,8 +295,7 @@ impl StreamTriad {
 /// 2.8 to 6.8 GB/s between runs, sometimes within one).
 pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u32, ceiling: Option<&StreamTriad>) -> Result<CaseResult> {
     let data = checked_random_episode(ctx, case, 1)?;
-    let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
-    let network = Network::new(ctx, &config)?;
+    let network = Network::new(ctx, &case.network_config())?;
     let timer = GpuTimer::new(ctx);
     let resident = ResidentEpisode::new(ctx, &data)?;
     let episode = resident.episode(&data);
@@ -371,8 +381,7 @@ pub fn profile_case(ctx: &GpuContext, case: BenchCase) -> Result<KernelProfile> 
     let mut ctx = ctx.clone();
     ctx.profiler = Some(profiler.clone());
     let data = checked_random_episode(&ctx, case, 1)?;
-    let config = NetworkConfig { neurons: case.neurons, plasticity: case.plasticity, ..Default::default() };
-    let network = Network::new(&ctx, &config)?;
+    let network = Network::new(&ctx, &case.network_config())?;
     let resident = ResidentEpisode::new(&ctx, &data)?;
     let episode = resident.episode(&data);
     let mut trainer = Trainer::new(&ctx, network, TrainerConfig::default())?;
@@ -401,7 +410,7 @@ pub fn memory_scaling(
     for &t in steps {
         let case = BenchCase { neurons, batch, steps: t, plasticity };
         let data = checked_random_episode(ctx, case, 2)?;
-        let network = Network::new(ctx, &NetworkConfig { neurons, plasticity, ..Default::default() })?;
+        let network = Network::new(ctx, &case.network_config())?;
         let mut trainer = Trainer::new(ctx, network, TrainerConfig::default())?;
         let seconds = time_median(0, repetitions, || trainer.train_step(ctx, &data).map(|_| None))?;
         points.push(MemoryPoint {

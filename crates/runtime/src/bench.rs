@@ -209,12 +209,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits()).context("--backward-workgroup-size")?;
     for &n in &neurons {
         for &b in &batches {
-            fits_device(&ctx, n, b, args.steps, plasticity).with_context(|| format!("N = {n}, B = {b}"))?;
+            BenchCase { neurons: n, batch: b, steps: args.steps, plasticity }
+                .check_fits(&ctx)
+                .with_context(|| format!("N = {n}, B = {b}"))?;
         }
     }
     if !args.no_memory {
         for &t in &memory_steps {
-            fits_device(&ctx, memory_neurons, memory_batch, t, plasticity)
+            BenchCase { neurons: memory_neurons, batch: memory_batch, steps: t, plasticity }
+                .check_fits(&ctx)
                 .with_context(|| format!("the memory-growth figure at N = {memory_neurons}, B = {memory_batch}, T = {t}"))?;
         }
     }
@@ -322,12 +325,6 @@ fn check_network(given: &str, neurons: u32, plasticity: Plasticity) -> anyhow::R
     Ok(())
 }
 
-/// The device's limits for the bench's network (default config but for N and the rule) and episodes.
-fn fits_device(ctx: &GpuContext, neurons: u32, batch: u32, steps: u32, plasticity: Plasticity) -> anyhow::Result<()> {
-    let config = NetworkConfig { neurons, plasticity, ..Default::default() };
-    Ok(plasticity_runtime::check_episode_fits(ctx, &config, batch, steps, 1)?)
-}
-
 /// Checked before anything is measured: the file is rewritten after every measurement, and a path it
 /// cannot be written to must not cost them.
 fn check_json_path(path: &Path) -> anyhow::Result<()> {
@@ -369,7 +366,9 @@ fn compare_rules(ctx: &GpuContext, args: &BenchArgs, n: u32, b: u32, reps: u32, 
     ];
     // Every rule's network checked before the first is timed, not when its turn comes.
     for spec in rules {
-        fits_device(ctx, n, b, args.steps, spec).with_context(|| format!("--neurons {n} with {}", crate::rule_args::describe(&spec)))?;
+        BenchCase { neurons: n, batch: b, steps: args.steps, plasticity: spec }
+            .check_fits(ctx)
+            .with_context(|| format!("--neurons {n} with {}", crate::rule_args::describe(&spec)))?;
     }
     println!("timing: medians of {}; N = {n}, B = {b}, T = {}\n", bench::timing_method(ctx), args.steps);
     println!(
