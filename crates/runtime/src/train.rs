@@ -484,20 +484,6 @@ fn lock_run_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// Removes the temporary files a killed run left beside its outputs (`.NAME.tmpPID`, see
-/// `write_atomically`); called with the run directory locked, so no live writer owns them.
-fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = name.starts_with('.')
-            && name.rsplit_once(".tmp").is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit()));
-        if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let (config, dir, start, resumed) = match &args.resume {
         Some(dir) => {
@@ -581,7 +567,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut first_data = Some(first);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _lock = lock_run_dir(&dir)?;
-    remove_stale_temporaries(&dir);
+    // The run directory is locked, so no live writer owns a temporary file there.
+    plasticity_runtime::checkpoint::remove_stale_temporaries(&dir);
     write_file(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     let metrics_path = dir.join(METRICS);
     if start == 0 {
