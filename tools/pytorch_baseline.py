@@ -383,9 +383,22 @@ def check(args):
     except ImportError:
         sys.exit("error: the safetensors package is not installed; install it with `pip install safetensors`")
     directory = Path(args.dir)
+    files = ["params", "episode", "gradients"]
+    metadata = {}
+    for name in files:
+        path = directory / f"{name}.safetensors"
+        if not path.is_file():
+            sys.exit(f"error: {path} is missing; write the set with `plasticity export-episode --out {directory}`")
+        with safe_open(path, "pt") as f:
+            metadata[name] = f.metadata() or {}
+    # export-episode names its set in each file: a run killed between its renames leaves a mixed one.
+    sets = {name: meta.get("export_set") for name, meta in metadata.items()}
+    if len(set(sets.values())) > 1:
+        found = ", ".join(f"{name}: {value}" for name, value in sets.items())
+        sys.exit(f"error: {directory} holds files of different export-episode runs ({found}); "
+                 "run export-episode again into it")
     params = load_file(directory / "params.safetensors")
-    with safe_open(directory / "params.safetensors", "pt") as f:
-        network = json.loads((f.metadata() or {}).get("network", "{}"))
+    network = json.loads(metadata["params"].get("network", "{}"))
     episode = load_file(directory / "episode.safetensors")
     ours = load_file(directory / "gradients.safetensors")
 

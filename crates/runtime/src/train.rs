@@ -835,12 +835,16 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
     let params = trainer.network.read_parameters(&ctx)?;
     // The three files are one set: they are written into a fresh directory inside --out and moved
     // out of it only when all three are there (renames within one file system, which a full disk
-    // does not fail), so a failed write leaves the old set whole.
+    // does not fail), so a failed write leaves the old set whole. A process killed between two
+    // renames would leave a mixed set, so every file names its set (EXPORT_SET_KEY), which
+    // `tools/pytorch_baseline.py check` compares.
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let staging = args.out.join(format!(".export.tmp{}", std::process::id()));
+    remove_stale_export_staging(&args.out);
+    let staging = args.out.join(format!("{EXPORT_STAGING_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let written = write_export(&staging, config, params, &data, metrics.loss, &grads);
-    let moved = written.and_then(|()| {
+    let set = export_set_name();
+    let moved = lock_export_staging(&staging).and_then(|_lock| {
+        write_export(&staging, config, params, &data, metrics.loss, &grads, &set)?;
         for name in EXPORT_FILES {
             std::fs::rename(staging.join(name), args.out.join(name))
                 .with_context(|| format!("moving {name} into {}", args.out.display()))?;
@@ -855,6 +859,45 @@ pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
 
 /// The files `export-episode` writes, as one set.
 const EXPORT_FILES: [&str; 3] = ["params.safetensors", "episode.safetensors", "gradients.safetensors"];
+/// The metadata entry, in each of the three files, that names the set they were written in.
+const EXPORT_SET_KEY: &str = "export_set";
+/// `export-episode` stages its set in `--out/.export.tmpPID`.
+const EXPORT_STAGING_PREFIX: &str = ".export.tmp";
+/// The lock file inside a staging directory, held while its export lives.
+const EXPORT_STAGING_LOCK: &str = ".lock";
+
+/// A name for one export's set, different for every run: the process and the time.
+fn export_set_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Locks a staging directory for as long as the returned file lives, so that another export into
+/// the same `--out` leaves it alone (see [`remove_stale_export_staging`]).
+fn lock_export_staging(staging: &Path) -> anyhow::Result<std::fs::File> {
+    let path = staging.join(EXPORT_STAGING_LOCK);
+    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    file.try_lock().map_err(std::io::Error::from).with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
+/// Removes the staging directories of exports into `out` that were killed before they cleaned up:
+/// those whose lock no live process holds. One of a live export created a moment ago, before its
+/// lock, would go too; that export then fails on its own write, and the old set stays whole.
+fn remove_stale_export_staging(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.strip_prefix(EXPORT_STAGING_PREFIX).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit()));
+        if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(entry.path().join(EXPORT_STAGING_LOCK));
+        if lock.is_ok_and(|file| file.try_lock().is_ok()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
 
 /// Writes the set into `dir`: the network, the episode (inputs (T, B, N), targets (L, B, N), loss
 /// steps) and the loss with a gradient per parameter tensor.
@@ -865,9 +908,11 @@ fn write_export(
     data: &EpisodeData,
     loss: f32,
     grads: &plasticity_runtime::HostParameters,
+    set: &str,
 ) -> anyhow::Result<()> {
     let (n, b, t, l) = (config.neurons as usize, data.batch as usize, data.steps as usize, data.loss_steps.len());
-    let saved = Checkpoint { network: config, parameters: params, optimizer: None, metadata: Default::default() };
+    let saved = Checkpoint { network: config, parameters: params, optimizer: None, metadata: [(EXPORT_SET_KEY.into(), set.into())].into() };
+    let metadata = || [(EXPORT_SET_KEY.to_string(), set.to_string())].into();
     saved.save(&dir.join(EXPORT_FILES[0]))?;
     let loss_steps: Vec<i32> = data.loss_steps.iter().map(|&s| s as i32).collect();
     save_tensors(
@@ -877,12 +922,12 @@ fn write_export(
             ("targets", vec![l, b, n], TensorData::F32(&data.targets)),
             ("loss_steps", vec![l], TensorData::I32(&loss_steps)),
         ],
-        Default::default(),
+        metadata(),
     )?;
     let loss = [loss];
     let mut gradients: Vec<(&str, Vec<usize>, TensorData<'_>)> =
         grads.tensors().into_iter().map(|(name, shape, values)| (name, shape, TensorData::F32(values))).collect();
     gradients.push(("loss", vec![1], TensorData::F32(&loss)));
-    save_tensors(&dir.join(EXPORT_FILES[2]), &gradients, Default::default())?;
+    save_tensors(&dir.join(EXPORT_FILES[2]), &gradients, metadata())?;
     Ok(())
 }

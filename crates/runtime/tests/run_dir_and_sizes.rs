@@ -211,3 +211,39 @@ fn a_damaged_metrics_row_is_refused_on_resume() {
     assert!(o.status.success(), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The export set's name in `file`'s safetensors metadata.
+fn export_set(file: &Path) -> String {
+    let bytes = std::fs::read(file).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = header.metadata().clone().unwrap_or_default();
+    metadata.get("export_set").unwrap_or_else(|| panic!("{}: no export_set in {metadata:?}", file.display())).clone()
+}
+
+/// export-episode names its set in every file (a run killed between its three renames leaves a
+/// mixed set, which tools/pytorch_baseline.py check refuses by these names), and removes the
+/// staging directories of killed exports, but not one a live export holds or one it did not name.
+#[test]
+fn export_episode_names_its_set_and_removes_only_stale_staging() {
+    let out = scratch("export-set");
+    let export = || plasticity(&["export-episode", "--neurons", "8", "--batch", "1", "--steps", "3", "--out", out.to_str().unwrap()]);
+    for name in [".export.tmp1", ".export.tmp2", ".export.tmpx"] {
+        std::fs::create_dir_all(out.join(name)).unwrap();
+        std::fs::write(out.join(name).join("params.safetensors"), b"partial").unwrap();
+    }
+    // A live export's staging directory: its lock is held (here by the test).
+    let held = std::fs::File::create(out.join(".export.tmp2/.lock")).unwrap();
+    held.try_lock().unwrap();
+    let o = export();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.join(".export.tmp1").exists(), "a killed export's staging directory is removed");
+    assert!(out.join(".export.tmp2/params.safetensors").exists(), "a live export's staging directory is left alone");
+    assert!(out.join(".export.tmpx").exists(), "a directory not named like a staging one is left alone");
+    let sets = ["params", "episode", "gradients"].map(|name| export_set(&out.join(format!("{name}.safetensors"))));
+    assert!(sets.iter().all(|s| *s == sets[0]), "one set: {sets:?}");
+    assert!(export().status.success());
+    let again = export_set(&out.join("episode.safetensors"));
+    assert_ne!(again, sets[0], "a second export is another set");
+    drop(held);
+    let _ = std::fs::remove_dir_all(&out);
+}
