@@ -42,9 +42,11 @@ pub const CPU_BACKWARD_WORKGROUP: u32 = 8;
 /// docs). The choice never changes results beyond f32 rounding of the split sums.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelTuning {
-    /// Chunks of the forward step's sum over pre-synaptic neurons (1: unsplit).
+    /// Chunks of the forward step's sum over pre-synaptic neurons (1: unsplit), at most: the step
+    /// runs chunks of ceil(N / S) neurons (`forward_step::split`), fewer than S where that leaves
+    /// fewer (at most N); `Trainer::work_split` says what ran.
     pub forward_splits: Option<u32>,
-    /// Batch groups of backward_trace (1: one group walks the whole batch).
+    /// Batch groups of backward_trace (1: one group walks the whole batch), at most B.
     pub backward_groups: Option<u32>,
     /// Invocations per workgroup of the forward step (64 on a GPU, CPU_FORWARD_WORKGROUP on a CPU
     /// adapter); at most the device's `max_compute_invocations_per_workgroup` and

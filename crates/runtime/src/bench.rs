@@ -56,12 +56,13 @@ pub struct BenchArgs {
         "json", "profile", "memory_steps", "memory_size",
     ])]
     compare_rules: bool,
-    /// Chunks S of the forward step's sum over pre-synaptic neurons (default: chosen from the adapter
-    /// and size; 1 on a CPU adapter).
+    /// Chunks S of the forward step's sum over pre-synaptic neurons, at most (default: chosen from the
+    /// adapter and size; 1 on a CPU adapter): chunks of ceil(N / S) neurons, fewer than S where
+    /// that rounding or N leaves fewer, which the bench then says.
     #[arg(long)]
     forward_splits: Option<u32>,
-    /// Batch groups Z of the backward trace kernel (default: chosen from the adapter and size; 1 on a
-    /// CPU adapter).
+    /// Batch groups Z of the backward trace kernel, at most B (default: chosen from the adapter and
+    /// size; 1 on a CPU adapter). A size with a smaller batch says so.
     #[arg(long)]
     backward_groups: Option<u32>,
     /// Invocations per forward_step workgroup (default: 64 on a GPU, 8 on a CPU adapter, where each
@@ -291,6 +292,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let r = bench::bench_case(&ctx, case, warmup, reps, Some(&triad))
                 .with_context(|| format!("N = {n}, B = {b}{}", report.kept_before_failure()))?;
             print_case(&r);
+            print_work_split_taken(args, &r);
             report.results.push(r);
             report.save(false)?;
         }
@@ -394,6 +396,25 @@ fn compare_rules(ctx: &GpuContext, args: &BenchArgs, n: u32, b: u32, reps: u32, 
         );
     }
     Ok(())
+}
+
+/// Says where a size ran fewer forward chunks or batch groups than the options asked for: they are
+/// upper bounds (`forward_step::split`: chunks of ceil(N / S) neurons; at most B groups).
+fn print_work_split_taken(args: &BenchArgs, r: &CaseResult) {
+    if let Some(asked) = args.forward_splits.filter(|&s| s != r.forward_splits) {
+        println!(
+            "  (N = {}: --forward-splits {asked} ran as S = {}, chunks of ceil(N / {asked}) = {} neuron(s))",
+            r.case.neurons,
+            r.forward_splits,
+            r.case.neurons.div_ceil(asked.min(r.case.neurons))
+        );
+    }
+    if let Some(asked) = args.backward_groups.filter(|&z| z != r.backward_groups) {
+        println!(
+            "  (B = {}: --backward-groups {asked} ran as Z = {}, at most one group per batch element)",
+            r.case.batch, r.backward_groups
+        );
+    }
 }
 
 fn mib(bytes: u64) -> f64 {

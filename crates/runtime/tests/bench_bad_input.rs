@@ -203,3 +203,18 @@ fn options_that_would_be_ignored_are_refused() {
         assert_clean_failure(&o, extra[0]);
     }
 }
+
+/// --forward-splits and --backward-groups are upper bounds; a size that runs fewer says so under its
+/// row instead of only changing the S and Z columns.
+#[test]
+fn work_split_options_past_a_size_are_said() {
+    let o = bench(&["--neurons", "8", "--forward-splits", "100", "--backward-groups", "2", "--no-memory"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("(N = 8: --forward-splits 100 ran as S = 8, chunks of ceil(N / 100) = 1 neuron(s))"), "{out}");
+    assert!(out.contains("(B = 1: --backward-groups 2 ran as Z = 1, at most one group per batch element)"), "{out}");
+    // Options a size meets exactly add nothing.
+    let o = bench(&["--neurons", "8", "--forward-splits", "2", "--backward-groups", "1", "--no-memory"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("ran as"), "{}", stdout(&o));
+}
