@@ -7,8 +7,8 @@
 #   tools/device_check.sh --pack       # here: strips the release binaries into .dev/bins.tar.gz
 #   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,profile,compare,tests]
 #
-# `.gl` holds the Vulkan/EGL loader packages (see the device tool's README); `.dev` is git-ignored
-# through .git/info/exclude. Logs and JSON land in $OUT (or ./device-out): eight files, the tool's
+# `.gl` holds the Vulkan/EGL loader packages (see the device tool's README); `.dev` is in
+# .gitignore (the device tool carries only ignored paths). Logs and JSON land in $OUT (or ./device-out): eight files, the tool's
 # limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
