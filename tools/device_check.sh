@@ -8,8 +8,8 @@
 #   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,profile,compare,tests]
 #
 # `.gl` holds the Vulkan/EGL loader packages (see the device tool's README); `.dev` is in
-# .gitignore (the device tool carries only ignored paths). Logs and JSON land in $OUT (or ./device-out): eight files, the tool's
-# limit.
+# .gitignore (the device tool carries only ignored paths). Logs and JSON land in $OUT (or
+# ./device-out): eight files, the tool's limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -383,9 +383,8 @@ def check(args):
     except ImportError:
         sys.exit("error: the safetensors package is not installed; install it with `pip install safetensors`")
     directory = Path(args.dir)
-    files = ["params", "episode", "gradients"]
     metadata = {}
-    for name in files:
+    for name in ["params", "episode", "gradients"]:
         path = directory / f"{name}.safetensors"
         if not path.is_file():
             sys.exit(f"error: {path} is missing; write the set with `plasticity export-episode --out {directory}`")

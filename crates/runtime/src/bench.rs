@@ -406,7 +406,7 @@ fn print_work_split_taken(args: &BenchArgs, r: &CaseResult) {
             "  (N = {}: --forward-splits {asked} ran as S = {}, chunks of ceil(N / {asked}) = {} neuron(s))",
             r.case.neurons,
             r.forward_splits,
-            r.case.neurons.div_ceil(asked.min(r.case.neurons))
+            plasticity_runtime::kernels::forward_step::split(r.case.neurons, asked).1
         );
     }
     if let Some(asked) = args.backward_groups.filter(|&z| z != r.backward_groups) {

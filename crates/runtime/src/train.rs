@@ -465,16 +465,16 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     plasticity_runtime::checkpoint::write_atomically(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Opens the lock file at `path`, creating it, never truncating it (another process may hold it).
+fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)
+}
+
 /// Holds an exclusive lock on `dir` for as long as the returned file lives, so that two runs never
 /// write one run directory at once (their checkpoints and metrics rows would interleave).
 fn lock_run_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let file = open_lock_file(&path).with_context(|| format!("opening {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -876,7 +876,7 @@ fn export_set_name() -> String {
 /// the same `--out` leaves it alone (see [`remove_stale_export_staging`]).
 fn lock_export_staging(staging: &Path) -> anyhow::Result<std::fs::File> {
     let path = staging.join(EXPORT_STAGING_LOCK);
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file = open_lock_file(&path).with_context(|| format!("creating {}", path.display()))?;
     file.try_lock().map_err(std::io::Error::from).with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
 }
@@ -892,7 +892,7 @@ fn remove_stale_export_staging(out: &Path) {
         if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(entry.path().join(EXPORT_STAGING_LOCK));
+        let lock = open_lock_file(&entry.path().join(EXPORT_STAGING_LOCK));
         if lock.is_ok_and(|file| file.try_lock().is_ok()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -911,8 +911,9 @@ fn write_export(
     set: &str,
 ) -> anyhow::Result<()> {
     let (n, b, t, l) = (config.neurons as usize, data.batch as usize, data.steps as usize, data.loss_steps.len());
-    let saved = Checkpoint { network: config, parameters: params, optimizer: None, metadata: [(EXPORT_SET_KEY.into(), set.into())].into() };
-    let metadata = || [(EXPORT_SET_KEY.to_string(), set.to_string())].into();
+    // Every file's metadata names the set (a BTreeMap for the checkpoint, a HashMap for the others).
+    let metadata = || [(EXPORT_SET_KEY.to_string(), set.to_string())];
+    let saved = Checkpoint { network: config, parameters: params, optimizer: None, metadata: metadata().into() };
     saved.save(&dir.join(EXPORT_FILES[0]))?;
     let loss_steps: Vec<i32> = data.loss_steps.iter().map(|&s| s as i32).collect();
     save_tensors(
@@ -922,12 +923,12 @@ fn write_export(
             ("targets", vec![l, b, n], TensorData::F32(&data.targets)),
             ("loss_steps", vec![l], TensorData::I32(&loss_steps)),
         ],
-        metadata(),
+        metadata().into(),
     )?;
     let loss = [loss];
     let mut gradients: Vec<(&str, Vec<usize>, TensorData<'_>)> =
         grads.tensors().into_iter().map(|(name, shape, values)| (name, shape, TensorData::F32(values))).collect();
     gradients.push(("loss", vec![1], TensorData::F32(&loss)));
-    save_tensors(&dir.join(EXPORT_FILES[2]), &gradients, metadata())?;
+    save_tensors(&dir.join(EXPORT_FILES[2]), &gradients, metadata().into())?;
     Ok(())
 }
