@@ -41,11 +41,13 @@
 // serially, so the row sums (over its TILE columns), the column sums (over its TILE rows) and the eta
 // sums are private running sums: no workgroup memory and no barriers. Each invocation writes one
 // partial per row and per column, summed later by backward_activation. Its rows are contiguous; its
-// columns are interleaved with its neighbours': the LANES invocations of a column group share
-// LANES * TILE columns, invocation l taking columns l, l + L, l + 2L, ... (L = LANES, or fewer in the
-// last, narrower group), so at each step of the walk neighbouring invocations touch neighbouring
-// elements and every access is coalesced. There are still exactly ceil(N / TILE) invocations per row
-// of blocks, and the row partial an invocation writes is slot tile_j = its index along x. w, alpha
+// columns, on a GPU, are interleaved with its neighbours': the COLUMN_LANES invocations of a column
+// group share COLUMN_LANES * TILE columns, invocation l taking columns l, l + L, l + 2L, ...
+// (L = COLUMN_LANES, or fewer in the last, narrower group), so at each step of the walk neighbouring
+// invocations touch neighbouring elements and every access is coalesced. On a CPU adapter
+// COLUMN_LANES is 1: each invocation's TILE columns are contiguous. There are exactly ceil(N / TILE)
+// invocations per row of blocks either way, and the row partial an invocation writes is slot
+// tile_j = its index along x. w, alpha
 // and dalpha are touched once per CHUNK batch elements, the trace and its gradient once per batch
 // element.
 // Traffic per step (f32): (2 + 2 + 3*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed: H and
@@ -65,8 +67,13 @@
 override TILE: u32 = 16u;
 // The largest TILE: the size of the arrays that hold a block's column sums.
 const TILE_MAX: u32 = 16u;
-// Invocations of one column group (a warp on most GPUs).
+// Invocations of a warp on most GPUs: block rows at least this wide start on whole multiples of it.
 const LANES: u32 = 32u;
+// Invocations that interleave their columns (see above), set by the runtime
+// (KernelTuning::backward_column_lanes): LANES on a GPU, whose warps then load neighbouring elements
+// together; 1 on a CPU adapter, where an invocation's own columns in one run made the backward step
+// about 1.2x faster on lavapipe (a lane's gathers then revisit its own cache lines).
+override COLUMN_LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dalpha is read and written once per chunk.
 const CHUNK: u32 = 4u;
 // Batch elements per pass, 1 to CHUNK, set by the runtime: min(CHUNK, ceil(B / Z)) unless
@@ -288,11 +295,12 @@ fn backward_trace(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let i0 = tile_i * TILE;
     let i_end = min(i0 + TILE, n);
-    // Column group g covers [g * LANES * TILE, + width); lane l of its L lanes takes j = start + l + m L.
-    let group_start = (tile_j / LANES) * LANES * TILE;
-    let lanes = div_ceil_u32(min(LANES * TILE, n - group_start), TILE);
-    let j0 = group_start + tile_j % LANES;  // this invocation's first column
-    let j_end = min(group_start + LANES * TILE, n);
+    // Column group g covers [g * COLUMN_LANES * TILE, + width); lane l of its L lanes takes
+    // j = start + l + m L.
+    let group_start = (tile_j / COLUMN_LANES) * COLUMN_LANES * TILE;
+    let lanes = div_ceil_u32(min(COLUMN_LANES * TILE, n - group_start), TILE);
+    let j0 = group_start + tile_j % COLUMN_LANES;  // this invocation's first column
+    let j_end = min(group_start + COLUMN_LANES * TILE, n);
     let row = p.batch * n;
     let x_now = p.step * row;            // x(t)
     let x_prev = x_now - row;            // x(t-1)

@@ -9,9 +9,10 @@
 //   REVERSE, H(t) itself first recovered from H(t+1) where the step after did not store (trace_ahead),
 //   and G(t+1) from G(t+2) by step t+1's update where the step after did not store it (grad_ahead).
 // One invocation owns TILE rows and TILE columns of (i, j), as there, but its columns are four quads
-// of four neighbouring j: lane l of a column group of L lanes takes quads l, l + L, l + 2L, l + 3L
-// (see plasticity_kernels::trace_column_owner with a width of 4), so each access to H, E, G and GE
-// moves 16 bytes and neighbouring invocations still touch neighbouring memory. Rows come four at a
+// of four neighbouring j: lane l of a column group of L = COLUMN_LANES lanes takes quads l, l + L,
+// l + 2L, l + 3L (see plasticity_kernels::trace_column_owner with a width of 4), so each access to H,
+// E, G and GE moves 16 bytes and, on a GPU, neighbouring invocations still touch neighbouring memory
+// (on a CPU adapter L = 1: an invocation's quads are contiguous). Rows come four at a
 // time, so x_i(t-1) and x_i(t-2) of four rows are one load each and x_j, ga_j and the rates of a
 // column quad, loaded once, serve four rows (about 6 loads and stores per element instead of 8.5;
 // see the note on the loop), or, with HOIST_COLUMNS, x_j, ga_j and x_j(t-1) serve the whole pass over
@@ -32,8 +33,11 @@ override TILE: u32 = 16u;
 override TILE_QUADS: u32 = TILE / 4u;
 // The largest TILE_QUADS: the size of the arrays that hold a block's column values and sums.
 const TILE_QUADS_MAX: u32 = 4u;
-// Invocations of one column group (a warp on most GPUs).
+// Invocations of a warp on most GPUs: block rows at least this wide start on whole multiples of it.
 const LANES: u32 = 32u;
+// Invocations that interleave their column quads, set by the runtime as in backward_trace.wgsl
+// (KernelTuning::backward_column_lanes): LANES on a GPU, 1 on a CPU adapter.
+override COLUMN_LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dalpha is read and written once per chunk.
 const CHUNK: u32 = 4u;
 // Batch elements per pass, 1 to CHUNK, set by the runtime: min(CHUNK, ceil(B / Z)) unless
@@ -326,12 +330,12 @@ fn backward_trace_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     }
     let i0 = tile_i * TILE;
     let i_end = min(i0 + TILE, n);
-    // Column group g covers quads [g * LANES * TILE_QUADS, + width); lane l of its L lanes takes
-    // quads start + l + m L.
-    let group_start = (tile_j / LANES) * LANES * TILE_QUADS;
-    let lanes = div_ceil_u32(min(LANES * TILE_QUADS, quads - group_start), TILE_QUADS);
-    let q0 = group_start + tile_j % LANES;  // this invocation's first quad
-    let q_end = min(group_start + LANES * TILE_QUADS, quads);
+    // Column group g covers quads [g * COLUMN_LANES * TILE_QUADS, + width); lane l of its L lanes
+    // takes quads start + l + m L.
+    let group_start = (tile_j / COLUMN_LANES) * COLUMN_LANES * TILE_QUADS;
+    let lanes = div_ceil_u32(min(COLUMN_LANES * TILE_QUADS, quads - group_start), TILE_QUADS);
+    let q0 = group_start + tile_j % COLUMN_LANES;  // this invocation's first quad
+    let q_end = min(group_start + COLUMN_LANES * TILE_QUADS, quads);
     let row = p.batch * quads;           // one (B, N) row of the history, in quads
     let x_now = p.step * row;            // x(t)
     let x_prev = x_now - row;            // x(t-1)

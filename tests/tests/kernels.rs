@@ -20,7 +20,8 @@ use plasticity_kernels::stream_triad::{self, StreamTriadParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
 use plasticity_kernels::weight_gradient::{self, WeightGradientParams};
 use plasticity_kernels::{
-    AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, TRACE_TILE, TRACE_TILE_SIDES, cpu, metrics, trace_tiles,
+    AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, TRACE_LANES, TRACE_TILE, TRACE_TILE_SIDES, cpu, metrics,
+    trace_tiles,
 };
 use plasticity_runtime::ParamLayout;
 use plasticity_tests::*;
@@ -457,7 +458,7 @@ fn backward_activation_matches_cpu_twin() {
 
 /// One backward_trace step (the vec4 kernel with `vec4`, its column values hoisted with `hoist`) at
 /// `batch_slots` batch elements per pass over blocks of side `tile`, in workgroups of `workgroup`
-/// invocations, against the twin; a reversed step finds the trace where `reversal` says (the slot's
+/// invocations, `column_lanes` of which interleave their columns, against the twin; a reversed step finds the trace where `reversal` says (the slot's
 /// values are random either way).
 #[allow(clippy::too_many_arguments)]
 fn check_backward_trace(
@@ -471,7 +472,7 @@ fn check_backward_trace(
     batch_slots: u32,
     hoist: bool,
     tile: u32,
-    workgroup: u32,
+    (workgroup, column_lanes): (u32, u32),
     reversal: ReversalStep,
 ) {
     let spec = *spec;
@@ -524,7 +525,7 @@ fn check_backward_trace(
     let out = run_rule_kernel(
         backward_trace::kernel_name(vec4),
         &spec,
-        &backward_trace::constants(vec4, workgroup, reverse, batch_slots, tile, true, hoist),
+        &backward_trace::constants(vec4, workgroup, reverse, batch_slots, tile, true, column_lanes, hoist),
         &p,
         &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace), bytes(&trace_grad), bytes(&grads), bytes(&partials)],
         backward_trace::workgroups(n, groups, tile, workgroup),
@@ -535,6 +536,7 @@ fn check_backward_trace(
         reverse,
         backward_trace::column_width(vec4),
         tile,
+        column_lanes,
         &p,
         &params,
         &activations,
@@ -545,7 +547,7 @@ fn check_backward_trace(
         &mut p_ref,
     );
     let ctx = format!(
-        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{} tile {tile} {reversal:?}",
+        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{} tile {tile} workgroup {workgroup} column lanes {column_lanes} {reversal:?}",
         backward_trace::kernel_name(vec4),
         if hoist { " hoisted columns" } else { "" }
     );
@@ -575,18 +577,20 @@ fn check_backward_trace(
     }
 }
 
-/// The backward trace kernels' workgroup size in the tests that vary the rest: a CPU adapter's (8)
-/// with the column values hoisted, as a CPU adapter runs them, and a GPU's (64) otherwise, so that
-/// no new pipeline variant is compiled for it (`backward_trace_blocks_map_to_invocations_at_any_
-/// workgroup_size` crosses the sizes with both kernels).
-fn workgroup_for(hoist: bool) -> u32 {
-    if hoist { 8 } else { 64 }
+/// The backward trace kernels' workgroup size and column lanes in the tests that vary the rest, as a
+/// CPU adapter runs them (8 invocations, contiguous columns; the vec4 kernel's column values hoisted
+/// too) or as a GPU does (64, columns interleaved over a warp), so that no new pipeline variant is
+/// compiled for each (`backward_trace_blocks_map_to_invocations_at_any_workgroup_size` crosses the
+/// sizes with both kernels).
+fn layout_for(cpu: bool) -> (u32, u32) {
+    if cpu { (8, 1) } else { (64, TRACE_LANES) }
 }
 
 /// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4, with its
-/// column values loaded per four rows and hoisted per pass (HOIST_COLUMNS): 4 and 8 (one and two
-/// quads), 64, 68 and 260 (65 quads over 17 lanes, the last three with three quads), 532 (a second
-/// column group of 512 columns, two lanes wide).
+/// column values loaded per four rows and hoisted per pass (HOIST_COLUMNS), both laid out as on a
+/// GPU and as on a CPU adapter (`layout_for`): 4 and 8 (one and two quads), 64, 68 and 260 (65
+/// quads over 17 lanes, the last three with three quads), 532 (a second column group of 512
+/// columns, two lanes wide).
 #[test]
 fn backward_trace_matches_cpu_twin() {
     let mut vec4_cases = 0;
@@ -597,15 +601,15 @@ fn backward_trace_matches_cpu_twin() {
             // Batch groups: one; two, the first taking 5 elements in two passes of CHUNK = 4; three of
             // three; as many as the batch.
             for (batch, groups) in [(1u32, 1u32), (5, 1), (9, 2), (9, 3), (6, 6)] {
-                for (step, vec4, hoist) in [1u32, 2, 3].into_iter().flat_map(|s| [(s, false, false), (s, true, false), (s, true, true)]) {
+                let cases = [(false, false), (false, true), (true, false), (true, true)];
+                for (step, vec4, cpu) in [1u32, 2, 3].into_iter().flat_map(|s| cases.map(|(v, c)| (s, v, c))) {
                     if vec4 && !runs_vec4_kernels(n, &spec) {
                         continue;
                     }
                     vec4_cases += vec4 as u32;
                     let slots = backward_trace::batch_slots(batch, groups);
-                    let workgroup = workgroup_for(hoist);
-                    let reversal = ReversalStep::default();
-                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, workgroup, reversal);
+                    let (hoist, reversal) = (vec4 && cpu, ReversalStep::default());
+                    check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, layout_for(cpu), reversal);
                 }
             }
         }
@@ -626,10 +630,36 @@ fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
             for (batch, groups) in [(5u32, 1u32), (9, 2)] {
                 for slots in 1..backward_trace::CHUNK {
                     if !vec4 || runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, false, TRACE_TILE, 64, ReversalStep::default());
+                        check_backward_trace(
+                            name,
+                            spec,
+                            n,
+                            batch,
+                            groups,
+                            2,
+                            vec4,
+                            slots,
+                            false,
+                            TRACE_TILE,
+                            (64, TRACE_LANES),
+                            ReversalStep::default(),
+                        );
                     }
                     if vec4 && runs_vec4_kernels(n, spec) {
-                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, true, TRACE_TILE, 64, ReversalStep::default());
+                        check_backward_trace(
+                            name,
+                            spec,
+                            n,
+                            batch,
+                            groups,
+                            2,
+                            vec4,
+                            slots,
+                            true,
+                            TRACE_TILE,
+                            (64, TRACE_LANES),
+                            ReversalStep::default(),
+                        );
                     }
                 }
             }
@@ -647,7 +677,8 @@ fn backward_trace_with_smaller_tiles_matches_cpu_twin() {
         for tile in TRACE_TILE_SIDES.into_iter().filter(|&t| t != TRACE_TILE) {
             for n in [1u32, 5, 8, 9, 64, 65, 132, 260] {
                 for (batch, groups) in [(1u32, 1u32), (9, 2)] {
-                    for (step, vec4, hoist) in [(2u32, false, false), (3, false, false), (2, true, true), (3, true, false)] {
+                    let variants = [(2u32, false, false), (3, false, false), (3, false, true), (2, true, true), (3, true, false)];
+                    for (step, vec4, cpu) in variants {
                         if vec4 && !runs_vec4_kernels(n, &spec) {
                             continue;
                         }
@@ -656,15 +687,15 @@ fn backward_trace_with_smaller_tiles_matches_cpu_twin() {
                         let ahead = step == 3 && spec.reversible();
                         let reversal = ReversalStep { ahead, grad_ahead: ahead, ..ReversalStep::default() };
                         // Rows of 1 to 65 blocks: workgroups of 8 take blocks of several rows at once.
-                        let workgroup = workgroup_for(hoist);
-                        check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, tile, workgroup, reversal);
+                        let hoist = vec4 && cpu;
+                        check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, tile, layout_for(cpu), reversal);
                         cases += 1;
                     }
                 }
             }
         }
     }
-    assert!(cases >= 6 * 2 * 8 * 2 * 2, "{cases} cases");
+    assert!(cases >= 6 * 2 * 8 * 2 * 3, "{cases} cases");
 }
 
 /// The blocks of the trace map to invocations through a flat index over the grid's x and y
@@ -691,7 +722,8 @@ fn backward_trace_blocks_map_to_invocations_at_any_workgroup_size() {
                     backward_trace::batch_slots(9, 2),
                     vec4,
                     TRACE_TILE,
-                    workgroup,
+                    // Contiguous columns in the CPU adapter's workgroups of 8.
+                    (workgroup, if workgroup == 8 { 1 } else { TRACE_LANES }),
                     reversal,
                 );
             }
@@ -700,7 +732,7 @@ fn backward_trace_blocks_map_to_invocations_at_any_workgroup_size() {
     // 725^2 blocks of side 4 in workgroups of 8: 65704 workgroups, a grid of two rows (and a row
     // width that is not a whole number of block rows).
     assert_eq!(backward_trace::workgroups(2900, 1, 4, 8)[1], 2, "a two-row grid");
-    check_backward_trace(name, &spec, 2900, 1, 1, 2, true, 1, true, 4, 8, ReversalStep::default());
+    check_backward_trace(name, &spec, 2900, 1, 1, 2, true, 1, true, 4, layout_for(true), ReversalStep::default());
 }
 
 /// The rules a backward sweep reverses (`Plasticity::reversible`): each update rule with one eta and
@@ -734,13 +766,14 @@ fn backward_trace_ahead_or_skipping_its_store_matches_cpu_twin() {
                             continue;
                         }
                         let slots = backward_trace::batch_slots(batch, groups);
-                        // The vec4 kernel's column values hoisted (a CPU adapter's default) at steps 1
-                        // and 3, loaded per four rows (a GPU's) at step 2.
-                        let hoist = vec4 && step != 2;
+                        // Laid out as on a CPU adapter (the vec4 kernel's column values hoisted) at
+                        // steps 1 and 3, as on a GPU at step 2.
+                        let cpu = step != 2;
+                        let hoist = vec4 && cpu;
                         for (ahead, skip_store, grad_ahead, skip_grad_store) in flags {
                             let reversal = ReversalStep { ahead, skip_store, grad_ahead, skip_grad_store };
-                            let workgroup = workgroup_for(hoist);
-                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, workgroup, reversal);
+                            let layout = layout_for(cpu);
+                            check_backward_trace(name, &spec, n, batch, groups, step, vec4, slots, hoist, TRACE_TILE, layout, reversal);
                             cases += 1;
                         }
                     }
@@ -810,7 +843,21 @@ fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
         let run = |trace: &[f32], ahead: bool| {
             let p = BackwardTraceParams { trace_ahead: ahead as u32, ..twin_step_params(n, batch, step, &layout, &pl) };
             let (mut t, mut g, mut gr, mut pa) = (trace.to_vec(), trace_grad.clone(), grads.clone(), partials.clone());
-            cpu::backward_trace(&spec, true, 1, TRACE_TILE, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
+            cpu::backward_trace(
+                &spec,
+                true,
+                1,
+                TRACE_TILE,
+                TRACE_LANES,
+                &p,
+                &params,
+                &activations,
+                &modulation,
+                &mut t,
+                &mut g,
+                &mut gr,
+                &mut pa,
+            );
             [t, g, gr, pa]
         };
         let (stored, ahead) = (run(&h_t, false), run(&h_next, true));
@@ -846,7 +893,21 @@ fn backward_trace_twin_grad_ahead_recovers_the_gradient_of_the_step_after() {
                 ..twin_step_params(n, batch, step, &layout, &pl)
             };
             let (mut t, mut g, mut gr, mut pa) = (trace.clone(), trace_grad.to_vec(), grads.clone(), partials.clone());
-            cpu::backward_trace(&spec, true, 1, TRACE_TILE, &p, &params, &activations, &modulation, &mut t, &mut g, &mut gr, &mut pa);
+            cpu::backward_trace(
+                &spec,
+                true,
+                1,
+                TRACE_TILE,
+                TRACE_LANES,
+                &p,
+                &params,
+                &activations,
+                &modulation,
+                &mut t,
+                &mut g,
+                &mut gr,
+                &mut pa,
+            );
             [t, g, gr, pa]
         };
         // Step t + 1 stores G(t+1) from G(t+2); step t from it, and step t ahead from G(t+2) itself.

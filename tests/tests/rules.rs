@@ -3,7 +3,7 @@
 //! backward sweep (reversal for the invertible rules, recomputation from checkpoints for the rest).
 
 use plasticity_kernels::reference;
-use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
+use plasticity_kernels::{AlphaShape, EtaShape, Modulation, Plasticity, Rule, TRACE_LANES};
 use plasticity_runtime::{EpisodeRunner, HostParameters, KernelTuning, Network, NetworkConfig, ParamLayout, Trainer, TrainerConfig};
 use plasticity_tests::*;
 use rand::Rng;
@@ -129,7 +129,7 @@ fn every_rule_gradients_match_reference() {
 
 /// The GPU's division of the step kernels (a split forward sum, batch groups in the backward trace
 /// kernel, each with its own dalpha and eta accumulators, fewer batch elements per backward pass,
-/// smaller backward blocks) on every rule, against the reference.
+/// smaller backward blocks, columns interleaved over a warp) on every rule, against the reference.
 #[test]
 fn split_and_grouped_kernels_match_reference() {
     // B = 9: with Z = 2 the first group takes 5 elements, in two passes of CHUNK = 4. N = 20 runs the
@@ -139,14 +139,21 @@ fn split_and_grouped_kernels_match_reference() {
         specs().into_iter().chain([("paper", Plasticity::PAPER)]).flat_map(|(name, spec)| [(name, spec, 21), (name, spec, 20)])
     {
         for tuning in [
-            // The GPU's workgroups of 64 (elsewhere the CPU adapter's 8 run).
-            KernelTuning { forward_splits: Some(3), backward_groups: Some(2), forward_workgroup_size: Some(64), ..Default::default() },
+            // The GPU's workgroups of 64 and backward columns interleaved over a warp (elsewhere the
+            // CPU adapter's 8 and contiguous columns run).
+            KernelTuning {
+                forward_splits: Some(3),
+                backward_groups: Some(2),
+                forward_workgroup_size: Some(64),
+                backward_column_lanes: Some(TRACE_LANES),
+                ..Default::default()
+            },
             KernelTuning { forward_splits: Some(n), backward_groups: Some(3), forward_workgroup_size: Some(64), ..Default::default() },
             // Passes of two and of one batch element: five passes for Z = 1, three for a group of five.
             KernelTuning { backward_batch_slots: Some(2), ..Default::default() },
             KernelTuning { backward_groups: Some(2), backward_batch_slots: Some(1), ..Default::default() },
-            // Blocks of 4 x 4 (6 tiles per axis at N = 21) and 8 x 8.
-            KernelTuning { backward_tile: Some(4), backward_groups: Some(2), ..Default::default() },
+            // Blocks of 4 x 4 (6 tiles per axis at N = 21; columns interleaved over 3 lanes) and 8 x 8.
+            KernelTuning { backward_tile: Some(4), backward_groups: Some(2), backward_column_lanes: Some(3), ..Default::default() },
             KernelTuning { backward_tile: Some(8), ..Default::default() },
         ] {
             let ctx = &gpu_with(tuning);

@@ -121,6 +121,42 @@ fn backward_store_every_step_changes_no_result() {
     assert_same_training(&alternate, &every_step, "with the reversed trace and its gradient stored every step and every other step");
 }
 
+/// backward_trace with its columns contiguous in each invocation (a CPU adapter's) and interleaved over
+/// a warp (a GPU's): each invocation's row sums then cover other columns, so the row partials and
+/// everything after them round differently, and training must agree to f32 rounding. (Rounding, not
+/// more: three Adam steps at lr 3e-4 move a parameter by at most 9e-4, and a mistaken sum would move
+/// the gradients, and so the parameters' first step, by that much in relative terms.)
+#[test]
+fn backward_column_lanes_agree_to_rounding() {
+    use plasticity_runtime::KernelTuning;
+    let contiguous = gpu_with(KernelTuning { backward_column_lanes: Some(1), ..Default::default() });
+    let interleaved = gpu_with(KernelTuning { backward_column_lanes: Some(plasticity_kernels::TRACE_LANES), ..Default::default() });
+    for (config, data) in training_cases() {
+        let gradients = |ctx: &plasticity_runtime::GpuContext| {
+            let mut trainer = Trainer::new(ctx, Network::new(ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+            let loss = trainer.compute_gradients(ctx, &data).unwrap().loss;
+            assert_eq!(trainer.backward_column_lanes(), ctx.tuning.backward_column_lanes, "the column lanes ran as set");
+            (loss, trainer.read_gradients(ctx).unwrap())
+        };
+        let ((loss_a, a), (loss_b, b)) = (gradients(&contiguous), gradients(&interleaved));
+        // The forward pass is the same kernels either way.
+        assert_eq!(loss_a.to_bits(), loss_b.to_bits(), "N = {}: the loss", config.neurons);
+        for (name, offset, shape) in a.layout.tensors() {
+            let len: usize = shape.iter().product();
+            let (x, y) = (&a.values[offset as usize..][..len], &b.values[offset as usize..][..len]);
+            // Sums of a few hundred f32 terms grouped differently: a few ulps of the tensor's scale.
+            let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            assert_close(
+                &format!("N = {}: d{name} with contiguous and interleaved columns", config.neurons),
+                x,
+                &to_f64(y),
+                1e-5 * scale,
+                1e-4,
+            );
+        }
+    }
+}
+
 /// backward_trace in workgroups of 8 (a CPU adapter's) and of 64 (a GPU's): every invocation walks
 /// the same block whichever workgroup holds it, so training gives the same bits.
 #[test]
@@ -131,9 +167,9 @@ fn backward_workgroup_size_changes_no_result() {
     assert_same_training(&eight, &sixty_four, "with backward trace workgroups of 8 and of 64");
 }
 
-/// The same losses and parameters after three Adam steps on both contexts, through both rule kernel
-/// widths, modulation, the eligibility trace, the input layer and a softmax head.
-fn assert_same_training(a: &plasticity_runtime::GpuContext, b: &plasticity_runtime::GpuContext, what: &str) {
+/// Four small networks and their episodes: both rule kernel widths, modulation, the eligibility trace,
+/// the input layer and a softmax head.
+fn training_cases() -> Vec<(NetworkConfig, plasticity_runtime::EpisodeData)> {
     use plasticity_runtime::{EpisodeData, EtaShape, HeadKind, Modulation, OutputHead, Plasticity, Rule};
     use rand::Rng;
     let retroactive =
@@ -146,19 +182,30 @@ fn assert_same_training(a: &plasticity_runtime::GpuContext, b: &plasticity_runti
         NetworkConfig { neurons: 20, seed: 3, plasticity: retroactive, ..Default::default() },
         NetworkConfig { neurons: 16, seed: 4, input_width: Some(5), heads: head, plasticity: cued, ..Default::default() },
     ];
-    for config in configs {
-        let (batch, steps) = (3u32, 9u32);
-        let mut r = rng(config.seed);
-        let data = if config.input_width.is_some() {
-            let inputs = uniform(&mut r, (steps * batch * 5) as usize, 1.0);
-            let mut targets = vec![0.0; (batch * 3) as usize];
-            for e in 0..batch as usize {
-                targets[e * 3 + r.random_range(0..3)] = 1.0; // one class per batch element
-            }
-            EpisodeData { batch, steps, inputs, loss_steps: vec![steps], targets, loss_scale: 1.0, clamp: Vec::new() }
-        } else {
-            random_episode(&mut r, config.neurons, batch, steps)
-        };
+    let (batch, steps) = (3u32, 9u32);
+    configs
+        .into_iter()
+        .map(|config| {
+            let mut r = rng(config.seed);
+            let data = if config.input_width.is_some() {
+                let inputs = uniform(&mut r, (steps * batch * 5) as usize, 1.0);
+                let mut targets = vec![0.0; (batch * 3) as usize];
+                for e in 0..batch as usize {
+                    targets[e * 3 + r.random_range(0..3)] = 1.0; // one class per batch element
+                }
+                EpisodeData { batch, steps, inputs, loss_steps: vec![steps], targets, loss_scale: 1.0, clamp: Vec::new() }
+            } else {
+                random_episode(&mut r, config.neurons, batch, steps)
+            };
+            (config, data)
+        })
+        .collect()
+}
+
+/// The same losses and parameters after three Adam steps on both contexts, for every
+/// [`training_cases`] network.
+fn assert_same_training(a: &plasticity_runtime::GpuContext, b: &plasticity_runtime::GpuContext, what: &str) {
+    for (config, data) in training_cases() {
         let run = |ctx: &plasticity_runtime::GpuContext| {
             let mut trainer = Trainer::new(ctx, Network::new(ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
             let losses: Vec<u32> = (0..3).map(|_| trainer.train_step(ctx, &data).unwrap().loss.to_bits()).collect();

@@ -281,10 +281,11 @@ fn rule_inverse(rule: Rule, v: f32, pre: f32, post: f32, r: f32) -> f32 {
 }
 
 /// Twin of `shaders/backward_trace.wgsl`: partial sums are formed per invocation (`tile` rows by
-/// `tile` interleaved columns, see [`crate::trace_column_owner`]) exactly as the kernel lays them out.
-/// `reverse` and `tile` are the kernel's REVERSE and TILE override constants; `column_width` is 1 for
-/// backward_trace and 4 for backward_trace_vec4, whose lanes own quads of columns (the only
-/// difference the partial sums show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dalpha and eta
+/// `tile` columns, interleaved over `column_lanes` invocations, see [`crate::trace_column_owner`])
+/// exactly as the kernel lays them out. `reverse`, `tile` and `column_lanes` are the kernel's
+/// REVERSE, TILE and COLUMN_LANES override constants; `column_width` is 1 for backward_trace and 4
+/// for backward_trace_vec4, whose lanes own quads of columns (the only difference the partial sums
+/// show). With Z = `groups` > 1, batch element b belongs to group b mod Z, whose dalpha and eta
 /// sums go to its own accumulators in `partials`. dw is not formed here: see [`weight_gradient`].
 /// When `reverse`, `p.trace_ahead` says the slot holds H(t+1), inverted first with step t's own
 /// values, and `p.skip_store` leaves the slot unwritten; `p.grad_ahead` says `trace_grad` holds
@@ -297,6 +298,7 @@ pub fn backward_trace(
     reverse: bool,
     column_width: u32,
     tile: u32,
+    column_lanes: u32,
     p: &BackwardTraceParams,
     params: &[f32],
     activations: &[f32],
@@ -319,7 +321,7 @@ pub fn backward_trace(
     let groups = p.groups.max(1) as usize;
     let group_of = |b: usize| b % groups;
     // Row partials and single-eta sums belong to the invocation that owns column j.
-    let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32, column_width, tile);
+    let owner = |j: usize| crate::trace_column_owner(n as u32, j as u32, column_width, tile, column_lanes);
     let tile = tile as usize;
     let eta_index = |z: usize, i: usize, j: usize| (z * tiles + i / tile) * n + if eta_per_neuron { j } else { owner(j).1 as usize };
     let x = |step: usize, b: usize, k: usize| activations[step * row + b * n + k];

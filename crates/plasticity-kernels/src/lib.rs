@@ -262,18 +262,22 @@ pub fn trace_tiles(n: u32, tile: u32) -> u32 {
     div_ceil(n, tile)
 }
 
-/// Invocations of one column group of backward_trace (the shader's LANES).
+/// Invocations of a warp on most GPUs (the backward trace shaders' LANES): rows of blocks at least
+/// this wide start on whole multiples of it ([`backward_trace::block_row_width`]), and on a GPU this
+/// many invocations interleave their columns ([`trace_column_owner`]).
 pub const TRACE_LANES: u32 = 32;
 
-/// Which backward_trace invocation along x owns column j with blocks of side `tile`: `(slot,
+/// Which backward_trace invocation along x owns column j with blocks of side `tile` when
+/// `column_lanes` invocations interleave their columns (the shaders' COLUMN_LANES): `(slot,
 /// first_column)`, its index along x (the row partial it writes) and its first column. Columns come
 /// in units of `width`: 1 for backward_trace, 4 (quads) for backward_trace_vec4. Column group g
-/// covers units `[g * LANES * TILE / width, + LANES * TILE / width)`; of its L lanes (LANES, or
-/// fewer in a narrower last group), lane l owns units l, l + L, l + 2L, ... of the group, so
-/// neighbouring lanes touch neighbouring elements.
-pub fn trace_column_owner(n: u32, j: u32, width: u32, tile: u32) -> (u32, u32) {
+/// covers units `[g * L * TILE / width, + L * TILE / width)` for L = `column_lanes`; of its lanes
+/// (L, or fewer in a narrower last group), lane l owns units l, l + L', l + 2L', ... of the group (L'
+/// its lane count), so neighbouring lanes touch neighbouring elements. With `column_lanes` = 1 each
+/// invocation owns `tile / width` consecutive units.
+pub fn trace_column_owner(n: u32, j: u32, width: u32, tile: u32, column_lanes: u32) -> (u32, u32) {
     let per_lane = tile / width;
-    let span = TRACE_LANES * per_lane;
+    let span = column_lanes * per_lane;
     let (units, unit) = (div_ceil(n, width), j / width);
     let start = unit / span * span;
     let lanes = div_ceil((units - start).min(span), per_lane);
@@ -712,10 +716,20 @@ pub mod backward_trace {
     /// [`crate::TRACE_TILE_SIDES`] (default [`crate::TRACE_TILE`]).
     pub const TILE: &str = "TILE";
 
+    /// Override constant of both widths: invocations that interleave their columns (see
+    /// [`crate::trace_column_owner`]); default [`crate::TRACE_LANES`], 1 for contiguous columns.
+    pub const COLUMN_LANES: &str = "COLUMN_LANES";
+
+    /// The most invocations that may interleave their columns (`KernelTuning::backward_column_lanes`):
+    /// a warp of 64 on some GPUs.
+    pub const MAX_COLUMN_LANES: u32 = 64;
+
     /// The override constants, beyond the rule's, of the kernel that runs a backward step (the vec4
     /// one with `vec4`) in workgroups of `workgroup_size`, with `slots` (1 to CHUNK) batch elements
     /// per pass over blocks of side `tile` (one of TRACE_TILE_SIDES), the gradient's recovery compiled
-    /// in with `grad_ahead` and, in the vec4 kernel, the column values hoisted or not.
+    /// in with `grad_ahead`, `column_lanes` invocations interleaving their columns (1 to
+    /// MAX_COLUMN_LANES) and, in the vec4 kernel, the column values hoisted or not.
+    #[allow(clippy::too_many_arguments)]
     pub fn constants(
         vec4: bool,
         workgroup_size: u32,
@@ -723,6 +737,7 @@ pub mod backward_trace {
         slots: u32,
         tile: u32,
         grad_ahead: bool,
+        column_lanes: u32,
         hoist_columns: bool,
     ) -> Vec<(&'static str, f64)> {
         let mut constants = vec![
@@ -731,6 +746,7 @@ pub mod backward_trace {
             (BATCH_SLOTS, slots as f64),
             (TILE, tile as f64),
             (GRAD_AHEAD, grad_ahead as u32 as f64),
+            (COLUMN_LANES, column_lanes as f64),
         ];
         if vec4 {
             constants.push((HOIST_COLUMNS, hoist_columns as u32 as f64));
@@ -1486,13 +1502,13 @@ mod column_owner_tests {
     fn every_trace_column_has_one_owner_and_lanes_are_adjacent() {
         let scalar = [1u32, 3, 4, 5, 7, 8, 9, 15, 16, 17, 127, 128, 129, 511, 512, 513, 530, 1000, 1024, 1100].map(|n| (n, 1));
         let quads = [4u32, 8, 12, 16, 20, 124, 128, 132, 508, 512, 516, 532, 1000, 1024, 1100].map(|n| (n, 4));
-        for (n, width) in scalar.into_iter().chain(quads) {
+        for ((n, width), lanes) in scalar.into_iter().chain(quads).flat_map(|nw| [1, 3, 8, TRACE_LANES, 64].map(|l| (nw, l))) {
             for tile in TRACE_TILE_SIDES {
-                let what = format!("N={n} width {width} tile {tile}");
+                let what = format!("N={n} width {width} tile {tile} column lanes {lanes}");
                 let tiles = trace_tiles(n, tile);
                 let mut columns_of = vec![Vec::new(); tiles as usize];
                 for j in 0..n {
-                    let (slot, first) = trace_column_owner(n, j, width, tile);
+                    let (slot, first) = trace_column_owner(n, j, width, tile, lanes);
                     assert!(slot < tiles, "{what} j={j}: slot {slot} of {tiles}");
                     columns_of[slot as usize].push((j, first));
                 }
@@ -1501,14 +1517,20 @@ mod column_owner_tests {
                     assert!(!cols.is_empty() && cols.len() <= tile as usize, "{what} slot {slot}: {} columns", cols.len());
                     assert!(cols.iter().all(|&(_, f)| f == cols[0].0), "{what} slot {slot}: first column");
                 }
-                // Neighbouring lanes start at neighbouring units (coalesced access), and every unit of
-                // `width` columns has one owner.
+                // Neighbouring lanes of a column group start at neighbouring units (coalesced access);
+                // with one lane per group, each invocation's units are consecutive, after the last
+                // one's. Every unit of `width` columns has one owner.
                 for slot in 1..tiles {
                     let (a, b) = (columns_of[slot as usize - 1][0].0, columns_of[slot as usize][0].0);
-                    assert!(slot % TRACE_LANES == 0 || b == a + width, "{what}: slots {} and {slot} start at {a} and {b}", slot - 1);
+                    assert!(slot % lanes == 0 || b == a + width, "{what}: slots {} and {slot} start at {a} and {b}", slot - 1);
+                    if lanes == 1 {
+                        assert_eq!(b, slot * tile, "{what}: slot {slot} starts at {b}");
+                        let cols: Vec<u32> = columns_of[slot as usize].iter().map(|&(j, _)| j).collect();
+                        assert!(cols.windows(2).all(|w| w[1] == w[0] + 1), "{what}: slot {slot} owns {cols:?}");
+                    }
                 }
                 for j in (0..n).step_by(width as usize) {
-                    let owners: Vec<u32> = (j..j + width).map(|c| trace_column_owner(n, c, width, tile).0).collect();
+                    let owners: Vec<u32> = (j..j + width).map(|c| trace_column_owner(n, c, width, tile, lanes).0).collect();
                     assert!(owners.iter().all(|&o| o == owners[0]), "{what}: the quad at {j} is split between {owners:?}");
                 }
             }

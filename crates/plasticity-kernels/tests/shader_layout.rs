@@ -120,7 +120,10 @@ fn shared_constants_agree() {
         ("LOSS_NONE", plasticity_kernels::backward_activation::LOSS_NONE),
     ];
     // Override defaults the Rust side names as its own defaults.
-    let expected_overrides: &[(&str, u32)] = &[(plasticity_kernels::backward_trace::TILE, plasticity_kernels::TRACE_TILE)];
+    let expected_overrides: &[(&str, u32)] = &[
+        (plasticity_kernels::backward_trace::TILE, plasticity_kernels::TRACE_TILE),
+        (plasticity_kernels::backward_trace::COLUMN_LANES, plasticity_kernels::TRACE_LANES),
+    ];
     let (mut seen, mut seen_overrides) = (0, 0);
     for kernel in ALL_KERNELS {
         let module = parse_and_validate(kernel);
@@ -291,7 +294,11 @@ fn rule_kernels_validate_for_every_rule() {
                 for &h in hoists {
                     for &tile in &tiles {
                         let grad_ahead = takes("GRAD_AHEAD").then_some(if s == Some(2.0) { 0.0 } else { 1.0 });
-                        for (name, value) in [("BATCH_SLOTS", s), ("HOIST_COLUMNS", h), ("TILE", tile), ("GRAD_AHEAD", grad_ahead)] {
+                        // Contiguous columns (a CPU adapter's) at blocks of 8, interleaved otherwise.
+                        let lanes = takes("COLUMN_LANES").then_some(if tile == Some(8.0) { 1.0 } else { 32.0 });
+                        let named =
+                            [("BATCH_SLOTS", s), ("HOIST_COLUMNS", h), ("TILE", tile), ("GRAD_AHEAD", grad_ahead), ("COLUMN_LANES", lanes)];
+                        for (name, value) in named {
                             if let Some(v) = value {
                                 constants.insert(name.into(), v);
                             }

@@ -94,6 +94,8 @@ pub struct CaseResult {
     pub backward_hoist_columns: bool,
     /// The side of backward_trace's blocks (`KernelTuning::backward_tile`).
     pub backward_tile: u32,
+    /// Invocations of backward_trace that interleaved their columns (`KernelTuning::backward_column_lanes`).
+    pub backward_column_lanes: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -370,6 +372,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         forward_subgroups: trainer.forward_subgroups().expect("the timed episodes ran"),
         backward_hoist_columns: trainer.backward_hoist_columns().expect("the timed episodes ran"),
         backward_tile: trainer.backward_tile().expect("the timed episodes ran"),
+        backward_column_lanes: trainer.backward_column_lanes().expect("the timed episodes ran"),
     })
 }
 

@@ -169,6 +169,8 @@ struct BackwardState {
     hoist_columns: bool,
     /// Side of the blocks backward_trace walks (its TILE).
     tile: u32,
+    /// Invocations of backward_trace that interleave their columns (its COLUMN_LANES).
+    column_lanes: u32,
     /// Invocations per backward_trace workgroup.
     workgroup: u32,
     partials_layout: PartialsLayout,
@@ -196,6 +198,7 @@ impl BackwardState {
         let spec = shape.plasticity();
         let tile = ctx.tuning.backward_tile_side(&ctx.adapter, n, batch)?;
         let workgroup = ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits())?;
+        let column_lanes = ctx.tuning.backward_columns(&ctx.adapter)?;
         let layout = net.layout;
         let groups = ctx.tuning.backward_groups(&ctx.adapter, n, batch, tile);
         let batch_slots = ctx.tuning.backward_slots(batch, groups)?;
@@ -328,6 +331,7 @@ impl BackwardState {
             batch_slots,
             hoist_columns: fwd.vec4 && ctx.tuning.backward_hoist(&ctx.adapter, batch_slots),
             tile,
+            column_lanes,
             workgroup,
             partials_layout: pl,
             trace_grad: buffers::storage(ctx, "trace gradient", fwd.trace.bytes)?,
@@ -651,6 +655,12 @@ impl Trainer {
         Some(self.backward.as_ref()?.hoist_columns)
     }
 
+    /// Invocations of the last episode's backward_trace that interleaved their columns (see
+    /// [`crate::KernelTuning::backward_column_lanes`]); `None` before the first episode.
+    pub fn backward_column_lanes(&self) -> Option<u32> {
+        Some(self.backward.as_ref()?.column_lanes)
+    }
+
     /// The side of the blocks the last episode's backward_trace walked (see
     /// [`crate::KernelTuning::backward_tile`]); `None` before the first episode.
     pub fn backward_tile(&self) -> Option<u32> {
@@ -827,8 +837,16 @@ fn record_backward(
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
     // The gradient's recovery is compiled in only where the schedule uses it.
     let grad_ahead = reverse && !bwd.tuning.backward_store_every_step;
-    let trace_constants =
-        backward_trace::constants(bwd.vec4, bwd.workgroup, reverse, bwd.batch_slots, bwd.tile, grad_ahead, bwd.hoist_columns);
+    let trace_constants = backward_trace::constants(
+        bwd.vec4,
+        bwd.workgroup,
+        reverse,
+        bwd.batch_slots,
+        bwd.tile,
+        grad_ahead,
+        bwd.column_lanes,
+        bwd.hoist_columns,
+    );
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,

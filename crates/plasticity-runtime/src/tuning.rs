@@ -11,7 +11,7 @@
 //! blocks.
 
 use crate::context::AdapterSummary;
-use plasticity_kernels::{TRACE_TILE, TRACE_TILE_SIDES, backward_trace, div_ceil, forward_step, trace_tiles};
+use plasticity_kernels::{TRACE_LANES, TRACE_TILE, TRACE_TILE_SIDES, backward_trace, div_ceil, forward_step, trace_tiles};
 
 /// Invocations a split forward step aims for on a GPU: about one full H200 (132 SMs x 2048). On an
 /// H200 at N = 1000, B = 64 a forward step takes 2.03, 0.65, 0.47, 0.35, 0.37 and 0.38 ms at S = 1, 4,
@@ -101,6 +101,15 @@ pub struct KernelTuning {
     /// rounding of the partial sums. On lavapipe smaller blocks only cost (README); not measured on a
     /// GPU yet (`tools/device_check.sh` sweeps it).
     pub backward_tile: Option<u32>,
+    /// Invocations of backward_trace that interleave their columns, 1 to
+    /// `backward_trace::MAX_COLUMN_LANES` (`plasticity_kernels::trace_column_owner`): with L of them,
+    /// lane l of a group owns columns l, l + L, ..., so that a warp's loads of the trace and its
+    /// gradient are coalesced; with 1, each invocation owns its block's columns as one run. `None`:
+    /// `plasticity_kernels::TRACE_LANES` (a warp) on a GPU, 1 on a CPU adapter, where a training
+    /// episode at N = 256, B = 16 then takes about 0.8x the time on lavapipe (README, "How the kernels
+    /// were tuned on lavapipe"). The same results up to f32 rounding of the row partial sums (each
+    /// invocation sums other columns).
+    pub backward_column_lanes: Option<u32>,
 }
 
 impl KernelTuning {
@@ -236,6 +245,22 @@ impl KernelTuning {
         }
     }
 
+    /// Invocations of backward_trace that interleave their columns (see
+    /// [`KernelTuning::backward_column_lanes`]), or an error naming the range.
+    pub fn backward_columns(&self, adapter: &AdapterSummary) -> crate::Result<u32> {
+        match self.backward_column_lanes {
+            None => Ok(if adapter.is_cpu() { 1 } else { TRACE_LANES }),
+            Some(lanes) if (1..=backward_trace::MAX_COLUMN_LANES).contains(&lanes) => Ok(lanes),
+            Some(lanes) => Err(crate::error::invalid(
+                "kernel tuning",
+                format!(
+                    "backward_column_lanes = {lanes}; 1 to {} invocations of backward_trace may interleave their columns (1: each its own run of columns)",
+                    backward_trace::MAX_COLUMN_LANES
+                ),
+            )),
+        }
+    }
+
     /// Batch elements per pass of backward_trace for a batch of B in Z groups, or an error naming
     /// the range when `backward_batch_slots` is outside it.
     pub fn backward_slots(&self, batch: u32, groups: u32) -> crate::Result<u32> {
@@ -280,6 +305,23 @@ mod tests {
         for size in [0, most + 1] {
             let err = KernelTuning { backward_workgroup_size: Some(size), ..auto }.backward_workgroup(&gpu, &limits).unwrap_err();
             assert!(err.to_string().contains(&format!("1 to {most}")), "{err}");
+        }
+    }
+
+    /// Columns are interleaved over a warp on a GPU and contiguous on a CPU adapter, unless set; a
+    /// count outside 1 to MAX_COLUMN_LANES is refused with its range.
+    #[test]
+    fn backward_columns_are_contiguous_on_a_cpu_adapter() {
+        let (gpu, cpu) = (adapter(wgpu::DeviceType::DiscreteGpu), adapter(wgpu::DeviceType::Cpu));
+        let auto = KernelTuning::default();
+        assert_eq!((auto.backward_columns(&gpu).unwrap(), auto.backward_columns(&cpu).unwrap()), (TRACE_LANES, 1));
+        for lanes in [1, 8, backward_trace::MAX_COLUMN_LANES] {
+            let set = KernelTuning { backward_column_lanes: Some(lanes), ..auto };
+            assert_eq!((set.backward_columns(&gpu).unwrap(), set.backward_columns(&cpu).unwrap()), (lanes, lanes));
+        }
+        for lanes in [0, backward_trace::MAX_COLUMN_LANES + 1] {
+            let err = KernelTuning { backward_column_lanes: Some(lanes), ..auto }.backward_columns(&gpu).unwrap_err().to_string();
+            assert!(err.contains(&format!("backward_column_lanes = {lanes}")) && err.contains("1 to 64"), "{err}");
         }
     }
 

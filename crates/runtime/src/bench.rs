@@ -103,6 +103,11 @@ pub struct BenchArgs {
     /// partial-sum traffic.
     #[arg(long)]
     backward_tile: Option<u32>,
+    /// Invocations of the backward trace kernel that interleave their columns, 1 to 64 (default: 32,
+    /// a warp, on a GPU, whose loads are then coalesced; 1 on a CPU adapter, where each invocation
+    /// then walks its own columns as one run).
+    #[arg(long)]
+    backward_column_lanes: Option<u32>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
     /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
     #[arg(long)]
@@ -147,6 +152,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         backward_hoist_columns: args.backward_hoist_columns,
         backward_store_every_step: args.backward_store_every_step,
         backward_tile: args.backward_tile,
+        backward_column_lanes: args.backward_column_lanes,
     };
     // The trainer's own range check, run now rather than after the ceiling is measured.
     let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
@@ -156,6 +162,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if tuning.checked_backward_tile().is_err() {
         let sides = plasticity_runtime::kernels::TRACE_TILE_SIDES;
         anyhow::bail!("--backward-tile must be one of {sides:?} (got {})", args.backward_tile.unwrap_or_default());
+    }
+    let most_lanes = plasticity_runtime::kernels::backward_trace::MAX_COLUMN_LANES;
+    if let Some(lanes) = args.backward_column_lanes {
+        anyhow::ensure!((1..=most_lanes).contains(&lanes), "--backward-column-lanes must be 1 to {most_lanes} (got {lanes})");
     }
     let plasticity = args.rule.plasticity()?;
     // The network's own checks of every size given (its parameters' 32-bit indices), now rather than
@@ -234,7 +244,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
          bk the side of the square blocks of the trace it walks ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
          by subgroup shuffles{}; forward workgroups of {} invocations, backward trace workgroups of {}; \
-         backward passes of {}, column values loaded {}, the reversed trace and its gradient stored {}; \
+         backward passes of {}, column values loaded {}, backward trace columns {}, the reversed trace and its gradient stored {}; \
          wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
         if args.backward_tile.is_some() { "set by --backward-tile" } else { "chosen for this adapter" },
@@ -254,6 +264,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Some(false) => "once per four rows (--backward-hoist-columns off)",
             None if ctx.adapter.is_cpu() => "once per pass where a pass takes 2 or more batch elements",
             None => "once per four rows",
+        },
+        {
+            let lanes = ctx.tuning.backward_columns(&ctx.adapter)?;
+            let set = if args.backward_column_lanes.is_some() { format!(" (--backward-column-lanes {lanes})") } else { String::new() };
+            if lanes == 1 { format!("contiguous in each invocation{set}") } else { format!("interleaved over {lanes} invocations{set}") }
         },
         if args.backward_store_every_step { "every step (--backward-store-every-step)" } else { "every other step" },
         if ctx.wgpu_loop_bounding() {
@@ -546,6 +561,7 @@ impl Report<'_> {
                     "forward_subgroups": r.forward_subgroups,
                     "backward_hoist_columns": r.backward_hoist_columns,
                     "backward_tile": r.backward_tile,
+                    "backward_column_lanes": r.backward_column_lanes,
                     "profile": profile,
                 })
             })
@@ -568,6 +584,7 @@ impl Report<'_> {
                 "backward_store_every_step": ctx.tuning.backward_store_every_step,
                 // null: chosen per case for the adapter; each case says.
                 "backward_tile": ctx.tuning.backward_tile,
+                "backward_column_lanes": ctx.tuning.backward_column_lanes,
                 // null: the default, min(4, ceil(B / Z)) per case.
                 "backward_batch_slots": ctx.tuning.backward_batch_slots,
             },

@@ -182,6 +182,10 @@ fn bench_quick_runs_and_names_the_adapter() {
     // of the counted-loop kernels by default, in every kernel with the option, in the header and JSON.
     assert!(out.contains("wgpu's loop bounding only in the kernels whose loops are not all counted"), "{out}");
     assert!(out.contains("the reversed trace and its gradient stored every other step;"), "{out}");
+    assert!(
+        out.contains("backward trace columns contiguous in each invocation,") || out.contains("interleaved over 32 invocations,"),
+        "{out}"
+    );
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
     // --forward-subgroups off: in the header, the JSON config and every case.
     let o = plasticity(&[
@@ -196,6 +200,8 @@ fn bench_quick_runs_and_names_the_adapter() {
         "--backward-store-every-step",
         "--backward-tile",
         "8",
+        "--backward-column-lanes",
+        "8",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -206,7 +212,8 @@ fn bench_quick_runs_and_names_the_adapter() {
         out.contains("(--forward-subgroups off)")
             && out.contains("column values loaded once per four rows (--backward-hoist-columns off)")
             && out.contains("the reversed trace and its gradient stored every step (--backward-store-every-step)")
-            && out.contains("blocks of the trace it walks (set by --backward-tile)"),
+            && out.contains("blocks of the trace it walks (set by --backward-tile)")
+            && out.contains("backward trace columns interleaved over 8 invocations (--backward-column-lanes 8)"),
         "{out}"
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -216,15 +223,21 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_eq!(doc["config"]["backward_hoist_columns"], serde_json::json!(false));
     assert_eq!(doc["config"]["backward_store_every_step"], serde_json::json!(true));
     assert_eq!(doc["config"]["backward_tile"], serde_json::json!(8));
+    assert_eq!(doc["config"]["backward_column_lanes"], serde_json::json!(8));
     assert!(
-        doc["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["forward_subgroups"] == false && c["backward_hoist_columns"] == false && c["backward_tile"] == 8),
+        doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false
+            && c["backward_hoist_columns"] == false
+            && c["backward_tile"] == 8
+            && c["backward_column_lanes"] == 8),
         "{doc}"
     );
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-subgroups", "maybe"]), "invalid value 'maybe'");
+    for lanes in ["0", "65"] {
+        assert_clean_failure(
+            &plasticity(&["bench", "--quick", "--backward-column-lanes", lanes]),
+            "--backward-column-lanes must be 1 to 64",
+        );
+    }
     std::fs::remove_file(&json).ok();
 }
 
@@ -260,6 +273,8 @@ fn bench_profile_times_every_kernel_of_a_training_episode() {
         // The backward's column values: hoisted by default on a CPU adapter at 2 or more batch elements per pass.
         let cpu = doc["adapter"]["device_type"] == "Cpu";
         assert_eq!(case["backward_hoist_columns"], serde_json::json!(cpu && case["batch"].as_u64().unwrap() >= 2), "{case}");
+        // Its columns: contiguous in each invocation on a CPU adapter, interleaved over a warp on a GPU.
+        assert_eq!(case["backward_column_lanes"], serde_json::json!(if cpu { 1 } else { 32 }), "{case}");
         assert_eq!(dispatches(forward), Some(20), "{case}");
         assert_eq!(dispatches("backward_trace_vec4"), Some(20), "{case}");
         // dw once per window of 16 steps: steps 1-16 and 17-20.
