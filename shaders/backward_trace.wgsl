@@ -71,8 +71,8 @@ const TILE_MAX: u32 = 16u;
 const LANES: u32 = 32u;
 // Invocations that interleave their columns (see above), set by the runtime
 // (KernelTuning::backward_column_lanes): LANES on a GPU, whose warps then load neighbouring elements
-// together; 1 on a CPU adapter, where an invocation's own columns in one run made the backward step
-// about 1.2x faster on lavapipe (a lane's gathers then revisit its own cache lines).
+// together; 1 on a CPU adapter, where each invocation's columns in one run made a training episode
+// take 0.88-0.96x the time on lavapipe (README, "How the kernels were tuned on lavapipe").
 override COLUMN_LANES: u32 = 32u;
 // Batch elements handled per pass over the block: dalpha is read and written once per chunk.
 const CHUNK: u32 = 4u;

@@ -93,6 +93,11 @@ for k in 1 2; do sweep 1000 64 auto auto --backward-batch-slots $k; done
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --wgpu-loop-bounding; done
 # The forward step's history shared by subgroup shuffles (G column; off by default on a GPU).
 for nb in "1000 64" "1000 1" "256 64"; do sweep $nb auto auto --forward-subgroups on; done
+# The backward's columns contiguous in each invocation (1, a CPU adapter's default; 0.88-0.96x the
+# training time on lavapipe) or interleaved over 8 lanes, against a warp's 32 (the GPU default: on
+# the H200, before the vec4 kernels, a training episode at N = 1000, B = 64 took 588 ms with each
+# invocation's 16 columns in one run and 256 ms with them interleaved).
+for l in 1 8; do for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-column-lanes $l; done; done
 # The backward's column values hoisted per pass (off by default on a GPU: 48 more quads per invocation).
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-hoist-columns on; done
 # The reversed trace and its gradient stored every step (the default stores each every other step: 3

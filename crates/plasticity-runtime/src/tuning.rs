@@ -106,9 +106,10 @@ pub struct KernelTuning {
     /// lane l of a group owns columns l, l + L, ..., so that a warp's loads of the trace and its
     /// gradient are coalesced; with 1, each invocation owns its block's columns as one run. `None`:
     /// `plasticity_kernels::TRACE_LANES` (a warp) on a GPU, 1 on a CPU adapter, where a training
-    /// episode at N = 256, B = 16 then takes about 0.8x the time on lavapipe (README, "How the kernels
-    /// were tuned on lavapipe"). The same results up to f32 rounding of the row partial sums (each
-    /// invocation sums other columns).
+    /// episode then takes 0.90x the time on lavapipe at N = 256, B = 16, 0.88x at N = 1000, B = 1 and
+    /// 0.96x at N = 256, B = 1 (README, "How the kernels were tuned on lavapipe"); not measured on a
+    /// GPU (`tools/device_check.sh` sweeps it). The same results up to f32 rounding of the row partial
+    /// sums (each invocation sums other columns).
     pub backward_column_lanes: Option<u32>,
 }
 
