@@ -629,37 +629,13 @@ fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
         for (n, vec4) in [(64, false), (64, true), (65, false)] {
             for (batch, groups) in [(5u32, 1u32), (9, 2)] {
                 for slots in 1..backward_trace::CHUNK {
-                    if !vec4 || runs_vec4_kernels(n, spec) {
-                        check_backward_trace(
-                            name,
-                            spec,
-                            n,
-                            batch,
-                            groups,
-                            2,
-                            vec4,
-                            slots,
-                            false,
-                            TRACE_TILE,
-                            (64, TRACE_LANES),
-                            ReversalStep::default(),
-                        );
-                    }
-                    if vec4 && runs_vec4_kernels(n, spec) {
-                        check_backward_trace(
-                            name,
-                            spec,
-                            n,
-                            batch,
-                            groups,
-                            2,
-                            vec4,
-                            slots,
-                            true,
-                            TRACE_TILE,
-                            (64, TRACE_LANES),
-                            ReversalStep::default(),
-                        );
+                    // The vec4 kernel with its column values loaded per four rows and hoisted.
+                    for hoist in [false, true] {
+                        if (hoist && !vec4) || (vec4 && !runs_vec4_kernels(n, spec)) {
+                            continue;
+                        }
+                        let (layout, reversal) = ((64, TRACE_LANES), ReversalStep::default());
+                        check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, hoist, TRACE_TILE, layout, reversal);
                     }
                 }
             }
@@ -806,6 +782,20 @@ fn twin_step_params(n: u32, batch: u32, step: u32, layout: &ParamLayout, pl: &Pa
     }
 }
 
+/// One reversed step of the scalar twin (blocks of TRACE_TILE, columns interleaved over a warp) on
+/// `[trace, trace_grad, grads, partials]`, returned updated.
+fn twin_scalar_step(
+    spec: &Plasticity,
+    p: &BackwardTraceParams,
+    params: &[f32],
+    activations: &[f32],
+    modulation: &[f32],
+    [mut t, mut g, mut gr, mut pa]: [Vec<f32>; 4],
+) -> [Vec<f32>; 4] {
+    cpu::backward_trace(spec, true, 1, TRACE_TILE, TRACE_LANES, p, params, activations, modulation, &mut t, &mut g, &mut gr, &mut pa);
+    [t, g, gr, pa]
+}
+
 /// The twin's `trace_ahead` against its own definition: a step that finds U(H(t)) (step t's update
 /// of H(t), as the forward pass formed H(t+1)) gives what the step that finds H(t) gives, up to the
 /// rounding of the update and its inversion.
@@ -842,23 +832,8 @@ fn backward_trace_twin_ahead_recovers_the_trace_of_its_step() {
         let partials = uniform(&mut r, pl.len as usize, 1.0);
         let run = |trace: &[f32], ahead: bool| {
             let p = BackwardTraceParams { trace_ahead: ahead as u32, ..twin_step_params(n, batch, step, &layout, &pl) };
-            let (mut t, mut g, mut gr, mut pa) = (trace.to_vec(), trace_grad.clone(), grads.clone(), partials.clone());
-            cpu::backward_trace(
-                &spec,
-                true,
-                1,
-                TRACE_TILE,
-                TRACE_LANES,
-                &p,
-                &params,
-                &activations,
-                &modulation,
-                &mut t,
-                &mut g,
-                &mut gr,
-                &mut pa,
-            );
-            [t, g, gr, pa]
+            let state = [trace.to_vec(), trace_grad.clone(), grads.clone(), partials.clone()];
+            twin_scalar_step(&spec, &p, &params, &activations, &modulation, state)
         };
         let (stored, ahead) = (run(&h_t, false), run(&h_next, true));
         // H(t) through an update and its inversion: a few ulps of values <= ~3, carried through
@@ -892,23 +867,8 @@ fn backward_trace_twin_grad_ahead_recovers_the_gradient_of_the_step_after() {
                 skip_grad_store: skip_grad_store as u32,
                 ..twin_step_params(n, batch, step, &layout, &pl)
             };
-            let (mut t, mut g, mut gr, mut pa) = (trace.clone(), trace_grad.to_vec(), grads.clone(), partials.clone());
-            cpu::backward_trace(
-                &spec,
-                true,
-                1,
-                TRACE_TILE,
-                TRACE_LANES,
-                &p,
-                &params,
-                &activations,
-                &modulation,
-                &mut t,
-                &mut g,
-                &mut gr,
-                &mut pa,
-            );
-            [t, g, gr, pa]
+            let state = [trace.clone(), trace_grad.to_vec(), grads.clone(), partials.clone()];
+            twin_scalar_step(&spec, &p, &params, &activations, &modulation, state)
         };
         // Step t + 1 stores G(t+1) from G(t+2); step t from it, and step t ahead from G(t+2) itself.
         let g_next = run(step + 1, &g_after, false, false)[1].clone();
