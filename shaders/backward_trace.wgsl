@@ -47,9 +47,8 @@
 // invocations touch neighbouring elements and every access is coalesced. On a CPU adapter
 // COLUMN_LANES is 1: each invocation's TILE columns are contiguous. There are exactly ceil(N / TILE)
 // invocations per row of blocks either way, and the row partial an invocation writes is slot
-// tile_j = its index along x. w, alpha
-// and dalpha are touched once per CHUNK batch elements, the trace and its gradient once per batch
-// element.
+// tile_j = its index along x. w, alpha and dalpha are touched once per CHUNK batch elements, the trace
+// and its gradient once per batch element.
 // Traffic per step (f32): (2 + 2 + 3*B) * N*N * 4 bytes at B <= CHUNK (decay rule, reversed: H and
 // G in, each out every other step), plus O(B*N*N/TILE) for partials.
 //
