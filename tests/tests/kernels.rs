@@ -634,7 +634,7 @@ fn backward_trace_with_fewer_batch_slots_matches_cpu_twin() {
                         if (hoist && !vec4) || (vec4 && !runs_vec4_kernels(n, spec)) {
                             continue;
                         }
-                        let (layout, reversal) = ((64, TRACE_LANES), ReversalStep::default());
+                        let (layout, reversal) = (layout_for(false), ReversalStep::default());
                         check_backward_trace(name, spec, n, batch, groups, 2, vec4, slots, hoist, TRACE_TILE, layout, reversal);
                     }
                 }

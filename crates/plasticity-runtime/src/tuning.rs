@@ -249,16 +249,21 @@ impl KernelTuning {
     /// Invocations of backward_trace that interleave their columns (see
     /// [`KernelTuning::backward_column_lanes`]), or an error naming the range.
     pub fn backward_columns(&self, adapter: &AdapterSummary) -> crate::Result<u32> {
+        Ok(self.checked_backward_column_lanes()?.unwrap_or(if adapter.is_cpu() { 1 } else { TRACE_LANES }))
+    }
+
+    /// `backward_column_lanes` where it is set within 1 to `backward_trace::MAX_COLUMN_LANES`
+    /// (`None` where unset), or an error naming the range.
+    pub fn checked_backward_column_lanes(&self) -> crate::Result<Option<u32>> {
         match self.backward_column_lanes {
-            None => Ok(if adapter.is_cpu() { 1 } else { TRACE_LANES }),
-            Some(lanes) if (1..=backward_trace::MAX_COLUMN_LANES).contains(&lanes) => Ok(lanes),
-            Some(lanes) => Err(crate::error::invalid(
+            Some(lanes) if !(1..=backward_trace::MAX_COLUMN_LANES).contains(&lanes) => Err(crate::error::invalid(
                 "kernel tuning",
                 format!(
                     "backward_column_lanes = {lanes}; 1 to {} invocations of backward_trace may interleave their columns (1: each its own run of columns)",
                     backward_trace::MAX_COLUMN_LANES
                 ),
             )),
+            set => Ok(set),
         }
     }
 

@@ -163,9 +163,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let sides = plasticity_runtime::kernels::TRACE_TILE_SIDES;
         anyhow::bail!("--backward-tile must be one of {sides:?} (got {})", args.backward_tile.unwrap_or_default());
     }
-    let most_lanes = plasticity_runtime::kernels::backward_trace::MAX_COLUMN_LANES;
-    if let Some(lanes) = args.backward_column_lanes {
-        anyhow::ensure!((1..=most_lanes).contains(&lanes), "--backward-column-lanes must be 1 to {most_lanes} (got {lanes})");
+    if tuning.checked_backward_column_lanes().is_err() {
+        let most = plasticity_runtime::kernels::backward_trace::MAX_COLUMN_LANES;
+        anyhow::bail!("--backward-column-lanes must be 1 to {most} (got {})", args.backward_column_lanes.unwrap_or_default());
     }
     let plasticity = args.rule.plasticity()?;
     // The network's own checks of every size given (its parameters' 32-bit indices), now rather than
