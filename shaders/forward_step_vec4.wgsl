@@ -24,6 +24,12 @@ override BATCH_SLOTS: u32 = 4u;
 const TANH_CLAMP: f32 = 15.0;
 
 override WORKGROUP_SIZE: u32 = 64u;
+// Neighbouring column quads one invocation owns (column_quads() below): 1 on a GPU, where
+// neighbouring invocations then read neighbouring quads; more on a CPU adapter (the runtime's
+// KernelTuning::forward_column_quads), where each lane's storage access is its own scalar loads and
+// a lane that owns a whole 64-byte line of each row puts the lanes' loads in different lines.
+override COLUMN_QUADS: u32 = 1u;
+const MAX_COLUMN_QUADS: u32 = 4u;
 override RULE: u32 = 0u;
 override CLIP: f32 = 0.0;
 override ALPHA_SHAPE: u32 = 0u;
@@ -291,31 +297,76 @@ fn write_sums(t: QuadTile, acc: array<vec4<f32>, BATCH_TILE>) {
         }
     }
 }
+
+// The invocation's column quads: COLUMN_QUADS (1 to MAX_COLUMN_QUADS) neighbouring quads
+// owned = column_quads(), first = owned * gid.x .. first + owned - 1, so that one lane's trace, w and
+// alpha quads of a row are one run of 16 * owned bytes. The entry points hold the quads' tiles and
+// sums as four named variables and pass each through the two functions below, which skip quad m
+// where m >= owned (a constant once COLUMN_QUADS is set) or the quad is past the last: a loop over
+// m would not unroll on lavapipe (four times the body of add_quad_of_rows), and its arrays of tiles,
+// indexed at run time, made the step 2.7x slower there.
+fn column_quads() -> u32 {
+    return clamp(COLUMN_QUADS, 1u, MAX_COLUMN_QUADS);
+}
+
+fn add_quad_of_rows_if_owned(
+    m: u32,
+    t: QuadTile,
+    i4: u32,
+    x_quads: array<vec4<f32>, BATCH_TILE>,
+    pre_quads: array<vec4<f32>, BATCH_TILE>,
+    acc: array<vec4<f32>, BATCH_TILE>,
+) -> array<vec4<f32>, BATCH_TILE> {
+    if (m < column_quads() && t.q < t.quads) {
+        return add_quad_of_rows(t, i4, x_quads, pre_quads, acc);
+    }
+    return acc;
+}
+
+fn write_sums_if_owned(m: u32, t: QuadTile, acc: array<vec4<f32>, BATCH_TILE>) {
+    if (m < column_quads() && t.q < t.quads) {
+        write_sums(t, acc);
+    }
+}
 // ---- end of shared vec4 forward functions ----
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward_step_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x >= p.n / 4u || gid.y * BATCH_TILE >= p.batch || gid.z >= max(p.splits, 1u)) {
+    let first = gid.x * column_quads();
+    if (first >= p.n / 4u || gid.y * BATCH_TILE >= p.batch || gid.z >= max(p.splits, 1u)) {
         return;
     }
-    let t = quad_tile(gid.x, gid.y, gid.z);
-    var acc = initial_sums(t);
+    // The tiles and sums of quads m >= column_quads() are never used, and the compiler drops them.
+    let t0 = quad_tile(first, gid.y, gid.z);
+    let t1 = quad_tile(first + 1u, gid.y, gid.z);
+    let t2 = quad_tile(first + 2u, gid.y, gid.z);
+    let t3 = quad_tile(first + 3u, gid.y, gid.z);
+    var acc0 = initial_sums(t0);
+    var acc1 = initial_sums(t1);
+    var acc2 = initial_sums(t2);
+    var acc3 = initial_sums(t3);
     // The sum over i runs a quad of pre-synaptic neurons at a time: x_i(t-1) and x_i(t-2) for four i
-    // come in one load per batch element.
-    for (var i4 = t.i_begin / 4u; i4 < div_ceil_u32(t.i_end, 4u); i4++) {
+    // come in one load per batch element, for all the invocation's column quads.
+    for (var i4 = t0.i_begin / 4u; i4 < div_ceil_u32(t0.i_end, 4u); i4++) {
         var x_quads: array<vec4<f32>, BATCH_TILE>;    // x_i(t-1), i = 4 i4 .. 4 i4 + 3
         var pre_quads: array<vec4<f32>, BATCH_TILE>;  // x_i(t-2)
-        for (var k = 0u; k < t.slots; k++) {
-            if (k < t.tile) {
-                let b = t.b0 + k;
-                x_quads[k] = activations[(t.x_prev + b * t.n) / 4u + i4];
-                if (t.update) {
+        for (var k = 0u; k < t0.slots; k++) {
+            if (k < t0.tile) {
+                let b = t0.b0 + k;
+                x_quads[k] = activations[(t0.x_prev + b * t0.n) / 4u + i4];
+                if (t0.update) {
                     // x(t-2) lives one row below x(t-1).
-                    pre_quads[k] = activations[(t.x_prev - t.row + b * t.n) / 4u + i4];
+                    pre_quads[k] = activations[(t0.x_prev - t0.row + b * t0.n) / 4u + i4];
                 }
             }
         }
-        acc = add_quad_of_rows(t, i4, x_quads, pre_quads, acc);
+        acc0 = add_quad_of_rows_if_owned(0u, t0, i4, x_quads, pre_quads, acc0);
+        acc1 = add_quad_of_rows_if_owned(1u, t1, i4, x_quads, pre_quads, acc1);
+        acc2 = add_quad_of_rows_if_owned(2u, t2, i4, x_quads, pre_quads, acc2);
+        acc3 = add_quad_of_rows_if_owned(3u, t3, i4, x_quads, pre_quads, acc3);
     }
-    write_sums(t, acc);
+    write_sums_if_owned(0u, t0, acc0);
+    write_sums_if_owned(1u, t1, acc1);
+    write_sums_if_owned(2u, t2, acc2);
+    write_sums_if_owned(3u, t3, acc3);
 }

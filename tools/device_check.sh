@@ -98,6 +98,9 @@ for nb in "1000 64" "1000 1" "256 64"; do sweep $nb auto auto --forward-subgroup
 # the H200, before the vec4 kernels, a training episode at N = 1000, B = 64 took 588 ms with each
 # invocation's 16 columns in one run and 256 ms with them interleaved).
 for l in 1 8; do for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-column-lanes $l; done; done
+# Four column quads per vec4 forward invocation (a CPU adapter's default; about 0.85x the forward
+# step on lavapipe at N = 256, B = 16) against one (the GPU default, coalesced loads).
+for nb in "1000 64" "1000 1"; do sweep $nb auto auto --forward-column-quads 4; done
 # The backward's column values hoisted per pass (off by default on a GPU: 48 more quads per invocation).
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-hoist-columns on; done
 # The reversed trace and its gradient stored every step (the default stores each every other step: 3

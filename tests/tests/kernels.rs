@@ -132,9 +132,10 @@ impl ForwardStepInputs {
         kernels
     }
 
-    /// `kernel` (one of [`Self::kernels`]) on the GPU over these inputs and `partial_sums`; the
-    /// buffers as it left them, without the vec4 kernels' second view of the parameters.
-    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], kernel: &str, workgroup_size: u32) -> Vec<Vec<f32>> {
+    /// `kernel` (one of [`Self::kernels`]) on the GPU over these inputs and `partial_sums`, in
+    /// `layout` (see [`ForwardLayout`]); the buffers as it left them, without the vec4 kernels' second
+    /// view of the parameters.
+    fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], kernel: &str, layout: ForwardLayout) -> Vec<Vec<f32>> {
         let vec4 = kernel != forward_step::KERNEL.name;
         let mut buffers = vec![
             bytes(&self.params),
@@ -147,13 +148,27 @@ impl ForwardStepInputs {
         if vec4 {
             buffers.push(bytes(&self.params));
         }
-        let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4, workgroup_size);
-        let constants = forward_step::constants(self.p.batch, workgroup_size);
+        let ForwardLayout { workgroup_size, column_quads } = layout;
+        let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4, workgroup_size, column_quads);
+        let constants = forward_step::constants(vec4, self.p.batch, workgroup_size, column_quads);
         let mut out = run_rule_kernel(kernel, spec, &constants, &self.p, &buffers, grid);
         out.truncate(6);
         out
     }
 }
+
+/// How a forward step divides its columns: invocations per workgroup, and column quads per
+/// invocation of the vec4 kernels (the scalar kernel ignores them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ForwardLayout {
+    workgroup_size: u32,
+    column_quads: u32,
+}
+
+/// A GPU's forward layout (workgroups of 64, one quad per invocation) and a CPU adapter's (one
+/// SIMD group of 8, four quads per invocation).
+const GPU_FORWARD: ForwardLayout = ForwardLayout { workgroup_size: 64, column_quads: 1 };
+const CPU_FORWARD: ForwardLayout = ForwardLayout { workgroup_size: 8, column_quads: forward_step::MAX_COLUMN_QUADS };
 
 fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: usize, seed: u64) -> ForwardStepInputs {
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
@@ -185,35 +200,51 @@ fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: 
 
 /// forward_step at every size, and forward_step_vec4 and forward_step_vec4_subgroup too where N is
 /// a multiple of 4: 4, 8, 64 and 68 (fewer quads than a workgroup of 64 invocations) and 260 (65
-/// quads, one more than a workgroup); the paper's rule also in workgroups of 8 (a CPU adapter's
-/// choice), where 63, 65, 257 and 260 columns or quads end inside a workgroup (for the subgroup
-/// kernel: lanes past the last quad, which must still shuffle). The two vec4 kernels do the same f32
-/// operations in the same order, so they must agree bit for bit.
+/// quads, one more than a workgroup), in a GPU's layout and a CPU adapter's (workgroups of 8, four
+/// column quads per vec4 invocation); the paper's rule also in workgroups of 8 with one quad per
+/// invocation and of 64 with three. So 63, 65, 257 and 260 columns or quads end inside a workgroup,
+/// and 1, 17 and 65 quads inside an invocation's quads (for the subgroup kernel: lanes past the last
+/// quad, which must still shuffle). Every vec4 kernel in every layout does the same f32 operations
+/// per quad in the same order, so they must all agree bit for bit.
 #[test]
 fn forward_step_matches_cpu_twin() {
     let (mut vec4_cases, mut subgroup_cases) = (0, 0);
     for (name, spec) in rule_specs() {
         // The paper's rule at every size; the others at sizes around the workgroup.
         let sizes: &[u32] = if name == "paper" { &[1, 4, 63, 64, 65, 257, 260] } else { &[1, 8, 65, 68] };
-        let workgroup_sizes: &[u32] = if name == "paper" { &[64, 8] } else { &[64] };
+        let layouts: &[ForwardLayout] = if name == "paper" {
+            &[
+                GPU_FORWARD,
+                CPU_FORWARD,
+                ForwardLayout { workgroup_size: 8, column_quads: 1 },
+                ForwardLayout { workgroup_size: 64, column_quads: 3 },
+            ]
+        } else {
+            &[GPU_FORWARD, CPU_FORWARD]
+        };
         for &n in sizes {
             for batch in BATCHES {
                 for step in [1u32, 2, 4] {
                     let seed = 1000 * n as u64 + 10 * batch as u64 + step as u64;
-                    for &size in workgroup_sizes {
-                        let mut vec4_outputs = Vec::new();
+                    let mut vec4_outputs = Vec::new();
+                    for &layout in layouts {
                         for kernel in forward_step_inputs(&spec, n, batch, step, 4, seed).kernels() {
-                            let out = check_forward_step(name, &spec, forward_step_inputs(&spec, n, batch, step, 4, seed), kernel, size);
-                            if kernel != forward_step::KERNEL.name {
-                                vec4_outputs.push(out);
+                            if kernel == forward_step::KERNEL.name && layout.column_quads != 1 {
+                                continue; // the scalar kernel has no column quads
                             }
-                            vec4_cases += (kernel == forward_step::KERNEL_VEC4.name && size == 64) as u32;
-                            subgroup_cases += (kernel == forward_step::KERNEL_VEC4_SUBGROUP.name && size == 64) as u32;
+                            let out = check_forward_step(name, &spec, forward_step_inputs(&spec, n, batch, step, 4, seed), kernel, layout);
+                            if kernel != forward_step::KERNEL.name {
+                                vec4_outputs.push((format!("{kernel} {layout:?}"), out));
+                            }
+                            vec4_cases += (kernel == forward_step::KERNEL_VEC4.name && layout == GPU_FORWARD) as u32;
+                            subgroup_cases += (kernel == forward_step::KERNEL_VEC4_SUBGROUP.name && layout == GPU_FORWARD) as u32;
                         }
-                        if let [loads, shuffles] = &vec4_outputs[..] {
-                            let what = format!("{name} N={n} B={batch} t={step} workgroup {size}");
-                            assert!(same_bits(&loads[1], &shuffles[1]), "{what}: the vec4 kernels' traces differ");
-                            assert!(same_bits(&loads[2], &shuffles[2]), "{what}: the vec4 kernels' activations differ");
+                    }
+                    if let Some(((first, first_out), others)) = vec4_outputs.split_first() {
+                        for (other, out) in others {
+                            let what = format!("{name} N={n} B={batch} t={step}: {first} and {other}");
+                            assert!(same_bits(&first_out[1], &out[1]), "{what}: the traces differ");
+                            assert!(same_bits(&first_out[2], &out[2]), "{what}: the activations differ");
                         }
                     }
                 }
@@ -229,16 +260,16 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
 }
 
-/// One unsplit step of `kernel` on the GPU, in workgroups of `workgroup_size`, against
-/// cpu::forward_step; returns the buffers as the kernel left them.
-fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, kernel: &str, workgroup_size: u32) -> Vec<Vec<f32>> {
-    let out = inputs.run_on_gpu(spec, &[0.0; 4], kernel, workgroup_size);
+/// One unsplit step of `kernel` on the GPU, in `layout`, against cpu::forward_step; returns the
+/// buffers as the kernel left them.
+fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, kernel: &str, layout: ForwardLayout) -> Vec<Vec<f32>> {
+    let out = inputs.run_on_gpu(spec, &[0.0; 4], kernel, layout);
     let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
     let (n, batch, step) = (p.n, p.batch, p.step);
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
     let (mut trace_ref, mut act_ref) = (trace.clone(), activations.clone());
     cpu::forward_step(spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut []);
-    let ctx = format!("{kernel} {name} N={n} B={batch} t={step} workgroup {workgroup_size}");
+    let ctx = format!("{kernel} {name} N={n} B={batch} t={step} {layout:?}");
     // The trace update is the same few f32 operations on both sides (up to FMA contraction).
     assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
     // x(t): an f32 sum of N <= 260 terms of magnitude <= ~3 against an f64 sum; rounding
@@ -260,7 +291,8 @@ fn check_forward_step(name: &str, spec: &Plasticity, inputs: ForwardStepInputs, 
 }
 
 /// A split step: forward_step writes S partial sums and leaves the history alone, forward_finish
-/// adds them to u(t) and applies tanh and the clamp; both against their twins.
+/// adds them to u(t) and applies tanh and the clamp; both against their twins. The vec4 kernels in
+/// a GPU's layout and a CPU adapter's (each invocation's quads share the chunk).
 #[test]
 fn split_forward_step_and_finish_match_cpu_twins() {
     for (name, spec) in rule_specs() {
@@ -269,8 +301,14 @@ fn split_forward_step_and_finish_match_cpu_twins() {
             for batch in [1u32, 5] {
                 // S = 2, an uneven split (65 = 7 * 10 - 5), and one neuron per chunk.
                 for wanted in [2u32, 7, n] {
-                    let kernels = [forward_step::KERNEL.name, forward_step::KERNEL_VEC4.name, forward_step::KERNEL_VEC4_SUBGROUP.name];
-                    for (step, kernel) in [1u32, 2, 3].into_iter().flat_map(|s| kernels.map(|k| (s, k))) {
+                    let kernels = [
+                        (forward_step::KERNEL.name, GPU_FORWARD),
+                        (forward_step::KERNEL_VEC4.name, GPU_FORWARD),
+                        (forward_step::KERNEL_VEC4_SUBGROUP.name, GPU_FORWARD),
+                        (forward_step::KERNEL_VEC4.name, CPU_FORWARD),
+                        (forward_step::KERNEL_VEC4_SUBGROUP.name, CPU_FORWARD),
+                    ];
+                    for (step, (kernel, layout)) in [1u32, 2, 3].into_iter().flat_map(|s| kernels.map(|k| (s, k))) {
                         if kernel != forward_step::KERNEL.name && n % 4 != 0 {
                             continue;
                         }
@@ -285,12 +323,12 @@ fn split_forward_step_and_finish_match_cpu_twins() {
                         (inputs.p.splits, inputs.p.split_len) = (splits, split_len);
                         let partial_sums = nan_filled(splits as usize * row);
                         assert_eq!(inputs.kernels().contains(&kernel), kernel == forward_step::KERNEL.name || n % 4 == 0);
-                        let out = inputs.run_on_gpu(&spec, &partial_sums, kernel, forward_step::WORKGROUP_SIZE);
+                        let out = inputs.run_on_gpu(&spec, &partial_sums, kernel, layout);
                         let ForwardStepInputs { p, params, trace, activations, clamp, modulation } = inputs;
                         let clamp_words = p.clamp_words;
                         let (mut trace_ref, mut act_ref, mut sums_ref) = (trace.clone(), activations.clone(), partial_sums.clone());
                         cpu::forward_step(&spec, &p, &params, &mut trace_ref, &mut act_ref, &clamp, &modulation, &mut sums_ref);
-                        let ctx = format!("split {kernel} {name} N={n} B={batch} S={splits} t={step}");
+                        let ctx = format!("split {kernel} {layout:?} {name} N={n} B={batch} S={splits} t={step}");
                         assert_close(&format!("{ctx} trace"), &out[1], &to_f64(&trace_ref), 1e-6, 1e-6);
                         // Chunks of <= 130 terms of magnitude <= ~3 in f32 against f64.
                         assert_close(&format!("{ctx} partial sums"), &out[5], &to_f64(&sums_ref), 5e-5, 1e-5);

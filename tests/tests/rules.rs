@@ -129,7 +129,8 @@ fn every_rule_gradients_match_reference() {
 
 /// The GPU's division of the step kernels (a split forward sum, batch groups in the backward trace
 /// kernel, each with its own dalpha and eta accumulators, fewer batch elements per backward pass,
-/// smaller backward blocks, columns interleaved over a warp) on every rule, against the reference.
+/// smaller backward blocks, columns interleaved over a warp, one column quad per forward invocation)
+/// on every rule, against the reference.
 #[test]
 fn split_and_grouped_kernels_match_reference() {
     // B = 9: with Z = 2 the first group takes 5 elements, in two passes of CHUNK = 4. N = 20 runs the
@@ -139,21 +140,31 @@ fn split_and_grouped_kernels_match_reference() {
         specs().into_iter().chain([("paper", Plasticity::PAPER)]).flat_map(|(name, spec)| [(name, spec, 21), (name, spec, 20)])
     {
         for tuning in [
-            // The GPU's workgroups of 64 and backward columns interleaved over a warp (elsewhere the
-            // CPU adapter's 8 and contiguous columns run).
+            // The GPU's workgroups of 64, backward columns interleaved over a warp and one column
+            // quad per forward invocation (elsewhere the CPU adapter's 8, contiguous columns and four
+            // quads run).
             KernelTuning {
                 forward_splits: Some(3),
                 backward_groups: Some(2),
                 forward_workgroup_size: Some(64),
                 backward_column_lanes: Some(TRACE_LANES),
+                forward_column_quads: Some(1),
                 ..Default::default()
             },
             KernelTuning { forward_splits: Some(n), backward_groups: Some(3), forward_workgroup_size: Some(64), ..Default::default() },
             // Passes of two and of one batch element: five passes for Z = 1, three for a group of five.
             KernelTuning { backward_batch_slots: Some(2), ..Default::default() },
             KernelTuning { backward_groups: Some(2), backward_batch_slots: Some(1), ..Default::default() },
-            // Blocks of 4 x 4 (6 tiles per axis at N = 21; columns interleaved over 3 lanes) and 8 x 8.
-            KernelTuning { backward_tile: Some(4), backward_groups: Some(2), backward_column_lanes: Some(3), ..Default::default() },
+            // Blocks of 4 x 4 (6 tiles per axis at N = 21; columns interleaved over 3 lanes) and 8 x 8;
+            // with the first, three column quads per forward invocation (N = 20: 5 quads, the second
+            // invocation's last past the end).
+            KernelTuning {
+                backward_tile: Some(4),
+                backward_groups: Some(2),
+                backward_column_lanes: Some(3),
+                forward_column_quads: Some(3),
+                ..Default::default()
+            },
             KernelTuning { backward_tile: Some(8), ..Default::default() },
         ] {
             let ctx = &gpu_with(tuning);

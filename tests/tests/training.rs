@@ -99,6 +99,26 @@ fn forward_subgroups_change_no_result() {
     assert_same_training(&loads, &shuffles, "with and without subgroup shuffles");
 }
 
+/// The vec4 forward step with one column quad per invocation (a GPU's) and four (a CPU adapter's):
+/// each quad's sum takes the same terms in the same order, so training gives the same bits.
+#[test]
+fn forward_column_quads_change_no_result() {
+    use plasticity_runtime::KernelTuning;
+    let one = gpu_with(KernelTuning { forward_column_quads: Some(1), ..Default::default() });
+    let four = gpu_with(KernelTuning { forward_column_quads: Some(4), ..Default::default() });
+    assert_same_training(&one, &four, "with one and four column quads per forward invocation");
+    // What ran, as the trainer reports it: the set count at N = 24 (vec4), none at N = 13 (scalar).
+    for (config, data) in training_cases().into_iter().take(2) {
+        for (ctx, quads) in [(&one, 1), (&four, 4)] {
+            let mut trainer = Trainer::new(ctx, Network::new(ctx, &config).unwrap(), TrainerConfig::default()).unwrap();
+            assert_eq!(trainer.forward_column_quads(), None, "nothing has run yet");
+            trainer.train_step(ctx, &data).unwrap();
+            let expected = if config.neurons % 4 == 0 { quads } else { 0 };
+            assert_eq!(trainer.forward_column_quads(), Some(expected), "N = {}", config.neurons);
+        }
+    }
+}
+
 /// backward_trace_vec4 with its column values hoisted per pass (HOIST_COLUMNS) computes the same
 /// values in the same order as with them loaded per four rows, so training gives the same bits.
 #[test]

@@ -457,11 +457,23 @@ pub mod forward_step {
     pub const WORKGROUP_SIZE_OVERRIDE: &str = "WORKGROUP_SIZE";
 
     /// The grid of a step split into `splits` chunks (1: not split) in workgroups of
-    /// `workgroup_size`; with `vec4`, an invocation per four neurons.
-    pub fn workgroups(n: u32, batch: u32, splits: u32, vec4: bool, workgroup_size: u32) -> [u32; 3] {
-        let columns = if vec4 { div_ceil(n, 4) } else { n };
+    /// `workgroup_size`; with `vec4`, an invocation per `column_quads` neighbouring quads of
+    /// neurons (1 to [`MAX_COLUMN_QUADS`]; the scalar kernel takes one neuron and ignores it).
+    pub fn workgroups(n: u32, batch: u32, splits: u32, vec4: bool, workgroup_size: u32, column_quads: u32) -> [u32; 3] {
+        let columns = if vec4 { div_ceil(div_ceil(n, 4), column_quads.clamp(1, MAX_COLUMN_QUADS)) } else { n };
         [div_ceil(columns, workgroup_size.max(1)), div_ceil(batch, BATCH_TILE), splits.max(1)]
     }
+
+    /// Override constant of the vec4 kernels: neighbouring column quads one invocation owns, 1 (the
+    /// default: neighbouring invocations read neighbouring quads, as a GPU's loads coalesce) to
+    /// [`MAX_COLUMN_QUADS`] (each lane's quads of a row one run; see
+    /// `KernelTuning::forward_column_quads`).
+    pub const COLUMN_QUADS: &str = "COLUMN_QUADS";
+
+    /// The most column quads one invocation of a vec4 kernel may own: a 64-byte cache line of a row.
+    /// The kernels hold each owned quad's tile and sums in a variable of its own (a loop over them
+    /// would not unroll on lavapipe), so a larger value needs more of those written out.
+    pub const MAX_COLUMN_QUADS: u32 = 4;
 
     /// Override constant of both widths: how many batch elements their unrolled tile loops take,
     /// [`batch_slots`]. Its default, BATCH_TILE, is right for any batch.
@@ -473,10 +485,14 @@ pub mod forward_step {
         batch.clamp(1, BATCH_TILE)
     }
 
-    /// The override constants, beyond the rule's, of the kernel that runs a step of batch B in
-    /// workgroups of `workgroup_size`.
-    pub fn constants(batch: u32, workgroup_size: u32) -> Vec<(&'static str, f64)> {
-        vec![(WORKGROUP_SIZE_OVERRIDE, workgroup_size as f64), (BATCH_SLOTS, batch_slots(batch) as f64)]
+    /// The override constants, beyond the rule's, of the kernel that runs a step of batch B (a vec4
+    /// one with `vec4`, each invocation owning `column_quads` quads) in workgroups of `workgroup_size`.
+    pub fn constants(vec4: bool, batch: u32, workgroup_size: u32, column_quads: u32) -> Vec<(&'static str, f64)> {
+        let mut constants = vec![(WORKGROUP_SIZE_OVERRIDE, workgroup_size as f64), (BATCH_SLOTS, batch_slots(batch) as f64)];
+        if vec4 {
+            constants.push((COLUMN_QUADS, column_quads as f64));
+        }
+        constants
     }
 
     /// `(splits, split_len)` for at most `splits` chunks of the sum over N pre-synaptic neurons:

@@ -115,6 +115,7 @@ fn shared_constants_agree() {
         ("TILE_MAX", plasticity_kernels::TRACE_TILE_MAX),
         ("TILE_QUADS_MAX", plasticity_kernels::TRACE_TILE_MAX / 4),
         ("CHUNK", plasticity_kernels::backward_trace::CHUNK),
+        ("MAX_COLUMN_QUADS", plasticity_kernels::forward_step::MAX_COLUMN_QUADS),
         ("LANES", plasticity_kernels::TRACE_LANES),
         ("BATCH_TILE", plasticity_kernels::forward_step::BATCH_TILE),
         ("LOSS_NONE", plasticity_kernels::backward_activation::LOSS_NONE),
@@ -123,6 +124,7 @@ fn shared_constants_agree() {
     let expected_overrides: &[(&str, u32)] = &[
         (plasticity_kernels::backward_trace::TILE, plasticity_kernels::TRACE_TILE),
         (plasticity_kernels::backward_trace::COLUMN_LANES, plasticity_kernels::TRACE_LANES),
+        (plasticity_kernels::forward_step::COLUMN_QUADS, 1),
     ];
     let (mut seen, mut seen_overrides) = (0, 0);
     for kernel in ALL_KERNELS {
@@ -296,8 +298,16 @@ fn rule_kernels_validate_for_every_rule() {
                         let grad_ahead = takes("GRAD_AHEAD").then_some(if s == Some(2.0) { 0.0 } else { 1.0 });
                         // Contiguous columns (a CPU adapter's) at blocks of 8, interleaved otherwise.
                         let lanes = takes("COLUMN_LANES").then_some(if tile == Some(8.0) { 1.0 } else { 32.0 });
-                        let named =
-                            [("BATCH_SLOTS", s), ("HOIST_COLUMNS", h), ("TILE", tile), ("GRAD_AHEAD", grad_ahead), ("COLUMN_LANES", lanes)];
+                        // The forward's column quads: one (a GPU's) and, at two batch slots, the most.
+                        let quads = takes("COLUMN_QUADS").then_some(if s == Some(2.0) { 4.0 } else { 1.0 });
+                        let named = [
+                            ("BATCH_SLOTS", s),
+                            ("HOIST_COLUMNS", h),
+                            ("TILE", tile),
+                            ("GRAD_AHEAD", grad_ahead),
+                            ("COLUMN_LANES", lanes),
+                            ("COLUMN_QUADS", quads),
+                        ];
                         for (name, value) in named {
                             if let Some(v) = value {
                                 constants.insert(name.into(), v);

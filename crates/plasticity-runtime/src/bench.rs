@@ -96,6 +96,9 @@ pub struct CaseResult {
     pub backward_tile: u32,
     /// Invocations of backward_trace that interleaved their columns (`KernelTuning::backward_column_lanes`).
     pub backward_column_lanes: u32,
+    /// Column quads per invocation of the vec4 forward step (`KernelTuning::forward_column_quads`);
+    /// 0 where the scalar kernel ran.
+    pub forward_column_quads: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -373,6 +376,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         backward_hoist_columns: trainer.backward_hoist_columns().expect("the timed episodes ran"),
         backward_tile: trainer.backward_tile().expect("the timed episodes ran"),
         backward_column_lanes: trainer.backward_column_lanes().expect("the timed episodes ran"),
+        forward_column_quads: trainer.forward_column_quads().expect("the timed episodes ran"),
     })
 }
 

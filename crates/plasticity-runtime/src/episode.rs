@@ -413,6 +413,8 @@ pub(crate) struct ForwardState {
     pub forward_splits: u32,
     /// Invocations per forward_step workgroup.
     pub forward_workgroup: u32,
+    /// Column quads per invocation of a vec4 forward step ([`KernelTuning::forward_column_quads`]).
+    pub forward_column_quads: u32,
     /// The context's work division when this state was built (it fixes S).
     pub tuning: KernelTuning,
     /// Whether the rule kernels run as vec4 (the shape and the tuning's choice).
@@ -506,6 +508,7 @@ impl ForwardState {
         }
         let vec4 = ctx.tuning.vec4_kernels(shape.allows_vec4_kernels());
         let forward_subgroups = vec4 && ctx.forward_subgroup_kernel()?;
+        let forward_column_quads = ctx.tuning.forward_columns(&ctx.adapter)?;
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -573,6 +576,7 @@ impl ForwardState {
             partial_sums: buffers::storage(ctx, "forward partial sums", partial_bytes)?,
             forward_splits: splits,
             forward_workgroup,
+            forward_column_quads,
             tuning: ctx.tuning,
             vec4,
             forward_subgroups,
@@ -657,13 +661,20 @@ impl ForwardState {
         let spec = self.shape.plasticity();
         let vec4 = self.vec4;
         let step_kernel = forward_step::kernel_name(vec4, self.forward_subgroups);
-        let constants = forward_step::constants(self.shape.batch, self.forward_workgroup);
+        let constants = forward_step::constants(vec4, self.shape.batch, self.forward_workgroup, self.forward_column_quads);
         let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &constants);
         let step_buffers: [&wgpu::Buffer; 7] =
             [&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums, &net.params];
         // forward_step_vec4 binds the parameters a second time, as vec4.
         let group = bind_group(ctx, step_kernel, &self.step_params_slots, &step_buffers[..if vec4 { 7 } else { 6 }]);
-        let grid = forward_step::workgroups(self.shape.neurons, self.shape.batch, self.forward_splits, vec4, self.forward_workgroup);
+        let grid = forward_step::workgroups(
+            self.shape.neurons,
+            self.shape.batch,
+            self.forward_splits,
+            vec4,
+            self.forward_workgroup,
+            self.forward_column_quads,
+        );
         let finish_group = (self.forward_splits > 1)
             .then(|| bind_group(ctx, "forward_finish", &self.finish_params_slots, &[&self.partial_sums, &self.activations, &self.clamp]));
         let finish_grid = forward_finish::workgroups(self.shape.neurons, self.shape.batch);

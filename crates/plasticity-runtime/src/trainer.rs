@@ -648,6 +648,14 @@ impl Trainer {
         Some(self.forward.as_ref()?.forward_subgroups)
     }
 
+    /// Column quads per invocation of the last episode's vec4 forward step (see
+    /// [`crate::KernelTuning::forward_column_quads`]; 0 where the scalar kernel ran, one neuron per
+    /// invocation); `None` before the first episode.
+    pub fn forward_column_quads(&self) -> Option<u32> {
+        let forward = self.forward.as_ref()?;
+        Some(if forward.vec4 { forward.forward_column_quads } else { 0 })
+    }
+
     /// Whether the last episode's backward_trace_vec4 hoisted its column values (see
     /// [`crate::KernelTuning::backward_hoist_columns`]; false for the scalar kernel); `None` before
     /// the first episode.

@@ -33,6 +33,12 @@ pub const MIN_SPLIT_LEN: u32 = 8;
 /// (64 vec4 invocations cover 256 neurons) ran on one core; with 8, a training episode at N = 256,
 /// B = 1 took 1.8-2.0x less time on 2 cores, and N = 256, B = 16 was unchanged (README).
 pub const CPU_FORWARD_WORKGROUP: u32 = 8;
+/// Column quads per invocation of the vec4 forward step on a CPU adapter: a 64-byte line of each
+/// trace row per lane. Lavapipe runs a lane's storage access as scalar loads, lane after lane; with
+/// one quad per lane the eight lanes' loads of a component fall in two cache lines, with four in
+/// eight, which the core can then fetch side by side (the likely reason; this VM has no counters
+/// to show it). A forward step at N = 256, B = 16 took about 0.85x the time (README).
+pub const CPU_FORWARD_COLUMN_QUADS: u32 = forward_step::MAX_COLUMN_QUADS;
 /// Invocations per backward_trace workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
 /// so that the few blocks of a small network still make a workgroup per thread (N = 64, side 16:
 /// 16 blocks, two workgroups for two threads, against one of 64 before), each with every lane busy.
@@ -111,6 +117,14 @@ pub struct KernelTuning {
     /// GPU (`tools/device_check.sh` sweeps it). The same results up to f32 rounding of the row partial
     /// sums (each invocation sums other columns).
     pub backward_column_lanes: Option<u32>,
+    /// Neighbouring column quads (four post-synaptic neurons each) one invocation of the vec4
+    /// forward step owns, 1 to `forward_step::MAX_COLUMN_QUADS`: with 1, neighbouring invocations
+    /// read neighbouring quads of each trace row, so that a warp's loads are coalesced; with 4, each
+    /// invocation reads a 64-byte run of every row it walks, and the history it loads (or shuffles)
+    /// serves all its quads. `None`: 1 on a GPU, [`CPU_FORWARD_COLUMN_QUADS`] on a CPU adapter (see
+    /// there); not measured on a GPU (`tools/device_check.sh` sweeps it). The same results, bit for
+    /// bit (each quad's sum runs in the same order). The scalar kernel ignores it.
+    pub forward_column_quads: Option<u32>,
 }
 
 impl KernelTuning {
@@ -123,6 +137,27 @@ impl KernelTuning {
     /// Invocations per forward_step workgroup.
     pub fn forward_workgroup(&self, adapter: &AdapterSummary) -> u32 {
         self.forward_workgroup_size.unwrap_or(if adapter.is_cpu() { CPU_FORWARD_WORKGROUP } else { forward_step::WORKGROUP_SIZE })
+    }
+
+    /// Column quads per invocation of the vec4 forward step (see
+    /// [`KernelTuning::forward_column_quads`]), or an error naming the range.
+    pub fn forward_columns(&self, adapter: &AdapterSummary) -> crate::Result<u32> {
+        Ok(self.checked_forward_column_quads()?.unwrap_or(if adapter.is_cpu() { CPU_FORWARD_COLUMN_QUADS } else { 1 }))
+    }
+
+    /// `forward_column_quads` where it is set within 1 to `forward_step::MAX_COLUMN_QUADS` (`None`
+    /// where unset), or an error naming the range.
+    pub fn checked_forward_column_quads(&self) -> crate::Result<Option<u32>> {
+        match self.forward_column_quads {
+            Some(quads) if !(1..=forward_step::MAX_COLUMN_QUADS).contains(&quads) => Err(crate::error::invalid(
+                "kernel tuning",
+                format!(
+                    "forward_column_quads = {quads}; an invocation of the forward step owns 1 to {} neighbouring quads of neurons",
+                    forward_step::MAX_COLUMN_QUADS
+                ),
+            )),
+            set => Ok(set),
+        }
     }
 
     /// Invocations per backward_trace workgroup, or the error that says the device's range.
@@ -180,7 +215,7 @@ impl KernelTuning {
             // invocations, each moving four times the bytes, so the same S keeps the same bytes in
             // flight. (Chosen on an H200 before the vec4 kernel existed; not re-measured since.)
             let size = forward_step::WORKGROUP_SIZE;
-            let natural = forward_step::workgroups(n, batch, 1, false, size).iter().product::<u32>() * size;
+            let natural = forward_step::workgroups(n, batch, 1, false, size, 1).iter().product::<u32>() * size;
             div_ceil(GPU_FORWARD_INVOCATIONS, natural).min(div_ceil(n, MIN_SPLIT_LEN))
         });
         forward_step::split(n, wanted)
@@ -328,6 +363,23 @@ mod tests {
         for lanes in [0, backward_trace::MAX_COLUMN_LANES + 1] {
             let err = KernelTuning { backward_column_lanes: Some(lanes), ..auto }.backward_columns(&gpu).unwrap_err().to_string();
             assert!(err.contains(&format!("backward_column_lanes = {lanes}")) && err.contains("1 to 64"), "{err}");
+        }
+    }
+
+    /// One column quad per forward invocation on a GPU and a cache line's four on a CPU adapter,
+    /// unless set; a count outside 1 to MAX_COLUMN_QUADS is refused with its range.
+    #[test]
+    fn forward_column_quads_fill_a_line_on_a_cpu_adapter() {
+        let (gpu, cpu) = (adapter(wgpu::DeviceType::DiscreteGpu), adapter(wgpu::DeviceType::Cpu));
+        let auto = KernelTuning::default();
+        assert_eq!((auto.forward_columns(&gpu).unwrap(), auto.forward_columns(&cpu).unwrap()), (1, 4));
+        for quads in 1..=forward_step::MAX_COLUMN_QUADS {
+            let set = KernelTuning { forward_column_quads: Some(quads), ..auto };
+            assert_eq!((set.forward_columns(&gpu).unwrap(), set.forward_columns(&cpu).unwrap()), (quads, quads));
+        }
+        for quads in [0, forward_step::MAX_COLUMN_QUADS + 1] {
+            let err = KernelTuning { forward_column_quads: Some(quads), ..auto }.forward_columns(&cpu).unwrap_err().to_string();
+            assert!(err.contains(&format!("forward_column_quads = {quads}")) && err.contains("1 to 4"), "{err}");
         }
     }
 

@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// then walks its own columns as one run).
     #[arg(long)]
     backward_column_lanes: Option<u32>,
+    /// Neighbouring quads of neurons (four each) one invocation of the vec4 forward step owns, 1 to
+    /// 4 (default: 1 on a GPU, whose loads are then coalesced; 4 on a CPU adapter, where each
+    /// invocation then reads a 64-byte run of every trace row).
+    #[arg(long)]
+    forward_column_quads: Option<u32>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
     /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
     #[arg(long)]
@@ -153,6 +158,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         backward_store_every_step: args.backward_store_every_step,
         backward_tile: args.backward_tile,
         backward_column_lanes: args.backward_column_lanes,
+        forward_column_quads: args.forward_column_quads,
     };
     // The trainer's own range check, run now rather than after the ceiling is measured.
     let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
@@ -166,6 +172,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if tuning.checked_backward_column_lanes().is_err() {
         let most = plasticity_runtime::kernels::backward_trace::MAX_COLUMN_LANES;
         anyhow::bail!("--backward-column-lanes must be 1 to {most} (got {})", args.backward_column_lanes.unwrap_or_default());
+    }
+    if tuning.checked_forward_column_quads().is_err() {
+        let most = plasticity_runtime::kernels::forward_step::MAX_COLUMN_QUADS;
+        anyhow::bail!("--forward-column-quads must be 1 to {most} (got {})", args.forward_column_quads.unwrap_or_default());
     }
     let plasticity = args.rule.plasticity()?;
     // The network's own checks of every size given (its parameters' 32-bit indices), now rather than
@@ -243,7 +253,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}), \
          bk the side of the square blocks of the trace it walks ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
-         by subgroup shuffles{}; forward workgroups of {} invocations, backward trace workgroups of {}; \
+         by subgroup shuffles{}; forward workgroups of {} invocations, {}; backward trace workgroups of {}; \
          backward passes of {}, column values loaded {}, backward trace columns {}, the reversed trace and its gradient stored {}; \
          wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
@@ -254,6 +264,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             None => String::new(),
         },
         ctx.tuning.forward_workgroup(&ctx.adapter),
+        {
+            let quads = ctx.tuning.forward_columns(&ctx.adapter)?;
+            let set = if args.forward_column_quads.is_some() { " (--forward-column-quads)" } else { "" };
+            format!("{quads} column quad{} per vec4 forward invocation{set}", if quads == 1 { "" } else { "s" })
+        },
         ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits())?,
         match args.backward_batch_slots {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
@@ -562,6 +577,7 @@ impl Report<'_> {
                     "backward_hoist_columns": r.backward_hoist_columns,
                     "backward_tile": r.backward_tile,
                     "backward_column_lanes": r.backward_column_lanes,
+                    "forward_column_quads": r.forward_column_quads,
                     "profile": profile,
                 })
             })
@@ -585,6 +601,8 @@ impl Report<'_> {
                 // null: chosen per case for the adapter; each case says.
                 "backward_tile": ctx.tuning.backward_tile,
                 "backward_column_lanes": ctx.tuning.backward_column_lanes,
+                // null: the default (4 on a CPU adapter, 1 on a GPU); each case says.
+                "forward_column_quads": ctx.tuning.forward_column_quads,
                 // null: the default, min(4, ceil(B / Z)) per case.
                 "backward_batch_slots": ctx.tuning.backward_batch_slots,
             },

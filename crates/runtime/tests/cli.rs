@@ -186,6 +186,10 @@ fn bench_quick_runs_and_names_the_adapter() {
         out.contains("backward trace columns contiguous in each invocation,") || out.contains("interleaved over 32 invocations,"),
         "{out}"
     );
+    assert!(
+        out.contains("4 column quads per vec4 forward invocation;") || out.contains("1 column quad per vec4 forward invocation;"),
+        "{out}"
+    );
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
     // --forward-subgroups off: in the header, the JSON config and every case.
     let o = plasticity(&[
@@ -202,6 +206,8 @@ fn bench_quick_runs_and_names_the_adapter() {
         "8",
         "--backward-column-lanes",
         "8",
+        "--forward-column-quads",
+        "2",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -213,7 +219,8 @@ fn bench_quick_runs_and_names_the_adapter() {
             && out.contains("column values loaded once per four rows (--backward-hoist-columns off)")
             && out.contains("the reversed trace and its gradient stored every step (--backward-store-every-step)")
             && out.contains("blocks of the trace it walks (set by --backward-tile)")
-            && out.contains("backward trace columns interleaved over 8 invocations (--backward-column-lanes 8)"),
+            && out.contains("backward trace columns interleaved over 8 invocations (--backward-column-lanes 8)")
+            && out.contains("2 column quads per vec4 forward invocation (--forward-column-quads);"),
         "{out}"
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -224,11 +231,13 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert_eq!(doc["config"]["backward_store_every_step"], serde_json::json!(true));
     assert_eq!(doc["config"]["backward_tile"], serde_json::json!(8));
     assert_eq!(doc["config"]["backward_column_lanes"], serde_json::json!(8));
+    assert_eq!(doc["config"]["forward_column_quads"], serde_json::json!(2));
     assert!(
         doc["cases"].as_array().unwrap().iter().all(|c| c["forward_subgroups"] == false
             && c["backward_hoist_columns"] == false
             && c["backward_tile"] == 8
-            && c["backward_column_lanes"] == 8),
+            && c["backward_column_lanes"] == 8
+            && c["forward_column_quads"] == if c["kernel_width"] == 4 { 2 } else { 0 }),
         "{doc}"
     );
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-subgroups", "maybe"]), "invalid value 'maybe'");
@@ -237,6 +246,9 @@ fn bench_quick_runs_and_names_the_adapter() {
             &plasticity(&["bench", "--quick", "--backward-column-lanes", lanes]),
             "--backward-column-lanes must be 1 to 64",
         );
+    }
+    for quads in ["0", "5"] {
+        assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-column-quads", quads]), "--forward-column-quads must be 1 to 4");
     }
     std::fs::remove_file(&json).ok();
 }
