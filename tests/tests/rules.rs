@@ -141,8 +141,8 @@ fn split_and_grouped_kernels_match_reference() {
     {
         for tuning in [
             // The GPU's workgroups of 64, backward columns interleaved over a warp and one column
-            // quad per forward invocation (elsewhere the CPU adapter's 8, contiguous columns and four
-            // quads run).
+            // quad per forward invocation (elsewhere the CPU adapter's 8 and contiguous columns run;
+            // its forward takes one quad per invocation at these sizes too, but three and four below).
             KernelTuning {
                 forward_splits: Some(3),
                 backward_groups: Some(2),
@@ -156,8 +156,8 @@ fn split_and_grouped_kernels_match_reference() {
             KernelTuning { backward_batch_slots: Some(2), ..Default::default() },
             KernelTuning { backward_groups: Some(2), backward_batch_slots: Some(1), ..Default::default() },
             // Blocks of 4 x 4 (6 tiles per axis at N = 21; columns interleaved over 3 lanes) and 8 x 8;
-            // with the first, three column quads per forward invocation (N = 20: 5 quads, the second
-            // invocation's last past the end).
+            // with them, three and four column quads per forward invocation (N = 20: 5 quads, the
+            // second invocation's last one or three past the end).
             KernelTuning {
                 backward_tile: Some(4),
                 backward_groups: Some(2),
@@ -165,7 +165,7 @@ fn split_and_grouped_kernels_match_reference() {
                 forward_column_quads: Some(3),
                 ..Default::default()
             },
-            KernelTuning { backward_tile: Some(8), ..Default::default() },
+            KernelTuning { backward_tile: Some(8), forward_column_quads: Some(4), ..Default::default() },
         ] {
             let ctx = &gpu_with(tuning);
             let p = problem(5 * n as u64 + steps as u64, spec, n, batch, steps);

@@ -508,7 +508,7 @@ impl ForwardState {
         }
         let vec4 = ctx.tuning.vec4_kernels(shape.allows_vec4_kernels());
         let forward_subgroups = vec4 && ctx.forward_subgroup_kernel()?;
-        let forward_column_quads = ctx.tuning.forward_columns(&ctx.adapter)?;
+        let forward_column_quads = ctx.tuning.forward_columns(&ctx.adapter, neurons, shape.batch)?;
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,

@@ -33,12 +33,20 @@ pub const MIN_SPLIT_LEN: u32 = 8;
 /// (64 vec4 invocations cover 256 neurons) ran on one core; with 8, a training episode at N = 256,
 /// B = 1 took 1.8-2.0x less time on 2 cores, and N = 256, B = 16 was unchanged (README).
 pub const CPU_FORWARD_WORKGROUP: u32 = 8;
-/// Column quads per invocation of the vec4 forward step on a CPU adapter: a 64-byte line of each
-/// trace row per lane. Lavapipe runs a lane's storage access as scalar loads, lane after lane; with
-/// one quad per lane the eight lanes' loads of a component fall in two cache lines, with four in
-/// eight, which the core can then fetch side by side (the likely reason; this VM has no counters
-/// to show it). A forward step at N = 256, B = 16 took about 0.85x the time (README).
+/// Column quads per invocation of the vec4 forward step on a CPU adapter where the trace holds at
+/// least [`CPU_FORWARD_COLUMN_QUADS_MIN_TRACE_BYTES`]: a 64-byte line of each trace row per lane.
+/// Lavapipe runs a lane's storage access as scalar loads, lane after lane; with one quad per lane the
+/// eight lanes' loads of a component fall in two cache lines, with four in eight, which the core can
+/// then fetch side by side (the likely reason; this VM has no counters to show it). On lavapipe a
+/// forward episode took 0.75x the time at N = 256, B = 16 and 0.84-0.94x wherever the trace held
+/// 1 MiB or more (README).
 pub const CPU_FORWARD_COLUMN_QUADS: u32 = forward_step::MAX_COLUMN_QUADS;
+/// The smallest trace (B N^2 floats) for which a CPU adapter's forward step takes
+/// CPU_FORWARD_COLUMN_QUADS quads per invocation. Smaller traces stay in a core's cache, where there
+/// is no miss to overlap, and a quarter of the invocations leaves lanes or cores idle: at 256 KiB
+/// (N = 256, B = 1; N = 64, B = 16) four quads cost 1.08-1.15x the forward episode's time, at N = 64,
+/// B = 1 1.6x; at 1 MiB (N = 512, B = 1; N = 256, B = 4; N = 128, B = 16) they saved 6-16% (README).
+pub const CPU_FORWARD_COLUMN_QUADS_MIN_TRACE_BYTES: u64 = 1 << 20;
 /// Invocations per backward_trace workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
 /// so that the few blocks of a small network still make a workgroup per thread (N = 64, side 16:
 /// 16 blocks, two workgroups for two threads, against one of 64 before), each with every lane busy.
@@ -121,8 +129,9 @@ pub struct KernelTuning {
     /// forward step owns, 1 to `forward_step::MAX_COLUMN_QUADS`: with 1, neighbouring invocations
     /// read neighbouring quads of each trace row, so that a warp's loads are coalesced; with 4, each
     /// invocation reads a 64-byte run of every row it walks, and the history it loads (or shuffles)
-    /// serves all its quads. `None`: 1 on a GPU, [`CPU_FORWARD_COLUMN_QUADS`] on a CPU adapter (see
-    /// there); not measured on a GPU (`tools/device_check.sh` sweeps it). The same results, bit for
+    /// serves all its quads. `None`: 1 on a GPU; on a CPU adapter [`CPU_FORWARD_COLUMN_QUADS`] where
+    /// the trace holds [`CPU_FORWARD_COLUMN_QUADS_MIN_TRACE_BYTES`] or more, else 1 (see there); not
+    /// measured on a GPU (`tools/device_check.sh` sweeps it). The same results, bit for
     /// bit (each quad's sum runs in the same order). The scalar kernel ignores it.
     pub forward_column_quads: Option<u32>,
 }
@@ -139,10 +148,12 @@ impl KernelTuning {
         self.forward_workgroup_size.unwrap_or(if adapter.is_cpu() { CPU_FORWARD_WORKGROUP } else { forward_step::WORKGROUP_SIZE })
     }
 
-    /// Column quads per invocation of the vec4 forward step (see
+    /// Column quads per invocation of the vec4 forward step at N neurons and batch B (see
     /// [`KernelTuning::forward_column_quads`]), or an error naming the range.
-    pub fn forward_columns(&self, adapter: &AdapterSummary) -> crate::Result<u32> {
-        Ok(self.checked_forward_column_quads()?.unwrap_or(if adapter.is_cpu() { CPU_FORWARD_COLUMN_QUADS } else { 1 }))
+    pub fn forward_columns(&self, adapter: &AdapterSummary, n: u32, batch: u32) -> crate::Result<u32> {
+        let trace_bytes = batch as u64 * n as u64 * n as u64 * 4;
+        let cpu_quads = if trace_bytes >= CPU_FORWARD_COLUMN_QUADS_MIN_TRACE_BYTES { CPU_FORWARD_COLUMN_QUADS } else { 1 };
+        Ok(self.checked_forward_column_quads()?.unwrap_or(if adapter.is_cpu() { cpu_quads } else { 1 }))
     }
 
     /// `forward_column_quads` where it is set within 1 to `forward_step::MAX_COLUMN_QUADS` (`None`
@@ -366,19 +377,26 @@ mod tests {
         }
     }
 
-    /// One column quad per forward invocation on a GPU and a cache line's four on a CPU adapter,
-    /// unless set; a count outside 1 to MAX_COLUMN_QUADS is refused with its range.
+    /// One column quad per forward invocation on a GPU; on a CPU adapter a cache line's four where
+    /// the trace holds 1 MiB or more, else one; as set where set, and a count outside 1 to
+    /// MAX_COLUMN_QUADS is refused with its range.
     #[test]
-    fn forward_column_quads_fill_a_line_on_a_cpu_adapter() {
+    fn forward_column_quads_fill_a_line_on_a_cpu_adapter_for_large_traces() {
         let (gpu, cpu) = (adapter(wgpu::DeviceType::DiscreteGpu), adapter(wgpu::DeviceType::Cpu));
         let auto = KernelTuning::default();
-        assert_eq!((auto.forward_columns(&gpu).unwrap(), auto.forward_columns(&cpu).unwrap()), (1, 4));
+        // (N, B, CPU's choice): 1 MiB is 256 x 256 x 4 floats, or 512 x 512 x 1.
+        for (n, batch, cpu_quads) in
+            [(256, 16, 4), (256, 4, 4), (512, 1, 4), (1000, 1, 4), (256, 3, 1), (256, 1, 1), (64, 16, 1), (508, 1, 1)]
+        {
+            assert_eq!(auto.forward_columns(&cpu, n, batch).unwrap(), cpu_quads, "CPU N={n} B={batch}");
+            assert_eq!(auto.forward_columns(&gpu, n, batch).unwrap(), 1, "GPU N={n} B={batch}");
+        }
         for quads in 1..=forward_step::MAX_COLUMN_QUADS {
             let set = KernelTuning { forward_column_quads: Some(quads), ..auto };
-            assert_eq!((set.forward_columns(&gpu).unwrap(), set.forward_columns(&cpu).unwrap()), (quads, quads));
+            assert_eq!((set.forward_columns(&gpu, 64, 1).unwrap(), set.forward_columns(&cpu, 1000, 16).unwrap()), (quads, quads));
         }
         for quads in [0, forward_step::MAX_COLUMN_QUADS + 1] {
-            let err = KernelTuning { forward_column_quads: Some(quads), ..auto }.forward_columns(&cpu).unwrap_err().to_string();
+            let err = KernelTuning { forward_column_quads: Some(quads), ..auto }.forward_columns(&cpu, 64, 1).unwrap_err().to_string();
             assert!(err.contains(&format!("forward_column_quads = {quads}")) && err.contains("1 to 4"), "{err}");
         }
     }

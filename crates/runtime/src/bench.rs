@@ -253,7 +253,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}), \
          bk the side of the square blocks of the trace it walks ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
-         by subgroup shuffles{}; forward workgroups of {} invocations, {}; backward trace workgroups of {}; \
+         by subgroup shuffles{}; Q: column quads per invocation of the vec4 forward step ({}); forward workgroups of {} invocations, backward trace workgroups of {}; \
          backward passes of {}, column values loaded {}, backward trace columns {}, the reversed trace and its gradient stored {}; \
          wgpu's loop bounding {}\n",
         if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
@@ -263,12 +263,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Some(on) => format!(" (--forward-subgroups {})", if on { "on" } else { "off" }),
             None => String::new(),
         },
+        if args.forward_column_quads.is_some() { "set by --forward-column-quads" } else { "chosen for this adapter and size" },
         ctx.tuning.forward_workgroup(&ctx.adapter),
-        {
-            let quads = ctx.tuning.forward_columns(&ctx.adapter)?;
-            let set = if args.forward_column_quads.is_some() { " (--forward-column-quads)" } else { "" };
-            format!("{quads} column quad{} per vec4 forward invocation{set}", if quads == 1 { "" } else { "s" })
-        },
         ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits())?,
         match args.backward_batch_slots {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
@@ -294,7 +290,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     println!(
-        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1}",
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1} {:>1}",
         "N",
         "B",
         "T",
@@ -313,7 +309,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "Z",
         "bk",
         "W",
-        "G"
+        "G",
+        "Q"
     );
     let mut report = Report { ctx: &ctx, args, reps, warmup, ceiling, results: Vec::new(), profiles: Vec::new(), memory: None };
     for &n in &neurons {
@@ -453,7 +450,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_case(r: &CaseResult) {
     println!(
-        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1}",
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1} {:>1}",
         r.case.neurons,
         r.case.batch,
         r.case.steps,
@@ -472,7 +469,9 @@ fn print_case(r: &CaseResult) {
         r.backward_groups,
         r.backward_tile,
         r.kernel_width,
-        if r.forward_subgroups { "s" } else { "-" }
+        if r.forward_subgroups { "s" } else { "-" },
+        // 0: the scalar kernel, one neuron per invocation.
+        if r.forward_column_quads == 0 { "-".to_string() } else { r.forward_column_quads.to_string() }
     );
 }
 
@@ -601,7 +600,8 @@ impl Report<'_> {
                 // null: chosen per case for the adapter; each case says.
                 "backward_tile": ctx.tuning.backward_tile,
                 "backward_column_lanes": ctx.tuning.backward_column_lanes,
-                // null: the default (4 on a CPU adapter, 1 on a GPU); each case says.
+                // null: the default (on a CPU adapter 4 where the trace holds 1 MiB or more, else 1; 1 on
+                // a GPU); each case says.
                 "forward_column_quads": ctx.tuning.forward_column_quads,
                 // null: the default, min(4, ceil(B / Z)) per case.
                 "backward_batch_slots": ctx.tuning.backward_batch_slots,

@@ -137,7 +137,8 @@ fn bench_quick_runs_and_names_the_adapter() {
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
     // G: the forward step's subgroup shuffles, by default on a CPU adapter with subgroups (lavapipe's
     // Vulkan; llvmpipe's GL has none, as `info` says). bk: blocks of 16 on a CPU adapter; on a GPU
-    // two groups at N = 64 are short of invocations: 4.
+    // two groups at N = 64 are short of invocations: 4. Q: one column quad per forward invocation,
+    // a GPU's default and a CPU adapter's for a trace as small as N = 64, B = 4's.
     let cpu = out.contains(", Cpu,");
     let subgroups = !stdout(&plasticity(&["info"])).contains("subgroups: none");
     let (shuffles, bk) = match (cpu, subgroups) {
@@ -146,8 +147,8 @@ fn bench_quick_runs_and_names_the_adapter() {
         (false, _) => ("-", 4),
     };
     assert!(
-        row.trim_end().ends_with(&format!("3   2 {bk:>2}  4 {shuffles}")),
-        "S = 3, Z = 2, bk = {bk}, the vec4 kernels (W = 4) and G = {shuffles} in the row: {row}"
+        row.trim_end().ends_with(&format!("3   2 {bk:>2}  4 {shuffles} 1")),
+        "S = 3, Z = 2, bk = {bk}, the vec4 kernels (W = 4), G = {shuffles} and Q = 1 in the row: {row}"
     );
     // --scalar-kernels: W = 1 at the same N (a multiple of 4).
     let o = plasticity(&["bench", "--quick", "--scalar-kernels"]);
@@ -155,7 +156,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("(--scalar-kernels)"), "{out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
-    assert!(row.trim_end().ends_with(" 1 -"), "W = 1 and no subgroup shuffles (a vec4 kernel's) in the row: {row}");
+    assert!(row.trim_end().ends_with(" 1 - -"), "W = 1, no subgroup shuffles and no column quads (a vec4 kernel's) in the row: {row}");
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
     // The forward workgroup: the adapter's choice in the header, a size past the device refused.
     assert!(out.contains("forward workgroups of 8 invocations") || !out.contains("(Vulkan, Cpu,"), "a CPU adapter's 8: {out}");
@@ -166,7 +167,7 @@ fn bench_quick_runs_and_names_the_adapter() {
     assert!(out.contains("backward passes of up to 4 batch elements,"), "{out}");
     // The backward's blocks: chosen for the adapter (16 on a CPU adapter, in the bk column).
     assert!(out.contains("bk the side of the square blocks of the trace it walks (chosen for this adapter)"), "{out}");
-    assert!(row.trim_end().ends_with("16  1 -") || !out.contains("(Vulkan, Cpu,"), "bk = 16 on a CPU adapter: {row}");
+    assert!(row.trim_end().ends_with("16  1 - -") || !out.contains("(Vulkan, Cpu,"), "bk = 16 on a CPU adapter: {row}");
     // The backward's column values: once per pass by default on a CPU adapter.
     assert!(out.contains("column values loaded once per pass where a pass takes 2 or more") || !out.contains("(Vulkan, Cpu,"), "{out}");
     let o = plasticity(&["bench", "--quick", "--no-memory", "--backward-batch-slots", "2"]);
@@ -186,10 +187,7 @@ fn bench_quick_runs_and_names_the_adapter() {
         out.contains("backward trace columns contiguous in each invocation,") || out.contains("interleaved over 32 invocations,"),
         "{out}"
     );
-    assert!(
-        out.contains("4 column quads per vec4 forward invocation;") || out.contains("1 column quad per vec4 forward invocation;"),
-        "{out}"
-    );
+    assert!(out.contains("Q: column quads per invocation of the vec4 forward step (chosen for this adapter and size);"), "{out}");
     let json = std::env::temp_dir().join(format!("plasticity-bench-no-memory-{}.json", std::process::id()));
     // --forward-subgroups off: in the header, the JSON config and every case.
     let o = plasticity(&[
@@ -220,7 +218,7 @@ fn bench_quick_runs_and_names_the_adapter() {
             && out.contains("the reversed trace and its gradient stored every step (--backward-store-every-step)")
             && out.contains("blocks of the trace it walks (set by --backward-tile)")
             && out.contains("backward trace columns interleaved over 8 invocations (--backward-column-lanes 8)")
-            && out.contains("2 column quads per vec4 forward invocation (--forward-column-quads);"),
+            && out.contains("Q: column quads per invocation of the vec4 forward step (set by --forward-column-quads);"),
         "{out}"
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
