@@ -2,10 +2,10 @@
 //
 // The same step, parameters and CPU twin (cpu::forward_step) as forward_step.wgsl, which gives the
 // math:  H(t) = clip(U_r(H(t-1)))  (formed on the fly),  x_j(t) = tanh(sum_i (w_ij + alpha_eff_ij H_ij(t)) x_i(t-1) + u_j(t)).
-// One invocation owns the four post-synaptic neurons j = 4q .. 4q + 3 (a quad) for BATCH_TILE batch
-// elements and loops over i, four at a time (x_i(t-1) and x_i(t-2) of four i are one history load
-// per batch element); each trace access moves 16 bytes, and neighbouring invocations still
-// read neighbouring memory. A memory system that pays per access rather than per byte (lavapipe's
+// One invocation owns the four post-synaptic neurons j = 4q .. 4q + 3 (a quad), or COLUMN_QUADS
+// neighbouring quads, for BATCH_TILE batch elements and loops over i, four at a time (x_i(t-1) and
+// x_i(t-2) of four i are one history load per batch element, for all its quads); each trace access
+// moves 16 bytes, and with one quad each neighbouring invocations still read neighbouring memory. A memory system that pays per access rather than per byte (lavapipe's
 // per-lane loads, a GPU short of loads in flight) moves several times more bytes per second so. The
 // update is the shared vec4 block (the scalar rule's f32 operations per component); rates come from
 // the shared scalar functions, one component at a time.

@@ -4,8 +4,9 @@
 // The same step, parameters, bindings and CPU twin (cpu::forward_step) as forward_step.wgsl, which
 // gives the math:  H(t) = clip(U_r(H(t-1)))  (formed on the fly),
 //   x_j(t) = tanh(sum_i (w_ij + alpha_eff_ij H_ij(t)) x_i(t-1) + u_j(t)).
-// As in forward_step_vec4, one invocation owns a quad of post-synaptic neurons j = 4q .. 4q + 3 for
-// BATCH_TILE batch elements, and every trace, w and alpha access is a vec4. What differs is where
+// As in forward_step_vec4, one invocation owns a quad of post-synaptic neurons j = 4q .. 4q + 3, or
+// COLUMN_QUADS neighbouring quads, for BATCH_TILE batch elements, and every trace, w and alpha access
+// is a vec4. What differs is where
 // x_i(t-1) and x_i(t-2) come from: every invocation of a workgroup needs the same quads of them (its
 // batch tile's rows, four i at a time), and forward_step_vec4 has each load them itself. Here the L
 // invocations of a subgroup take L pre-synaptic quads at a time: lane l loads quad base + l of both
