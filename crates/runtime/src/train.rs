@@ -881,9 +881,14 @@ fn lock_export_staging(staging: &Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
+/// How old a staging directory without a lock file must be to count as a killed export's: one killed
+/// between creating its directory and its lock, a moment no export lingers in.
+const UNLOCKED_STAGING_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Removes the staging directories of exports into `out` that were killed before they cleaned up:
-/// those whose lock no live process holds. One of a live export created a moment ago, before its
-/// lock, would go too; that export then fails on its own write, and the old set stays whole.
+/// those whose lock file no live process holds, and those without one that are older than
+/// [`UNLOCKED_STAGING_STALE_AFTER`]. A young one without a lock file is a live export's between
+/// creating its directory and locking it, and stays (the lock file is opened, never created, here).
 fn remove_stale_export_staging(out: &Path) {
     let Ok(entries) = std::fs::read_dir(out) else { return };
     for entry in entries.flatten() {
@@ -892,8 +897,14 @@ fn remove_stale_export_staging(out: &Path) {
         if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let lock = open_lock_file(&entry.path().join(EXPORT_STAGING_LOCK));
-        if lock.is_ok_and(|file| file.try_lock().is_ok()) {
+        let stale = match std::fs::OpenOptions::new().write(true).open(entry.path().join(EXPORT_STAGING_LOCK)) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|created| created.elapsed().is_ok_and(|age| age > UNLOCKED_STAGING_STALE_AFTER)),
+        };
+        if stale {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -222,22 +222,33 @@ fn export_set(file: &Path) -> String {
 
 /// export-episode names its set in every file (a run killed between its three renames leaves a
 /// mixed set, which tools/pytorch_baseline.py check refuses by these names), and removes the
-/// staging directories of killed exports, but not one a live export holds or one it did not name.
+/// staging directories of killed exports (an unlocked lock file, or none for a long time), but not
+/// one a live export holds, one a live export has just created and not locked yet, or one it did not
+/// name.
 #[test]
 fn export_episode_names_its_set_and_removes_only_stale_staging() {
     let out = scratch("export-set");
     let export = || plasticity(&["export-episode", "--neurons", "8", "--batch", "1", "--steps", "3", "--out", out.to_str().unwrap()]);
-    for name in [".export.tmp1", ".export.tmp2", ".export.tmpx"] {
+    for name in [".export.tmp1", ".export.tmp2", ".export.tmp3", ".export.tmp4", ".export.tmpx"] {
         std::fs::create_dir_all(out.join(name)).unwrap();
         std::fs::write(out.join(name).join("params.safetensors"), b"partial").unwrap();
     }
+    // Killed after locking: its lock file is there, and no one holds it.
+    std::fs::File::create(out.join(".export.tmp1/.lock")).unwrap();
     // A live export's staging directory: its lock is held (here by the test).
     let held = std::fs::File::create(out.join(".export.tmp2/.lock")).unwrap();
     held.try_lock().unwrap();
+    // No lock file: .export.tmp3 just created by a live export, .export.tmp4 an hour old (killed
+    // between creating the directory and its lock).
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::open(out.join(".export.tmp4")).unwrap().set_modified(hour_ago).unwrap();
     let o = export();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!out.join(".export.tmp1").exists(), "a killed export's staging directory is removed");
     assert!(out.join(".export.tmp2/params.safetensors").exists(), "a live export's staging directory is left alone");
+    assert!(out.join(".export.tmp3/params.safetensors").exists(), "a staging directory not yet locked is left alone");
+    assert!(!out.join(".export.tmp3/.lock").exists(), "and is given no lock file by another export");
+    assert!(!out.join(".export.tmp4").exists(), "an old staging directory that never got its lock is removed");
     assert!(out.join(".export.tmpx").exists(), "a directory not named like a staging one is left alone");
     let sets = ["params", "episode", "gradients"].map(|name| export_set(&out.join(format!("{name}.safetensors"))));
     assert!(sets.iter().all(|s| *s == sets[0]), "one set: {sets:?}");
