@@ -46,6 +46,8 @@ pub const CPU_FORWARD_COLUMN_QUADS: u32 = forward_step::MAX_COLUMN_QUADS;
 /// is no miss to overlap, and a quarter of the invocations leaves lanes or cores idle: at 256 KiB
 /// (N = 256, B = 1; N = 64, B = 16) four quads cost 1.08-1.15x the forward episode's time, at N = 64,
 /// B = 1 1.6x; at 1 MiB (N = 512, B = 1; N = 256, B = 4; N = 128, B = 16) they saved 6-16% (README).
+/// The crossover on that machine lay between 512 KiB (1.03x) and 576 KiB (0.96x), its cores' L2;
+/// 1 MiB leaves a margin for CPUs with larger caches, whose sizes wgpu does not report.
 pub const CPU_FORWARD_COLUMN_QUADS_MIN_TRACE_BYTES: u64 = 1 << 20;
 /// Invocations per backward_trace workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
 /// so that the few blocks of a small network still make a workgroup per thread (N = 64, side 16:
