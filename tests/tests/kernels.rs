@@ -165,8 +165,8 @@ struct ForwardLayout {
     column_quads: u32,
 }
 
-/// A GPU's forward layout (workgroups of 64, one quad per invocation) and a CPU adapter's (one
-/// SIMD group of 8, four quads per invocation).
+/// A GPU's forward layout (workgroups of 64, one quad per invocation) and a CPU adapter's for a
+/// trace of 1 MiB or more (one SIMD group of 8, four quads per invocation).
 const GPU_FORWARD: ForwardLayout = ForwardLayout { workgroup_size: 64, column_quads: 1 };
 const CPU_FORWARD: ForwardLayout = ForwardLayout { workgroup_size: 8, column_quads: forward_step::MAX_COLUMN_QUADS };
 
@@ -200,8 +200,8 @@ fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: 
 
 /// forward_step at every size, and forward_step_vec4 and forward_step_vec4_subgroup too where N is
 /// a multiple of 4: 4, 8, 64 and 68 (fewer quads than a workgroup of 64 invocations) and 260 (65
-/// quads, one more than a workgroup), in a GPU's layout and a CPU adapter's (workgroups of 8, four
-/// column quads per vec4 invocation); the paper's rule also in workgroups of 8 with one quad per
+/// quads, one more than a workgroup), in a GPU's layout and a CPU adapter's for large traces
+/// (workgroups of 8, four column quads per vec4 invocation); the paper's rule also in workgroups of 8 with one quad per
 /// invocation and of 64 with three. So 63, 65, 257 and 260 columns or quads end inside a workgroup,
 /// and 1, 17 and 65 quads inside an invocation's quads (for the subgroup kernel: lanes past the last
 /// quad, which must still shuffle). Every vec4 kernel in every layout does the same f32 operations

@@ -109,8 +109,9 @@ pub struct BenchArgs {
     #[arg(long)]
     backward_column_lanes: Option<u32>,
     /// Neighbouring quads of neurons (four each) one invocation of the vec4 forward step owns, 1 to
-    /// 4 (default: 1 on a GPU, whose loads are then coalesced; 4 on a CPU adapter, where each
-    /// invocation then reads a 64-byte run of every trace row).
+    /// 4 (default: 1 on a GPU, whose loads are then coalesced; on a CPU adapter 4 where the trace
+    /// holds 1 MiB or more, each invocation then reading a 64-byte run of every trace row, else 1);
+    /// the table's Q column says what ran.
     #[arg(long)]
     forward_column_quads: Option<u32>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
