@@ -308,32 +308,80 @@ fn write_sums(t: QuadTile, acc: array<vec4<f32>, BATCH_TILE>) {
 
 // The invocation's column quads: COLUMN_QUADS (1 to MAX_COLUMN_QUADS) neighbouring quads
 // owned = column_quads(), first = owned * gid.x .. first + owned - 1, so that one lane's trace, w and
-// alpha quads of a row are one run of 16 * owned bytes. The entry points hold the quads' tiles and
-// sums as four named variables and pass each through the two functions below, which skip quad m
-// where m >= owned (a constant once COLUMN_QUADS is set) or the quad is past the last: a loop over
-// m would not unroll on lavapipe (four times the body of add_quad_of_rows), and its arrays of tiles,
-// indexed at run time, made the step 2.7x slower there.
+// alpha quads of a row are one run of 16 * owned bytes. Their tiles and sums are four named members
+// of a struct, each passed through add_quad_of_rows and write_sums only where m < owned (a constant
+// once COLUMN_QUADS is set) and the quad is not past the last; the tiles and sums of the others are
+// never used, and the compiler drops them. A loop over m would not unroll on lavapipe (four times the
+// body of add_quad_of_rows), and its arrays of tiles, indexed at run time, made the step 2.7x slower
+// there.
 fn column_quads() -> u32 {
     return clamp(COLUMN_QUADS, 1u, MAX_COLUMN_QUADS);
 }
 
-fn add_quad_of_rows_if_owned(
-    m: u32,
-    t: QuadTile,
+struct OwnedQuads {
+    t0: QuadTile,
+    t1: QuadTile,
+    t2: QuadTile,
+    t3: QuadTile,
+    acc0: array<vec4<f32>, BATCH_TILE>,
+    acc1: array<vec4<f32>, BATCH_TILE>,
+    acc2: array<vec4<f32>, BATCH_TILE>,
+    acc3: array<vec4<f32>, BATCH_TILE>,
+}
+
+// The tiles of the quads from `first` on, with their sums before any term.
+fn owned_quads(first: u32, batch_tile: u32, chunk: u32) -> OwnedQuads {
+    var o: OwnedQuads;
+    o.t0 = quad_tile(first, batch_tile, chunk);
+    o.t1 = quad_tile(first + 1u, batch_tile, chunk);
+    o.t2 = quad_tile(first + 2u, batch_tile, chunk);
+    o.t3 = quad_tile(first + 3u, batch_tile, chunk);
+    o.acc0 = initial_sums(o.t0);
+    o.acc1 = initial_sums(o.t1);
+    o.acc2 = initial_sums(o.t2);
+    o.acc3 = initial_sums(o.t3);
+    return o;
+}
+
+fn owns(m: u32, t: QuadTile) -> bool {
+    return m < column_quads() && t.q < t.quads;
+}
+
+// add_quad_of_rows for each owned quad: the four rows i4 with their history quads.
+fn add_quad_of_rows_to_owned(
+    o_in: OwnedQuads,
     i4: u32,
     x_quads: array<vec4<f32>, BATCH_TILE>,
     pre_quads: array<vec4<f32>, BATCH_TILE>,
-    acc: array<vec4<f32>, BATCH_TILE>,
-) -> array<vec4<f32>, BATCH_TILE> {
-    if (m < column_quads() && t.q < t.quads) {
-        return add_quad_of_rows(t, i4, x_quads, pre_quads, acc);
+) -> OwnedQuads {
+    var o = o_in;
+    if (owns(0u, o.t0)) {
+        o.acc0 = add_quad_of_rows(o.t0, i4, x_quads, pre_quads, o.acc0);
     }
-    return acc;
+    if (owns(1u, o.t1)) {
+        o.acc1 = add_quad_of_rows(o.t1, i4, x_quads, pre_quads, o.acc1);
+    }
+    if (owns(2u, o.t2)) {
+        o.acc2 = add_quad_of_rows(o.t2, i4, x_quads, pre_quads, o.acc2);
+    }
+    if (owns(3u, o.t3)) {
+        o.acc3 = add_quad_of_rows(o.t3, i4, x_quads, pre_quads, o.acc3);
+    }
+    return o;
 }
 
-fn write_sums_if_owned(m: u32, t: QuadTile, acc: array<vec4<f32>, BATCH_TILE>) {
-    if (m < column_quads() && t.q < t.quads) {
-        write_sums(t, acc);
+fn write_owned_sums(o: OwnedQuads) {
+    if (owns(0u, o.t0)) {
+        write_sums(o.t0, o.acc0);
+    }
+    if (owns(1u, o.t1)) {
+        write_sums(o.t1, o.acc1);
+    }
+    if (owns(2u, o.t2)) {
+        write_sums(o.t2, o.acc2);
+    }
+    if (owns(3u, o.t3)) {
+        write_sums(o.t3, o.acc3);
     }
 }
 // ---- end of shared vec4 forward functions ----
@@ -352,34 +400,27 @@ fn forward_step_vec4_subgroup(
     if (gid.y * BATCH_TILE >= p.batch || gid.z >= max(p.splits, 1u) || workgroup.x * WORKGROUP_SIZE * column_quads() >= p.n / 4u) {
         return;
     }
-    // The tiles and sums of quads m >= column_quads() are never used, and the compiler drops them.
-    let t0 = quad_tile(first, gid.y, gid.z);
-    let t1 = quad_tile(first + 1u, gid.y, gid.z);
-    let t2 = quad_tile(first + 2u, gid.y, gid.z);
-    let t3 = quad_tile(first + 3u, gid.y, gid.z);
-    var acc0 = initial_sums(t0);
-    var acc1 = initial_sums(t1);
-    var acc2 = initial_sums(t2);
-    var acc3 = initial_sums(t3);
+    var owned = owned_quads(first, gid.y, gid.z);
+    let t = owned.t0; // what the owned quads' tiles share: the rows, the batch tile, the chunk
     // The sum over i runs a quad of pre-synaptic neurons at a time, L quads per block: lane l loads
     // x_i(t-1) and x_i(t-2) of quad base + l for the tile, and the quads are then taken in order,
     // each shuffled from its lane, for all the invocation's column quads.
     let lanes = max(subgroup_size, 1u);
-    let q_begin = t0.i_begin / 4u;
-    let q_end = div_ceil_u32(t0.i_end, 4u);
+    let q_begin = t.i_begin / 4u;
+    let q_end = div_ceil_u32(t.i_end, 4u);
     let blocks = div_ceil_u32(q_end - q_begin, lanes);
     for (var block = 0u; block < blocks; block++) {
         let base = q_begin + block * lanes;
         var x_lane: array<vec4<f32>, BATCH_TILE>;    // x_i(t-1), i = 4 (base + lane) .. + 3
         var pre_lane: array<vec4<f32>, BATCH_TILE>;  // x_i(t-2)
         if (base + lane < q_end) {
-            for (var k = 0u; k < t0.slots; k++) {
-                if (k < t0.tile) {
-                    let b = t0.b0 + k;
-                    x_lane[k] = activations[(t0.x_prev + b * t0.n) / 4u + base + lane];
-                    if (t0.update) {
+            for (var k = 0u; k < t.slots; k++) {
+                if (k < t.tile) {
+                    let b = t.b0 + k;
+                    x_lane[k] = activations[(t.x_prev + b * t.n) / 4u + base + lane];
+                    if (t.update) {
                         // x(t-2) lives one row below x(t-1).
-                        pre_lane[k] = activations[(t0.x_prev - t0.row + b * t0.n) / 4u + base + lane];
+                        pre_lane[k] = activations[(t.x_prev - t.row + b * t.n) / 4u + base + lane];
                     }
                 }
             }
@@ -388,20 +429,14 @@ fn forward_step_vec4_subgroup(
             var x_quads: array<vec4<f32>, BATCH_TILE>;    // x_i(t-1), i = 4 (base + l) .. + 3
             var pre_quads: array<vec4<f32>, BATCH_TILE>;  // x_i(t-2)
             // Every lane shuffles, in the subgroup's uniform control flow.
-            for (var k = 0u; k < t0.slots; k++) {
+            for (var k = 0u; k < t.slots; k++) {
                 x_quads[k] = subgroupShuffle(x_lane[k], l);
                 pre_quads[k] = subgroupShuffle(pre_lane[k], l);
             }
             if (base + l < q_end) {
-                acc0 = add_quad_of_rows_if_owned(0u, t0, base + l, x_quads, pre_quads, acc0);
-                acc1 = add_quad_of_rows_if_owned(1u, t1, base + l, x_quads, pre_quads, acc1);
-                acc2 = add_quad_of_rows_if_owned(2u, t2, base + l, x_quads, pre_quads, acc2);
-                acc3 = add_quad_of_rows_if_owned(3u, t3, base + l, x_quads, pre_quads, acc3);
+                owned = add_quad_of_rows_to_owned(owned, base + l, x_quads, pre_quads);
             }
         }
     }
-    write_sums_if_owned(0u, t0, acc0);
-    write_sums_if_owned(1u, t1, acc1);
-    write_sums_if_owned(2u, t2, acc2);
-    write_sums_if_owned(3u, t3, acc3);
+    write_owned_sums(owned);
 }
