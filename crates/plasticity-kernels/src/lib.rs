@@ -471,8 +471,8 @@ pub mod forward_step {
     pub const COLUMN_QUADS: &str = "COLUMN_QUADS";
 
     /// The most column quads one invocation of a vec4 kernel may own: a 64-byte cache line of a row.
-    /// The kernels hold each owned quad's tile and sums in a variable of its own (a loop over them
-    /// would not unroll on lavapipe), so a larger value needs more of those written out.
+    /// The kernels hold each owned quad's tile and sums in a struct member of its own (a loop over
+    /// them would not unroll on lavapipe), so a larger value needs more of those written out.
     pub const MAX_COLUMN_QUADS: u32 = 4;
 
     /// Override constant of both widths: how many batch elements their unrolled tile loops take,
