@@ -99,8 +99,9 @@ fn forward_subgroups_change_no_result() {
     assert_same_training(&loads, &shuffles, "with and without subgroup shuffles");
 }
 
-/// The vec4 forward step with one column quad per invocation (a GPU's) and four (a CPU adapter's):
-/// each quad's sum takes the same terms in the same order, so training gives the same bits.
+/// The vec4 forward step with one column quad per invocation (a GPU's) and four (a CPU adapter's for
+/// large traces): each quad's sum takes the same terms in the same order, so training gives the same
+/// bits.
 #[test]
 fn forward_column_quads_change_no_result() {
     use plasticity_runtime::KernelTuning;
