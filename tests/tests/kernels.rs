@@ -1298,11 +1298,36 @@ fn stream_triad_matches_cpu_twin() {
         let mut r = rng(5 + quads as u64);
         let (a, b, c) = (uniform(&mut r, count, 1.0), uniform(&mut r, count, 1.0), nan_filled(count));
         let (grid, row_stride) = plasticity_kernels::elementwise_grid(quads, stream_triad::WORKGROUP_SIZE);
-        let p = StreamTriadParams { quads, row_stride, scale: 3.0, ..Default::default() };
+        let p = StreamTriadParams { elements: quads, row_stride, scale: 3.0, ..Default::default() };
         let out = run_kernel("stream_triad", &p, &[bytes(&a), bytes(&b), bytes(&c)], grid);
         let mut c_ref = c.clone();
         cpu::stream_triad(&p, &a, &b, &mut c_ref);
         // One f32 multiply-add on both sides; FMA contraction may differ by an ulp.
         assert_close(&format!("stream_triad quads={quads}"), &out[2], &to_f64(&c_ref), 1e-6, 1e-6);
+    }
+}
+
+/// The 32-byte triad: its u64 packing must put every float back where it came from. The arrays hold
+/// one element more than the grid covers, NaN in c, so a write past `elements` fails too.
+#[test]
+fn stream_triad_wide_matches_cpu_twin() {
+    assert!(
+        gpu().has_int64(),
+        "stream_triad_wide needs an adapter with 64-bit integers in shaders (wgpu::Features::SHADER_INT64), as lavapipe has; \
+         run the tests on one (WGPU_ADAPTER_NAME, or tools/setup-gpu.sh for lavapipe)"
+    );
+    for elements in [1u32, 255, 256, 257, 50_001] {
+        let count = 8 * (elements as usize + 1);
+        let mut r = rng(7 + elements as u64);
+        let (a, b, c) = (uniform(&mut r, count, 1.0), uniform(&mut r, count, 1.0), nan_filled(count));
+        let (grid, row_stride) = plasticity_kernels::elementwise_grid(elements, stream_triad::WORKGROUP_SIZE);
+        let p = StreamTriadParams { elements, row_stride, scale: 3.0, ..Default::default() };
+        let out = run_kernel("stream_triad_wide", &p, &[bytes(&a), bytes(&b), bytes(&c)], grid);
+        let mut c_ref = c.clone();
+        cpu::stream_triad_wide(&p, &a, &b, &mut c_ref);
+        // One f32 multiply-add per float on both sides; FMA contraction may differ by an ulp.
+        let done = count - 8;
+        assert_close(&format!("stream_triad_wide elements={elements}"), &out[2][..done], &to_f64(&c_ref[..done]), 1e-6, 1e-6);
+        assert!(out[2][count - 8..].iter().all(|v| v.is_nan()), "stream_triad_wide elements={elements}: wrote past the last element");
     }
 }

@@ -659,9 +659,16 @@ pub fn adam_update(p: &AdamParams, grads: &[f32], metrics_in: &[f32], params: &m
     }
 }
 
-/// Twin of `shaders/stream_triad.wgsl`.
+/// Twin of `shaders/stream_triad.wgsl`: `p.elements` quads.
 pub fn stream_triad(p: &StreamTriadParams, a: &[f32], b: &[f32], c: &mut [f32]) {
-    for k in 0..4 * p.quads as usize {
+    for k in 0..4 * p.elements as usize {
+        c[k] = a[k] + p.scale * b[k];
+    }
+}
+
+/// Twin of `shaders/stream_triad_wide.wgsl`: the same triad over `p.elements` runs of eight floats.
+pub fn stream_triad_wide(p: &StreamTriadParams, a: &[f32], b: &[f32], c: &mut [f32]) {
+    for k in 0..8 * p.elements as usize {
         c[k] = a[k] + p.scale * b[k];
     }
 }

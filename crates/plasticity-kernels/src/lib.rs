@@ -173,6 +173,9 @@ pub struct KernelDescriptor {
     /// only on a device with that feature, and `shader_layout` validates it with naga's subgroup
     /// capabilities.
     pub subgroups: bool,
+    /// Whether the shader uses 64-bit integers (`wgpu::Features::SHADER_INT64`): likewise built only
+    /// on a device with that feature and validated with naga's `SHADER_INT64` capability.
+    pub int64: bool,
 }
 
 impl KernelDescriptor {
@@ -420,6 +423,7 @@ pub mod forward_step {
         rule_constants: true,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// The same step with vec4 access for N a multiple of 4 (see `uses_vec4_kernels`): forward_step's
@@ -532,6 +536,7 @@ pub mod forward_finish {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     pub fn workgroups(n: u32, batch: u32) -> [u32; 3] {
@@ -589,6 +594,7 @@ pub mod backward_activation {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     pub fn workgroups(n: u32, batch: u32) -> [u32; 3] {
@@ -678,6 +684,7 @@ pub mod backward_trace {
         rule_constants: true,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// The same step with vec4 access to the traces for N a multiple of 4 (see `uses_vec4_kernels`), and the
@@ -881,6 +888,7 @@ pub mod weight_gradient {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// The same kernel with vec4 loads and stores for N a multiple of 4 (see `uses_vec4_kernels`);
@@ -931,6 +939,7 @@ pub mod loss_mse {
         rule_constants: false,
         counted_loops: false,
         subgroups: false,
+        int64: false,
     };
 }
 
@@ -1022,6 +1031,7 @@ pub mod finish_gradients {
         rule_constants: false,
         counted_loops: false,
         subgroups: false,
+        int64: false,
     };
 }
 
@@ -1050,6 +1060,7 @@ pub mod modulation_forward {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     pub fn workgroups(batch: u32) -> [u32; 3] {
@@ -1103,6 +1114,7 @@ pub mod modulation_backward {
         rule_constants: false,
         counted_loops: false,
         subgroups: false,
+        int64: false,
     };
 
     /// One workgroup per batch element.
@@ -1157,6 +1169,7 @@ pub mod trace_update {
         rule_constants: true,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// The same update with vec4 access for N a multiple of 4 (see `uses_vec4_kernels`): one invocation per
@@ -1223,6 +1236,7 @@ pub mod adam_update {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// The grid covering `count` parameters, and its row stride.
@@ -1236,11 +1250,13 @@ pub mod stream_triad {
 
     pub const WORKGROUP_SIZE: u32 = 256;
 
+    /// The params of both streaming kernels.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
     pub struct StreamTriadParams {
-        /// vec4 elements per array (4 floats each).
-        pub quads: u32,
+        /// Vector elements per array: vec4<f32> (4 floats) in stream_triad, vec4<u64> (8 floats)
+        /// in stream_triad_wide.
+        pub elements: u32,
         pub row_stride: u32,
         pub scale: f32,
         pub _pad0: u32,
@@ -1251,12 +1267,30 @@ pub mod stream_triad {
         source: include_str!("../../../shaders/stream_triad.wgsl"),
         bindings: &[params("p"), read("a"), read("b"), read_write("c")],
         params_struct: "StreamTriadParams",
-        params_layout: layout_of!(StreamTriadParams { quads, row_stride, scale, _pad0 }),
+        params_layout: layout_of!(StreamTriadParams { elements, row_stride, scale, _pad0 }),
         params_size: core::mem::size_of::<StreamTriadParams>(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
+    };
+
+    /// The same triad with 32 bytes per access (eight floats as a vec4<u64>), on devices with
+    /// `SHADER_INT64`: where an adapter's cost is per load instruction rather than per byte (lavapipe
+    /// loads each component of each lane on its own), it streams faster than 16-byte accesses.
+    pub const KERNEL_WIDE: KernelDescriptor = KernelDescriptor {
+        name: "stream_triad_wide",
+        source: include_str!("../../../shaders/stream_triad_wide.wgsl"),
+        bindings: &[params("p"), read("a"), read("b"), read_write("c")],
+        params_struct: "StreamTriadParams",
+        params_layout: layout_of!(StreamTriadParams { elements, row_stride, scale, _pad0 }),
+        params_size: core::mem::size_of::<StreamTriadParams>(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        rule_constants: false,
+        counted_loops: true,
+        subgroups: false,
+        int64: true,
     };
 }
 
@@ -1289,6 +1323,7 @@ pub mod input_projection {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// The grid covering every (t, b, j), and its row stride.
@@ -1329,6 +1364,7 @@ pub mod input_projection_backward {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// One invocation per (j, d), d = D being the bias.
@@ -1366,6 +1402,7 @@ pub mod head_forward {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// One invocation per (k, (s, b)).
@@ -1405,6 +1442,7 @@ pub mod head_loss {
         rule_constants: false,
         counted_loops: false,
         subgroups: false,
+        int64: false,
     };
 }
 
@@ -1462,6 +1500,7 @@ pub mod head_backward {
         rule_constants: false,
         counted_loops: true,
         subgroups: false,
+        int64: false,
     };
 
     /// One invocation per neuron, and one for the bias.
@@ -1508,6 +1547,7 @@ pub const ALL_KERNELS: &[KernelDescriptor] = &[
     head_backward::KERNEL,
     adam_update::KERNEL,
     stream_triad::KERNEL,
+    stream_triad::KERNEL_WIDE,
 ];
 
 #[cfg(test)]

@@ -4,11 +4,18 @@
 use plasticity_kernels::{ALL_KERNELS, BindingKind, KernelDescriptor, metrics};
 use wgpu::naga;
 
-/// A validator with the capabilities the runtime gives the kernel: naga's defaults, plus subgroup
-/// operations for a kernel that needs `wgpu::Features::SUBGROUP`.
+/// The capabilities the runtime gives the kernel: naga's defaults, plus subgroup operations for a
+/// kernel that needs `wgpu::Features::SUBGROUP` and 64-bit integers for one that needs
+/// `wgpu::Features::SHADER_INT64`.
+fn capabilities(kernel: &KernelDescriptor) -> naga::valid::Capabilities {
+    let mut capabilities = naga::valid::Capabilities::default();
+    capabilities.set(naga::valid::Capabilities::SUBGROUP, kernel.subgroups);
+    capabilities.set(naga::valid::Capabilities::SHADER_INT64, kernel.int64);
+    capabilities
+}
+
 fn validator(kernel: &KernelDescriptor) -> naga::valid::Validator {
-    let capabilities = if kernel.subgroups { naga::valid::Capabilities::SUBGROUP } else { naga::valid::Capabilities::default() };
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities(kernel))
 }
 
 fn parse_and_validate(kernel: &KernelDescriptor) -> naga::Module {
@@ -476,8 +483,8 @@ fn loops_not_counted(source: &str) -> Option<String> {
 fn subgroup_kernels_are_the_ones_that_need_subgroups() {
     for kernel in ALL_KERNELS {
         let module = parse_and_validate(kernel);
-        let plain =
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default()).validate(&module);
+        let without = capabilities(kernel) - naga::valid::Capabilities::SUBGROUP;
+        let plain = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), without).validate(&module);
         assert_eq!(
             plain.is_err(),
             kernel.subgroups,
@@ -487,6 +494,18 @@ fn subgroup_kernels_are_the_ones_that_need_subgroups() {
         );
     }
     assert!(ALL_KERNELS.iter().any(|k| k.subgroups), "forward_step_vec4_subgroup");
+}
+
+/// `int64` likewise: set exactly where the shader needs naga's 64-bit integer capability.
+#[test]
+fn int64_kernels_are_the_ones_that_need_int64() {
+    for kernel in ALL_KERNELS {
+        let module = parse_and_validate(kernel);
+        let without = capabilities(kernel) - naga::valid::Capabilities::SHADER_INT64;
+        let plain = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), without).validate(&module);
+        assert_eq!(plain.is_err(), kernel.int64, "{}: int64 is {} but validation without it: {plain:?}", kernel.name, kernel.int64);
+    }
+    assert!(ALL_KERNELS.iter().any(|k| k.int64), "stream_triad_wide");
 }
 
 #[test]

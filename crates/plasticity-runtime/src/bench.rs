@@ -242,36 +242,59 @@ fn time_median(warmup: u32, repetitions: u32, mut f: impl FnMut() -> Result<Opti
 }
 
 /// The streaming kernel `c = a + s * b` over arrays of `elements` floats (moved as vec4, capped so
-/// that one array fits one storage binding), ready to be timed as often as wanted.
+/// that one array fits one storage binding), ready to be timed as often as wanted; where the device
+/// has 64-bit integers, also as 32-byte accesses over the same arrays ([`Self::measure_wide`]).
 pub struct StreamTriad {
     buffers: [buffers::GpuBuffer; 3],
     bytes: u64,
     grid: [u32; 3],
     params: StreamTriadParams,
+    /// stream_triad_wide's grid and params over the same buffers, where the device has SHADER_INT64.
+    wide: Option<([u32; 3], StreamTriadParams)>,
     timer: Option<GpuTimer>,
 }
 
 impl StreamTriad {
     pub fn new(ctx: &GpuContext, elements: u64) -> Result<Self> {
         let limits = ctx.limits();
-        let quads = (elements / 4).min(limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 16).min(u32::MAX as u64) as u32;
+        // An even number of quads, so that the wide kernel's eight-float elements cover the same bytes.
+        let quads =
+            (elements / 4).min(limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 16).min(u32::MAX as u64) as u32 & !1;
         let bytes = quads as u64 * 16;
         let buffers = [
             buffers::storage(ctx, "stream a", bytes)?,
             buffers::storage(ctx, "stream b", bytes)?,
             buffers::storage(ctx, "stream c", bytes)?,
         ];
-        let (grid, row_stride) = plasticity_kernels::elementwise_grid(quads, stream_triad::WORKGROUP_SIZE);
-        let params = StreamTriadParams { quads, row_stride, scale: 0.5, ..Default::default() };
-        Ok(Self { buffers, bytes, grid, params, timer: GpuTimer::new(ctx) })
+        let params_of = |elements: u32, workgroup: u32| {
+            let (grid, row_stride) = plasticity_kernels::elementwise_grid(elements, workgroup);
+            (grid, StreamTriadParams { elements, row_stride, scale: 0.5, ..Default::default() })
+        };
+        let (grid, params) = params_of(quads, stream_triad::WORKGROUP_SIZE);
+        let wide = ctx.has_int64().then(|| params_of(quads / 2, stream_triad::WORKGROUP_SIZE));
+        Ok(Self { buffers, bytes, grid, params, wide, timer: GpuTimer::new(ctx) })
     }
 
     /// GB/s (1e9 bytes per second) of one pass: three arrays moved.
     pub fn measure(&self, ctx: &GpuContext) -> Result<f64> {
+        self.measure_kernel(ctx, stream_triad::KERNEL.name, self.grid, &self.params)
+    }
+
+    /// GB/s of one pass of stream_triad_wide (32 bytes per access) over the same arrays, or None
+    /// where the device has no 64-bit integers. Where it reads well above [`Self::measure`], the
+    /// device's cost is per access rather than per byte (lavapipe: each component of each lane is a
+    /// load of its own), and the step kernels, which move at most 16 bytes per access, are measured
+    /// against the 16-byte figure.
+    pub fn measure_wide(&self, ctx: &GpuContext) -> Result<Option<f64>> {
+        match &self.wide {
+            Some((grid, params)) => self.measure_kernel(ctx, stream_triad::KERNEL_WIDE.name, *grid, params).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn measure_kernel(&self, ctx: &GpuContext, kernel: &str, grid: [u32; 3], params: &StreamTriadParams) -> Result<f64> {
         let [a, b, c] = &self.buffers;
-        let record = |encoder: &mut wgpu::CommandEncoder| {
-            ctx.record_kernel(encoder, "stream_triad", bytemuck::bytes_of(&self.params), &[a, b, c], self.grid)
-        };
+        let record = |encoder: &mut wgpu::CommandEncoder| ctx.record_kernel(encoder, kernel, bytemuck::bytes_of(params), &[a, b, c], grid);
         let start = Instant::now();
         let seconds = match &self.timer {
             Some(t) => t.time(ctx, record)?,
@@ -289,6 +312,16 @@ impl StreamTriad {
     pub fn median_of(&self, ctx: &GpuContext, passes: u32) -> Result<f64> {
         self.measure(ctx)?;
         Ok(median((0..passes.max(1)).map(|_| self.measure(ctx)).collect::<Result<Vec<_>>>()?))
+    }
+
+    /// [`Self::median_of`] for the 32-byte kernel; None where the device has no 64-bit integers.
+    pub fn median_wide_of(&self, ctx: &GpuContext, passes: u32) -> Result<Option<f64>> {
+        if self.wide.is_none() {
+            return Ok(None);
+        }
+        self.measure_wide(ctx)?;
+        let passes: Vec<Option<f64>> = (0..passes.max(1)).map(|_| self.measure_wide(ctx)).collect::<Result<_>>()?;
+        Ok(Some(median(passes.into_iter().flatten().collect())))
     }
 }
 

@@ -123,11 +123,13 @@ impl GpuContext {
                 label: Some("plasticity"),
                 // Timestamps let the bench time GPU work rather than wall clock where the adapter has
                 // them, and time each kernel (`bench --profile`) where they can be written inside passes.
+                // 64-bit integers let the bench measure 32-byte accesses (stream_triad_wide).
                 required_features: adapter.features()
                     & (wgpu::Features::TIMESTAMP_QUERY
                         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
                         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
-                        | wgpu::Features::SUBGROUP),
+                        | wgpu::Features::SUBGROUP
+                        | wgpu::Features::SHADER_INT64),
                 required_limits,
                 ..Default::default()
             })
@@ -144,6 +146,7 @@ impl GpuContext {
     /// error scopes. The device must allow 8 storage buffers per shader stage (wgpu's default).
     /// Where it was created with `wgpu::Features::SUBGROUP`, the forward step may use subgroup
     /// shuffles (see [`KernelTuning::forward_subgroups`]); without it, the kernels that need none.
+    /// Likewise `wgpu::Features::SHADER_INT64` adds the bench's 32-byte streaming kernel.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         let adapter = AdapterSummary::from_info(&device.adapter_info());
         Self::build(device, queue, adapter)
@@ -203,6 +206,12 @@ impl GpuContext {
     /// Whether the device was created with subgroup operations (`wgpu::Features::SUBGROUP`).
     pub fn has_subgroups(&self) -> bool {
         self.device.features().contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// Whether the device was created with 64-bit integers in shaders (`wgpu::Features::SHADER_INT64`),
+    /// which the 32-byte streaming kernel needs ([`crate::bench::StreamTriad::measure_wide`]).
+    pub fn has_int64(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_INT64)
     }
 
     /// Whether the vec4 forward step runs as `forward_step_vec4_subgroup` on this device with this

@@ -27,11 +27,13 @@ impl Kernels {
     /// counted (see [`KernelDescriptor::counted_loops`]).
     pub fn new(device: &wgpu::Device, loop_bounding: bool) -> Self {
         // A kernel that needs subgroups is built only where the device has them; the runtime never
-        // asks for it elsewhere (KernelTuning::forward_subgroups).
+        // asks for it elsewhere (KernelTuning::forward_subgroups). Likewise 64-bit integers (the
+        // bench's stream_triad_wide, asked for only where GpuContext::has_int64).
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        let int64 = device.features().contains(wgpu::Features::SHADER_INT64);
         let by_name = plasticity_kernels::ALL_KERNELS
             .iter()
-            .filter(|k| subgroups || !k.subgroups)
+            .filter(|k| (subgroups || !k.subgroups) && (int64 || !k.int64))
             .map(|k| (k.name, build(device, k, loop_bounding)))
             .collect();
         Self { by_name, specialised: Mutex::new(HashMap::new()) }

@@ -248,6 +248,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let ceiling = triad.median_of(&ctx, if args.quick { 2 } else { 5 }).context("streaming benchmark")?;
     println!("streaming ceiling (c = a + s*b): {ceiling:.2} GB/s");
     println!("  and again in every repetition, just before its episodes: ceil is their median, %ceil the median of each one's share");
+    // The same triad with 32 bytes per access where the device has 64-bit integers: on a device whose
+    // cost is per load instruction rather than per byte it reads higher, and says so.
+    let wide_ceiling = triad.median_wide_of(&ctx, if args.quick { 2 } else { 5 }).context("streaming benchmark (32-byte accesses)")?;
+    if let Some(wide) = wide_ceiling {
+        println!(
+            "  with 32-byte accesses (vec4<u64>): {wide:.2} GB/s, {:.2}x{}",
+            wide / ceiling,
+            if wide > 1.25 * ceiling {
+                "; this adapter pays per access rather than per byte, and the kernels move at most 16 bytes per access, \
+                 so %ceil below is against the 16-byte figure"
+            } else {
+                ""
+            }
+        );
+    }
     println!("timing: medians of {} (the memory-growth times: wall clock)", bench::timing_method(&ctx));
     println!("rule: {}", crate::rule_args::describe(&plasticity));
     println!(
@@ -313,7 +328,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "G",
         "Q"
     );
-    let mut report = Report { ctx: &ctx, args, reps, warmup, ceiling, results: Vec::new(), profiles: Vec::new(), memory: None };
+    let mut report =
+        Report { ctx: &ctx, args, reps, warmup, ceiling, wide_ceiling, results: Vec::new(), profiles: Vec::new(), memory: None };
     for &n in &neurons {
         for &b in &batches {
             let case = BenchCase { neurons: n, batch: b, steps: args.steps, plasticity };
@@ -523,6 +539,8 @@ struct Report<'a> {
     reps: u32,
     warmup: u32,
     ceiling: f64,
+    /// stream_triad_wide's GB/s; None where the device has no 64-bit integers.
+    wide_ceiling: Option<f64>,
     results: Vec<CaseResult>,
     profiles: Vec<KernelProfile>,
     memory: Option<MemoryScaling>,
@@ -547,7 +565,7 @@ impl Report<'_> {
     }
 
     fn to_json(&self, complete: bool) -> serde_json::Value {
-        let Report { ctx, args, reps, warmup, ceiling, results, profiles, memory } = self;
+        let Report { ctx, args, reps, warmup, ceiling, wide_ceiling, results, profiles, memory } = self;
         let cases: Vec<serde_json::Value> = results
             .iter()
             .enumerate()
@@ -608,6 +626,8 @@ impl Report<'_> {
                 "backward_batch_slots": ctx.tuning.backward_batch_slots,
             },
             "stream_ceiling_gbps": ceiling,
+            // The same triad with 32-byte accesses (vec4<u64>); null where the device has no 64-bit integers.
+            "stream_ceiling_wide_gbps": wide_ceiling,
             "cases": cases,
             // false in the file rewritten after each measurement until the last: a run that failed or was
             // stopped leaves the figures measured before it, and its later ones null or missing.

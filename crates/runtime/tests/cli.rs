@@ -262,6 +262,10 @@ fn bench_profile_times_every_kernel_of_a_training_episode() {
     assert!(out.contains("GPU time per kernel"), "{out}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
+    // The 32-byte triad: measured and printed exactly where the device has 64-bit integers.
+    let wide = &doc["stream_ceiling_wide_gbps"];
+    assert!(wide.is_null() || wide.as_f64().is_some_and(|v| v > 0.0), "{wide}");
+    assert_eq!(out.contains("with 32-byte accesses (vec4<u64>): "), !wide.is_null(), "{out}");
     let cases = doc["cases"].as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
