@@ -1254,7 +1254,7 @@ pub mod stream_triad {
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
     pub struct StreamTriadParams {
-        /// Vector elements per array: vec4<f32> (4 floats) in stream_triad, vec4<u64> (8 floats)
+        /// Vector elements per array: `vec4<f32>` (4 floats) in stream_triad, `vec4<u64>` (8 floats)
         /// in stream_triad_wide.
         pub elements: u32,
         pub row_stride: u32,
@@ -1276,7 +1276,7 @@ pub mod stream_triad {
         int64: false,
     };
 
-    /// The same triad with 32 bytes per access (eight floats as a vec4<u64>), on devices with
+    /// The same triad with 32 bytes per access (eight floats as a `vec4<u64>`), on devices with
     /// `SHADER_INT64`: where an adapter's cost is per load instruction rather than per byte (lavapipe
     /// loads each component of each lane on its own), it streams faster than 16-byte accesses.
     pub const KERNEL_WIDE: KernelDescriptor = KernelDescriptor {
