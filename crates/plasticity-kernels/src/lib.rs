@@ -1282,15 +1282,8 @@ pub mod stream_triad {
     pub const KERNEL_WIDE: KernelDescriptor = KernelDescriptor {
         name: "stream_triad_wide",
         source: include_str!("../../../shaders/stream_triad_wide.wgsl"),
-        bindings: &[params("p"), read("a"), read("b"), read_write("c")],
-        params_struct: "StreamTriadParams",
-        params_layout: layout_of!(StreamTriadParams { elements, row_stride, scale, _pad0 }),
-        params_size: core::mem::size_of::<StreamTriadParams>(),
-        workgroup_size: [WORKGROUP_SIZE, 1, 1],
-        rule_constants: false,
-        counted_loops: true,
-        subgroups: false,
         int64: true,
+        ..KERNEL
     };
 }
 

@@ -477,35 +477,31 @@ fn loops_not_counted(source: &str) -> Option<String> {
     None
 }
 
-/// `subgroups` is set exactly where the shader needs naga's subgroup capability, so the runtime
-/// never builds such a kernel on a device without the feature, nor holds one back needlessly.
+/// `subgroups` and `int64` are set exactly where the shader needs naga's subgroup or 64-bit integer
+/// capability, so the runtime never builds such a kernel on a device without the feature, nor holds
+/// one back needlessly.
 #[test]
-fn subgroup_kernels_are_the_ones_that_need_subgroups() {
-    for kernel in ALL_KERNELS {
-        let module = parse_and_validate(kernel);
-        let without = capabilities(kernel) - naga::valid::Capabilities::SUBGROUP;
-        let plain = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), without).validate(&module);
-        assert_eq!(
-            plain.is_err(),
-            kernel.subgroups,
-            "{}: subgroups is {} but validation without them: {plain:?}",
-            kernel.name,
-            kernel.subgroups
-        );
+fn kernels_that_need_a_feature_are_the_ones_marked() {
+    type Marked = fn(&KernelDescriptor) -> bool;
+    let flags: [(&str, naga::valid::Capabilities, Marked); 2] = [
+        ("subgroups", naga::valid::Capabilities::SUBGROUP, |k| k.subgroups),
+        ("int64", naga::valid::Capabilities::SHADER_INT64, |k| k.int64),
+    ];
+    for (flag, capability, marked) in flags {
+        for kernel in ALL_KERNELS {
+            let module = parse_and_validate(kernel);
+            let without = capabilities(kernel) - capability;
+            let plain = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), without).validate(&module);
+            assert_eq!(
+                plain.is_err(),
+                marked(kernel),
+                "{}: {flag} is {} but validation without it: {plain:?}",
+                kernel.name,
+                marked(kernel)
+            );
+        }
+        assert!(ALL_KERNELS.iter().any(marked), "no kernel marked {flag} (forward_step_vec4_subgroup, stream_triad_wide)");
     }
-    assert!(ALL_KERNELS.iter().any(|k| k.subgroups), "forward_step_vec4_subgroup");
-}
-
-/// `int64` likewise: set exactly where the shader needs naga's 64-bit integer capability.
-#[test]
-fn int64_kernels_are_the_ones_that_need_int64() {
-    for kernel in ALL_KERNELS {
-        let module = parse_and_validate(kernel);
-        let without = capabilities(kernel) - naga::valid::Capabilities::SHADER_INT64;
-        let plain = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), without).validate(&module);
-        assert_eq!(plain.is_err(), kernel.int64, "{}: int64 is {} but validation without it: {plain:?}", kernel.name, kernel.int64);
-    }
-    assert!(ALL_KERNELS.iter().any(|k| k.int64), "stream_triad_wide");
 }
 
 #[test]
