@@ -243,7 +243,7 @@ fn time_median(warmup: u32, repetitions: u32, mut f: impl FnMut() -> Result<Opti
 
 /// The streaming kernel `c = a + s * b` over arrays of `elements` floats (moved as vec4, capped so
 /// that one array fits one storage binding), ready to be timed as often as wanted; where the device
-/// has 64-bit integers, also as 32-byte accesses over the same arrays ([`Self::measure_wide`]).
+/// has 64-bit integers, also as 32-byte accesses over the same arrays ([`Self::median_wide_of`]).
 pub struct StreamTriad {
     buffers: [buffers::GpuBuffer; 3],
     bytes: u64,
@@ -266,30 +266,18 @@ impl StreamTriad {
             buffers::storage(ctx, "stream b", bytes)?,
             buffers::storage(ctx, "stream c", bytes)?,
         ];
-        let params_of = |elements: u32, workgroup: u32| {
-            let (grid, row_stride) = plasticity_kernels::elementwise_grid(elements, workgroup);
+        let params_of = |elements: u32| {
+            let (grid, row_stride) = plasticity_kernels::elementwise_grid(elements, stream_triad::WORKGROUP_SIZE);
             (grid, StreamTriadParams { elements, row_stride, scale: 0.5, ..Default::default() })
         };
-        let (grid, params) = params_of(quads, stream_triad::WORKGROUP_SIZE);
-        let wide = ctx.has_int64().then(|| params_of(quads / 2, stream_triad::WORKGROUP_SIZE));
+        let (grid, params) = params_of(quads);
+        let wide = ctx.has_int64().then(|| params_of(quads / 2));
         Ok(Self { buffers, bytes, grid, params, wide, timer: GpuTimer::new(ctx) })
     }
 
     /// GB/s (1e9 bytes per second) of one pass: three arrays moved.
     pub fn measure(&self, ctx: &GpuContext) -> Result<f64> {
         self.measure_kernel(ctx, stream_triad::KERNEL.name, self.grid, &self.params)
-    }
-
-    /// GB/s of one pass of stream_triad_wide (32 bytes per access) over the same arrays, or None
-    /// where the device has no 64-bit integers. Where it reads well above [`Self::measure`], the
-    /// device's cost is per access rather than per byte (lavapipe: each component of each lane is a
-    /// load of its own), and the step kernels, which move at most 16 bytes per access, are measured
-    /// against the 16-byte figure.
-    pub fn measure_wide(&self, ctx: &GpuContext) -> Result<Option<f64>> {
-        match &self.wide {
-            Some((grid, params)) => self.measure_kernel(ctx, stream_triad::KERNEL_WIDE.name, *grid, params).map(Some),
-            None => Ok(None),
-        }
     }
 
     fn measure_kernel(&self, ctx: &GpuContext, kernel: &str, grid: [u32; 3], params: &StreamTriadParams) -> Result<f64> {
@@ -310,19 +298,24 @@ impl StreamTriad {
 
     /// The median GB/s of `passes` passes after one warm-up pass.
     pub fn median_of(&self, ctx: &GpuContext, passes: u32) -> Result<f64> {
-        self.measure(ctx)?;
-        Ok(median((0..passes.max(1)).map(|_| self.measure(ctx)).collect::<Result<Vec<_>>>()?))
+        median_of_passes(passes, || self.measure(ctx))
     }
 
-    /// [`Self::median_of`] for the 32-byte kernel; None where the device has no 64-bit integers.
+    /// [`Self::median_of`] for stream_triad_wide (32 bytes per access) over the same arrays; None
+    /// where the device has no 64-bit integers. Where it reads well above the 16-byte figure, the
+    /// device's cost is per access rather than per byte (lavapipe: each component of each lane is a
+    /// load of its own), and the step kernels, which move at most 16 bytes per access, are measured
+    /// against the 16-byte figure.
     pub fn median_wide_of(&self, ctx: &GpuContext, passes: u32) -> Result<Option<f64>> {
-        if self.wide.is_none() {
-            return Ok(None);
-        }
-        self.measure_wide(ctx)?;
-        let passes: Vec<Option<f64>> = (0..passes.max(1)).map(|_| self.measure_wide(ctx)).collect::<Result<_>>()?;
-        Ok(Some(median(passes.into_iter().flatten().collect())))
+        let Some((grid, params)) = &self.wide else { return Ok(None) };
+        median_of_passes(passes, || self.measure_kernel(ctx, stream_triad::KERNEL_WIDE.name, *grid, params)).map(Some)
     }
+}
+
+/// The median of `passes` calls of `measure` after one warm-up call.
+fn median_of_passes(passes: u32, measure: impl Fn() -> Result<f64>) -> Result<f64> {
+    measure()?;
+    Ok(median((0..passes.max(1)).map(|_| measure()).collect::<Result<Vec<_>>>()?))
 }
 
 /// Forward and training episodes of one configuration: `warmup` of each, then `repetitions` rounds of

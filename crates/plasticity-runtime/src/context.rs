@@ -209,7 +209,7 @@ impl GpuContext {
     }
 
     /// Whether the device was created with 64-bit integers in shaders (`wgpu::Features::SHADER_INT64`),
-    /// which the 32-byte streaming kernel needs ([`crate::bench::StreamTriad::measure_wide`]).
+    /// which the 32-byte streaming kernel needs ([`crate::bench::StreamTriad::median_wide_of`]).
     pub fn has_int64(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_INT64)
     }
