@@ -186,6 +186,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Whether `text` is a process id as the names of temporary files and directories carry it: decimal
+/// digits, at least one (a name that merely shares their prefix is someone else's, and stays).
+pub fn is_process_id(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|c| c.is_ascii_digit())
+}
+
 /// Removes the temporary files that writers killed inside [`write_atomically`] left in `dir`
 /// (`.NAME.tmpPID`, its naming). Only for a directory no live writer uses (a caller's lock, say):
 /// another process's file in the middle of its write would go too.
@@ -193,10 +199,23 @@ pub fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = name.starts_with('.')
-            && name.rsplit_once(".tmp").is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit()));
+        let stale = name.starts_with('.') && name.rsplit_once(".tmp").is_some_and(|(_, pid)| is_process_id(pid));
         if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_process_id;
+
+    #[test]
+    fn process_ids_are_digits_only() {
+        assert!(is_process_id("12345"));
+        assert!(is_process_id("0"));
+        for other in ["", "12a", "-1", " 12", "x", "12.3"] {
+            assert!(!is_process_id(other), "{other:?} is not a process id");
         }
     }
 }

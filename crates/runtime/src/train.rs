@@ -893,7 +893,7 @@ fn remove_stale_export_staging(out: &Path) {
     let Ok(entries) = std::fs::read_dir(out) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name.strip_prefix(EXPORT_STAGING_PREFIX).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit()));
+        let ours = name.strip_prefix(EXPORT_STAGING_PREFIX).is_some_and(plasticity_runtime::checkpoint::is_process_id);
         if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
