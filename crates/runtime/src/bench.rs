@@ -56,68 +56,8 @@ pub struct BenchArgs {
         "json", "profile", "memory_steps", "memory_size",
     ])]
     compare_rules: bool,
-    /// Chunks S of the forward step's sum over pre-synaptic neurons, at most (default: chosen from the
-    /// adapter and size; 1 on a CPU adapter): chunks of ceil(N / S) neurons, fewer than S where
-    /// that rounding or N leaves fewer, which the bench then says.
-    #[arg(long)]
-    forward_splits: Option<u32>,
-    /// Batch groups Z of the backward trace kernel, at most B (default: chosen from the adapter and
-    /// size; 1 on a CPU adapter). A size with a smaller batch says so.
-    #[arg(long)]
-    backward_groups: Option<u32>,
-    /// Invocations per forward_step workgroup (default: 64 on a GPU, 8 on a CPU adapter, where each
-    /// workgroup runs on one thread).
-    #[arg(long)]
-    forward_workgroup_size: Option<u32>,
-    /// Invocations per workgroup of the backward trace kernel (default: 64 on a GPU, 8 on a CPU
-    /// adapter, where the few blocks of a small network then still make a workgroup per thread).
-    #[arg(long)]
-    backward_workgroup_size: Option<u32>,
-    /// Batch elements per pass of the backward trace kernel, 1 to 4 (default: 4, or ceil(B / Z) when
-    /// smaller); fewer take more passes but fewer registers per invocation.
-    #[arg(long)]
-    backward_batch_slots: Option<u32>,
-    /// Run the scalar rule kernels even where N is a multiple of 4 and the vec4 ones could run (the
-    /// table's W column says which ran), to compare the two on a device.
-    #[arg(long)]
-    scalar_kernels: bool,
-    /// Whether the vec4 forward step shares x(t-1) and x(t-2) between the invocations of a subgroup
-    /// by shuffles instead of having each load them: on or off (default: on for a CPU adapter with
-    /// subgroups, off on a GPU, where it has not been measured); the table's G column says where it ran.
-    #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
-    forward_subgroups: Option<bool>,
-    /// Whether the vec4 backward trace kernel loads each column quad's values once per pass instead
-    /// of once per four rows (more registers, fewer loads): on or off (default: on for a CPU adapter
-    /// where a pass takes 2 or more batch elements, off on a GPU, where it has not been measured); the
-    /// header says which.
-    #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
-    backward_hoist_columns: Option<bool>,
-    /// Have every step of the reversed backward sweep store the recovered trace and its gradient
-    /// instead of every other step (whose next step recovers them once more): two more writes per
-    /// element every other step; to compare the two on a device.
-    #[arg(long)]
-    backward_store_every_step: bool,
-    /// Side of the square block of the trace one backward trace invocation walks: 4, 8 or 16
-    /// (default: 16 on a CPU adapter, on a GPU smaller where the batch is small); a smaller side
-    /// gives (16 / side)^2 times the invocations (for a GPU to hide its load latency with) for more
-    /// partial-sum traffic.
-    #[arg(long)]
-    backward_tile: Option<u32>,
-    /// Invocations of the backward trace kernel that interleave their columns, 1 to 64 (default: 32,
-    /// a warp, on a GPU, whose loads are then coalesced; 1 on a CPU adapter, where each invocation
-    /// then walks its own columns as one run).
-    #[arg(long)]
-    backward_column_lanes: Option<u32>,
-    /// Neighbouring quads of neurons (four each) one invocation of the vec4 forward step owns, 1 to
-    /// 4 (default: 1 on a GPU, whose loads are then coalesced; on a CPU adapter 4 where the trace
-    /// holds 1 MiB or more, each invocation then reading a 64-byte run of every trace row, else 1);
-    /// the table's Q column says what ran.
-    #[arg(long)]
-    forward_column_quads: Option<u32>,
-    /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
-    /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
-    #[arg(long)]
-    wgpu_loop_bounding: bool,
+    #[command(flatten)]
+    kernels: crate::kernel_args::KernelArgs,
     /// Also time every kernel of one training episode per size (GPU timestamps around each
     /// dispatch; needs the adapter's TIMESTAMP_QUERY_INSIDE_PASSES).
     #[arg(long)]
@@ -127,10 +67,6 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.forward_splits != Some(0) && args.backward_groups != Some(0),
-        "--forward-splits and --backward-groups must be at least 1"
-    );
     // --quick's choices where the options leave them open.
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 });
     let warmup = args.warmup.unwrap_or(if args.quick { 0 } else { 1 });
@@ -147,37 +83,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(args.steps >= 1 && reps >= 1, "--steps and --reps must be at least 1");
-    let tuning = plasticity_runtime::KernelTuning {
-        forward_splits: args.forward_splits,
-        backward_groups: args.backward_groups,
-        forward_workgroup_size: args.forward_workgroup_size,
-        backward_workgroup_size: args.backward_workgroup_size,
-        backward_batch_slots: args.backward_batch_slots,
-        scalar_kernels: args.scalar_kernels,
-        forward_subgroups: args.forward_subgroups,
-        backward_hoist_columns: args.backward_hoist_columns,
-        backward_store_every_step: args.backward_store_every_step,
-        backward_tile: args.backward_tile,
-        backward_column_lanes: args.backward_column_lanes,
-        forward_column_quads: args.forward_column_quads,
-    };
-    // The trainer's own range check, run now rather than after the ceiling is measured.
-    let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
-    if tuning.backward_slots(1, 1).is_err() {
-        anyhow::bail!("--backward-batch-slots must be 1 to {chunk} (got {})", args.backward_batch_slots.unwrap_or_default());
-    }
-    if tuning.checked_backward_tile().is_err() {
-        let sides = plasticity_runtime::kernels::TRACE_TILE_SIDES;
-        anyhow::bail!("--backward-tile must be one of {sides:?} (got {})", args.backward_tile.unwrap_or_default());
-    }
-    if tuning.checked_backward_column_lanes().is_err() {
-        let most = plasticity_runtime::kernels::backward_trace::MAX_COLUMN_LANES;
-        anyhow::bail!("--backward-column-lanes must be 1 to {most} (got {})", args.backward_column_lanes.unwrap_or_default());
-    }
-    if tuning.checked_forward_column_quads().is_err() {
-        let most = plasticity_runtime::kernels::forward_step::MAX_COLUMN_QUADS;
-        anyhow::bail!("--forward-column-quads must be 1 to {most} (got {})", args.forward_column_quads.unwrap_or_default());
-    }
+    let tuning = args.kernels.tuning()?;
     let plasticity = args.rule.plasticity()?;
     // The network's own checks of every size given (its parameters' 32-bit indices), now rather than
     // when the size's turn comes after the sizes before it; the device's limits need the adapter.
@@ -201,8 +107,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         check_json_path(path)?;
     }
-    let mut ctx = GpuContext::new()?.with_wgpu_loop_bounding(args.wgpu_loop_bounding)?;
-    ctx.tuning = tuning;
+    let ctx = args.kernels.context_with(tuning)?;
     if args.profile {
         // Refused before anything is measured rather than after the table.
         plasticity_runtime::profile::KernelProfiler::check_supported(&ctx)?;
@@ -272,21 +177,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
          by subgroup shuffles{}; Q: column quads per invocation of the vec4 forward step ({}); forward workgroups of {} invocations, backward trace workgroups of {}; \
          backward passes of {}, column values loaded {}, backward trace columns {}, the reversed trace and its gradient stored {}; \
          wgpu's loop bounding {}\n",
-        if args.forward_splits.is_some() || args.backward_groups.is_some() { "set by options" } else { "chosen for this adapter" },
-        if args.backward_tile.is_some() { "set by --backward-tile" } else { "chosen for this adapter" },
-        if args.scalar_kernels { " (--scalar-kernels)" } else { "" },
-        match args.forward_subgroups {
+        if args.kernels.forward_splits.is_some() || args.kernels.backward_groups.is_some() {
+            "set by options"
+        } else {
+            "chosen for this adapter"
+        },
+        if args.kernels.backward_tile.is_some() { "set by --backward-tile" } else { "chosen for this adapter" },
+        if args.kernels.scalar_kernels { " (--scalar-kernels)" } else { "" },
+        match args.kernels.forward_subgroups {
             Some(on) => format!(" (--forward-subgroups {})", if on { "on" } else { "off" }),
             None => String::new(),
         },
-        if args.forward_column_quads.is_some() { "set by --forward-column-quads" } else { "chosen for this adapter and size" },
+        if args.kernels.forward_column_quads.is_some() { "set by --forward-column-quads" } else { "chosen for this adapter and size" },
         ctx.tuning.forward_workgroup(&ctx.adapter),
         ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits())?,
-        match args.backward_batch_slots {
+        match args.kernels.backward_batch_slots {
             Some(k) => format!("{k} batch elements (--backward-batch-slots)"),
-            None => format!("up to {chunk} batch elements"),
+            None => format!("up to {} batch elements", plasticity_runtime::kernels::backward_trace::CHUNK),
         },
-        match args.backward_hoist_columns {
+        match args.kernels.backward_hoist_columns {
             Some(true) => "once per pass (--backward-hoist-columns on)",
             Some(false) => "once per four rows (--backward-hoist-columns off)",
             None if ctx.adapter.is_cpu() => "once per pass where a pass takes 2 or more batch elements",
@@ -294,10 +203,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         },
         {
             let lanes = ctx.tuning.backward_columns(&ctx.adapter)?;
-            let set = if args.backward_column_lanes.is_some() { format!(" (--backward-column-lanes {lanes})") } else { String::new() };
+            let set =
+                if args.kernels.backward_column_lanes.is_some() { format!(" (--backward-column-lanes {lanes})") } else { String::new() };
             if lanes == 1 { format!("contiguous in each invocation{set}") } else { format!("interleaved over {lanes} invocations{set}") }
         },
-        if args.backward_store_every_step { "every step (--backward-store-every-step)" } else { "every other step" },
+        if args.kernels.backward_store_every_step { "every step (--backward-store-every-step)" } else { "every other step" },
         if ctx.wgpu_loop_bounding() {
             "in every kernel (--wgpu-loop-bounding)"
         } else {
@@ -445,7 +355,7 @@ fn compare_rules(ctx: &GpuContext, args: &BenchArgs, n: u32, b: u32, reps: u32, 
 /// Says where a size ran fewer forward chunks or batch groups than the options asked for: they are
 /// upper bounds (`forward_step::split`: chunks of ceil(N / S) neurons; at most B groups).
 fn print_work_split_taken(args: &BenchArgs, r: &CaseResult) {
-    if let Some(asked) = args.forward_splits.filter(|&s| s != r.forward_splits) {
+    if let Some(asked) = args.kernels.forward_splits.filter(|&s| s != r.forward_splits) {
         println!(
             "  (N = {}: --forward-splits {asked} ran as S = {}, chunks of ceil(N / {asked}) = {} neuron(s))",
             r.case.neurons,
@@ -453,7 +363,7 @@ fn print_work_split_taken(args: &BenchArgs, r: &CaseResult) {
             plasticity_runtime::kernels::forward_step::split(r.case.neurons, asked).1
         );
     }
-    if let Some(asked) = args.backward_groups.filter(|&z| z != r.backward_groups) {
+    if let Some(asked) = args.kernels.backward_groups.filter(|&z| z != r.backward_groups) {
         println!(
             "  (B = {}: --backward-groups {asked} ran as Z = {}, at most one group per batch element)",
             r.case.batch, r.backward_groups
@@ -607,7 +517,7 @@ impl Report<'_> {
             },
             "timing": bench::timing_method(ctx),
             "config": {
-                "steps": args.steps, "reps": reps, "warmup": warmup, "quick": args.quick, "scalar_kernels": args.scalar_kernels,
+                "steps": args.steps, "reps": reps, "warmup": warmup, "quick": args.quick, "scalar_kernels": args.kernels.scalar_kernels,
                 "wgpu_loop_bounding": ctx.wgpu_loop_bounding(),
                 "forward_workgroup_size": ctx.tuning.forward_workgroup(&ctx.adapter),
                 "backward_workgroup_size": ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits()).ok(),

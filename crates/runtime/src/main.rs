@@ -2,6 +2,7 @@
 
 mod bench;
 mod images;
+mod kernel_args;
 mod plot;
 mod rule_args;
 mod train;

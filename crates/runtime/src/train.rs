@@ -257,6 +257,8 @@ pub struct TrainArgs {
     /// No progress bar; print a line per checkpoint instead.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    kernels: crate::kernel_args::KernelArgs,
 }
 
 impl TrainArgs {
@@ -413,6 +415,29 @@ fn validate(c: &RunConfig) -> anyhow::Result<()> {
 const EVAL_STREAMS: u64 = 1 << 40;
 
 /// Resident memory of this process, for soak runs (Linux; elsewhere "n/a").
+/// What the step kernels ran with in the trainer's last episode, in `bench`'s terms (its columns W,
+/// S, Q, G, Z, bk): the adapter's defaults, or the kernel options given; `None` before an episode.
+fn kernel_summary(trainer: &Trainer) -> Option<String> {
+    let (splits, groups) = trainer.work_split()?;
+    let width = trainer.kernel_width()?;
+    let forward = match trainer.forward_column_quads()? {
+        0 => "one neuron per invocation".to_string(),
+        quads => format!(
+            "{quads} column quad(s) per invocation{}",
+            if trainer.forward_subgroups()? { ", history shared by subgroup shuffles" } else { "" }
+        ),
+    };
+    Some(format!(
+        "kernels: {} (W {width}); forward: {splits} chunk(s) of the sum (S), {forward}; backward: {groups} batch group(s) (Z), \
+         blocks of side {} (bk), {} column lane(s), workgroups of {}{}",
+        if width == 4 { "vec4" } else { "scalar" },
+        trainer.backward_tile()?,
+        trainer.backward_column_lanes()?,
+        trainer.backward_workgroup()?,
+        if trainer.backward_hoist_columns()? { ", column values loaded once per pass" } else { "" },
+    ))
+}
+
 fn host_memory() -> String {
     let pages = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
     pages.map_or("n/a".into(), |p| format!("{:.1} MiB", (p * 4096) as f64 / (1024.0 * 1024.0)))
@@ -485,6 +510,7 @@ fn lock_run_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let tuning = args.kernels.tuning()?;
     let (config, dir, start, resumed) = match &args.resume {
         Some(dir) => {
             let text = std::fs::read_to_string(dir.join("config.json"))
@@ -542,7 +568,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     // Load the data and build the trainer before touching the run directory, so a bad image
     // directory, or a size past the device's limits, leaves nothing behind.
     let task = Task::load(&config.task)?;
-    let ctx = GpuContext::new()?;
+    let ctx = args.kernels.context_with(tuning)?;
     task.check_fits(&ctx, &config.network, config.batch, &task.shorter_episodes())?;
     let trainer_config = TrainerConfig { adam: config.adam, ..Default::default() };
     let mut trainer = match &resumed {
@@ -686,6 +712,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish();
+    if let Some(kernels) = kernel_summary(&trainer) {
+        println!("{kernels}");
+    }
     let seconds = started.elapsed().as_secs_f64();
     let run_episodes = config.episodes - start;
     println!(
@@ -717,9 +746,12 @@ pub struct EvalArgs {
     /// Image task: where to write the completion figure [default: completion.png beside the checkpoint].
     #[arg(long)]
     figure: Option<PathBuf>,
+    #[command(flatten)]
+    kernels: crate::kernel_args::KernelArgs,
 }
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let tuning = args.kernels.tuning()?;
     let path = if args.checkpoint.is_dir() { args.checkpoint.join(CHECKPOINT) } else { args.checkpoint.clone() };
     let checkpoint = Checkpoint::load(&path)?;
     warn_if_eta_unstable(&path, &checkpoint);
@@ -761,7 +793,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     validate(&config).with_context(|| format!("the run config in {}", path.display()))?;
     let task = Task::load(&config.task)?;
-    let ctx = GpuContext::new()?;
+    let ctx = args.kernels.context_with(tuning)?;
     task.check_fits(&ctx, &checkpoint.network, config.batch, "eval runs the run's own episodes; a smaller --batch fits")?;
     let network = Network::from_parameters(&ctx, &checkpoint.network, &checkpoint.parameters)?;
     let mut trainer = Trainer::new(&ctx, network, TrainerConfig::default())?;
@@ -805,6 +837,8 @@ pub struct ExportArgs {
     out: PathBuf,
     #[command(flatten)]
     rule: crate::rule_args::RuleArgs,
+    #[command(flatten)]
+    kernels: crate::kernel_args::KernelArgs,
 }
 
 /// Writes a random network of the chosen rule, a random episode and this engine's loss and
@@ -813,9 +847,10 @@ pub struct ExportArgs {
 /// one gradient per parameter tensor of params.safetensors, under the same name, and the loss.
 pub fn export_episode(args: &ExportArgs) -> anyhow::Result<()> {
     ensure!(args.neurons >= 1 && args.batch >= 1 && args.steps >= 1, "--neurons, --batch and --steps must be at least 1");
+    let tuning = args.kernels.tuning()?;
     ensure!(!args.out.exists() || args.out.is_dir(), "--out {} is a file; give a directory (it is created if missing)", args.out.display());
     let plasticity = args.rule.plasticity()?;
-    let ctx = GpuContext::new()?;
+    let ctx = args.kernels.context_with(tuning)?;
     let scale = 1.0 / (args.neurons as f32).sqrt();
     let config = NetworkConfig {
         neurons: args.neurons,

@@ -104,6 +104,49 @@ fn bad_options_get_one_sentence_and_a_nonzero_exit() {
 /// A Backpropamine-style rule end to end: it trains, its checkpoint holds the modulator's tensors,
 /// and resuming it repeats the uninterrupted run exactly.
 #[test]
+fn every_command_that_runs_the_kernels_takes_the_kernel_options() {
+    let dir = std::env::temp_dir().join(format!("plasticity-cli-kernels-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Without options, train says what the adapter's defaults ran: on lavapipe (a CPU adapter) the
+    // backward walks blocks of 16 with one column lane.
+    let o = train(&dir.join("default"), &["--episodes", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let default = stdout(&o);
+    assert!(default.contains("blocks of side 16 (bk), 1 column lane(s)"), "{default}");
+    // With them, what they asked for is what ran, and the first episode's loss, which its forward
+    // pass alone decides, is the same to the last digit (four column quads give the same bits).
+    let options = ["--backward-tile", "8", "--backward-column-lanes", "2", "--forward-column-quads", "2", "--backward-store-every-step"];
+    let o = train(&dir.join("tuned"), &[&["--episodes", "1"][..], &options].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tuned = stdout(&o);
+    assert!(tuned.contains("2 column quad(s) per invocation"), "{tuned}");
+    assert!(tuned.contains("blocks of side 8 (bk), 2 column lane(s)"), "{tuned}");
+    let first_loss = |run: &str| losses(&dir.join(run))[0].split(',').take(2).collect::<Vec<_>>().join(",");
+    assert_eq!(first_loss("tuned"), first_loss("default"));
+    // eval and export-episode take them too, and every command refuses a value out of range before
+    // it opens the device or touches a file, naming the option and its range.
+    let run = dir.join("default");
+    let r = run.to_str().unwrap();
+    let o = plasticity(&["eval", r, "--episodes", "1", "--forward-column-quads", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.join("export");
+    let x = out.to_str().unwrap();
+    let o = plasticity(&["export-episode", "--neurons", "8", "--batch", "2", "--steps", "4", "--out", x, "--backward-tile", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for args in [
+        vec!["train", "--run-dir", dir.join("refused").to_str().unwrap(), "--backward-tile", "5"],
+        vec!["eval", r, "--backward-tile", "5"],
+        vec!["export-episode", "--out", dir.join("refused").to_str().unwrap(), "--backward-tile", "5"],
+        vec!["bench", "--quick", "--backward-tile", "5"],
+    ] {
+        assert_clean_failure(&plasticity(&args), "--backward-tile must be one of [4, 8, 16] (got 5)");
+    }
+    assert!(!dir.join("refused").exists(), "a refused option leaves nothing behind");
+    assert_clean_failure(&plasticity(&["eval", r, "--forward-column-quads", "9"]), "--forward-column-quads must be 1 to 4 (got 9)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_neuromodulated_rule_trains_checkpoints_and_resumes() {
     let tmp = std::env::temp_dir().join(format!("plasticity-cli-rule-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
