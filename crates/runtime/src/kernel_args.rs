@@ -123,3 +123,82 @@ impl KernelArgs {
         Ok(ctx)
     }
 }
+
+/// The options that ask for `tuning`, as `train` and `bench` take them (what [`KernelArgs::tuning`]
+/// reads back): one per choice `tuning` sets, none for those it leaves to the adapter.
+pub fn kernel_flags(tuning: &KernelTuning) -> Vec<String> {
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    let mut flags = Vec::new();
+    let mut number = |flag: &str, value: Option<u32>| {
+        if let Some(v) = value {
+            flags.push(format!("{flag} {v}"));
+        }
+    };
+    number("--forward-splits", tuning.forward_splits);
+    number("--backward-groups", tuning.backward_groups);
+    number("--forward-workgroup-size", tuning.forward_workgroup_size);
+    number("--backward-workgroup-size", tuning.backward_workgroup_size);
+    number("--backward-batch-slots", tuning.backward_batch_slots);
+    number("--backward-tile", tuning.backward_tile);
+    number("--backward-column-lanes", tuning.backward_column_lanes);
+    number("--forward-column-quads", tuning.forward_column_quads);
+    if let Some(b) = tuning.forward_subgroups {
+        flags.push(format!("--forward-subgroups {}", on_off(b)));
+    }
+    if let Some(b) = tuning.backward_hoist_columns {
+        flags.push(format!("--backward-hoist-columns {}", on_off(b)));
+    }
+    if tuning.scalar_kernels {
+        flags.push("--scalar-kernels".to_string());
+    }
+    if tuning.backward_store_every_step {
+        flags.push("--backward-store-every-step".to_string());
+    }
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        kernels: KernelArgs,
+    }
+
+    fn parse(flags: &[String]) -> KernelTuning {
+        let words = flags.iter().flat_map(|f| f.split(' ')).map(str::to_string);
+        Command::try_parse_from(std::iter::once("plasticity".to_string()).chain(words)).unwrap().kernels.tuning().unwrap()
+    }
+
+    #[test]
+    fn kernel_flags_read_back_as_the_same_tuning() {
+        let every = KernelTuning {
+            forward_splits: Some(8),
+            backward_groups: Some(4),
+            forward_workgroup_size: Some(32),
+            backward_workgroup_size: Some(16),
+            backward_batch_slots: Some(2),
+            scalar_kernels: true,
+            forward_subgroups: Some(false),
+            backward_hoist_columns: Some(true),
+            backward_store_every_step: true,
+            backward_tile: Some(8),
+            backward_column_lanes: Some(32),
+            forward_column_quads: Some(2),
+        };
+        // Each choice alone, all of them, and none: a flag left out or misspelt reads back as the
+        // adapter's choice, or fails to parse.
+        let mut cases = vec![every, KernelTuning::default(), KernelTuning { forward_subgroups: Some(true), ..Default::default() }];
+        let flags = kernel_flags(&every);
+        assert_eq!(flags.len(), 12, "one flag per choice: {flags:?}");
+        for flag in &flags {
+            cases.push(parse(std::slice::from_ref(flag)));
+        }
+        for tuning in cases {
+            assert_eq!(parse(&kernel_flags(&tuning)), tuning, "{:?}", kernel_flags(&tuning));
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod kernel_args;
 mod plot;
 mod rule_args;
 mod train;
+mod tune;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     ExportEpisode(train::ExportArgs),
     /// Measure the adapter's bandwidth ceiling, forward and training speed, and peak memory.
     Bench(bench::BenchArgs),
+    /// Search the kernel options for the fastest training episode at one size on this device.
+    Tune(tune::TuneArgs),
     /// Show the adapter, its limits, and the largest networks that fit.
     Info,
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => train::eval(&args),
         Command::ExportEpisode(args) => train::export_episode(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Tune(args) => tune::run(&args),
         Command::Info => info(),
     };
     match result {

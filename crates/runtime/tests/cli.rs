@@ -147,6 +147,42 @@ fn every_command_that_runs_the_kernels_takes_the_kernel_options() {
 }
 
 #[test]
+fn tune_searches_the_kernel_options_and_names_train_options_that_run() {
+    let o = plasticity(&["tune", "--neurons", "16", "--batch", "2", "--steps", "4", "--reps", "1", "--margin", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("the starting options"), "{out}");
+    // Every option the search walks was tried at another value, or said why not.
+    for option in [
+        "--backward-groups",
+        "--forward-splits",
+        "--backward-tile",
+        "--forward-column-quads",
+        "--backward-batch-slots",
+        "--backward-store-every-step",
+    ] {
+        assert!(out.contains(&format!("\n  {option} ")), "{option} was not tried: {out}");
+    }
+    // Its verdict is one of three; where it names options, train takes them.
+    let recommended = out.lines().find_map(|l| l.strip_prefix("train with: plasticity "));
+    match recommended {
+        Some(command) => {
+            let dir = std::env::temp_dir().join(format!("plasticity-cli-tune-{}", std::process::id()));
+            let mut args: Vec<&str> = command.split(' ').collect();
+            let d = dir.to_str().unwrap().to_string();
+            args.extend(["--episodes", "1", "--patterns", "2", "--quiet", "--run-dir", &d]);
+            let o = plasticity(&args);
+            assert!(o.status.success(), "train refused tune's options {command}: {}", stderr(&o));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        None => assert!(out.contains("nothing to change") || out.contains("that is not 0% faster than the starting options"), "{out}"),
+    }
+    assert_clean_failure(&plasticity(&["tune", "--margin", "60"]), "--margin is a percentage from 0 to 50 (got 60)");
+    assert_clean_failure(&plasticity(&["tune", "--backward-column-lanes", "0"]), "--backward-column-lanes must be 1 to 64 (got 0)");
+    assert_clean_failure(&plasticity(&["tune", "--neurons", "8", "--batch", "0"]), "--batch, --steps and --reps must be at least 1");
+}
+
+#[test]
 fn a_neuromodulated_rule_trains_checkpoints_and_resumes() {
     let tmp = std::env::temp_dir().join(format!("plasticity-cli-rule-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
