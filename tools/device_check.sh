@@ -5,7 +5,7 @@
 # is built here and carried:
 #
 #   tools/device_check.sh --pack       # here: strips the release binaries into .dev/bins.tar.gz
-#   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,profile,compare,tests]
+#   (device) carry [".gl", ".dev"], command: tools/device_check.sh --run [bench,sweep,profile,compare,tests,tune]
 #
 # `.gl` holds the Vulkan/EGL loader packages (see the device tool's README); `.dev` is in
 # .gitignore (the device tool carries only ignored paths). Logs and JSON land in $OUT (or
@@ -36,7 +36,7 @@ for line in sys.stdin:
 fi
 
 [ "${1:-}" = "--run" ] || { sed -n '2,12p' "$0"; exit 2; }
-# Sections to run (default all): tools/device_check.sh --run bench,sweep
+# Sections to run (default all but tune): tools/device_check.sh --run bench,sweep
 sections=${2:-bench,sweep,profile,compare,tests}
 want() { [[ ",$sections," == *",$1,"* ]]; }
 out=${OUT:-device-out}
@@ -108,6 +108,11 @@ for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-hoist-columns on
 # without the gradient's recovery, GRAD_AHEAD, so this also prices that code's registers).
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-store-every-step; done
 } 2>&1 | tee "$out/sweep.txt"
+
+# Not in the default run (about 2 minutes more on an H200): `tune`'s search over every kernel option at
+# the issue's size, appended to sweep.txt (the tool brings back eight files). Run with --run ...,tune.
+want tune && section "tune: the kernel options searched at N = 1000, B = 64" &&
+timeout 300 "$bin/plasticity" tune --neurons 1000 --batch 64 2>&1 | tee -a "$out/sweep.txt"
 
 want profile && section "GPU time per kernel (bench --profile), N = 1000" &&
 { timeout 90 "$bin/plasticity" bench --neurons 1000 --batch 16,64 --reps 1 --memory-size 16,1 --memory-steps 2 --profile
