@@ -109,7 +109,7 @@ for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-hoist-columns on
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-store-every-step; done
 } 2>&1 | tee "$out/sweep.txt"
 
-# Not in the default run (about 2 minutes more on an H200): `tune`'s search over every kernel option at
+# Not in the default run (an estimated 2 minutes more on an H200, from its episode times; never run there): `tune`'s search over every kernel option at
 # the issue's size, appended to sweep.txt (the tool brings back eight files). Run with --run ...,tune.
 want tune && section "tune: the kernel options searched at N = 1000, B = 64" &&
 timeout 300 "$bin/plasticity" tune --neurons 1000 --batch 64 2>&1 | tee -a "$out/sweep.txt"
