@@ -414,7 +414,6 @@ fn validate(c: &RunConfig) -> anyhow::Result<()> {
 /// Evaluation episodes draw from streams training never uses.
 const EVAL_STREAMS: u64 = 1 << 40;
 
-/// Resident memory of this process, for soak runs (Linux; elsewhere "n/a").
 /// What the step kernels ran with in the trainer's last episode, in `bench`'s terms (its columns W,
 /// S, Q, G, Z, bk): the adapter's defaults, or the kernel options given; `None` before an episode.
 fn kernel_summary(trainer: &Trainer) -> Option<String> {
@@ -438,6 +437,7 @@ fn kernel_summary(trainer: &Trainer) -> Option<String> {
     ))
 }
 
+/// Resident memory of this process, for soak runs (Linux; elsewhere "n/a").
 fn host_memory() -> String {
     let pages = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
     pages.map_or("n/a".into(), |p| format!("{:.1} MiB", (p * 4096) as f64 / (1024.0 * 1024.0)))
