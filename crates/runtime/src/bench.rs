@@ -283,7 +283,7 @@ fn check_network(given: &str, neurons: u32, plasticity: Plasticity) -> anyhow::R
 
 /// Checked before anything is measured: the file is rewritten after every measurement, and a path it
 /// cannot be written to must not cost them.
-fn check_json_path(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_json_path(path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     anyhow::ensure!(!path.is_dir(), "--json {} is a directory; give a file name", path.display());
     if !dir.is_dir() {

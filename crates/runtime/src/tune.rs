@@ -10,6 +10,7 @@
 //! within minutes) does not decide the result. None of the options changes results beyond f32
 //! rounding.
 
+use anyhow::Context;
 use clap::Args;
 use plasticity_runtime::bench::{BenchCase, CaseResult, bench_case};
 use plasticity_runtime::{GpuContext, KernelTuning};
@@ -35,12 +36,37 @@ pub struct TuneArgs {
     /// spread far more between runs): smaller differences are taken for spread.
     #[arg(long)]
     margin: Option<f64>,
+    /// Also write every measurement, with the adapter and the size, to this JSON file; it is
+    /// rewritten after each one, so a run stopped early keeps what it measured ("complete" says
+    /// whether it finished).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
     #[command(flatten)]
     rule: crate::rule_args::RuleArgs,
     /// The search starts from these (the adapter's defaults where none is given) and, where one is
     /// given, tries its other values too.
     #[command(flatten)]
     kernels: KernelArgs,
+}
+
+/// What `--json` writes: the search so far, rewritten after every measurement.
+struct Report {
+    path: Option<std::path::PathBuf>,
+    head: serde_json::Value,
+    tried: Vec<serde_json::Value>,
+    verdict: serde_json::Value,
+}
+
+impl Report {
+    fn write(&self, complete: bool) -> anyhow::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let mut json = self.head.clone();
+        json["tried"] = serde_json::Value::from(self.tried.clone());
+        json["verdict"] = self.verdict.clone();
+        json["complete"] = serde_json::Value::from(complete);
+        plasticity_runtime::checkpoint::write_atomically(path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 /// One training measurement: the median training episode, in milliseconds, and what ran.
@@ -143,6 +169,9 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     }
     let start = args.kernels.tuning()?;
     let plasticity = args.rule.plasticity()?;
+    if let Some(path) = &args.json {
+        crate::bench::check_json_path(path)?;
+    }
     let mut ctx = args.kernels.context_with(start)?;
     let neurons = args.neurons.unwrap_or(if ctx.adapter.is_cpu() { 256 } else { 1000 });
     let case = BenchCase { neurons, batch: args.batch, steps: args.steps, plasticity };
@@ -165,6 +194,23 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     // What the starting options run with (the adapter's choices where they leave them open).
     let (start_ms, mut ran) = measure(&mut ctx, case, start, args.reps)?;
     let mut best = start;
+    let mut report = Report {
+        path: args.json.clone(),
+        head: serde_json::json!({
+            "adapter": {
+                "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
+                "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
+            },
+            "timing": plasticity_runtime::bench::timing_method(&ctx),
+            "case": { "neurons": neurons, "batch": args.batch, "steps": args.steps, "rule": plasticity },
+            "reps": args.reps,
+            "margin_percent": margin,
+            "start": { "options": kernel_flags(&start), "train_ms": start_ms },
+        }),
+        tried: Vec::new(),
+        verdict: serde_json::Value::Null,
+    };
+    report.write(false)?;
     println!("  {:<48} {:>10}  {:>5}", "options (beyond the best so far)", "ms", "speed");
     println!("  {:<48} {start_ms:>10.1}", "the starting options");
     for option in OPTIONS {
@@ -174,9 +220,17 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
             // Side by side with the best, which is measured again just before: this machine's speed
             // may have drifted since its last measurement.
             let (incumbent, _) = measure(&mut ctx, case, best, args.reps)?;
+            let mut entry = serde_json::json!({ "options": label, "best_ms_before": incumbent });
             match measure(&mut ctx, case, candidate, args.reps) {
-                Err(e) => println!("  {label:<48} {:>10}  not run: {e:#}", "-"),
-                Ok((ms, _)) if ms >= incumbent * keep => println!("  {label:<48} {ms:>10.1}  {:>5.2}x", incumbent / ms),
+                Err(e) => {
+                    println!("  {label:<48} {:>10}  not run: {e:#}", "-");
+                    entry["error"] = format!("{e:#}").into();
+                }
+                Ok((ms, _)) if ms >= incumbent * keep => {
+                    println!("  {label:<48} {ms:>10.1}  {:>5.2}x", incumbent / ms);
+                    entry["train_ms"] = ms.into();
+                    entry["kept"] = false.into();
+                }
                 Ok((ms, _)) => {
                     // Confirmed in the other order before it is kept.
                     let (confirm, result) = measure(&mut ctx, case, candidate, args.reps)?;
@@ -187,16 +241,23 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
                         incumbent / ms,
                         if kept { "kept" } else { "not kept" }
                     );
+                    entry["train_ms"] = ms.into();
+                    entry["confirm_ms"] = confirm.into();
+                    entry["best_ms_again"] = again.into();
+                    entry["kept"] = kept.into();
                     if kept {
                         (best, ran) = (candidate, result);
                     }
                 }
             }
+            report.tried.push(entry);
+            report.write(false)?;
         }
     }
     if best == start {
         println!("the starting options train fastest here: nothing to change");
-        return Ok(());
+        report.verdict = serde_json::json!({ "recommended": false, "best_options": kernel_flags(&best) });
+        return report.write(true);
     }
     // The final comparison, alternating so that drift falls on both; the faster of each side's
     // three measurements, as interference on a shared machine only ever slows one down.
@@ -212,22 +273,28 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         difference(&best, &start),
         s / b
     );
+    report.verdict = serde_json::json!({
+        "recommended": false, "best_options": kernel_flags(&best), "start_ms": starts, "best_ms": bests,
+    });
     if b > s * keep {
         println!(
             "that is not {margin}% faster than the starting options: keep them (the gains the search saw were within this \
              machine's spread; more --reps or a larger --margin)"
         );
-        return Ok(());
+        return report.write(true);
     }
     let mut flags = kernel_flags(&best);
     if ctx.wgpu_loop_bounding() {
         flags.push("--wgpu-loop-bounding".to_string());
     }
-    println!("train with: plasticity train --neurons {neurons} --batch {} {}", args.batch, flags.join(" "));
+    let command = format!("plasticity train --neurons {neurons} --batch {} {}", args.batch, flags.join(" "));
+    println!("train with: {command}");
     if plasticity != plasticity_runtime::Plasticity::default() {
         println!("(and the rule options given here: the search timed that rule)");
     }
-    Ok(())
+    report.verdict["recommended"] = true.into();
+    report.verdict["train_command"] = command.into();
+    report.write(true)
 }
 
 #[cfg(test)]

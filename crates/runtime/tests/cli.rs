@@ -148,9 +148,20 @@ fn every_command_that_runs_the_kernels_takes_the_kernel_options() {
 
 #[test]
 fn tune_searches_the_kernel_options_and_names_train_options_that_run() {
-    let o = plasticity(&["tune", "--neurons", "16", "--batch", "2", "--steps", "4", "--reps", "1", "--margin", "0"]);
+    let json = std::env::temp_dir().join(format!("plasticity-cli-tune-{}.json", std::process::id()));
+    let j = json.to_str().unwrap();
+    let o = plasticity(&["tune", "--neurons", "16", "--batch", "2", "--steps", "4", "--reps", "1", "--margin", "0", "--json", j]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
+    // The JSON holds every value the output lists, and the same verdict.
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(report["complete"], true);
+    assert_eq!(report["case"]["neurons"], 16);
+    let tried = report["tried"].as_array().unwrap();
+    assert_eq!(tried.len(), out.lines().filter(|l| l.starts_with("  --")).count(), "{out}");
+    assert!(tried.iter().all(|t| t["train_ms"].as_f64().is_some_and(|ms| ms > 0.0) || t["error"].is_string()), "{report}");
+    assert_eq!(report["verdict"]["recommended"].as_bool(), Some(out.contains("train with: ")), "{report}");
     assert!(out.contains("the starting options"), "{out}");
     // Every option the search walks was tried at another value, or said why not.
     for option in [
@@ -178,6 +189,7 @@ fn tune_searches_the_kernel_options_and_names_train_options_that_run() {
         None => assert!(out.contains("nothing to change") || out.contains("that is not 0% faster than the starting options"), "{out}"),
     }
     assert_clean_failure(&plasticity(&["tune", "--margin", "60"]), "--margin is a percentage from 0 to 50 (got 60)");
+    assert_clean_failure(&plasticity(&["tune", "--json", "/nonexistent-dir/t.json"]), "does not exist; create it first");
     assert_clean_failure(&plasticity(&["tune", "--backward-column-lanes", "0"]), "--backward-column-lanes must be 1 to 64 (got 0)");
     assert_clean_failure(&plasticity(&["tune", "--neurons", "8", "--batch", "0"]), "--batch, --steps and --reps must be at least 1");
 }
