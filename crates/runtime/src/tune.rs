@@ -192,7 +192,9 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         args.batch, args.steps, args.reps, margin
     );
     // What the starting options run with (the adapter's choices where they leave them open).
+    let started = std::time::Instant::now();
     let (start_ms, mut ran) = measure(&mut ctx, case, start, args.reps)?;
+    let per_measurement = started.elapsed().as_secs_f64();
     let mut best = start;
     let mut report = Report {
         path: args.json.clone(),
@@ -211,6 +213,13 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         verdict: serde_json::Value::Null,
     };
     report.write(false)?;
+    // Two measurements per value (the best again, then the value), more where one is confirmed.
+    let values: usize = OPTIONS.iter().map(|o| values_of(o, &ctx, case, &best, &ran).map_or(0, |v| v.len())).sum();
+    let seconds = (2 * values + 6) as f64 * per_measurement;
+    println!(
+        "{values} values to try, two measurements each (four where one is confirmed) of about {per_measurement:.1} s: about {}",
+        if seconds < 120.0 { format!("{seconds:.0} s") } else { format!("{:.0} minutes", seconds / 60.0) }
+    );
     println!("  {:<48} {:>10}  {:>5}", "options (beyond the best so far)", "ms", "speed");
     println!("  {:<48} {start_ms:>10.1}", "the starting options");
     for option in OPTIONS {
