@@ -283,6 +283,14 @@ fn check_network(given: &str, neurons: u32, plasticity: Plasticity) -> anyhow::R
 
 /// Checked before anything is measured: the file is rewritten after every measurement, and a path it
 /// cannot be written to must not cost them.
+/// The adapter as the JSON files of `bench` and `tune` name it.
+pub(crate) fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
+    serde_json::json!({
+        "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
+        "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
+    })
+}
+
 pub(crate) fn check_json_path(path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     anyhow::ensure!(!path.is_dir(), "--json {} is a directory; give a file name", path.display());
@@ -511,10 +519,7 @@ impl Report<'_> {
             })
             .collect();
         serde_json::json!({
-            "adapter": {
-                "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
-                "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
-            },
+            "adapter": adapter_json(ctx),
             "timing": bench::timing_method(ctx),
             "config": {
                 "steps": args.steps, "reps": reps, "warmup": warmup, "quick": args.quick, "scalar_kernels": args.kernels.scalar_kernels,

@@ -199,10 +199,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     let mut report = Report {
         path: args.json.clone(),
         head: serde_json::json!({
-            "adapter": {
-                "name": ctx.adapter.name, "backend": format!("{:?}", ctx.adapter.backend),
-                "device_type": format!("{:?}", ctx.adapter.device_type), "driver": ctx.adapter.driver,
-            },
+            "adapter": crate::bench::adapter_json(&ctx),
             "timing": plasticity_runtime::bench::timing_method(&ctx),
             "case": { "neurons": neurons, "batch": args.batch, "steps": args.steps, "rule": plasticity },
             "reps": args.reps,
