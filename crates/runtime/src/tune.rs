@@ -76,8 +76,10 @@ fn measure(ctx: &mut GpuContext, case: BenchCase, tuning: KernelTuning, reps: u3
     Ok((result.train_ms_per_episode, result))
 }
 
-/// The options the search walks, the largest effects (the work split) first.
-const OPTIONS: [&str; 11] = [
+/// The options the search walks: the kernels' width first (the vec4 kernels' options follow only
+/// where they run), then the work split, then the finer choices.
+const OPTIONS: [&str; 12] = [
+    "--scalar-kernels",
     "--backward-groups",
     "--forward-splits",
     "--backward-tile",
@@ -100,6 +102,8 @@ fn values_of(option: &str, ctx: &GpuContext, case: BenchCase, best: &KernelTunin
     let workgroups = [8, 16, 32, 64, 128, 256].into_iter().filter(|&w| w <= most_invocations);
     let vec4 = ran.kernel_width == 4;
     Ok(match option {
+        // Only where N allows the vec4 kernels (else the scalar ones run either way).
+        "--scalar-kernels" if vec4 || b.scalar_kernels => vec![KernelTuning { scalar_kernels: !b.scalar_kernels, ..b }],
         "--backward-groups" => [1, 2, 4, 8, 16, 32, 64]
             .into_iter()
             .filter(|&z| z <= case.batch && z != ran.backward_groups)

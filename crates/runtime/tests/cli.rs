@@ -165,6 +165,7 @@ fn tune_searches_the_kernel_options_and_names_train_options_that_run() {
     assert!(out.contains("the starting options"), "{out}");
     // Every option the search walks was tried at another value, or said why not.
     for option in [
+        "--scalar-kernels",
         "--backward-groups",
         "--forward-splits",
         "--backward-tile",
