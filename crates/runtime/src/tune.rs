@@ -6,7 +6,7 @@
 //! coordinate descent, one pass: each option in turn takes each of its other values with the rest
 //! at the best found so far. Every value is timed right after the best is timed again, and one
 //! that trains at least `--margin` faster is timed once more in the other order before it is kept,
-//! so that a machine whose speed drifts (lavapipe here read 500 to 1400 ms for one configuration
+//! so that a machine whose speed drifts (lavapipe here read 500 to 2000 ms for one configuration
 //! within minutes) does not decide the result. None of the options changes results beyond f32
 //! rounding.
 
@@ -32,8 +32,8 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 3)]
     reps: u32,
     /// Keep a value only if it trains at least this many percent faster than the best so far, twice
-    /// (default: 3 on a GPU, whose timestamps repeat closely; 10 on a CPU adapter, whose times here
-    /// spread far more between runs): smaller differences are taken for spread.
+    /// (default: 3 on a GPU; 10 on a CPU adapter, whose times spread far more between runs on a
+    /// shared machine): smaller differences are taken for spread.
     #[arg(long)]
     margin: Option<f64>,
     /// Also write every measurement, with the adapter and the size, to this JSON file; it is
