@@ -107,6 +107,9 @@ for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-hoist-columns on
 # floats per element and step instead of 4 in the backward trace kernel; the every-step kernel is built
 # without the gradient's recovery, GRAD_AHEAD, so this also prices that code's registers).
 for nb in "1000 64" "1000 1"; do sweep $nb auto auto --backward-store-every-step; done
+# The trace stored in stripes of 128 columns (a CPU adapter's default: on lavapipe at N = 1000, B = 16
+# the forward step took 0.64x the time) or 512, against its rows whole (the GPU default).
+for t in 128 512; do for nb in "1000 64" "1000 16"; do sweep $nb auto auto --trace-stripe $t; done; done
 } 2>&1 | tee "$out/sweep.txt"
 
 # Not in the default run (an estimated 2 minutes more on an H200, from its episode times; never run there): `tune`'s search over every kernel option at

@@ -20,8 +20,8 @@ use plasticity_kernels::stream_triad::{self, StreamTriadParams};
 use plasticity_kernels::trace_update::{self, TraceUpdateParams};
 use plasticity_kernels::weight_gradient::{self, WeightGradientParams};
 use plasticity_kernels::{
-    AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, TRACE_LANES, TRACE_TILE, TRACE_TILE_SIDES, cpu, metrics,
-    trace_tiles,
+    AlphaShape, EtaShape, Modulation, PartialsLayout, Plasticity, Rule, TRACE_LANES, TRACE_TILE, TRACE_TILE_SIDES, TraceLayout, cpu,
+    metrics, trace_tiles,
 };
 use plasticity_runtime::ParamLayout;
 use plasticity_tests::*;
@@ -137,9 +137,10 @@ impl ForwardStepInputs {
     /// view of the parameters.
     fn run_on_gpu(&self, spec: &Plasticity, partial_sums: &[f32], kernel: &str, layout: ForwardLayout) -> Vec<Vec<f32>> {
         let vec4 = kernel != forward_step::KERNEL.name;
+        let stored_trace = layout.trace.store(self.p.n, &self.trace);
         let mut buffers = vec![
             bytes(&self.params),
-            bytes(&self.trace),
+            bytes(&stored_trace),
             bytes(&self.activations),
             bytemuck::cast_slice(&self.clamp),
             bytes(&self.modulation),
@@ -148,27 +149,37 @@ impl ForwardStepInputs {
         if vec4 {
             buffers.push(bytes(&self.params));
         }
-        let ForwardLayout { workgroup_size, column_quads } = layout;
+        let ForwardLayout { workgroup_size, column_quads, trace } = layout;
         let grid = forward_step::workgroups(self.p.n, self.p.batch, self.p.splits, vec4, workgroup_size, column_quads);
-        let constants = forward_step::constants(vec4, self.p.batch, workgroup_size, column_quads);
+        let mut constants = forward_step::constants(vec4, self.p.batch, workgroup_size, column_quads);
+        constants.push(trace.constant());
         let mut out = run_rule_kernel(kernel, spec, &constants, &self.p, &buffers, grid);
         out.truncate(6);
+        // Back in row-major order, as the twin keeps it.
+        out[1] = trace.load(self.p.n, &out[1]);
         out
     }
 }
 
 /// How a forward step divides its columns: invocations per workgroup, and column quads per
-/// invocation of the vec4 kernels (the scalar kernel ignores them).
+/// invocation of the vec4 kernels (the scalar kernel ignores them); and the order the trace is
+/// stored in.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct ForwardLayout {
     workgroup_size: u32,
     column_quads: u32,
+    trace: TraceLayout,
 }
 
-/// A GPU's forward layout (workgroups of 64, one quad per invocation) and a CPU adapter's for a
-/// trace of 1 MiB or more (one SIMD group of 8, four quads per invocation).
-const GPU_FORWARD: ForwardLayout = ForwardLayout { workgroup_size: 64, column_quads: 1 };
-const CPU_FORWARD: ForwardLayout = ForwardLayout { workgroup_size: 8, column_quads: forward_step::MAX_COLUMN_QUADS };
+/// A GPU's forward layout (workgroups of 64, one quad per invocation, the trace's rows whole) and a
+/// CPU adapter's for a trace of 1 MiB or more (one SIMD group of 8, four quads per invocation, the
+/// trace in stripes of 128 columns, which only N = 257 and 260 here have more than one of).
+const GPU_FORWARD: ForwardLayout = ForwardLayout { workgroup_size: 64, column_quads: 1, trace: TraceLayout::ROWS };
+const CPU_FORWARD: ForwardLayout = ForwardLayout {
+    workgroup_size: 8,
+    column_quads: forward_step::MAX_COLUMN_QUADS,
+    trace: TraceLayout::striped(plasticity_runtime::tuning::CPU_TRACE_STRIPE),
+};
 
 fn forward_step_inputs(spec: &Plasticity, n: u32, batch: u32, step: u32, steps: usize, seed: u64) -> ForwardStepInputs {
     let (nn, row) = ((n * n) as usize, (batch * n) as usize);
@@ -216,11 +227,11 @@ fn forward_step_matches_cpu_twin() {
             &[
                 GPU_FORWARD,
                 CPU_FORWARD,
-                ForwardLayout { workgroup_size: 8, column_quads: 1 },
-                ForwardLayout { workgroup_size: 64, column_quads: 3 },
+                ForwardLayout { workgroup_size: 8, column_quads: 1, trace: TraceLayout::striped(12) },
+                ForwardLayout { workgroup_size: 64, column_quads: 3, trace: TraceLayout::striped(8) },
             ]
         } else {
-            &[GPU_FORWARD, CPU_FORWARD]
+            &[GPU_FORWARD, CPU_FORWARD, ForwardLayout { trace: TraceLayout::striped(8), ..CPU_FORWARD }]
         };
         for &n in sizes {
             for batch in BATCHES {
@@ -390,13 +401,15 @@ fn modulation_forward_matches_cpu_twin() {
 }
 
 /// trace_update at every size, trace_update_vec4 too at 4, 64 and 68 (4, 1024 and 1156 quads at B = 1:
-/// less than one, exactly four and four and a half workgroups of 256).
+/// less than one, exactly four and four and a half workgroups of 256); the trace's rows whole and in
+/// stripes of 8 columns (one stripe at N = 4, a last one of 1 at N = 17 and 65).
 #[test]
 fn trace_update_matches_cpu_twin() {
     let mut vec4_cases = 0;
     for (name, spec) in rule_specs() {
         for n in [1u32, 4, 17, 64, 65, 68] {
-            for (batch, vec4) in [1u32, 3].into_iter().flat_map(|b| [(b, false), (b, true)]) {
+            let cases = [1u32, 3].into_iter().flat_map(|b| [(b, false), (b, true)]);
+            for ((batch, vec4), trace_layout) in cases.flat_map(|c| [(c, TraceLayout::ROWS), (c, TraceLayout::striped(8))]) {
                 if vec4 && !runs_vec4_kernels(n, &spec) {
                     continue;
                 }
@@ -428,21 +441,22 @@ fn trace_update_matches_cpu_twin() {
                 let out = run_rule_kernel(
                     trace_update::kernel_name(vec4),
                     &spec,
-                    &[],
+                    &[trace_layout.constant()],
                     &p,
-                    &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&traces)],
+                    &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace_layout.store(n, &traces))],
                     grid,
                 );
+                let out_traces = trace_layout.load(n, &out[3]);
                 let mut t_ref = traces.clone();
                 cpu::trace_update(&spec, &p, &params, &activations, &modulation, &mut t_ref);
-                let ctx = format!("{} {name} N={n} B={batch}", trace_update::kernel_name(vec4));
+                let ctx = format!("{} {name} N={n} B={batch} {trace_layout:?}", trace_update::kernel_name(vec4));
                 // The same f32 operations on both sides, up to FMA contraction.
-                assert_close(&ctx, &out[3], &to_f64(&t_ref), 1e-6, 1e-6);
-                assert_eq!(out[3][..2 * slot], traces[..2 * slot], "{ctx}: other slots untouched");
+                assert_close(&ctx, &out_traces, &to_f64(&t_ref), 1e-6, 1e-6);
+                assert_eq!(out_traces[..2 * slot], traces[..2 * slot], "{ctx}: other slots untouched");
             }
         }
     }
-    assert_eq!(vec4_cases, 6 * 3 * 2, "trace_update_vec4 ran at every size that is a multiple of 4");
+    assert_eq!(vec4_cases, 6 * 3 * 2 * 2, "trace_update_vec4 ran at every size that is a multiple of 4, in both layouts");
 }
 
 #[test]
@@ -496,8 +510,9 @@ fn backward_activation_matches_cpu_twin() {
 
 /// One backward_trace step (the vec4 kernel with `vec4`, its column values hoisted with `hoist`) at
 /// `batch_slots` batch elements per pass over blocks of side `tile`, in workgroups of `workgroup`
-/// invocations, `column_lanes` of which interleave their columns, against the twin; a reversed step finds the trace where `reversal` says (the slot's
-/// values are random either way).
+/// invocations, `column_lanes` of which interleave their columns, the trace and its gradient stored
+/// in `trace_layout`'s order, against the twin; a reversed step finds the trace where `reversal` says
+/// (the slot's values are random either way).
 #[allow(clippy::too_many_arguments)]
 fn check_backward_trace(
     name: &str,
@@ -510,7 +525,7 @@ fn check_backward_trace(
     batch_slots: u32,
     hoist: bool,
     tile: u32,
-    (workgroup, column_lanes): (u32, u32),
+    (workgroup, column_lanes, trace_layout): (u32, u32, TraceLayout),
     reversal: ReversalStep,
 ) {
     let spec = *spec;
@@ -560,14 +575,28 @@ fn check_backward_trace(
         // The ring of three: ga(t + 1) sits in another slot than ga(t).
         next_preact_offset: pl.ga_of_step(n, batch, step + 1),
     };
-    let out = run_rule_kernel(
+    let mut constants = backward_trace::constants(vec4, workgroup, reverse, batch_slots, tile, true, column_lanes, hoist);
+    constants.push(trace_layout.constant());
+    let (stored_trace, stored_grad) = (trace_layout.store(n, &trace), trace_layout.store(n, &trace_grad));
+    let mut out = run_rule_kernel(
         backward_trace::kernel_name(vec4),
         &spec,
-        &backward_trace::constants(vec4, workgroup, reverse, batch_slots, tile, true, column_lanes, hoist),
+        &constants,
         &p,
-        &[bytes(&params), bytes(&activations), bytes(&modulation), bytes(&trace), bytes(&trace_grad), bytes(&grads), bytes(&partials)],
+        &[
+            bytes(&params),
+            bytes(&activations),
+            bytes(&modulation),
+            bytes(&stored_trace),
+            bytes(&stored_grad),
+            bytes(&grads),
+            bytes(&partials),
+        ],
         backward_trace::workgroups(n, groups, tile, workgroup),
     );
+    // Back in row-major order, as the twin keeps them.
+    out[3] = trace_layout.load(n, &out[3]);
+    out[4] = trace_layout.load(n, &out[4]);
     let (mut t_ref, mut g_ref, mut gr_ref, mut p_ref) = (trace.clone(), trace_grad.clone(), grads.clone(), partials.clone());
     cpu::backward_trace(
         &spec,
@@ -585,7 +614,7 @@ fn check_backward_trace(
         &mut p_ref,
     );
     let ctx = format!(
-        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{} tile {tile} workgroup {workgroup} column lanes {column_lanes} {reversal:?}",
+        "{} {name} N={n} B={batch} Z={groups} t={step} batch slots {batch_slots}{} tile {tile} workgroup {workgroup} column lanes {column_lanes} {trace_layout:?} {reversal:?}",
         backward_trace::kernel_name(vec4),
         if hoist { " hoisted columns" } else { "" }
     );
@@ -615,13 +644,14 @@ fn check_backward_trace(
     }
 }
 
-/// The backward trace kernels' workgroup size and column lanes in the tests that vary the rest, as a
-/// CPU adapter runs them (8 invocations, contiguous columns; the vec4 kernel's column values hoisted
-/// too) or as a GPU does (64, columns interleaved over a warp), so that no new pipeline variant is
-/// compiled for each (`backward_trace_blocks_map_to_invocations_at_any_workgroup_size` crosses the
-/// sizes with both kernels).
-fn layout_for(cpu: bool) -> (u32, u32) {
-    if cpu { (8, 1) } else { (64, TRACE_LANES) }
+/// The backward trace kernels' workgroup size, column lanes and trace order in the tests that vary
+/// the rest, as a CPU adapter runs them (8 invocations, contiguous columns, the trace in stripes,
+/// here of 8 columns so that the small sizes have several; the vec4 kernel's column values hoisted
+/// too) or as a GPU does (64, columns interleaved over a warp, rows whole), so that no new pipeline
+/// variant is compiled for each (`backward_trace_blocks_map_to_invocations_at_any_workgroup_size`
+/// crosses the sizes with both kernels).
+fn layout_for(cpu: bool) -> (u32, u32, TraceLayout) {
+    if cpu { (8, 1, TraceLayout::striped(8)) } else { (64, TRACE_LANES, TraceLayout::ROWS) }
 }
 
 /// backward_trace at every size, and backward_trace_vec4 too where N is a multiple of 4, with its
@@ -736,8 +766,14 @@ fn backward_trace_blocks_map_to_invocations_at_any_workgroup_size() {
                     backward_trace::batch_slots(9, 2),
                     vec4,
                     TRACE_TILE,
-                    // Contiguous columns in the CPU adapter's workgroups of 8.
-                    (workgroup, if workgroup == 8 { 1 } else { TRACE_LANES }),
+                    // Contiguous columns and stripes of 8 in the CPU adapter's workgroups of 8;
+                    // interleaved columns over stripes of 12 (whose edges split a lane group) in
+                    // workgroups of 1, with the rows whole in workgroups of 64.
+                    match workgroup {
+                        8 => layout_for(true),
+                        1 => (1, TRACE_LANES, TraceLayout::striped(12)),
+                        _ => layout_for(false),
+                    },
                     reversal,
                 );
             }

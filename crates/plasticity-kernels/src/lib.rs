@@ -13,14 +13,17 @@
 //! - flat parameters `[w (N, N), alpha, eta, modulator]`, `w[i * N + j]` connects pre-synaptic `i`
 //!   to post-synaptic `j`; alpha, eta and the modulator have the lengths [`Plasticity`] gives them
 //!   (the paper's rule: alpha (N, N), eta (1), no modulator); the gradient buffer mirrors it.
-//! - trace and trace gradient `(B, N, N)` (then the eligibility trace and its gradient, retroactive); the history `(T + 1, B, N)` with `x(0) = 0` in row 0,
+//! - trace and trace gradient `(B, N, N)` (then the eligibility trace and its gradient, retroactive), each N x N
+//!   block stored in the order [`TraceLayout`] gives (rows whole, or columns in stripes); the history `(T + 1, B, N)` with `x(0) = 0` in row 0,
 //!   holding the input `u(t)` in row `t` until step `t` overwrites it with `x(t)`; targets `(L, B, N)`.
 
 pub mod cpu;
 pub mod plasticity;
 pub mod reference;
+pub mod trace_layout;
 
 pub use plasticity::{AlphaShape, EtaShape, Modulation, Plasticity, Rule};
+pub use trace_layout::TraceLayout;
 
 #[cfg(test)]
 mod tests {

@@ -299,7 +299,9 @@ fn rule_kernels_validate_for_every_rule() {
             // it is out at two batch slots here, so both values meet every other constant).
             let tiles: Vec<Option<f64>> =
                 if takes("TILE") { plasticity_kernels::TRACE_TILE_SIDES.iter().map(|&t| Some(t as f64)).collect() } else { vec![None] };
-            for &s in slots {
+            // The rows whole and in stripes of 128 columns (a CPU adapter's layout).
+            let stripes: &[Option<f64>] = if takes("TRACE_STRIPE") { &[Some(0.0), Some(128.0)] } else { &[None] };
+            for (&s, &stripe) in slots.iter().flat_map(|s| stripes.iter().map(move |t| (s, t))) {
                 for &h in hoists {
                     for &tile in &tiles {
                         let grad_ahead = takes("GRAD_AHEAD").then_some(if s == Some(2.0) { 0.0 } else { 1.0 });
@@ -314,6 +316,7 @@ fn rule_kernels_validate_for_every_rule() {
                             ("GRAD_AHEAD", grad_ahead),
                             ("COLUMN_LANES", lanes),
                             ("COLUMN_QUADS", quads),
+                            ("TRACE_STRIPE", stripe),
                         ];
                         for (name, value) in named {
                             if let Some(v) = value {
@@ -321,7 +324,10 @@ fn rule_kernels_validate_for_every_rule() {
                             }
                         }
                         naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants).unwrap_or_else(|e| {
-                            panic!("{} with {spec:?}, BATCH_SLOTS {s:?}, HOIST_COLUMNS {h:?}, TILE {tile:?}: {e:?}", kernel.name)
+                            panic!(
+                                "{} with {spec:?}, BATCH_SLOTS {s:?}, HOIST_COLUMNS {h:?}, TILE {tile:?}, TRACE_STRIPE {stripe:?}: {e:?}",
+                                kernel.name
+                            )
                         });
                     }
                 }

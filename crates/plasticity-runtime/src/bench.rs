@@ -99,6 +99,9 @@ pub struct CaseResult {
     /// Column quads per invocation of the vec4 forward step (`KernelTuning::forward_column_quads`);
     /// 0 where the scalar kernel ran.
     pub forward_column_quads: u32,
+    /// Columns per stripe of the stored trace (`KernelTuning::trace_stripe`); 0 where its rows were
+    /// whole (a stripe of N or more columns is that too).
+    pub trace_stripe: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -403,6 +406,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         backward_tile: trainer.backward_tile().expect("the timed episodes ran"),
         backward_column_lanes: trainer.backward_column_lanes().expect("the timed episodes ran"),
         forward_column_quads: trainer.forward_column_quads().expect("the timed episodes ran"),
+        trace_stripe: trainer.trace_stripe().expect("the timed episodes ran"),
     })
 }
 

@@ -1,6 +1,5 @@
 //! Episodes: their data, the GPU-resident state of a batch of episodes, and the forward pass.
 
-use plasticity_kernels::Plasticity;
 use plasticity_kernels::backward_activation::LOSS_NONE;
 use plasticity_kernels::forward_finish::{self, ForwardFinishParams};
 use plasticity_kernels::forward_step::{self, ForwardStepParams};
@@ -10,6 +9,7 @@ use plasticity_kernels::input_projection::{self, InputProjectionParams};
 use plasticity_kernels::loss_mse::LossMseParams;
 use plasticity_kernels::metrics;
 use plasticity_kernels::modulation_forward::{self, ModulationForwardParams};
+use plasticity_kernels::{Plasticity, TraceLayout};
 
 use crate::buffers::{self, GpuBuffer};
 use crate::context::GpuContext;
@@ -415,6 +415,9 @@ pub(crate) struct ForwardState {
     pub forward_workgroup: u32,
     /// Column quads per invocation of a vec4 forward step ([`KernelTuning::forward_column_quads`]).
     pub forward_column_quads: u32,
+    /// Where the trace keeps its elements ([`KernelTuning::trace_stripe`]); every rule kernel of the
+    /// episode, forward and backward, is built with it.
+    pub trace_layout: TraceLayout,
     /// The context's work division when this state was built (it fixes S).
     pub tuning: KernelTuning,
     /// Whether the rule kernels run as vec4 (the shape and the tuning's choice).
@@ -509,6 +512,7 @@ impl ForwardState {
         let vec4 = ctx.tuning.vec4_kernels(shape.allows_vec4_kernels());
         let forward_subgroups = vec4 && ctx.forward_subgroup_kernel()?;
         let forward_column_quads = ctx.tuning.forward_columns(&ctx.adapter, neurons, shape.batch)?;
+        let trace_layout = ctx.tuning.trace_layout(&ctx.adapter)?;
         let step_params: Vec<ForwardStepParams> = (1..=shape.steps)
             .map(|step| ForwardStepParams {
                 n: neurons,
@@ -577,6 +581,7 @@ impl ForwardState {
             forward_splits: splits,
             forward_workgroup,
             forward_column_quads,
+            trace_layout,
             tuning: ctx.tuning,
             vec4,
             forward_subgroups,
@@ -661,7 +666,8 @@ impl ForwardState {
         let spec = self.shape.plasticity();
         let vec4 = self.vec4;
         let step_kernel = forward_step::kernel_name(vec4, self.forward_subgroups);
-        let constants = forward_step::constants(vec4, self.shape.batch, self.forward_workgroup, self.forward_column_quads);
+        let mut constants = forward_step::constants(vec4, self.shape.batch, self.forward_workgroup, self.forward_column_quads);
+        constants.push(self.trace_layout.constant());
         let pipeline = ctx.kernels.specialised(&ctx.device, step_kernel, spec, &constants);
         let step_buffers: [&wgpu::Buffer; 7] =
             [&net.params, &self.trace, &self.activations, &self.clamp, &self.modulation, &self.partial_sums, &net.params];
@@ -832,11 +838,12 @@ impl EpisodeRunner {
         buffers::read_f32(ctx, &s.activations, 0, (s.activations.bytes / 4) as usize, "activations")
     }
 
-    /// The trace after the last step, H(T) (B, N, N) (then E(T) with a retroactive rule), for tests
-    /// and inspection.
+    /// The trace after the last step, H(T) (B, N, N) row-major (then E(T) with a retroactive rule),
+    /// for tests and inspection, whatever order the GPU keeps it in.
     pub fn read_trace(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         let s = self.state.as_ref().ok_or_else(|| invalid("request", "no episode has run yet"))?;
-        buffers::read_f32(ctx, &s.trace, 0, (s.trace.bytes / 4) as usize, "trace")
+        let stored = buffers::read_f32(ctx, &s.trace, 0, (s.trace.bytes / 4) as usize, "trace")?;
+        Ok(s.trace_layout.load(s.shape.neurons, &stored))
     }
 
     pub fn allocated_bytes(&self) -> u64 {

@@ -656,6 +656,14 @@ impl Trainer {
         Some(if forward.vec4 { forward.forward_column_quads } else { 0 })
     }
 
+    /// Columns per stripe of the last episode's stored trace (see
+    /// [`crate::KernelTuning::trace_stripe`]), 0 where its rows were whole (a stripe of N or more
+    /// columns is that too); `None` before the first episode.
+    pub fn trace_stripe(&self) -> Option<u32> {
+        let forward = self.forward.as_ref()?;
+        Some(if forward.trace_layout.is_row_major(forward.shape.neurons) { 0 } else { forward.trace_layout.stripe })
+    }
+
     /// Whether the last episode's backward_trace_vec4 hoisted its column values (see
     /// [`crate::KernelTuning::backward_hoist_columns`]; false for the scalar kernel); `None` before
     /// the first episode.
@@ -845,7 +853,7 @@ fn record_backward(
     let trace_kernel = backward_trace::kernel_name(bwd.vec4);
     // The gradient's recovery is compiled in only where the schedule uses it.
     let grad_ahead = reverse && !bwd.tuning.backward_store_every_step;
-    let trace_constants = backward_trace::constants(
+    let mut trace_constants = backward_trace::constants(
         bwd.vec4,
         bwd.workgroup,
         reverse,
@@ -855,6 +863,8 @@ fn record_backward(
         bwd.column_lanes,
         bwd.hoist_columns,
     );
+    // The order the forward pass stored the trace in.
+    trace_constants.push(fwd.trace_layout.constant());
     let trace_pipeline = ctx.kernels.specialised(&ctx.device, trace_kernel, spec, &trace_constants);
     let trace_group = bind_group(
         ctx,
@@ -930,7 +940,7 @@ fn record_backward(
             let slot_bytes = shape.trace_slot_len() * 4;
             let vec4 = bwd.vec4;
             let update_kernel = trace_update::kernel_name(vec4);
-            let update_pipeline = ctx.kernels.specialised(&ctx.device, update_kernel, spec, &[]);
+            let update_pipeline = ctx.kernels.specialised(&ctx.device, update_kernel, spec, &[fwd.trace_layout.constant()]);
             let update_group =
                 bind_group(ctx, update_kernel, &bwd.update_params_slots, &[&net.params, &fwd.activations, &fwd.modulation, traces]);
             let update_grid = trace_update::grid(shape.neurons, shape.batch, vec4).0;

@@ -11,7 +11,7 @@
 //! blocks.
 
 use crate::context::AdapterSummary;
-use plasticity_kernels::{TRACE_LANES, TRACE_TILE, TRACE_TILE_SIDES, backward_trace, div_ceil, forward_step, trace_tiles};
+use plasticity_kernels::{TRACE_LANES, TRACE_TILE, TRACE_TILE_SIDES, TraceLayout, backward_trace, div_ceil, forward_step, trace_tiles};
 
 /// Invocations a split forward step aims for on a GPU: about one full H200 (132 SMs x 2048). On an
 /// H200 at N = 1000, B = 64 a forward step takes 2.03, 0.65, 0.47, 0.35, 0.37 and 0.38 ms at S = 1, 4,
@@ -49,6 +49,14 @@ pub const CPU_FORWARD_COLUMN_QUADS: u32 = forward_step::MAX_COLUMN_QUADS;
 /// The crossover on that machine lay between 512 KiB (1.03x) and 576 KiB (0.96x), its cores' L2;
 /// 1 MiB leaves a margin for CPUs with larger caches, whose sizes wgpu does not report.
 pub const CPU_FORWARD_COLUMN_QUADS_MIN_TRACE_BYTES: u64 = 1 << 20;
+/// Columns per stripe of the stored trace on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
+/// each owning a 64-byte run of a row ([`CPU_FORWARD_COLUMN_QUADS`] quads in the forward step, a block
+/// of 16 columns in backward_trace), covers a stripe, so that walking the rows reads one contiguous
+/// stream, which the CPU's prefetchers follow, instead of 512 bytes every 4 N. On lavapipe (an AMD
+/// Zen 4 machine) at N = 1000, B = 16 a forward step took 17.5-18.0 against 29.2-30.4 ms with the rows
+/// whole and a training episode 7.0 against 8.5-8.6 s; at N = 256, where the trace fits in the caches,
+/// the same within the spread; at N <= 128 the layout is the same (one stripe) (README).
+pub const CPU_TRACE_STRIPE: u32 = 128;
 /// Invocations per backward_trace workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
 /// so that the few blocks of a small network still make a workgroup per thread (N = 64, side 16:
 /// 16 blocks, two workgroups for two threads, against one of 64 before), each with every lane busy.
@@ -136,6 +144,12 @@ pub struct KernelTuning {
     /// measured on a GPU (`tools/device_check.sh` sweeps it). The same results, bit for
     /// bit (each quad's sum runs in the same order). The scalar kernel ignores it.
     pub forward_column_quads: Option<u32>,
+    /// Columns per stripe of the stored trace (`plasticity_kernels::TraceLayout`; 0: rows whole), a
+    /// multiple of 4. `None`: [`CPU_TRACE_STRIPE`] on a CPU adapter, rows whole on a GPU (the order
+    /// the H200 measurements used; the GPU's choice is reasoned, not measured: a warp's 32 lanes read
+    /// 512 contiguous bytes either way, and `tools/device_check.sh` sweeps it). The same results, bit
+    /// for bit (only where each element is stored changes).
+    pub trace_stripe: Option<u32>,
 }
 
 impl KernelTuning {
@@ -167,6 +181,27 @@ impl KernelTuning {
                 format!(
                     "forward_column_quads = {quads}; an invocation of the forward step owns 1 to {} neighbouring quads of neurons",
                     forward_step::MAX_COLUMN_QUADS
+                ),
+            )),
+            set => Ok(set),
+        }
+    }
+
+    /// The stored order of the trace (see [`KernelTuning::trace_stripe`]), or an error naming the
+    /// values it takes.
+    pub fn trace_layout(&self, adapter: &AdapterSummary) -> crate::Result<TraceLayout> {
+        Ok(TraceLayout::striped(self.checked_trace_stripe()?.unwrap_or(if adapter.is_cpu() { CPU_TRACE_STRIPE } else { 0 })))
+    }
+
+    /// `trace_stripe` where it is set to 0 or a multiple of 4 (`None` where unset), or an error
+    /// naming the values it takes.
+    pub fn checked_trace_stripe(&self) -> crate::Result<Option<u32>> {
+        match self.trace_stripe {
+            Some(stripe) if stripe % 4 != 0 => Err(crate::error::invalid(
+                "kernel tuning",
+                format!(
+                    "trace_stripe = {stripe}; the trace's columns are stored in stripes of a multiple of 4 (the vec4 kernels read four \
+                     columns at once), or 0 for rows whole"
                 ),
             )),
             set => Ok(set),

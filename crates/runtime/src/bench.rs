@@ -174,7 +174,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "work split: S chunks of the forward step's sum over i, Z batch groups of the backward trace kernel ({}), \
          bk the side of the square blocks of the trace it walks ({}); \
          W: 4 where the vec4 rule kernels ran, 1 for the scalar ones{}; G: s where the forward step shared the history \
-         by subgroup shuffles{}; Q: column quads per invocation of the vec4 forward step ({}); forward workgroups of {} invocations, backward trace workgroups of {}; \
+         by subgroup shuffles{}; Q: column quads per invocation of the vec4 forward step ({}); ts: columns per stripe of the stored trace \
+         ({}; -: rows whole); forward workgroups of {} invocations, backward trace workgroups of {}; \
          backward passes of {}, column values loaded {}, backward trace columns {}, the reversed trace and its gradient stored {}; \
          wgpu's loop bounding {}\n",
         if args.kernels.forward_splits.is_some() || args.kernels.backward_groups.is_some() {
@@ -189,6 +190,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             None => String::new(),
         },
         if args.kernels.forward_column_quads.is_some() { "set by --forward-column-quads" } else { "chosen for this adapter and size" },
+        if args.kernels.trace_stripe.is_some() { "set by --trace-stripe" } else { "chosen for this adapter" },
         ctx.tuning.forward_workgroup(&ctx.adapter),
         ctx.tuning.backward_workgroup(&ctx.adapter, &ctx.limits())?,
         match args.kernels.backward_batch_slots {
@@ -216,7 +218,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     println!(
-        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1} {:>1}",
+        "{:>6} {:>5} {:>5} | {:>11} {:>12} {:>7} {:>9} | {:>9} {:>9} {:>6} {:>9} {:>6} | {:>10} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1} {:>1} {:>4}",
         "N",
         "B",
         "T",
@@ -236,7 +238,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "bk",
         "W",
         "G",
-        "Q"
+        "Q",
+        "ts"
     );
     let mut report =
         Report { ctx: &ctx, args, reps, warmup, ceiling, wide_ceiling, results: Vec::new(), profiles: Vec::new(), memory: None };
@@ -385,7 +388,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_case(r: &CaseResult) {
     println!(
-        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1} {:>1}",
+        "{:>6} {:>5} {:>5} | {:>11.3} {:>12.1} {:>7.2} {:>9.2} | {:>9.2} {:>9.2} {:>5.0}% {:>9.2} {:>5.0}% | {:>10.2} {:>4} {:>4} {:>3} {:>2} {:>2} {:>1} {:>1} {:>4}",
         r.case.neurons,
         r.case.batch,
         r.case.steps,
@@ -406,7 +409,9 @@ fn print_case(r: &CaseResult) {
         r.kernel_width,
         if r.forward_subgroups { "s" } else { "-" },
         // 0: the scalar kernel, one neuron per invocation.
-        if r.forward_column_quads == 0 { "-".to_string() } else { r.forward_column_quads.to_string() }
+        if r.forward_column_quads == 0 { "-".to_string() } else { r.forward_column_quads.to_string() },
+        // 0: the trace's rows whole.
+        if r.trace_stripe == 0 { "-".to_string() } else { r.trace_stripe.to_string() }
     );
 }
 
@@ -514,6 +519,8 @@ impl Report<'_> {
                     "backward_tile": r.backward_tile,
                     "backward_column_lanes": r.backward_column_lanes,
                     "forward_column_quads": r.forward_column_quads,
+                    // 0: the trace's rows whole.
+                    "trace_stripe": r.trace_stripe,
                     "profile": profile,
                 })
             })
@@ -537,6 +544,8 @@ impl Report<'_> {
                 // null: the default (on a CPU adapter 4 where the trace holds 1 MiB or more, else 1; 1 on
                 // a GPU); each case says.
                 "forward_column_quads": ctx.tuning.forward_column_quads,
+                // null: the default (128 on a CPU adapter, rows whole on a GPU); each case says.
+                "trace_stripe": ctx.tuning.trace_stripe,
                 // null: the default, min(4, ceil(B / Z)) per case.
                 "backward_batch_slots": ctx.tuning.backward_batch_slots,
             },

@@ -67,6 +67,12 @@ pub struct KernelArgs {
     /// the table's Q column says what ran.
     #[arg(long)]
     pub(crate) forward_column_quads: Option<u32>,
+    /// Columns per stripe of the stored trace, a multiple of 4, or 0 for its rows whole (default: 128
+    /// on a CPU adapter, where walking a stripe's rows reads one contiguous stream that the CPU's
+    /// prefetchers follow; rows whole on a GPU, where it has not been measured). The same results, bit
+    /// for bit; the table's ts column says what ran.
+    #[arg(long)]
+    pub(crate) trace_stripe: Option<u32>,
     /// Compile the kernels with wgpu's loop bounding (a 64-bit counter in every loop), which the
     /// runtime leaves out of the kernels whose loops are all counted; to compare the two on a device.
     #[arg(long)]
@@ -94,6 +100,7 @@ impl KernelArgs {
             backward_tile: self.backward_tile,
             backward_column_lanes: self.backward_column_lanes,
             forward_column_quads: self.forward_column_quads,
+            trace_stripe: self.trace_stripe,
         };
         // The runtime's own range checks, run before the adapter is opened.
         let chunk = plasticity_runtime::kernels::backward_trace::CHUNK;
@@ -111,6 +118,12 @@ impl KernelArgs {
         if tuning.checked_forward_column_quads().is_err() {
             let most = plasticity_runtime::kernels::forward_step::MAX_COLUMN_QUADS;
             anyhow::bail!("--forward-column-quads must be 1 to {most} (got {})", self.forward_column_quads.unwrap_or_default());
+        }
+        if tuning.checked_trace_stripe().is_err() {
+            anyhow::bail!(
+                "--trace-stripe must be 0 (rows whole) or a multiple of 4 (got {}): the vec4 kernels read four columns at once",
+                self.trace_stripe.unwrap_or_default()
+            );
         }
         Ok(tuning)
     }
@@ -142,6 +155,7 @@ pub fn kernel_flags(tuning: &KernelTuning) -> Vec<String> {
     number("--backward-tile", tuning.backward_tile);
     number("--backward-column-lanes", tuning.backward_column_lanes);
     number("--forward-column-quads", tuning.forward_column_quads);
+    number("--trace-stripe", tuning.trace_stripe);
     if let Some(b) = tuning.forward_subgroups {
         flags.push(format!("--forward-subgroups {}", on_off(b)));
     }
@@ -188,12 +202,13 @@ mod tests {
             backward_tile: Some(8),
             backward_column_lanes: Some(32),
             forward_column_quads: Some(2),
+            trace_stripe: Some(64),
         };
         // Each choice alone, all of them, and none: a flag left out or misspelt reads back as the
         // adapter's choice, or fails to parse.
         let mut cases = vec![every, KernelTuning::default(), KernelTuning { forward_subgroups: Some(true), ..Default::default() }];
         let flags = kernel_flags(&every);
-        assert_eq!(flags.len(), 12, "one flag per choice: {flags:?}");
+        assert_eq!(flags.len(), 13, "one flag per choice: {flags:?}");
         for flag in &flags {
             cases.push(parse(std::slice::from_ref(flag)));
         }

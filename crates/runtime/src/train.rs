@@ -426,8 +426,12 @@ fn kernel_summary(trainer: &Trainer) -> Option<String> {
             if trainer.forward_subgroups()? { ", history shared by subgroup shuffles" } else { "" }
         ),
     };
+    let trace = match trainer.trace_stripe()? {
+        0 => "rows whole".to_string(),
+        stripe => format!("columns in stripes of {stripe} (ts)"),
+    };
     Some(format!(
-        "kernels: {} (W {width}); forward: {splits} chunk(s) of the sum (S), {forward}; backward: {groups} batch group(s) (Z), \
+        "kernels: {} (W {width}); trace: {trace}; forward: {splits} chunk(s) of the sum (S), {forward}; backward: {groups} batch group(s) (Z), \
          blocks of side {} (bk), {} column lane(s), workgroups of {}{}",
         if width == 4 { "vec4" } else { "scalar" },
         trainer.backward_tile()?,

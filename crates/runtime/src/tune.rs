@@ -78,13 +78,14 @@ fn measure(ctx: &mut GpuContext, case: BenchCase, tuning: KernelTuning, reps: u3
 
 /// The options the search walks: the kernels' width first (the vec4 kernels' options follow only
 /// where they run), then the work split, then the finer choices.
-const OPTIONS: [&str; 12] = [
+const OPTIONS: [&str; 13] = [
     "--scalar-kernels",
     "--backward-groups",
     "--forward-splits",
     "--backward-tile",
     "--backward-column-lanes",
     "--forward-column-quads",
+    "--trace-stripe",
     "--forward-subgroups",
     "--backward-hoist-columns",
     "--backward-batch-slots",
@@ -131,6 +132,12 @@ fn values_of(option: &str, ctx: &GpuContext, case: BenchCase, best: &KernelTunin
             .into_iter()
             .filter(|&q| q != ran.forward_column_quads)
             .map(|q| KernelTuning { forward_column_quads: Some(q), ..b })
+            .collect(),
+        // Rows whole (0) and the stripes narrower than N; a stripe of N or more is rows whole too.
+        "--trace-stripe" => [0, 8, 32, 128, 512]
+            .into_iter()
+            .filter(|&s| s < case.neurons && s != ran.trace_stripe)
+            .map(|s| KernelTuning { trace_stripe: Some(s), ..b })
             .collect(),
         "--forward-subgroups" if vec4 && ctx.has_subgroups() => vec![KernelTuning { forward_subgroups: Some(!ran.forward_subgroups), ..b }],
         "--backward-hoist-columns" if vec4 => vec![KernelTuning { backward_hoist_columns: Some(!ran.backward_hoist_columns), ..b }],

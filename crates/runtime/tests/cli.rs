@@ -170,6 +170,7 @@ fn tune_searches_the_kernel_options_and_names_train_options_that_run() {
         "--forward-splits",
         "--backward-tile",
         "--forward-column-quads",
+        "--trace-stripe",
         "--backward-batch-slots",
         "--backward-store-every-step",
     ] {
@@ -192,6 +193,7 @@ fn tune_searches_the_kernel_options_and_names_train_options_that_run() {
     assert_clean_failure(&plasticity(&["tune", "--margin", "60"]), "--margin is a percentage from 0 to 50 (got 60)");
     assert_clean_failure(&plasticity(&["tune", "--json", "/nonexistent-dir/t.json"]), "does not exist; create it first");
     assert_clean_failure(&plasticity(&["tune", "--backward-column-lanes", "0"]), "--backward-column-lanes must be 1 to 64 (got 0)");
+    assert_clean_failure(&plasticity(&["tune", "--trace-stripe", "6"]), "--trace-stripe must be 0 (rows whole) or a multiple of 4 (got 6)");
     assert_clean_failure(&plasticity(&["tune", "--neurons", "8", "--batch", "0"]), "--batch, --steps and --reps must be at least 1");
 }
 
