@@ -232,7 +232,8 @@ fn bench_quick_runs_and_names_the_adapter() {
     // G: the forward step's subgroup shuffles, by default on a CPU adapter with subgroups (lavapipe's
     // Vulkan; llvmpipe's GL has none, as `info` says). bk: blocks of 16 on a CPU adapter; on a GPU
     // two groups at N = 64 are short of invocations: 4. Q: one column quad per forward invocation,
-    // a GPU's default and a CPU adapter's for a trace as small as N = 64, B = 4's.
+    // a GPU's default and a CPU adapter's for a trace as small as N = 64, B = 4's. ts: the trace's rows
+    // whole (a stripe of 128 columns holds N = 64's whole rows).
     let cpu = out.contains(", Cpu,");
     let subgroups = !stdout(&plasticity(&["info"])).contains("subgroups: none");
     let (shuffles, bk) = match (cpu, subgroups) {
@@ -241,8 +242,8 @@ fn bench_quick_runs_and_names_the_adapter() {
         (false, _) => ("-", 4),
     };
     assert!(
-        row.trim_end().ends_with(&format!("3   2 {bk:>2}  4 {shuffles} 1")),
-        "S = 3, Z = 2, bk = {bk}, the vec4 kernels (W = 4), G = {shuffles} and Q = 1 in the row: {row}"
+        row.trim_end().ends_with(&format!("3   2 {bk:>2}  4 {shuffles} 1    -")),
+        "S = 3, Z = 2, bk = {bk}, the vec4 kernels (W = 4), G = {shuffles}, Q = 1 and ts = - in the row: {row}"
     );
     // --scalar-kernels: W = 1 at the same N (a multiple of 4).
     let o = plasticity(&["bench", "--quick", "--scalar-kernels"]);
@@ -250,18 +251,30 @@ fn bench_quick_runs_and_names_the_adapter() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("(--scalar-kernels)"), "{out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {out}"));
-    assert!(row.trim_end().ends_with(" 1 - -"), "W = 1, no subgroup shuffles and no column quads (a vec4 kernel's) in the row: {row}");
+    assert!(row.trim_end().ends_with(" 1 - -    -"), "W = 1, no subgroup shuffles and no column quads (a vec4 kernel's) in the row: {row}");
     assert_clean_failure(&plasticity(&["bench", "--quick", "--backward-groups", "0"]), "must be at least 1");
     // The forward workgroup: the adapter's choice in the header, a size past the device refused.
     assert!(out.contains("forward workgroups of 8 invocations") || !out.contains("(Vulkan, Cpu,"), "a CPU adapter's 8: {out}");
-    let o = plasticity(&["bench", "--quick", "--no-memory", "--forward-workgroup-size", "16"]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("forward workgroups of 16 invocations"), "{}", stderr(&o));
+    // With the trace in stripes of 32 columns too (two at N = 64), shown in the ts column.
+    let o = plasticity(&["bench", "--quick", "--no-memory", "--forward-workgroup-size", "16", "--trace-stripe", "32"]);
+    let striped = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && striped.contains("forward workgroups of 16 invocations"), "{}", stderr(&o));
+    let striped_row =
+        striped.lines().find(|l| l.trim_start().starts_with("64     4")).unwrap_or_else(|| panic!("no N = 64, B = 4 row: {striped}"));
+    assert!(
+        striped_row.trim_end().ends_with(" 1   32") && striped.contains("(set by --trace-stripe;"),
+        "ts = 32 in the row: {striped_row}"
+    );
+    assert_clean_failure(
+        &plasticity(&["bench", "--quick", "--trace-stripe", "30"]),
+        "--trace-stripe must be 0 (rows whole) or a multiple of 4 (got 30)",
+    );
     assert_clean_failure(&plasticity(&["bench", "--quick", "--forward-workgroup-size", "100000"]), "forward_workgroup_size = 100000");
     // Backward passes: the default in the header, a count set by hand, one outside 1..=4 refused.
     assert!(out.contains("backward passes of up to 4 batch elements,"), "{out}");
     // The backward's blocks: chosen for the adapter (16 on a CPU adapter, in the bk column).
     assert!(out.contains("bk the side of the square blocks of the trace it walks (chosen for this adapter)"), "{out}");
-    assert!(row.trim_end().ends_with("16  1 - -") || !out.contains("(Vulkan, Cpu,"), "bk = 16 on a CPU adapter: {row}");
+    assert!(row.trim_end().ends_with("16  1 - -    -") || !out.contains("(Vulkan, Cpu,"), "bk = 16 on a CPU adapter: {row}");
     // The backward's column values: once per pass by default on a CPU adapter.
     assert!(out.contains("column values loaded once per pass where a pass takes 2 or more") || !out.contains("(Vulkan, Cpu,"), "{out}");
     let o = plasticity(&["bench", "--quick", "--no-memory", "--backward-batch-slots", "2"]);
