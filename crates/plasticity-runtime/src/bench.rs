@@ -328,6 +328,23 @@ fn median_of_passes(passes: u32, measure: impl Fn() -> Result<f64>) -> Result<f6
 /// machine whose speed drifts, a ceiling taken at another time can be off by 2x (lavapipe here read
 /// 2.8 to 6.8 GB/s between runs, sometimes within one).
 pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u32, ceiling: Option<&StreamTriad>) -> Result<CaseResult> {
+    run_case(ctx, case, warmup, repetitions, ceiling, true)
+}
+
+/// [`bench_case`] with training episodes only, for a search that compares training times (`tune`):
+/// the forward figures (`forward_ms_per_step`, `train_over_forward`, the GB/s and shares) are NaN.
+pub fn bench_training_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u32) -> Result<CaseResult> {
+    run_case(ctx, case, warmup, repetitions, None, false)
+}
+
+fn run_case(
+    ctx: &GpuContext,
+    case: BenchCase,
+    warmup: u32,
+    repetitions: u32,
+    ceiling: Option<&StreamTriad>,
+    time_forward: bool,
+) -> Result<CaseResult> {
     let data = checked_random_episode(ctx, case, 1)?;
     let network = Network::new(ctx, &case.network_config())?;
     let timer = GpuTimer::new(ctx);
@@ -355,7 +372,9 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         }
     };
     for _ in 0..warmup {
-        forward_once(&mut runner, &trainer.network)?;
+        if time_forward {
+            forward_once(&mut runner, &trainer.network)?;
+        }
         train_once(&mut trainer)?;
     }
     let (mut ceilings, mut forwards, mut trains) = (Vec::new(), Vec::new(), Vec::new());
@@ -363,7 +382,7 @@ pub fn bench_case(ctx: &GpuContext, case: BenchCase, warmup: u32, repetitions: u
         if let Some(triad) = ceiling {
             ceilings.push(triad.measure(ctx)?);
         }
-        forwards.push(forward_once(&mut runner, &trainer.network)?);
+        forwards.push(if time_forward { forward_once(&mut runner, &trainer.network)? } else { f64::NAN });
         trains.push(train_once(&mut trainer)?);
     }
     drop(runner);

@@ -12,7 +12,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use plasticity_runtime::bench::{BenchCase, CaseResult, bench_case};
+use plasticity_runtime::bench::{BenchCase, CaseResult, bench_training_case};
 use plasticity_runtime::{GpuContext, KernelTuning};
 
 use crate::kernel_args::{KernelArgs, kernel_flags};
@@ -72,7 +72,7 @@ impl Report {
 /// One training measurement: the median training episode, in milliseconds, and what ran.
 fn measure(ctx: &mut GpuContext, case: BenchCase, tuning: KernelTuning, reps: u32) -> anyhow::Result<(f64, CaseResult)> {
     ctx.tuning = tuning;
-    let result = bench_case(ctx, case, 1, reps, None)?;
+    let result = bench_training_case(ctx, case, 1, reps)?;
     Ok((result.train_ms_per_episode, result))
 }
 
