@@ -93,13 +93,16 @@ fn every_rule_forward_matches_reference() {
 #[test]
 fn every_rule_gradients_match_reference() {
     for (name, spec) in specs() {
-        // 20: a multiple of 4, run by the vec4 kernels.
+        // 20: a multiple of 4, run by the vec4 kernels. At 21 and 20 the trace is stored in stripes of
+        // 8 columns (the last 5 and 4 wide), through the forward, the recomputation of the rules that
+        // cannot be reversed (trace_update) and the backward; at 13 its rows are whole.
         for (n, batch, steps) in [(13, 3, 9), (21, 2, 17), (20, 2, 17)] {
+            let ctx = &gpu_with(KernelTuning { trace_stripe: Some(if n == 13 { 0 } else { 8 }), ..Default::default() });
             let p = problem(3 * n as u64 + steps as u64, spec, n, batch, steps);
             let (net64, ep64) = to_reference(&p);
             let reference = reference::backward(&net64, &ep64, &reference::forward(&net64, &ep64)).to_flat();
-            let what = format!("{name} N={n} B={batch} T={steps}");
-            let (grads, segment) = gpu_gradients(&p, TrainerConfig::default());
+            let what = format!("{name} N={n} B={batch} T={steps} {:?}", ctx.tuning.trace_stripe);
+            let (grads, segment) = gpu_gradients_on(ctx, &p, TrainerConfig::default());
             if !spec.reversible() {
                 assert_eq!(segment, (steps as f64).sqrt().ceil() as u32, "{what}: recompute segment");
             }
@@ -120,7 +123,7 @@ fn every_rule_gradients_match_reference() {
             // One segment for the whole episode (no recomputation past the first) and a
             // checkpoint after every step must give the same gradients.
             for k in [1, steps] {
-                let (other, _) = gpu_gradients(&p, TrainerConfig { checkpoint_every: Some(k), ..Default::default() });
+                let (other, _) = gpu_gradients_on(ctx, &p, TrainerConfig { checkpoint_every: Some(k), ..Default::default() });
                 assert_gradients_match(&format!("{what} K={k}"), &other, &reference);
             }
         }
@@ -153,8 +156,9 @@ fn split_and_grouped_kernels_match_reference() {
             },
             KernelTuning { forward_splits: Some(n), backward_groups: Some(3), forward_workgroup_size: Some(64), ..Default::default() },
             // Passes of two and of one batch element: five passes for Z = 1, three for a group of five.
-            KernelTuning { backward_batch_slots: Some(2), ..Default::default() },
-            KernelTuning { backward_groups: Some(2), backward_batch_slots: Some(1), ..Default::default() },
+            // ... with the trace in stripes of 8 and of 12 columns (N = 21: 8, 8, 5; N = 20: 12, 8).
+            KernelTuning { backward_batch_slots: Some(2), trace_stripe: Some(8), ..Default::default() },
+            KernelTuning { backward_groups: Some(2), backward_batch_slots: Some(1), trace_stripe: Some(12), ..Default::default() },
             // Blocks of 4 x 4 (6 tiles per axis at N = 21; columns interleaved over 3 lanes) and 8 x 8;
             // with them, three and four column quads per forward invocation (N = 20: 5 quads, the
             // second invocation's last one or three past the end).
@@ -176,6 +180,12 @@ fn split_and_grouped_kernels_match_reference() {
             let mut runner = EpisodeRunner::new();
             runner.run(ctx, &net, &p.data).unwrap();
             assert_close(&format!("{what} activations"), &runner.read_activations(ctx).unwrap(), &fwd.activations, 2e-4, 1e-4);
+            // Read back row-major whatever order the GPU stored it in.
+            let mut trace = fwd.traces[steps as usize - 1].clone();
+            if spec.retroactive {
+                trace.extend(&fwd.eligibility[steps as usize - 1]);
+            }
+            assert_close(&format!("{what} traces after step T"), &runner.read_trace(ctx).unwrap(), &trace, 2e-4, 1e-4);
             let mut reference = reference::backward(&net64, &ep64, &fwd).to_flat();
             if spec.modulated() && !spec.retroactive {
                 let l = p.host.layout;
