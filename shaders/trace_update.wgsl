@@ -103,8 +103,9 @@ fn alpha_eff(i: u32, j: u32, n: u32, alpha_offset: u32) -> f32 {
 // stripes of S (the last one N mod S wide where S does not divide N), each stripe's N rows stored one
 // after another, so element (i, j) of the stripe starting at column c = j - j mod S lies at
 // c N + i min(S, N - c) + (j - c). An invocation walking the rows of one column run then reads one
-// contiguous stream instead of a run every N floats (on lavapipe the CPU's prefetchers follow it,
-// and at N = 1000, B = 16 the forward step took about 0.6x the time). A multiple of 4 for the vec4 kernels.
+// contiguous stream instead of a run every N floats (on lavapipe at N = 1000, B = 16 the forward step
+// then took about 0.6x the time, most likely through the CPU's prefetchers). A multiple of 4 for the
+// vec4 kernels.
 override TRACE_STRIPE: u32 = 0u;
 
 // Column j's place in the layout: element (i, j) at x + i y of its batch element's trace.
