@@ -52,10 +52,11 @@ pub const CPU_FORWARD_COLUMN_QUADS_MIN_TRACE_BYTES: u64 = 1 << 20;
 /// Columns per stripe of the stored trace on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
 /// each owning a 64-byte run of a row ([`CPU_FORWARD_COLUMN_QUADS`] quads in the forward step, a block
 /// of 16 columns in backward_trace), covers a stripe, so that walking the rows reads one contiguous
-/// stream, which the CPU's prefetchers follow, instead of 512 bytes every 4 N. On lavapipe (an AMD
-/// Zen 4 machine) at N = 1000, B = 16 a forward step took 17.5-18.0 against 29.2-30.4 ms with the rows
-/// whole and a training episode 7.0 against 8.5-8.6 s; at N = 256, where the trace fits in the caches,
-/// the same within the spread; at N <= 128 the layout is the same (one stripe) (README).
+/// stream instead of 512 bytes every 4 N (most likely easier on the CPU's prefetchers; this VM has
+/// no counters to show it). On lavapipe (an AMD Zen 4 machine) at N = 1000, B = 16 a forward step
+/// took 17.5-18.0 against 29.2-30.4 ms with the rows whole and a training episode 7.0 against
+/// 8.5-8.6 s; at N = 256, where the trace fits in the caches, the same within the spread; at
+/// N <= 128 the layout is the same (one stripe) (README).
 pub const CPU_TRACE_STRIPE: u32 = 128;
 /// Invocations per backward_trace workgroup on a CPU adapter: one SIMD group of lavapipe's 8 lanes,
 /// so that the few blocks of a small network still make a workgroup per thread (N = 64, side 16:

@@ -68,8 +68,8 @@ pub struct KernelArgs {
     #[arg(long)]
     pub(crate) forward_column_quads: Option<u32>,
     /// Columns per stripe of the stored trace, a multiple of 4, or 0 for its rows whole (default: 128
-    /// on a CPU adapter, where walking a stripe's rows reads one contiguous stream that the CPU's
-    /// prefetchers follow; rows whole on a GPU, where it has not been measured). The same results, bit
+    /// on a CPU adapter, where walking a stripe's rows reads one contiguous stream, most likely easier
+    /// on the CPU's prefetchers; rows whole on a GPU, where it has not been measured). The same results, bit
     /// for bit; the table's ts column says what ran.
     #[arg(long)]
     pub(crate) trace_stripe: Option<u32>,
